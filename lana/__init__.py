@@ -1,0 +1,43 @@
+"""lana: Latency Aware Network Acceleration (Molchanov et al., ECCV 2022) for PyTorch.
+
+Public API::
+
+    lana.decompose(model, example_input) -> Chain      # teacher -> stem, layers, head
+    lana.run(config_or_yaml, out_dir) -> summary dict  # the whole pipeline, resumable
+    lana.Run(out_dir, config)                          # stage by stage
+    lana.load_student(path) -> nn.Module               # a saved student, rebuilt
+    lana.search.solve(library, budgets, k=...)          # the ILP alone (no torch needed)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lana.config import Config, load_config
+    from lana.decompose import Chain, decompose
+    from lana.errors import LanaError
+    from lana.pipeline import Run, run
+    from lana.student import load_student
+
+# Imported lazily so that `import lana.search` (the ILP) needs neither torch nor timm.
+_LAZY = {
+    "Config": "lana.config", "load_config": "lana.config",
+    "Chain": "lana.decompose", "decompose": "lana.decompose",
+    "LanaError": "lana.errors", "Run": "lana.pipeline", "run": "lana.pipeline",
+    "load_student": "lana.student",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lana' has no attribute {name!r}")
+
+
+__all__ = ["Chain", "Config", "LanaError", "Run", "decompose", "load_config", "load_student",
+           "run", "__version__"]

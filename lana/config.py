@@ -1,0 +1,188 @@
+"""The one YAML file that configures a run, validated with pydantic.
+
+Every section has defaults that work; unknown keys are errors (a typo must not be silently
+ignored). ``load_config`` turns pydantic's errors into one readable message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lana.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The teacher: a model name from lana's model registry plus constructor kwargs."""
+
+    name: str = Field("lana:tiny_effnet", description="'timm:<name>' for any timm model, or "
+                      "'lana:<name>' for a built-in model")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
+    weights: str | None = Field(None, description="safetensors state dict of the trained "
+                                "teacher; when absent the teacher is trained (and cached)")
+
+
+class DataConfig(_Section):
+    """Dataset and splits. ``val`` is held out from the training data (for scoring/search)."""
+
+    name: Literal["fashion-mnist", "image-folder", "synthetic"] = "fashion-mnist"
+    path: str | None = Field(None, description="dataset folder (default: the Debian "
+                             "package's /usr/share/datasets/fashion-mnist)")
+    image_size: int = Field(32, ge=8, le=1024)
+    train_samples: int | None = Field(None, ge=16, description="subset of the training split")
+    val_samples: int = Field(2000, ge=16, description="held out from training data")
+    test_samples: int | None = Field(None, ge=16)
+    workers: int = Field(0, ge=0)
+
+
+class TeacherTrainingConfig(_Section):
+    """How lana trains the teacher when no weights are given."""
+
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    cache_dir: str | None = Field(None, description="default: ~/.cache/lana/teachers")
+
+
+class SpaceConfig(_Section):
+    """Candidate ops per layer, as spec patterns (brace groups expand)."""
+
+    ops: list[str] = Field(default_factory=lambda: list(_default_space()))
+
+
+def _default_space() -> tuple[str, ...]:
+    from lana.space import DEFAULT_SPACE
+
+    return DEFAULT_SPACE
+
+
+class DistillConfig(_Section):
+    """Phase 1: layer-wise distillation of every candidate."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    group_size: int = Field(0, ge=0, description="candidates trained together per pass over "
+                            "the data (0 = all: one teacher pass feeds every candidate)")
+    checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
+
+
+class LatencyConfig(_Section):
+    """Phase 2b: where and how latency is measured."""
+
+    backend: str = "onnxruntime"
+    batch_size: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    warmup: int = Field(10, ge=0)
+    max_seconds: float = Field(0.3, gt=0, description="time cap per measured op")
+    lut: str | None = Field(None, description="shared LUT file reused across runs")
+
+
+class ScoreConfig(_Section):
+    """Phase 2a: replace-one scoring."""
+
+    metric: Literal["ce", "kl"] = "ce"
+    samples: int = Field(512, ge=8)
+    batch_size: int = Field(256, ge=1)
+
+
+class BudgetConfig(_Section):
+    """Latency budget: absolute milliseconds or a speed-up over the measured teacher."""
+
+    latency_ms: float | None = Field(None, gt=0)
+    speedup: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> BudgetConfig:
+        if (self.latency_ms is None) == (self.speedup is None):
+            raise ValueError("give exactly one of latency_ms or speedup")
+        return self
+
+
+class SearchConfig(_Section):
+    """Phase 2c: ILP search and selection among K diverse solutions."""
+
+    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(speedup=2.0))
+    k: int = Field(8, ge=1)
+    overlap: float = Field(0.7, gt=0, le=1)
+    eval_samples: int = Field(1024, ge=8, description="held-out images to rank the K students")
+    max_resolves: int = Field(4, ge=0, description="re-solves when a student misses its budget")
+
+
+class FinetuneConfig(_Section):
+    """Phase 3: fine-tuning with cross-entropy plus KD from the teacher."""
+
+    epochs: float = Field(1.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(2.0, gt=0)
+
+
+class Config(_Section):
+    """A whole lana run."""
+
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch threads for training")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher_training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `lana config --defaults`)"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict | None, source: str = "config") -> Config:
+    """Validate a plain dict into a :class:`Config`, raising ConfigError with every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a YAML mapping of sections, got "
+                          f"{type(data).__name__}")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    # Candidate specs are validated here so a typo fails before hours of training.
+    from lana.space import space_specs
+
+    space_specs(cfg.space.ops)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return config_from_dict(data, str(path))

@@ -1,0 +1,194 @@
+"""Datasets and deterministic splits: Fashion-MNIST (offline), image folders, synthetic.
+
+Every split is a :class:`Data`: a torch ``Dataset`` plus a ``batches()`` iterator with a
+seeded shuffle, so every stage sees the same images in the same order on a re-run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from lana.config import DataConfig
+from lana.errors import ConfigError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class Data:
+    """One split: a dataset of ``(image CHW float tensor, int label)`` pairs."""
+
+    def __init__(self, dataset: Dataset, workers: int = 0) -> None:
+        self.dataset = dataset
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def subset(self, n: int | None, seed: int = 0) -> Data:
+        """The first ``n`` items of a seeded permutation (all items when n is None)."""
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n].tolist()
+        return Data(_subset(self.dataset, idx), self.workers)
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
+                augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` batches; the order depends only on ``seed``."""
+        g = torch.Generator().manual_seed(seed)
+        if isinstance(self.dataset, TensorDataset):
+            # In-memory fast path: indexing whole batches beats a DataLoader on small images.
+            x_all, y_all = self.dataset.tensors
+            order = torch.randperm(len(self), generator=g) if shuffle else torch.arange(len(self))
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                x = x_all[idx]
+                yield (_augment(x, g) if augment else x), y_all[idx]
+            return
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
+                            num_workers=self.workers)
+        for x, y in loader:
+            yield (_augment(x, g) if augment else x), y
+
+    def stream(self, batch_size: int, seed: int = 0, augment: bool = False
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless shuffled batches (a new permutation each epoch), for step-based training."""
+        epoch = 0
+        while True:
+            yield from self.batches(batch_size, shuffle=True, seed=seed * 100003 + epoch,
+                                    augment=augment)
+            epoch += 1
+
+
+def _subset(ds: Dataset, idx: list[int]) -> Dataset:
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[idx] for t in ds.tensors))
+    return Subset(ds, idx)
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random shifts (pad 2 + crop) and horizontal flips, on a whole batch."""
+    n, _, h, w = x.shape
+    pad = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
+    x = pad[:, :, dy:dy + h, dx:dx + w]
+    flip = torch.rand(n, generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+@dataclass
+class Splits:
+    """Train / held-out val / test splits plus what the model needs to know."""
+
+    train: Data
+    val: Data
+    test: Data
+    num_classes: int
+    in_chans: int
+    image_size: int
+    name: str
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} not found. Install Fashion-MNIST with `apt-get install "
+            "dataset-fashion-mnist` (Debian) or set data.path to a folder holding the four "
+            "IDX .gz files.") from None
+    except (OSError, EOFError) as exc:
+        raise ConfigError(f"{path} is not a readable gzip IDX file: {exc}") from None
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ConfigError(f"{path} is not an unsigned-byte IDX file")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    data = torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8)
+    return data.reshape(dims)
+
+
+def _to_images(x: torch.Tensor, size: int, mean: float, std: float) -> torch.Tensor:
+    x = x.float().div_(255.0).unsqueeze(1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x - mean) / std
+
+
+def _fashion_mnist(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
+    root = Path(cfg.path or FASHION_MNIST_DIR)
+    tr_x = _read_idx(root / "train-images-idx3-ubyte.gz")
+    tr_y = _read_idx(root / "train-labels-idx1-ubyte.gz").long()
+    te_x = _read_idx(root / "t10k-images-idx3-ubyte.gz")
+    te_y = _read_idx(root / "t10k-labels-idx1-ubyte.gz").long()
+    mean, std = 0.286, 0.353
+    train = TensorDataset(_to_images(tr_x, cfg.image_size, mean, std), tr_y)
+    test = TensorDataset(_to_images(te_x, cfg.image_size, mean, std), te_y)
+    return train, test, 10, 1
+
+
+def synthetic_dataset(n: int, image_size: int = 16, num_classes: int = 4, in_chans: int = 1,
+                      seed: int = 0) -> TensorDataset:
+    """A learnable toy dataset: each class is a fixed random pattern plus noise."""
+    g = torch.Generator().manual_seed(1234)  # patterns shared by every split
+    patterns = torch.randn(num_classes, in_chans, image_size, image_size, generator=g)
+    patterns = F.avg_pool2d(patterns, 3, 1, 1) * 3
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    x = patterns[y] + torch.randn(n, in_chans, image_size, image_size, generator=g)
+    return TensorDataset(x, y)
+
+
+def _image_folder(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
+    from torchvision import datasets, transforms
+
+    if not cfg.path:
+        raise ConfigError("data.name 'image-folder' needs data.path: a folder with train/ and "
+                          "val/ (or test/) subfolders, one folder per class inside each")
+    root = Path(cfg.path)
+    test_dir = root / "val" if (root / "val").is_dir() else root / "test"
+    if not (root / "train").is_dir() or not test_dir.is_dir():
+        raise ConfigError(f"{root} must contain train/ and val/ (or test/) class folders")
+    tf = transforms.Compose([transforms.Resize(cfg.image_size),
+                             transforms.CenterCrop(cfg.image_size), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    train = datasets.ImageFolder(str(root / "train"), transform=tf)
+    test = datasets.ImageFolder(str(test_dir), transform=tf)
+    return train, test, len(train.classes), 3
+
+
+def load_data(cfg: DataConfig, seed: int = 0) -> Splits:
+    """Load the configured dataset and cut deterministic train / val / test splits."""
+    if cfg.name == "fashion-mnist":
+        train, test, num_classes, in_chans = _fashion_mnist(cfg)
+    elif cfg.name == "image-folder":
+        train, test, num_classes, in_chans = _image_folder(cfg)
+    else:
+        n = (cfg.train_samples or 512) + cfg.val_samples
+        train = synthetic_dataset(n, cfg.image_size, seed=seed)
+        test = synthetic_dataset(cfg.test_samples or 256, cfg.image_size, seed=seed + 1)
+        num_classes, in_chans = 4, 1
+    n = len(train)  # type: ignore[arg-type]
+    if cfg.val_samples >= n:
+        raise ConfigError(f"data.val_samples={cfg.val_samples} leaves no training data "
+                          f"(the training split has {n} items)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val_idx, train_idx = perm[:cfg.val_samples], perm[cfg.val_samples:]
+    if cfg.train_samples is not None:
+        train_idx = train_idx[:cfg.train_samples]
+    return Splits(
+        train=Data(_subset(train, train_idx), cfg.workers),
+        val=Data(_subset(train, val_idx), cfg.workers),
+        test=Data(test, cfg.workers).subset(cfg.test_samples, seed),
+        num_classes=num_classes, in_chans=in_chans, image_size=cfg.image_size, name=cfg.name,
+    )

@@ -1,0 +1,187 @@
+"""Phase 1: train every candidate op by layer-wise distillation from the teacher.
+
+Candidate ``s_ij`` learns ``t_i(x_{i-1})`` from the teacher's own input ``x_{i-1}``, with
+the normalised MSE ``||t - s||^2 / ||t||^2``. One teacher forward pass per batch feeds the
+candidates of all layers. All candidates of a group are trained together: their losses are
+independent, so one backward of the summed loss gives each candidate its own gradient.
+
+Every candidate sees the same batches in the same order and starts from a seed derived from
+``(layer, spec)``, so its result does not depend on how candidates are grouped or sharded.
+Results land in ``DIR/distill/`` (one safetensors file per candidate plus ``index.json``);
+a group in progress is checkpointed, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lana.config import DistillConfig
+from lana.data import Data
+from lana.decompose import Chain
+from lana.errors import ArtifactError
+from lana.io import load_tensors, read_json, save_tensors, write_json
+from lana.progress import log, progress
+from lana.space import build_op
+from lana.train import cosine_lr
+
+# Ops whose weights are not learned in phase 1: the teacher's own layer and identity.
+UNTRAINED = ("teacher", "identity")
+
+
+def candidate_seed(layer: int, spec: str, seed: int) -> int:
+    """A stable per-candidate seed, independent of grouping and process count."""
+    digest = hashlib.sha256(f"{seed}:{layer}:{spec}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def weight_path(run_dir: Path, layer: int, spec: str) -> Path:
+    """Where candidate ``spec`` of layer ``layer`` keeps its phase-1 weights."""
+    return Path(run_dir) / "distill" / f"L{layer:03d}" / f"{spec}.safetensors"
+
+
+def build_candidate(chain: Chain, layer: int, spec: str, seed: int = 0) -> nn.Module:
+    """A fresh candidate module with deterministic initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(candidate_seed(layer, spec, seed))
+        return build_op(spec, chain.info[layer], chain.layers[layer])
+
+
+def load_candidate(chain: Chain, run_dir: Path, layer: int, spec: str) -> nn.Module:
+    """The candidate with its phase-1 weights (the teacher op keeps the teacher's weights)."""
+    module = build_op(spec, chain.info[layer], chain.layers[layer])
+    if spec in UNTRAINED:
+        return module
+    state = load_tensors(weight_path(run_dir, layer, spec))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"{weight_path(run_dir, layer, spec)} does not fit candidate {spec} of layer "
+            f"{chain.names[layer]} ({exc}); delete it and re-run `lana distill`") from None
+    return module
+
+
+def _nmse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-8)
+
+
+def _group_id(members: list[tuple[int, str]]) -> str:
+    return hashlib.sha256(repr(members).encode()).hexdigest()[:12]
+
+
+def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillConfig,
+            run_dir: str | Path, seed: int = 0, rank: int = 0, world: int = 1) -> dict:
+    """Train all candidates that ``run_dir`` does not hold yet; return the index.
+
+    ``candidates[i]`` lists the specs of layer ``i``. With ``world > 1`` this process trains
+    only its share (every ``world``-th pending candidate, from ``rank``).
+    """
+    run_dir = Path(run_dir)
+    index_path = run_dir / "distill" / "index.json"
+    index: dict = read_json(index_path) if index_path.exists() else {}
+    todo = [(i, spec) for i, specs in enumerate(candidates) for spec in specs
+            if spec not in UNTRAINED and not _done(index, run_dir, i, spec)]
+    todo = todo[rank::world]
+    if not todo:
+        return index
+    size = cfg.group_size or len(todo)
+    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    log(f"phase 1: distilling {len(todo)} candidates in {len(groups)} group(s), "
+        f"{cfg.steps} steps of {cfg.batch_size} images each")
+    chain.eval()
+    for members in groups:
+        results = _train_group(chain, members, data, cfg, run_dir, seed)
+        # Merge under the latest on-disk index, so shards writing one directory keep
+        # each other's entries.
+        index = read_json(index_path) if index_path.exists() else {}
+        for (i, spec), loss in results.items():
+            index.setdefault(str(i), {})[spec] = {"nmse": loss, "steps": cfg.steps}
+        write_json(index_path, index)
+    return index
+
+
+def _done(index: dict, run_dir: Path, layer: int, spec: str) -> bool:
+    return spec in index.get(str(layer), {}) and weight_path(run_dir, layer, spec).exists()
+
+
+def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: DistillConfig,
+                 run_dir: Path, seed: int) -> dict[tuple[int, str], float]:
+    modules = nn.ModuleList(build_candidate(chain, i, s, seed) for i, s in members)
+    opt = torch.optim.Adam(modules.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine_lr(s, cfg.steps, max(1, cfg.steps // 20)))
+    ckpt = run_dir / "distill" / f"checkpoint-{_group_id(members)}.pt"
+    start = 0
+    ema = [math.nan] * len(members)
+    if ckpt.exists():
+        start, ema = _load_checkpoint(ckpt, modules, opt, sched, members)
+        log(f"phase 1: resuming a group of {len(members)} candidates at step {start}")
+    last_layer = max(i for i, _ in members)
+    modules.train()
+    stream = data.stream(cfg.batch_size, seed=seed, augment=True)
+    for _ in range(start):  # replay the data order so a resumed run sees the same batches
+        next(stream)
+    with progress() as bar:
+        task = bar.add_task("phase 1 distill", total=cfg.steps, completed=start, info="")
+        for step in range(start, cfg.steps):
+            x, _ = next(stream)
+            with torch.no_grad():
+                feats = [chain.stem(x)]
+                for layer in chain.layers[:last_layer + 1]:
+                    feats.append(layer(feats[-1]))
+            losses = [_nmse(m(feats[i]), feats[i + 1]) for m, (i, _) in zip(modules, members,
+                                                                            strict=True)]
+            total = torch.stack(losses).sum()
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            sched.step()
+            for c, loss in enumerate(losses):
+                v = loss.item()
+                ema[c] = v if math.isnan(ema[c]) else 0.9 * ema[c] + 0.1 * v
+            bar.update(task, advance=1, info=f"mean nmse {total.item() / len(members):.3f}")
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                _save_checkpoint(ckpt, step + 1, ema, modules, opt, sched, members)
+    modules.eval()
+    for m, (i, spec) in zip(modules, members, strict=True):
+        save_tensors(weight_path(run_dir, i, spec), m.state_dict(),
+                     metadata={"spec": spec, "layer": chain.names[i]})
+    if ckpt.exists():
+        os.unlink(ckpt)
+    return {key: ema[c] for c, key in enumerate(members)}
+
+
+def _save_checkpoint(path: Path, step: int, ema: list[float], modules: nn.ModuleList,
+                     opt: torch.optim.Optimizer, sched, members) -> None:
+    import io
+
+    from lana.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({"step": step, "ema": ema, "members": [list(m) for m in members],
+                "modules": modules.state_dict(), "optim": opt.state_dict(),
+                "sched": sched.state_dict()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, modules: nn.ModuleList, opt: torch.optim.Optimizer, sched,
+                     members) -> tuple[int, list[float]]:
+    try:
+        # weights_only: a checkpoint is never unpickled as arbitrary Python objects.
+        state = torch.load(path, weights_only=True)
+        if [tuple(m) for m in state["members"]] != list(members):
+            raise ValueError("checkpoint belongs to another group of candidates")
+        modules.load_state_dict(state["modules"])
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        return int(state["step"]), list(state["ema"])
+    except Exception as exc:
+        log(f"[yellow]phase 1: ignoring unreadable checkpoint {path} ({exc}); "
+            "restarting that group[/yellow]")
+        return 0, [math.nan] * len(members)

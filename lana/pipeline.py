@@ -1,0 +1,453 @@
+"""The LANA pipeline over a run directory: every stage reads and writes plain files there.
+
+Layout of a run directory ``DIR``::
+
+    config.yaml                 the validated configuration of the run
+    teacher.safetensors         teacher weights; teacher.json: layers, accuracy
+    candidates.json             candidate specs per layer
+    distill/                    phase 1: L###/<spec>.safetensors + index.json
+    latency.json                phase 2b: ms per candidate, stem, head, teacher end to end
+    lut.json                    the latency LUT (cache keyed by op, shape and settings)
+    scores.json                 phase 2a: replace-one scores
+    library.json                scores + costs per layer and op (input of the search)
+    students/<budget>/          search.json, finetune.json, weights, and the exported student
+    summary.json                teacher vs students
+
+A stage whose output exists is skipped, so an interrupted ``lana run`` resumes, and a new
+budget re-runs only the search, fine-tuning and export for that budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lana.config import BudgetConfig, Config, config_from_dict, load_config
+from lana.data import Splits, load_data
+from lana.decompose import Chain, decompose
+from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
+from lana.io import load_tensors, read_json, save_tensors, write_json
+from lana.progress import log
+
+SUMMARY_FORMAT = "lana-summary/1"
+
+
+def budget_tag(budget: BudgetConfig) -> str:
+    """Folder name of a budget: ``speedup2`` or ``ms1.5``."""
+    if budget.speedup is not None:
+        return f"speedup{budget.speedup:g}"
+    return f"ms{budget.latency_ms:g}"
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Run:
+    """One LANA run bound to a directory. Stages are methods; each is resumable."""
+
+    def __init__(self, run_dir: str | Path, config: Config | None = None,
+                 teacher: nn.Module | None = None, splits: Splits | None = None) -> None:
+        self.dir = Path(run_dir)
+        cfg_path = self.dir / "config.yaml"
+        if config is None:
+            if not cfg_path.exists():
+                raise ConfigError(f"{self.dir} is not a lana run directory (no config.yaml); "
+                                  "start one with `lana run CONFIG --out DIR`")
+            config = load_config(cfg_path)
+        elif cfg_path.exists():
+            old = load_config(cfg_path)
+            for section in ("model", "data", "space", "distill", "seed"):
+                if getattr(old, section) != getattr(config, section):
+                    raise ConfigError(
+                        f"{self.dir} was made with a different '{section}' section; its "
+                        "results would not match this config. Use a new --out directory "
+                        "(search, latency and fine-tuning settings may change freely).")
+        self.config = config
+        self.dir.mkdir(parents=True, exist_ok=True)
+        from lana.io import atomic_write_bytes
+
+        atomic_write_bytes(cfg_path, config.to_yaml().encode())
+        self._teacher_override = teacher
+        self._splits = splits
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+    # ---------------------------------------------------------------- shared state
+    @cached_property
+    def splits(self) -> Splits:
+        return self._splits or load_data(self.config.data, self.config.seed)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        s = self.splits
+        return (s.in_chans, s.image_size, s.image_size)
+
+    def _model_kwargs(self) -> dict:
+        kw = dict(self.config.model.kwargs)
+        if self.config.model.name.startswith(("timm:", "lana:")):
+            kw.setdefault("num_classes", self.splits.num_classes)
+            kw.setdefault("in_chans", self.splits.in_chans)
+        return kw
+
+    def _build_teacher(self) -> nn.Module:
+        if self._teacher_override is not None:
+            return self._teacher_override
+        from lana.models import create_model
+
+        return create_model(self.config.model.name, **self._model_kwargs())
+
+    @cached_property
+    def teacher(self) -> nn.Module:
+        """The trained teacher (loaded from the run, the config's weights, or trained)."""
+        model = self._build_teacher()
+        path = self.dir / "teacher.safetensors"
+        if not path.exists():
+            self._obtain_teacher(model, path)
+        _load_state(model, load_tensors(path), path)
+        return model.eval()
+
+    def _obtain_teacher(self, model: nn.Module, path: Path) -> None:
+        cfg = self.config
+        if cfg.model.weights:
+            state = load_tensors(cfg.model.weights)
+            _load_state(model, state, Path(cfg.model.weights))
+            save_tensors(path, model.state_dict())
+            return
+        from lana.train import train_classifier
+
+        key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
+                     "data": cfg.data.model_dump(), "train": cfg.teacher_training.model_dump(
+                         exclude={"cache_dir"}), "seed": cfg.seed, "v": 1})
+        cache = Path(cfg.teacher_training.cache_dir or
+                     Path.home() / ".cache" / "lana" / "teachers") / f"{key}.safetensors"
+        if cache.exists():
+            try:
+                state = load_tensors(cache)
+                _load_state(model, state, cache)
+                log(f"teacher: using cached weights {cache}")
+                save_tensors(path, model.state_dict())
+                return
+            except ArtifactError as exc:
+                log(f"[yellow]teacher cache unusable ({exc}); training again[/yellow]")
+        t = cfg.teacher_training
+        log(f"teacher: training {cfg.model.name} for {t.epochs:g} epochs on "
+            f"{len(self.splits.train)} images")
+        start = time.time()
+        torch.manual_seed(cfg.seed)
+        train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
+                         lr=t.lr, seed=cfg.seed, description="teacher")
+        write_json(self.dir / "timings.json", {**self._timings(),
+                                               "teacher_train_s": time.time() - start})
+        save_tensors(cache, model.state_dict())
+        save_tensors(path, model.state_dict())
+
+    def _timings(self) -> dict:
+        p = self.dir / "timings.json"
+        return read_json(p) if p.exists() else {}
+
+    def _timed(self, name: str, start: float) -> None:
+        write_json(self.dir / "timings.json", {**self._timings(), f"{name}_s":
+                                               time.time() - start})
+
+    @cached_property
+    def chain(self) -> Chain:
+        return decompose(self.teacher, torch.zeros(2, *self.input_shape))
+
+    @cached_property
+    def candidates(self) -> list[list[str]]:
+        path = self.dir / "candidates.json"
+        if path.exists():
+            data = read_json(path)
+            return [layer["ops"] for layer in data["layers"]]
+        from lana.space import check_shapes, layer_candidates, space_specs
+
+        specs = space_specs(self.config.space.ops)
+        out: list[list[str]] = []
+        for i, info in enumerate(self.chain.info):
+            ok = []
+            for spec in layer_candidates(info, specs):
+                if spec == "teacher":
+                    ok.append(spec)
+                    continue
+                try:
+                    check_shapes(self._build(i, spec), info)
+                    ok.append(spec)
+                except ConfigError as exc:
+                    log(f"[yellow]skipping {spec} at {info.name}: {exc}[/yellow]")
+            out.append(ok)
+        write_json(path, {"layers": [{"name": n, **info.to_dict(), "ops": ops} for n, info, ops
+                                     in zip(self.chain.names, self.chain.info, out,
+                                            strict=True)]})
+        return out
+
+    def _build(self, i: int, spec: str) -> nn.Module:
+        from lana.distill import build_candidate
+
+        return build_candidate(self.chain, i, spec, self.config.seed)
+
+    def _load(self, i: int, spec: str) -> nn.Module:
+        from lana.distill import load_candidate
+
+        return load_candidate(self.chain, self.dir, i, spec)
+
+    @cached_property
+    def teacher_eval(self) -> dict:
+        """Teacher accuracy on the test split (cached in teacher.json)."""
+        path = self.dir / "teacher.json"
+        if path.exists():
+            return read_json(path)
+        from lana.train import evaluate
+
+        res = evaluate(self.teacher, self.splits.test)
+        data = {"name": self.config.model.name, "accuracy": res["accuracy"],
+                "loss": res["loss"], "layers": [i.to_dict() for i in self.chain.info],
+                "params": sum(p.numel() for p in self.teacher.parameters())}
+        write_json(path, data)
+        return data
+
+    # ---------------------------------------------------------------- stages
+    def prepare(self) -> None:
+        """Teacher (trained or loaded), its decomposition and the candidate list."""
+        _ = self.teacher_eval, self.candidates
+
+    def distill(self, rank: int = 0, world: int = 1) -> dict:
+        """Phase 1: layer-wise distillation of every candidate (resumable)."""
+        from lana.distill import distill
+
+        start = time.time()
+        index = distill(self.chain, self.candidates, self.splits.train, self.config.distill,
+                        self.dir, self.config.seed, rank, world)
+        self._timed("distill", start)
+        return index
+
+    def profile(self) -> dict:
+        """Phase 2b: latency of stem, head, every candidate and the teacher end to end."""
+        path = self.dir / "latency.json"
+        if path.exists():
+            return read_json(path)
+        from lana.latency import LatencyTable
+        from lana.profile import measure_models, profile_candidates
+
+        start = time.time()
+        cfg = self.config.latency
+        lut = LatencyTable(cfg.lut or self.dir / "lut.json")
+        res = profile_candidates(self.chain, self.candidates, self._build, cfg, lut,
+                                 self.input_shape)
+        res["teacher_measured_ms"] = measure_models({"teacher": self.teacher},
+                                                    self.input_shape, cfg)["teacher"]
+        res["teacher_predicted_ms"] = res["stem_ms"] + res["head_ms"] + sum(
+            row[ops.index("teacher")] for row, ops in zip(res["layers"], self.candidates,
+                                                          strict=True))
+        res["specs"] = self.candidates
+        write_json(path, res)
+        self._timed("profile", start)
+        return res
+
+    def score(self) -> dict:
+        """Phase 2a: replace-one scores on held-out data."""
+        path = self.dir / "scores.json"
+        if path.exists():
+            return read_json(path)
+        from lana.score import replace_one_scores
+
+        self._require_distilled()
+        start = time.time()
+        cfg = self.config.score
+        res = replace_one_scores(self.chain, self.candidates, self._load,
+                                 self.splits.val.subset(cfg.samples, self.config.seed),
+                                 cfg.metric, cfg.batch_size)
+        res["specs"] = self.candidates
+        write_json(path, res)
+        self._timed("score", start)
+        return res
+
+    def _require_distilled(self) -> None:
+        from lana.distill import UNTRAINED, weight_path
+
+        missing = [f"{self.chain.names[i]}:{s}" for i, specs in enumerate(self.candidates)
+                   for s in specs if s not in UNTRAINED
+                   and not weight_path(self.dir, i, s).exists()]
+        if missing:
+            raise ArtifactError(f"{len(missing)} candidates have no phase-1 weights yet "
+                                f"(e.g. {missing[:3]}); run `lana distill {self.dir}` first")
+
+    def library(self) -> dict:
+        """Write ``library.json``: per layer and op, its score and its cost (ms)."""
+        lat, sc = self.profile(), self.score()
+        layers = []
+        for name, specs, ms, scores in zip(self.chain.names, self.candidates, lat["layers"],
+                                           sc["scores"], strict=True):
+            layers.append({"name": name, "ops": [
+                {"spec": s, "score": a, "cost": {"latency_ms": b}}
+                for s, a, b in zip(specs, scores, ms, strict=True)]})
+        lib = {"layers": layers, "fixed_cost": {"latency_ms": lat["stem_ms"] + lat["head_ms"]},
+               "latency": lat["settings"]}
+        write_json(self.dir / "library.json", lib)
+        return lib
+
+    def budget_ms(self, budget: BudgetConfig) -> float:
+        """The latency budget in ms (a speed-up is relative to the measured teacher)."""
+        if budget.latency_ms is not None:
+            return budget.latency_ms
+        return self.profile()["teacher_measured_ms"] / budget.speedup
+
+    def student_dir(self, budget: BudgetConfig) -> Path:
+        return self.dir / "students" / budget_tag(budget)
+
+    def search(self, budget: BudgetConfig | None = None) -> dict:
+        """Phase 2c: ILP with K diverse solutions, measured and ranked (resumable)."""
+        budget = budget or self.config.search.budget
+        out = self.student_dir(budget) / "search.json"
+        if out.exists():
+            return read_json(out)
+        from lana.select import select_student
+
+        start = time.time()
+        lib = self.library()
+        res = select_student(self, lib, budget)
+        write_json(out, res)
+        self._timed(f"search_{budget_tag(budget)}", start)
+        return res
+
+    def finetune(self, budget: BudgetConfig | None = None) -> dict:
+        """Phase 3: fine-tune the selected student with cross-entropy + KD from the teacher."""
+        budget = budget or self.config.search.budget
+        sdir = self.student_dir(budget)
+        out = sdir / "finetune.json"
+        if out.exists():
+            return read_json(out)
+        from lana.student import assemble
+        from lana.train import evaluate, train_classifier
+
+        chosen = self.search(budget)["chosen"]
+        student = assemble(self.chain, chosen["choices"], self._load)
+        before = evaluate(student, self.splits.test)
+        cfg = self.config.finetune
+        start = time.time()
+        stats = {"steps": 0, "train_loss": math.nan}
+        if cfg.epochs > 0:
+            stats = train_classifier(student, self.splits.train, epochs=cfg.epochs,
+                                     batch_size=cfg.batch_size, lr=cfg.lr,
+                                     seed=self.config.seed, teacher=self.teacher,
+                                     kd_weight=cfg.kd_weight, temperature=cfg.temperature,
+                                     description="phase 3 finetune")
+        after = evaluate(student, self.splits.test)
+        save_tensors(sdir / "finetuned.safetensors", student.state_dict())
+        res = {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
+               "loss": after["loss"], **stats, "seconds": time.time() - start}
+        write_json(out, res)
+        self._timed(f"finetune_{budget_tag(budget)}", start)
+        return res
+
+    def export(self, budget: BudgetConfig | None = None) -> dict:
+        """Save the fine-tuned student (ONNX, safetensors, arch JSON), verify its latency."""
+        budget = budget or self.config.search.budget
+        sdir = self.student_dir(budget)
+        out = sdir / "export.json"
+        if out.exists():
+            return read_json(out)
+        from lana.profile import measure_models
+        from lana.student import arch_dict, assemble, save_student
+
+        ft = self.finetune(budget)
+        chosen = self.search(budget)["chosen"]
+        student = assemble(self.chain, chosen["choices"], self._build)
+        _load_state(student, load_tensors(sdir / "finetuned.safetensors"),
+                    sdir / "finetuned.safetensors")
+        student.eval()
+        arch = arch_dict(self.config.model.name, self._model_kwargs(), self.input_shape,
+                         student, chosen["choices"])
+        files = save_student(sdir / "model", student, arch)
+        ms = measure_models({"teacher": self.teacher, "student": student}, self.input_shape,
+                            self.config.latency)
+        target = self.budget_ms(budget)
+        speedup = ms["teacher"] / ms["student"]
+        # A speed-up budget is checked against the teacher measured in the same session, so
+        # a machine that got slower since profiling does not fail a student unfairly.
+        meets = (speedup >= budget.speedup * 0.98 if budget.speedup is not None
+                 else ms["student"] <= target)
+        res = {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
+               "latency_ms_predicted": chosen["latency_ms_predicted"],
+               "latency_ms_measured": ms["student"], "teacher_latency_ms": ms["teacher"],
+               "speedup": speedup, "meets_budget": meets, "accuracy": ft["accuracy"],
+               "accuracy_before_finetune": ft["accuracy_before"],
+               "choices": chosen["choices"], "files": {k: str(Path("model") / v)
+                                                        for k, v in files.items()}}
+        write_json(out, res)
+        self.write_summary()
+        return res
+
+    def all(self, budget: BudgetConfig | None = None) -> dict:
+        """Every stage in order, skipping what the directory already holds."""
+        self.prepare()
+        self.distill()
+        self.profile()
+        self.score()
+        self.search(budget)
+        self.finetune(budget)
+        self.export(budget)
+        return self.write_summary()
+
+    def write_summary(self) -> dict:
+        """Collect ``summary.json`` from the stage outputs (documented in the README)."""
+        lat = self.profile()
+        teacher = self.teacher_eval
+        students = []
+        search_info = {}
+        for sdir in sorted((self.dir / "students").glob("*")):
+            exp_p, s_p = sdir / "export.json", sdir / "search.json"
+            if not (exp_p.exists() and s_p.exists()):
+                continue
+            exp, srch = read_json(exp_p), read_json(s_p)
+            students.append({"budget": exp["budget"], "budget_ms": exp["budget_ms"],
+                             "latency_ms_predicted": exp["latency_ms_predicted"],
+                             "latency_ms_measured": exp["latency_ms_measured"],
+                             "teacher_latency_ms_measured": exp["teacher_latency_ms"],
+                             "speedup": exp["speedup"], "meets_budget": exp["meets_budget"],
+                             "accuracy": exp["accuracy"],
+                             "accuracy_before_finetune": exp["accuracy_before_finetune"],
+                             "choices": exp["choices"], "path": str(sdir / "model")})
+            search_info = {"solve_seconds": srch["solve_seconds"],
+                           "log10_space_size": srch["log10_space_size"], "k": srch["k"]}
+        settings = lat["settings"]
+        summary = {
+            "format": SUMMARY_FORMAT,
+            "teacher": {"name": teacher["name"], "accuracy": teacher["accuracy"],
+                        "latency_ms": lat["teacher_measured_ms"], "params": teacher["params"]},
+            "latency": {"backend": settings["backend"], "batch_size": settings["batch_size"],
+                        "threads": settings["threads"], "device": settings["device"]},
+            "students": students,
+            "search": search_info,
+            "timings_s": self._timings(),
+        }
+        write_json(self.dir / "summary.json", summary)
+        return summary
+
+
+def _load_state(model: nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path} does not fit the model: {exc}") from None
+
+
+def run(config: Config | dict | str | os.PathLike, out: str | Path,
+        budget: BudgetConfig | None = None) -> dict:
+    """Run the whole pipeline on ``config`` into ``out`` and return the summary."""
+    if isinstance(config, dict):
+        config = config_from_dict(config)
+    elif not isinstance(config, Config):
+        config = load_config(config)
+    return Run(out, config).all(budget)
+
+
+__all__ = ["Run", "run", "budget_tag", "InfeasibleBudgetError"]

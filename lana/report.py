@@ -1,0 +1,53 @@
+"""Readable terminal tables of a run's results."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+_out = Console()
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def print_summary(summary: dict, console: Console | None = None) -> None:
+    """Teacher vs students: accuracy, measured latency, speed-up, budget check."""
+    console = console or _out
+    lat = summary["latency"]
+    t = Table(title=f"lana: teacher vs students ({lat['backend']}, batch {lat['batch_size']}, "
+              f"{lat['threads']} thread(s))")
+    for col in ("model", "accuracy", "latency ms (measured)", "latency ms (predicted)",
+                "speed-up", "budget ms", "meets budget"):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    teacher = summary["teacher"]
+    t.add_row(f"teacher {teacher['name']}", _pct(teacher["accuracy"]),
+              f"{teacher['latency_ms']:.4g}", "-", "1.00x", "-", "-")
+    for s in summary["students"]:
+        name = "student " + ", ".join(f"{k}={v:g}" for k, v in s["budget"].items())
+        t.add_row(name, _pct(s["accuracy"]), f"{s['latency_ms_measured']:.4g}",
+                  f"{s['latency_ms_predicted']:.4g}", f"{s['speedup']:.2f}x",
+                  f"{s['budget_ms']:.4g}", "yes" if s["meets_budget"] else "[red]no[/red]")
+    console.print(t)
+    for s in summary["students"]:
+        changed = sum(1 for c in s["choices"] if c != "teacher")
+        console.print(f"  {s['path']}: {changed}/{len(s['choices'])} layers replaced: "
+                      + " ".join(s["choices"]))
+
+
+def print_search(result: dict, console: Console | None = None) -> None:
+    """The K students of the last search attempt, best (chosen) marked."""
+    console = console or _out
+    last = result["attempts"][-1]
+    t = Table(title=f"lana search: budget {result['budget_ms']:.4g} ms, "
+              f"10^{result['log10_space_size']:.1f} architectures, "
+              f"solved in {result['solve_seconds']:.2f} s")
+    for col in ("#", "score", "predicted ms", "measured ms", "val loss", "val acc", "ok"):
+        t.add_column(col, justify="right")
+    for n, r in enumerate(last["students"]):
+        mark = " *" if r["choices"] == result["chosen"]["choices"] else ""
+        t.add_row(f"{n}{mark}", f"{r['score']:.4f}", f"{r['latency_ms_predicted']:.4g}",
+                  f"{r['latency_ms_measured']:.4g}", f"{r['val_loss']:.4f}",
+                  _pct(r["val_accuracy"]), "yes" if r["meets_budget"] else "no")
+    console.print(t)

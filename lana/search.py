@@ -1,0 +1,814 @@
+"""Phase 2c of LANA: choose one candidate op per layer with an integer linear program.
+
+Every layer ``i`` of the teacher has candidate ops ``j`` with a *score* ``a_ij`` (predicted
+loss increase, lower is better) and additive *costs* ``b_ij[key]`` (latency, params, ...).
+:func:`solve` picks one op per layer minimising the summed score subject to budgets on the
+summed costs, and can return K diverse architectures (each shares at most
+``floor(overlap * N)`` layer choices with every earlier one), as in the paper.
+
+This module deliberately depends only on numpy/scipy so that searching never needs torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import csr_matrix
+
+from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
+from lana.io import read_json, write_json
+
+__all__ = [
+    "Budget",
+    "Layer",
+    "Library",
+    "Op",
+    "SearchResult",
+    "Solution",
+    "brute_force",
+    "minimum_reachable",
+    "solve",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Candidate library
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    """One candidate operation for a layer.
+
+    ``extra`` holds any further fields of the op's JSON object (e.g. a weights path); they
+    are written back unchanged by :meth:`Library.to_dict` and ignored by the search.
+    """
+
+    spec: str
+    score: float
+    cost: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Layer:
+    """A replaceable layer of the teacher and its candidate ops."""
+
+    name: str
+    ops: list[Op]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_real(x: Any) -> bool:
+    # bool is an int subclass, but a score of True is certainly a bug in the producer.
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+@dataclass
+class Library:
+    """All layers with their scored and costed candidate ops (the search's only input)."""
+
+    layers: list[Layer]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- construction / serialisation ---------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Library:
+        """Build and validate a library from its JSON form.
+
+        ``{"layers": [{"name": str, "ops": [{"spec": str, "score": float,
+        "cost": {KEY: float}, ...}]}]}``; unknown fields are kept in ``extra``.
+        Raises :class:`ConfigError` naming the offending path.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"library must be a JSON object, got {type(d).__name__}")
+        if "layers" not in d:
+            raise ConfigError("library has no 'layers' list")
+        raw_layers = d["layers"]
+        if not isinstance(raw_layers, list):
+            raise ConfigError(f"library.layers must be a list, got {type(raw_layers).__name__}")
+        layers: list[Layer] = []
+        for i, rl in enumerate(raw_layers):
+            path = f"layers[{i}]"
+            if not isinstance(rl, Mapping):
+                raise ConfigError(f"{path} must be an object, got {type(rl).__name__}")
+            for req in ("name", "ops"):
+                if req not in rl:
+                    raise ConfigError(f"{path} has no '{req}' field")
+            if not isinstance(rl["ops"], list):
+                raise ConfigError(f"{path}.ops must be a list, got {type(rl['ops']).__name__}")
+            ops: list[Op] = []
+            for j, ro in enumerate(rl["ops"]):
+                opath = f"{path}.ops[{j}]"
+                if not isinstance(ro, Mapping):
+                    raise ConfigError(f"{opath} must be an object, got {type(ro).__name__}")
+                for req in ("spec", "score", "cost"):
+                    if req not in ro:
+                        raise ConfigError(f"{opath} has no '{req}' field")
+                cost = ro["cost"]
+                if not isinstance(cost, Mapping):
+                    raise ConfigError(f"{opath}.cost must be an object of numbers")
+                extra = {k: v for k, v in ro.items() if k not in ("spec", "score", "cost")}
+                ops.append(Op(spec=ro["spec"], score=ro["score"], cost=dict(cost), extra=extra))
+            lextra = {k: v for k, v in rl.items() if k not in ("name", "ops")}
+            layers.append(Layer(name=rl["name"], ops=ops, extra=lextra))
+        lib = cls(layers=layers, extra={k: v for k, v in d.items() if k != "layers"})
+        lib.validate()
+        # JSON integers (e.g. parameter counts) become floats so arithmetic is uniform.
+        for layer in lib.layers:
+            for op in layer.ops:
+                op.score = float(op.score)
+                op.cost = {k: float(v) for k, v in op.cost.items()}
+        return lib
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form read by :meth:`from_dict` (extra fields included)."""
+        return {
+            **self.extra,
+            "layers": [
+                {
+                    "name": layer.name,
+                    **layer.extra,
+                    "ops": [
+                        {"spec": op.spec, "score": op.score, "cost": dict(op.cost), **op.extra}
+                        for op in layer.ops
+                    ],
+                }
+                for layer in self.layers
+            ],
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Library:
+        """Read and validate a library JSON file."""
+        try:
+            return cls.from_dict(read_json(path))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Atomically write the library as JSON."""
+        write_json(path, self.to_dict())
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` (naming e.g. ``layers[3].ops[7].cost.latency_ms``) if
+        the library is empty, has wrong types, non-finite numbers or inconsistent cost keys."""
+        if not isinstance(self.layers, list) or not self.layers:
+            raise ConfigError("library has no layers; there is nothing to search over")
+        names: dict[str, int] = {}
+        first_with_key: dict[str, str] = {}
+        for i, layer in enumerate(self.layers):
+            path = f"layers[{i}]"
+            if not isinstance(layer, Layer):
+                raise ConfigError(f"{path} must be a Layer, got {type(layer).__name__}")
+            if not isinstance(layer.name, str) or not layer.name:
+                raise ConfigError(f"{path}.name must be a non-empty string, got {layer.name!r}")
+            if layer.name in names:
+                raise ConfigError(
+                    f"{path}.name {layer.name!r} repeats layers[{names[layer.name]}].name; "
+                    "layer names must be unique"
+                )
+            names[layer.name] = i
+            if not isinstance(layer.ops, list) or not layer.ops:
+                raise ConfigError(
+                    f"{path} ({layer.name!r}) has no candidate ops; every layer needs at least "
+                    "one (e.g. the teacher's own op)"
+                )
+            for j, op in enumerate(layer.ops):
+                opath = f"{path}.ops[{j}]"
+                if not isinstance(op, Op):
+                    raise ConfigError(f"{opath} must be an Op, got {type(op).__name__}")
+                if not isinstance(op.spec, str) or not op.spec:
+                    raise ConfigError(f"{opath}.spec must be a non-empty string, got {op.spec!r}")
+                if not _is_real(op.score):
+                    raise ConfigError(
+                        f"{opath}.score must be a number, got {type(op.score).__name__}"
+                    )
+                if not math.isfinite(op.score):
+                    raise ConfigError(f"{opath}.score is {_nonfinite_word(op.score)}")
+                if not isinstance(op.cost, Mapping):
+                    raise ConfigError(f"{opath}.cost must be a dict of numbers")
+                if not isinstance(op.extra, dict):
+                    raise ConfigError(f"{opath}.extra must be a dict")
+                for key, value in op.cost.items():
+                    if not isinstance(key, str) or not key:
+                        raise ConfigError(f"{opath}.cost has a non-string key {key!r}")
+                    if not _is_real(value):
+                        raise ConfigError(
+                            f"{opath}.cost.{key} must be a number, got {type(value).__name__}"
+                        )
+                    if not math.isfinite(value):
+                        raise ConfigError(f"{opath}.cost.{key} is {_nonfinite_word(value)}")
+                    first_with_key.setdefault(key, opath)
+        # Budgets sum a key over all layers, so one op lacking it would make sums meaningless.
+        for i, layer in enumerate(self.layers):
+            for j, op in enumerate(layer.ops):
+                missing = [k for k in first_with_key if k not in op.cost]
+                if missing:
+                    k = missing[0]
+                    raise ConfigError(
+                        f"layers[{i}].ops[{j}].cost is missing {k!r} (which "
+                        f"{first_with_key[k]}.cost has); every op must have every cost key "
+                        f"({', '.join(sorted(first_with_key))})"
+                    )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def cost_keys(self) -> list[str]:
+        """Sorted cost keys (every op has all of them once validated)."""
+        keys: set[str] = set()
+        for layer in self.layers:
+            for op in layer.ops:
+                keys.update(op.cost)
+        return sorted(keys)
+
+    def log10_space_size(self) -> float:
+        """log10 of the number of architectures (product of per-layer op counts)."""
+        return float(sum(math.log10(len(layer.ops)) for layer in self.layers))
+
+    def score_arrays(self) -> list[np.ndarray]:
+        """Per layer, the scores of its ops as a float64 array (layers may differ in length)."""
+        return [np.array([op.score for op in layer.ops], dtype=np.float64) for layer in self.layers]
+
+    def cost_arrays(self, key: str) -> list[np.ndarray]:
+        """Per layer, the ``key`` cost of its ops as a float64 array."""
+        return [
+            np.array([op.cost[key] for op in layer.ops], dtype=np.float64) for layer in self.layers
+        ]
+
+    def specs(self, choices: Sequence[int]) -> list[str]:
+        """The op specs of an architecture given by one op index per layer."""
+        return [layer.ops[c].spec for layer, c in zip(self.layers, choices, strict=True)]
+
+
+def _nonfinite_word(x: float) -> str:
+    return "NaN" if math.isnan(x) else ("+inf" if x > 0 else "-inf")
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets and results
+# ---------------------------------------------------------------------------------------------
+
+_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(<=|>=)\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A bound on a summed cost: ``key <= value`` (e.g. latency) or ``key >= value``."""
+
+    key: str
+    op: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ConfigError(f"budget key must be a non-empty string, got {self.key!r}")
+        if self.op not in ("<=", ">="):
+            raise ConfigError(f"budget operator must be '<=' or '>=', got {self.op!r}")
+        if not _is_real(self.value) or not math.isfinite(self.value):
+            raise ConfigError(f"budget {self.key}{self.op} needs a finite number, got "
+                              f"{self.value!r}")
+        object.__setattr__(self, "value", float(self.value))
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """Parse ``"latency_ms<=5.0"``, ``"params <= 2e6"`` or ``"flops>=1e6"``."""
+        if isinstance(text, Budget):
+            return text
+        if not isinstance(text, str):
+            raise ConfigError(f"a budget must be text like 'latency_ms<=5.0', got {text!r}")
+        m = _BUDGET_RE.match(text)
+        if m is None:
+            hint = ""
+            if re.search(r"[<>=]", text) and not re.search(r"<=|>=", text):
+                hint = " (only '<=' and '>=' are supported)"
+            raise ConfigError(
+                f"cannot parse budget {text!r}{hint}; write KEY<=VALUE or KEY>=VALUE, "
+                "e.g. 'latency_ms<=5.0' or 'params <= 2e6'"
+            )
+        key, op, num = m.groups()
+        try:
+            value = float(num)
+        except ValueError:
+            raise ConfigError(
+                f"cannot parse budget {text!r}: {num!r} is not a number"
+            ) from None
+        if not math.isfinite(value):
+            raise ConfigError(f"budget {text!r} needs a finite value, got {num!r}")
+        return cls(key=key, op=op, value=value)
+
+    def __str__(self) -> str:
+        return f"{self.key}{self.op}{self.value!r}"
+
+    def satisfied_by(self, total: float) -> bool:
+        """Whether a summed cost meets this budget."""
+        return total <= self.value if self.op == "<=" else total >= self.value
+
+
+@dataclass
+class Solution:
+    """One architecture: an op index per layer, its specs, summed score and costs."""
+
+    choices: list[int]
+    score: float
+    cost: dict[str, float]
+    specs: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: choices, specs, score, cost."""
+        return {
+            "choices": list(self.choices),
+            "specs": list(self.specs),
+            "score": self.score,
+            "cost": dict(self.cost),
+        }
+
+
+@dataclass
+class SearchResult:
+    """What :func:`solve` found: solutions in the order found (the first is the optimum).
+
+    ``timed_out`` is True when ``time_limit`` stopped the search before K solutions were
+    found or infeasibility was proven (the last solution may then be unproven-optimal).
+    """
+
+    solutions: list[Solution]
+    solve_seconds: float
+    budgets: list[Budget]
+    k_requested: int = 1
+    log10_space_size: float = 0.0
+    timed_out: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form of the result (budgets as text such as ``"latency_ms<=5.0"``)."""
+        return {
+            "solutions": [s.to_dict() for s in self.solutions],
+            "solve_seconds": self.solve_seconds,
+            "budgets": [str(b) for b in self.budgets],
+            "k_requested": self.k_requested,
+            "log10_space_size": self.log10_space_size,
+            "timed_out": self.timed_out,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact arithmetic helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _totals(values: Sequence[float]) -> tuple[float, float]:
+    # Callers may recompute a cost with a plain left-to-right sum() or with math.fsum();
+    # they can differ in the last bits, so a budget must hold for both.
+    return sum(values, 0.0), math.fsum(values)
+
+
+def _worst_total(values: Sequence[float], op: str) -> float:
+    seq, exact = _totals(values)
+    return max(seq, exact) if op == "<=" else min(seq, exact)
+
+
+def _solution(library: Library, choices: Sequence[int], keys: Sequence[str]) -> Solution:
+    ops = [layer.ops[c] for layer, c in zip(library.layers, choices, strict=True)]
+    return Solution(
+        choices=[int(c) for c in choices],
+        score=float(sum((op.score for op in ops), 0.0)),
+        cost={k: float(sum((op.cost[k] for op in ops), 0.0)) for k in keys},
+        specs=[op.spec for op in ops],
+    )
+
+
+def _violations(
+    library: Library, choices: Sequence[int], budgets: Sequence[Budget]
+) -> list[tuple[int, float]]:
+    """(budget index, excess in cost units) for every budget the architecture breaks."""
+    out = []
+    for b, budget in enumerate(budgets):
+        vals = [layer.ops[c].cost[budget.key] for layer, c in zip(library.layers, choices,
+                                                                   strict=True)]
+        total = _worst_total(vals, budget.op)
+        if not budget.satisfied_by(total):
+            out.append((b, abs(total - budget.value)))
+    return out
+
+
+def _normalize_budgets(library: Library, budgets: Sequence[Budget | str]) -> list[Budget]:
+    if isinstance(budgets, str | Budget):
+        budgets = [budgets]
+    out = [Budget.parse(b) for b in budgets]
+    keys = library.cost_keys()
+    for b in out:
+        if b.key not in keys:
+            raise ConfigError(
+                f"budget {b} is on cost {b.key!r}, which the library does not have; "
+                f"available cost keys: {', '.join(keys) if keys else '(none)'}"
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reachability
+# ---------------------------------------------------------------------------------------------
+
+
+def minimum_reachable(library: Library, key: str, sense: str = "min") -> float:
+    """The smallest (``sense="min"``) or largest (``"max"``) summed ``key`` cost any
+    architecture in the library can reach: each layer at its cheapest (costliest) op."""
+    if sense not in ("min", "max"):
+        raise ConfigError(f"sense must be 'min' or 'max', got {sense!r}")
+    library.validate()
+    if key not in library.cost_keys():
+        raise ConfigError(
+            f"the library has no cost {key!r}; available: {', '.join(library.cost_keys())}"
+        )
+    return _reach(library, key, sense)
+
+
+def _reach(library: Library, key: str, sense: str) -> float:
+    pick = min if sense == "min" else max
+    per_layer = [pick(op.cost[key] for op in layer.ops) for layer in library.layers]
+    # Conservative rounding in the direction that makes a budget harder to meet, so that
+    # "budget >= minimum_reachable" really is reachable under either way of summing.
+    return _worst_total(per_layer, "<=" if sense == "min" else ">=")
+
+
+def _extreme_choices(library: Library, key: str, sense: str) -> list[int]:
+    arrays = library.cost_arrays(key)
+    return [int(np.argmin(a) if sense == "min" else np.argmax(a)) for a in arrays]
+
+
+def _check_reachable(library: Library, budgets: Sequence[Budget]) -> None:
+    problems: list[str] = []
+    bounds: dict[str, float] = {}
+    for budget in budgets:
+        sense = "min" if budget.op == "<=" else "max"
+        reach = _reach(library, budget.key, sense)
+        if budget.satisfied_by(reach):
+            continue
+        bounds[budget.key] = reach
+        choices = _extreme_choices(library, budget.key, sense)
+        contrib = sorted(
+            range(len(library.layers)),
+            key=lambda i: -abs(library.layers[i].ops[choices[i]].cost[budget.key]),
+        )[:3]
+        tops = "; ".join(
+            f"{library.layers[i].name!r} (layers[{i}], "
+            f"{'cheapest' if sense == 'min' else 'largest'} op "
+            f"{library.layers[i].ops[choices[i]].spec!r}, "
+            f"{budget.key}={library.layers[i].ops[choices[i]].cost[budget.key]:.6g})"
+            for i in contrib
+        )
+        if sense == "min":
+            problems.append(
+                f"budget {budget} cannot be met: the minimum reachable {budget.key} is "
+                f"{reach!r} (every layer at its cheapest op), above the requested "
+                f"{budget.value!r}. Layers contributing most to that minimum: {tops}. "
+                f"Raise the budget to at least {reach!r}, or add cheaper candidate ops "
+                "(e.g. identity or thinner blocks) to those layers."
+            )
+        else:
+            problems.append(
+                f"budget {budget} cannot be met: the maximum reachable {budget.key} is "
+                f"{reach!r} (every layer at its largest op), below the requested "
+                f"{budget.value!r}. Layers contributing most to that maximum: {tops}. "
+                f"Lower the budget to at most {reach!r}, or add larger candidate ops to "
+                "those layers."
+            )
+    if problems:
+        raise InfeasibleBudgetError("\n".join(problems), minimum=bounds)
+
+
+def _conflict_error(library: Library, budgets: Sequence[Budget]) -> InfeasibleBudgetError:
+    lines = []
+    bounds: dict[str, float] = {}
+    keys = sorted({b.key for b in budgets})
+    for budget in budgets:
+        sense = "min" if budget.op == "<=" else "max"
+        reach = _reach(library, budget.key, sense)
+        bounds[budget.key] = reach
+        # What the other costs look like at this budget's extreme tells the user which
+        # budget to relax and by roughly how much.
+        at = _solution(library, _extreme_choices(library, budget.key, sense), keys)
+        others = ", ".join(f"{k}={v:.6g}" for k, v in at.cost.items() if k != budget.key)
+        lines.append(
+            f"  {budget}: {sense}imum reachable {budget.key} alone is {reach!r}"
+            + (f" (that architecture has {others})" if others else "")
+        )
+    return InfeasibleBudgetError(
+        "the budgets conflict: each is reachable on its own but no architecture meets all "
+        "of them together:\n" + "\n".join(lines) + "\nRelax at least one of them.",
+        minimum=bounds,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The ILP
+# ---------------------------------------------------------------------------------------------
+
+
+class _Problem:
+    """Scaled, pruned numeric view of a library + budgets, shared by the K re-solves."""
+
+    def __init__(self, library: Library, budgets: Sequence[Budget]) -> None:
+        self.library = library
+        self.budgets = list(budgets)
+        self.n_layers = len(library.layers)
+        scores = library.score_arrays()
+        # Shifting each layer by its minimum and scaling by the largest remaining spread keeps
+        # HiGHS's coefficients in [0, 1] whatever the units (ms, params, flops).
+        shifted = [s - s.min() for s in scores]
+        spread = max(float(s.max()) for s in shifted)
+        self.obj = [s / (spread if spread > 0 else 1.0) for s in shifted]
+
+        # Budgets that every architecture meets are dropped: they would only add numerics.
+        self.rows: list[tuple[int, list[np.ndarray], float, float]] = []  # (b, coefs, shift, scale)
+        for b, budget in enumerate(self.budgets):
+            sense = "max" if budget.op == "<=" else "min"
+            worst = _reach(library, budget.key, sense)
+            if budget.satisfied_by(worst):
+                continue
+            costs = library.cost_arrays(budget.key)
+            mins = [float(c.min()) for c in costs]
+            sh = [c - m for c, m in zip(costs, mins, strict=True)]
+            scale = max(float(c.max()) for c in sh) or 1.0
+            self.rows.append((b, [c / scale for c in sh], math.fsum(mins), scale))
+
+        # Dominance: op j' dominates j if it is no worse in score and in every binding budget
+        # direction. Swapping j -> j' never breaks a budget (float sums are monotone) and never
+        # raises the score, so dominated ops can be dropped -- unless j' was chosen by an
+        # earlier solution, because then the swap could break a diversity constraint.
+        # Precomputed once; each re-solve only masks the rows of protected ops.
+        self.dom: list[np.ndarray] = []
+        directed = [
+            library.cost_arrays(self.budgets[b].key) for b, _, _, _ in self.rows
+        ]
+        signs = [1.0 if self.budgets[b].op == "<=" else -1.0 for b, _, _, _ in self.rows]
+        for i in range(self.n_layers):
+            cols = [scores[i]] + [s * c[i] for s, c in zip(signs, directed, strict=True)]
+            v = np.stack(cols, axis=1)
+            le = np.all(v[:, None, :] <= v[None, :, :], axis=2)
+            lt = np.any(v[:, None, :] < v[None, :, :], axis=2)
+            idx = np.arange(len(v))
+            # Index order breaks ties between identical ops so exactly one of them survives.
+            self.dom.append(le & (lt | (idx[:, None] < idx[None, :])))
+
+    def kept(self, protected: list[set[int]]) -> list[np.ndarray]:
+        """Per layer, indices of ops that may appear in some optimal solution."""
+        out = []
+        for i, dom in enumerate(self.dom):
+            if protected[i]:
+                free = np.ones(dom.shape[0], dtype=bool)
+                free[list(protected[i])] = False
+                removed = dom[free].any(axis=0)
+            else:
+                removed = dom.any(axis=0)
+            out.append(np.flatnonzero(~removed))
+        return out
+
+    def solve_once(
+        self,
+        exclusions: Sequence[tuple[Sequence[int], int]],
+        tighten: Sequence[float],
+        time_limit: float | None,
+        gap: float = 0.0,
+        node_limit: int | None = None,
+    ) -> tuple[list[int] | None, int]:
+        """One MILP. ``exclusions`` are (choices, max shared layers) rows; ``tighten`` the
+        extra margin per row of :attr:`rows` in cost units. Returns (choices, scipy status)."""
+        n = self.n_layers
+        protected: list[set[int]] = [set() for _ in range(n)]
+        for choices, _ in exclusions:
+            for i, c in enumerate(choices):
+                protected[i].add(int(c))
+        kept = self.kept(protected)
+        sizes = [len(k) for k in kept]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        nvar = int(offsets[-1])
+        var_layer = np.repeat(np.arange(n), sizes)
+        var_op = np.concatenate(kept)
+        # Maps (layer, op) -> variable for building exclusion rows.
+        pos = [{int(op): int(offsets[i] + t) for t, op in enumerate(k)} for i, k in
+               enumerate(kept)]
+
+        c = np.concatenate([self.obj[i][kept[i]] for i in range(n)])
+        rows_i: list[np.ndarray] = [var_layer]
+        cols_i: list[np.ndarray] = [np.arange(nvar)]
+        vals: list[np.ndarray] = [np.ones(nvar)]
+        lb: list[float] = [1.0] * n
+        ub: list[float] = [1.0] * n
+        r = n
+        for (b, coefs, shift, scale), extra in zip(self.rows, tighten, strict=True):
+            budget = self.budgets[b]
+            rows_i.append(np.full(nvar, r))
+            cols_i.append(np.arange(nvar))
+            vals.append(np.concatenate([coefs[i][kept[i]] for i in range(n)]))
+            if budget.op == "<=":
+                lb.append(-np.inf)
+                ub.append((budget.value - extra - shift) / scale)
+            else:
+                lb.append((budget.value + extra - shift) / scale)
+                ub.append(np.inf)
+            r += 1
+        for choices, limit in exclusions:
+            idx = np.array([pos[i][int(ch)] for i, ch in enumerate(choices)])
+            rows_i.append(np.full(n, r))
+            cols_i.append(idx)
+            vals.append(np.ones(n))
+            lb.append(-np.inf)
+            ub.append(float(limit))
+            r += 1
+        a = csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows_i), np.concatenate(cols_i))),
+            shape=(r, nvar),
+        )
+        options: dict[str, Any] = {"disp": False, "presolve": True, "mip_rel_gap": gap}
+        if node_limit is not None:
+            options["node_limit"] = int(node_limit)
+        if time_limit is not None:
+            options["time_limit"] = max(time_limit, 1e-3)
+        res = milp(
+            c,
+            constraints=LinearConstraint(a, np.array(lb), np.array(ub)),
+            integrality=np.ones(nvar),
+            bounds=Bounds(0.0, 1.0),
+            options=options,
+        )
+        hit_time = res.status == 1 and "time limit" in str(res.message).lower()
+        if res.x is None:
+            if res.status == 0:
+                raise LanaError(f"HiGHS reported optimal without a solution: {res.message}")
+            if hit_time:
+                return None, "timeout"
+            if node_limit is not None and res.status in (1, 4) and "infeasible" not in str(
+                res.message
+            ).lower():
+                return None, "limit"
+            if res.status == 2 or "infeasible" in str(res.message).lower():
+                return None, "infeasible"
+            raise LanaError(f"the ILP solver failed: {res.message}")
+        x = res.x
+        # argmax is robust to HiGHS returning 0.9999999 instead of 1.
+        choices = [int(var_op[offsets[i] + int(np.argmax(x[offsets[i]:offsets[i + 1]]))])
+                   for i in range(n)]
+        if res.status == 0:
+            return choices, "optimal"
+        return choices, ("timeout" if hit_time else "limit")
+
+
+_MAX_EXACT_CUTS = 5
+
+
+def _solve_feasible(
+    prob: _Problem,
+    exclusions: list[tuple[list[int], int]],
+    deadline: float | None,
+    gap: float = 0.0,
+    node_limit: int | None = None,
+) -> tuple[list[int] | None, str]:
+    """Solve until the answer meets every budget in exact float arithmetic.
+
+    Returns (choices or None, outcome) with outcome "optimal", "limit" (best found within
+    ``node_limit``), "infeasible" or "timeout".
+    """
+    n = prob.n_layers
+    cuts: list[tuple[list[int], int]] = []
+    tighten = [0.0] * len(prob.rows)
+    row_of_budget = {b: r for r, (b, _, _, _) in enumerate(prob.rows)}
+    while True:
+        remaining = None if deadline is None else deadline - time.perf_counter()
+        if remaining is not None and remaining <= 0:
+            return None, "timeout"
+        choices, outcome = prob.solve_once(exclusions + cuts, tighten, remaining, gap,
+                                           node_limit)
+        if choices is None:
+            if outcome == "limit":
+                # No incumbent within the node budget: finish this one properly instead of
+                # giving up on diversity.
+                node_limit = None
+                continue
+            return None, outcome
+        bad = _violations(prob.library, choices, prob.budgets)
+        if not bad:
+            return choices, outcome
+        if outcome == "timeout":
+            return None, "timeout"
+        # HiGHS accepts rows violated by ~1e-6 (scaled), so a solution can overshoot a budget
+        # by a hair. Cutting off exactly that architecture keeps the optimum exact; if many
+        # architectures sit in that hair-width band, tighten the budget instead, which is
+        # guaranteed to make progress (at the cost of excluding that band).
+        if len(cuts) < _MAX_EXACT_CUTS:
+            cuts.append((choices, n - 1))
+        else:
+            for b, excess in bad:
+                r = row_of_budget[b]
+                tighten[r] += excess + 1e-7 * prob.rows[r][3]
+
+
+def solve(
+    library: Library,
+    budgets: Sequence[Budget | str],
+    k: int = 1,
+    overlap: float = 0.7,
+    time_limit: float | None = None,
+) -> SearchResult:
+    """Find up to ``k`` diverse architectures minimising the summed score under ``budgets``.
+
+    The first solution is the optimum. Each later one is the optimum among architectures
+    sharing at most ``floor(overlap * N)`` layer choices with every earlier solution
+    (``overlap >= 1`` only forbids exact repeats); the search stops early once no such
+    architecture exists. Every reported solution meets every budget when its costs are
+    summed with Python floats. ``time_limit`` (seconds) caps the whole search; when hit, the
+    solutions found so far are returned with ``timed_out=True``.
+
+    Raises :class:`InfeasibleBudgetError` if a budget is out of reach of the library or the
+    budgets cannot all be met together, and :class:`ConfigError` for bad arguments.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(library, Library):
+        raise ConfigError(f"solve() needs a Library, got {type(library).__name__}")
+    library.validate()
+    blist = _normalize_budgets(library, budgets)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ConfigError(f"k (number of architectures) must be an integer >= 1, got {k!r}")
+    if not _is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
+        raise ConfigError(f"overlap must be a finite number >= 0, got {overlap!r}")
+    if time_limit is not None and (not _is_real(time_limit) or not time_limit > 0):
+        raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    _check_reachable(library, blist)
+
+    n = len(library.layers)
+    # The epsilon keeps e.g. 0.57 * 100 = 56.999999999999 from flooring to 56.
+    limit = n - 1 if overlap >= 1 else min(n - 1, math.floor(overlap * n + 1e-9))
+    deadline = None if time_limit is None else t0 + float(time_limit)
+    keys = library.cost_keys()
+    prob = _Problem(library, blist)
+
+    solutions: list[Solution] = []
+    exclusions: list[tuple[list[int], int]] = []
+    timed_out = False
+    for _ in range(int(k)):
+        if exclusions:
+            gap = float(os.environ.get("GAP", "0"))
+            nl = int(os.environ["NODES"]) if os.environ.get("NODES") else None
+        else:
+            gap, nl = 0.0, None
+        choices, status = _solve_feasible(prob, exclusions, deadline, gap, nl)
+        if choices is None:
+            if status == "timeout":
+                timed_out = True
+                if not solutions:
+                    raise LanaError(
+                        f"the search hit time_limit={time_limit} s before finding any "
+                        "architecture; raise time_limit or leave it unset"
+                    )
+            elif not solutions:
+                raise _conflict_error(library, blist)
+            break
+        solutions.append(_solution(library, choices, keys))
+        exclusions.append((choices, limit))
+        if status == "timeout":
+            timed_out = True
+            break
+
+    return SearchResult(
+        solutions=solutions,
+        solve_seconds=time.perf_counter() - t0,
+        budgets=blist,
+        k_requested=int(k),
+        log10_space_size=library.log10_space_size(),
+        timed_out=timed_out,
+    )
+
+
+def brute_force(library: Library, budgets: Sequence[Budget | str]) -> Solution | None:
+    """Exhaustive search (for tests on tiny libraries): the lowest-score architecture meeting
+    every budget, or None if there is none. Refuses spaces above a million architectures."""
+    library.validate()
+    blist = _normalize_budgets(library, budgets)
+    if library.log10_space_size() > 6:
+        raise ConfigError(
+            f"brute_force is for tiny libraries; this one has 10^"
+            f"{library.log10_space_size():.1f} architectures, use solve()"
+        )
+    keys = library.cost_keys()
+    best: list[int] | None = None
+    best_score = math.inf
+    for choices in itertools.product(*(range(len(layer.ops)) for layer in library.layers)):
+        if _violations(library, choices, blist):
+            continue
+        score = sum((layer.ops[c].score for layer, c in zip(library.layers, choices,
+                                                            strict=True)), 0.0)
+        if score < best_score:
+            best, best_score = list(choices), score
+    return None if best is None else _solution(library, best, keys)
