@@ -114,6 +114,9 @@ class SearchConfig(_Section):
     overlap: float = Field(0.7, gt=0, le=1)
     eval_samples: int = Field(1024, ge=8, description="held-out images to rank the K students")
     max_resolves: int = Field(4, ge=0, description="re-solves when a student misses its budget")
+    margin: float = Field(0.03, ge=0, lt=0.5, description="a student must measure this "
+                          "fraction under the budget to be selected, so that measurement "
+                          "noise does not push the exported student over it")
 
 
 class FinetuneConfig(_Section):

@@ -15,10 +15,10 @@ from lana.config import BudgetConfig, Config, config_from_dict
 DEMO_CONFIG: dict = {
     "seed": 0,
     "model": {"name": "lana:tiny_effnet"},
-    "data": {"name": "fashion-mnist", "image_size": 32, "train_samples": 20000,
+    "data": {"name": "fashion-mnist", "image_size": 32, "train_samples": 12000,
              "val_samples": 2000},
-    "teacher_training": {"epochs": 3, "batch_size": 128, "lr": 3e-3},
-    "distill": {"steps": 120, "batch_size": 32, "lr": 3e-3},
+    "teacher_training": {"epochs": 3, "batch_size": 128, "lr": 4e-3},
+    "distill": {"steps": 60, "batch_size": 64, "lr": 3e-3},
     "latency": {"backend": "onnxruntime", "batch_size": 1, "threads": 1,
                 "max_seconds": 0.15},
     "score": {"metric": "ce", "samples": 256},

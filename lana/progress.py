@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -22,16 +23,59 @@ T = TypeVar("T")
 console = Console(stderr=True)
 
 
-def _enabled() -> bool:
-    return os.environ.get("LANA_PROGRESS", "1") != "0" and sys.stderr.isatty()
+class _LineProgress:
+    """Progress for logs (stderr not a terminal): one line per task at every 25%."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> _LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t in self.tasks.values():
+            if t["completed"] < (t["total"] or 0):
+                self._line(t, "stopped")
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0,
+                 **fields: object) -> int:
+        tid = len(self.tasks)
+        self.tasks[tid] = {"description": description, "total": total, "completed": completed,
+                           "next": 0.25, "info": fields.get("info", ""), "start": time.time()}
+        return tid
+
+    def update(self, task: int, advance: float = 0, completed: float | None = None,
+               info: str | None = None, **_: object) -> None:
+        t = self.tasks[task]
+        t["completed"] = completed if completed is not None else t["completed"] + advance
+        if info is not None:
+            t["info"] = info
+        if t["total"]:
+            frac = t["completed"] / t["total"]
+            if frac >= t["next"] - 1e-9:
+                while t["next"] <= frac + 1e-9:
+                    t["next"] += 0.25
+                self._line(t, f"{frac:.0%}")
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+    @staticmethod
+    def _line(t: dict, what: str) -> None:
+        elapsed = time.time() - t["start"]
+        console.print(f"{t['description']}: {what} ({t['completed']:g}/{t['total']:g}) "
+                      f"{t['info']} [{elapsed:.0f} s]", highlight=False)
 
 
-def progress() -> Progress:
-    """A rich Progress with ETA; it renders nothing when stderr is not a terminal."""
+def progress() -> Progress | _LineProgress:
+    """A rich Progress with ETA on a terminal; occasional plain lines in logs."""
+    if os.environ.get("LANA_PROGRESS", "1") == "0":
+        return Progress(console=console, disable=True)
+    if not sys.stderr.isatty():
+        return _LineProgress()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=console, disable=not _enabled(),
-                    transient=False)
+                    TimeRemainingColumn(), console=console, transient=False)
 
 
 def track(items: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_matrix
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from scipy.sparse import csr_matrix, vstack
 
 from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
 from lana.io import read_json, write_json
@@ -576,31 +576,22 @@ class _Problem:
             out.append(np.flatnonzero(~removed))
         return out
 
-    def solve_once(
+    def build(
         self,
+        kept: list[np.ndarray],
         exclusions: Sequence[tuple[Sequence[int], int]],
         tighten: Sequence[float],
-        time_limit: float | None,
-        gap: float = 0.0,
-        node_limit: int | None = None,
-    ) -> tuple[list[int] | None, int]:
-        """One MILP. ``exclusions`` are (choices, max shared layers) rows; ``tighten`` the
-        extra margin per row of :attr:`rows` in cost units. Returns (choices, scipy status)."""
+    ) -> _Model:
+        """The (I)LP over the ops in ``kept``: one op per layer, the binding budgets (moved in
+        by ``tighten``, in cost units) and one row per (choices, max shared layers) exclusion.
+        Every op named in ``exclusions`` must be in ``kept``."""
         n = self.n_layers
-        protected: list[set[int]] = [set() for _ in range(n)]
-        for choices, _ in exclusions:
-            for i, c in enumerate(choices):
-                protected[i].add(int(c))
-        kept = self.kept(protected)
         sizes = [len(k) for k in kept]
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         nvar = int(offsets[-1])
         var_layer = np.repeat(np.arange(n), sizes)
-        var_op = np.concatenate(kept)
-        # Maps (layer, op) -> variable for building exclusion rows.
         pos = [{int(op): int(offsets[i] + t) for t, op in enumerate(k)} for i, k in
                enumerate(kept)]
-
         c = np.concatenate([self.obj[i][kept[i]] for i in range(n)])
         rows_i: list[np.ndarray] = [var_layer]
         cols_i: list[np.ndarray] = [np.arange(nvar)]
@@ -621,9 +612,8 @@ class _Problem:
                 ub.append(np.inf)
             r += 1
         for choices, limit in exclusions:
-            idx = np.array([pos[i][int(ch)] for i, ch in enumerate(choices)])
             rows_i.append(np.full(n, r))
-            cols_i.append(idx)
+            cols_i.append(np.array([pos[i][int(ch)] for i, ch in enumerate(choices)]))
             vals.append(np.ones(n))
             lb.append(-np.inf)
             ub.append(float(limit))
@@ -632,40 +622,150 @@ class _Problem:
             (np.concatenate(vals), (np.concatenate(rows_i), np.concatenate(cols_i))),
             shape=(r, nvar),
         )
+        return _Model(kept, offsets, c, a, np.array(lb), np.array(ub))
+
+    def run_milp(
+        self, model: _Model, time_limit: float | None, gap: float
+    ) -> tuple[list[int] | None, str]:
+        """Solve ``model`` as a 0/1 program; (choices or None, outcome)."""
         options: dict[str, Any] = {"disp": False, "presolve": True, "mip_rel_gap": gap}
-        if node_limit is not None:
-            options["node_limit"] = int(node_limit)
         if time_limit is not None:
             options["time_limit"] = max(time_limit, 1e-3)
+        nvar = len(model.c)
         res = milp(
-            c,
-            constraints=LinearConstraint(a, np.array(lb), np.array(ub)),
+            model.c,
+            constraints=LinearConstraint(model.a, model.lb, model.ub),
             integrality=np.ones(nvar),
             bounds=Bounds(0.0, 1.0),
             options=options,
         )
-        hit_time = res.status == 1 and "time limit" in str(res.message).lower()
+        message = str(res.message).lower()
+        hit_time = res.status == 1 and "time limit" in message
         if res.x is None:
-            if res.status == 0:
-                raise LanaError(f"HiGHS reported optimal without a solution: {res.message}")
             if hit_time:
                 return None, "timeout"
-            if node_limit is not None and res.status in (1, 4) and "infeasible" not in str(
-                res.message
-            ).lower():
-                return None, "limit"
-            if res.status == 2 or "infeasible" in str(res.message).lower():
+            if res.status == 2 or "infeasible" in message:
                 return None, "infeasible"
             raise LanaError(f"the ILP solver failed: {res.message}")
-        x = res.x
-        # argmax is robust to HiGHS returning 0.9999999 instead of 1.
-        choices = [int(var_op[offsets[i] + int(np.argmax(x[offsets[i]:offsets[i + 1]]))])
-                   for i in range(n)]
         if res.status == 0:
-            return choices, "optimal"
-        return choices, ("timeout" if hit_time else "limit")
+            return model.choices(res.x), "optimal"
+        if hit_time:
+            return model.choices(res.x), "timeout"
+        raise LanaError(f"the ILP solver stopped early: {res.message}")
+
+    def run_lp(
+        self, model: _Model, time_limit: float | None
+    ) -> tuple[float, np.ndarray, np.ndarray] | None | str:
+        """LP relaxation of ``model``: (bound, reduced costs, x), "infeasible", or None when
+        the LP could not be solved (the caller then falls back to the plain ILP)."""
+        a, lo, hi = model.a, model.lb, model.ub
+        eq = lo == hi
+        up = ~eq & np.isfinite(hi)
+        down = ~eq & np.isfinite(lo)
+        parts = [a[up], -a[down]]
+        a_ub = vstack(parts).tocsr() if (up.any() or down.any()) else None
+        b_ub = np.concatenate([hi[up], -lo[down]]) if a_ub is not None else None
+        options: dict[str, Any] = {"presolve": True}
+        if time_limit is not None:
+            options["time_limit"] = max(time_limit, 1e-3)
+        res = linprog(model.c, A_ub=a_ub, b_ub=b_ub, A_eq=a[eq], b_eq=lo[eq], bounds=(0, 1),
+                      method="highs-ds", options=options)
+        if res.status == 2:
+            return "infeasible"
+        if res.status != 0 or res.x is None:
+            return None
+        return float(res.fun), np.asarray(res.lower.marginals, dtype=np.float64), res.x
+
+    def solve_once(
+        self,
+        exclusions: Sequence[tuple[Sequence[int], int]],
+        tighten: Sequence[float],
+        time_limit: float | None,
+        gap: float = 0.0,
+        staged: bool = False,
+    ) -> tuple[list[int] | None, str]:
+        """One search under ``exclusions``; (choices or None, outcome) with outcome
+        "optimal" (within ``gap``), "timeout" (best so far) or "infeasible".
+
+        ``staged`` first finds a good solution on a shortlist of ops and then drops every op
+        whose LP reduced cost proves it cannot beat that solution, so that HiGHS works on a
+        small model: much faster for the diverse re-solves, and still within ``gap``.
+        """
+        n = self.n_layers
+        protected: list[set[int]] = [set() for _ in range(n)]
+        for choices, _ in exclusions:
+            for i, c in enumerate(choices):
+                protected[i].add(int(c))
+        kept = self.kept(protected)
+        full = self.build(kept, exclusions, tighten)
+        start = time.perf_counter()
+
+        def left() -> float | None:
+            return None if time_limit is None else time_limit - (time.perf_counter() - start)
+
+        if not staged:
+            return self.run_milp(full, time_limit, gap)
+        lp = self.run_lp(full, left())
+        if lp == "infeasible":
+            return None, "infeasible"
+        if lp is None or isinstance(lp, str):
+            return self.run_milp(full, left(), gap)
+        bound, rc, x = lp
+        # Shortlist: everything the LP uses, every op an exclusion row names (so the rows can
+        # be built), and the few ops per layer that the LP prices closest to free.
+        short = []
+        for i in range(n):
+            lo_, hi_ = full.offsets[i], full.offsets[i + 1]
+            r_i, x_i = rc[lo_:hi_], x[lo_:hi_]
+            pick = set(np.argsort(r_i, kind="stable")[:_SHORTLIST].tolist())
+            pick.update(np.flatnonzero(x_i > 1e-9).tolist())
+            ops = set(kept[i][sorted(pick)].tolist()) | protected[i]
+            short.append(np.array(sorted(ops), dtype=np.int64))
+        first, outcome = self.run_milp(self.build(short, exclusions, tighten), left(), gap)
+        if first is None:
+            # The shortlist may be too narrow to meet every row; the full model decides.
+            if outcome == "timeout":
+                return None, "timeout"
+            return self.run_milp(full, left(), gap)
+        if outcome == "timeout":
+            return first, "timeout"
+        incumbent = self.objective(first)
+        # Any solution using op j costs at least bound + rc[j], so ops with rc[j] above the
+        # incumbent's distance to the bound cannot improve on it (margin for LP tolerances).
+        slack = incumbent - bound + 1e-6 * (1.0 + abs(incumbent))
+        reduced = []
+        for i in range(n):
+            lo_, hi_ = full.offsets[i], full.offsets[i + 1]
+            ops = set(kept[i][rc[lo_:hi_] <= slack].tolist()) | protected[i] | {first[i]}
+            reduced.append(np.array(sorted(ops), dtype=np.int64))
+        second, outcome = self.run_milp(self.build(reduced, exclusions, tighten), left(), gap)
+        if second is None or self.objective(second) > incumbent:
+            return first, ("timeout" if outcome == "timeout" else "optimal")
+        return second, outcome
+
+    def objective(self, choices: Sequence[int]) -> float:
+        """Scaled objective of an architecture (what HiGHS minimises)."""
+        return float(sum(self.obj[i][c] for i, c in enumerate(choices)))
 
 
+@dataclass
+class _Model:
+    kept: list[np.ndarray]
+    offsets: np.ndarray
+    c: np.ndarray
+    a: csr_matrix
+    lb: np.ndarray
+    ub: np.ndarray
+
+    def choices(self, x: np.ndarray) -> list[int]:
+        # argmax is robust to HiGHS returning 0.9999999 instead of 1.
+        return [
+            int(k[int(np.argmax(x[self.offsets[i]:self.offsets[i + 1]]))])
+            for i, k in enumerate(self.kept)
+        ]
+
+
+_SHORTLIST = 3
 _MAX_EXACT_CUTS = 5
 
 
@@ -674,12 +774,14 @@ def _solve_feasible(
     exclusions: list[tuple[list[int], int]],
     deadline: float | None,
     gap: float = 0.0,
-    node_limit: int | None = None,
+    cap: float | None = None,
+    staged: bool = False,
 ) -> tuple[list[int] | None, str]:
     """Solve until the answer meets every budget in exact float arithmetic.
 
-    Returns (choices or None, outcome) with outcome "optimal", "limit" (best found within
-    ``node_limit``), "infeasible" or "timeout".
+    ``deadline`` is the overall one (perf_counter time); ``cap`` limits this solve alone, after
+    which HiGHS's best solution so far is accepted. Returns (choices or None, outcome) with
+    outcome "optimal", "limit" (accepted at ``cap``), "infeasible" or "timeout" (deadline).
     """
     n = prob.n_layers
     cuts: list[tuple[list[int], int]] = []
@@ -689,13 +791,16 @@ def _solve_feasible(
         remaining = None if deadline is None else deadline - time.perf_counter()
         if remaining is not None and remaining <= 0:
             return None, "timeout"
-        choices, outcome = prob.solve_once(exclusions + cuts, tighten, remaining, gap,
-                                           node_limit)
+        capped = cap is not None and (remaining is None or cap < remaining)
+        limit = cap if capped else remaining
+        choices, outcome = prob.solve_once(exclusions + cuts, tighten, limit, gap, staged)
+        if outcome == "timeout" and capped:
+            outcome = "limit"
         if choices is None:
             if outcome == "limit":
-                # No incumbent within the node budget: finish this one properly instead of
-                # giving up on diversity.
-                node_limit = None
+                # No solution at all within the cap: finish this one under the overall
+                # deadline rather than give up on diversity.
+                cap = None
                 continue
             return None, outcome
         bad = _violations(prob.library, choices, prob.budgets)
@@ -760,10 +865,11 @@ def solve(
     for _ in range(int(k)):
         if exclusions:
             gap = float(os.environ.get("GAP", "0"))
-            nl = int(os.environ["NODES"]) if os.environ.get("NODES") else None
+            nl = float(os.environ["CAP"]) if os.environ.get("CAP") else None
         else:
             gap, nl = 0.0, None
-        choices, status = _solve_feasible(prob, exclusions, deadline, gap, nl)
+        choices, status = _solve_feasible(prob, exclusions, deadline, gap, nl,
+                                          bool(exclusions) and not os.environ.get("NOSTAGE"))
         if choices is None:
             if status == "timeout":
                 timed_out = True

@@ -1,0 +1,276 @@
+"""End-to-end tests of lana.pipeline.Run on tiny synthetic data (one shared ~40 s run)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lana
+import lana.distill
+import lana.profile
+import lana.train
+from lana.config import BudgetConfig, config_from_dict
+from lana.errors import ConfigError, InfeasibleBudgetError
+from lana.io import load_tensors, read_json
+from lana.pipeline import Run, budget_tag
+from lana.space import log10_space_size
+from lana.student import assemble
+from lana.train import evaluate
+
+
+def _forbid(*names: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{'/'.join(names)} must not be called")
+
+    return fail
+
+
+def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lana.distill, "_train_group", _forbid("distill._train_group"))
+    monkeypatch.setattr(lana.train, "train_classifier", _forbid("train.train_classifier"))
+
+
+def _mtimes(run_dir: Path, patterns: list[str]) -> dict[str, int]:
+    out = {}
+    for pat in patterns:
+        for p in sorted(run_dir.glob(pat)):
+            out[str(p.relative_to(run_dir))] = p.stat().st_mtime_ns
+    return out
+
+
+STAGE_FILES = ["teacher.safetensors", "teacher.json", "candidates.json", "distill/**/*",
+               "latency.json", "scores.json", "students/*/*.json",
+               "students/*/finetuned.safetensors", "students/*/model/*"]
+
+
+def test_summary_has_documented_fields(pipeline_run) -> None:
+    run_dir, cfg = pipeline_run
+    summary = read_json(run_dir / "summary.json")
+    assert summary["format"] == "lana-summary/1"
+    teacher = summary["teacher"]
+    assert teacher["name"] == "lana:tiny_effnet"
+    assert 0.0 <= teacher["accuracy"] <= 1.0
+    assert teacher["latency_ms"] > 0
+    lat = summary["latency"]
+    assert lat["backend"] == "onnxruntime" and lat["batch_size"] == 1 and lat["threads"] == 1
+    assert isinstance(lat["device"], str) and lat["device"]
+    (student,) = summary["students"]
+    assert student["budget"] == {"speedup": 1.5}
+    assert student["budget_ms"] == pytest.approx(teacher["latency_ms"] / 1.5)
+    # the ILP keeps the calibrated LUT prediction within the budget
+    assert 0 < student["latency_ms_predicted"] <= student["budget_ms"] * (1 + 1e-9)
+    assert student["latency_ms_measured"] > 0
+    assert 0.0 <= student["accuracy"] <= 1.0
+    assert 0.0 <= student["accuracy_before_finetune"] <= 1.0
+    candidates = [layer["ops"] for layer in read_json(run_dir / "candidates.json")["layers"]]
+    assert len(student["choices"]) == len(candidates) == 11
+    assert all(c in ops for c, ops in zip(student["choices"], candidates, strict=True))
+    assert any(c != "teacher" for c in student["choices"])
+    search = summary["search"]
+    assert search["k"] == 2 and search["solve_seconds"] >= 0
+    assert search["log10_space_size"] == pytest.approx(log10_space_size(candidates))
+    # the written file and the export record agree
+    export = read_json(run_dir / "students" / "speedup1.5" / "export.json")
+    assert export["accuracy"] == student["accuracy"]
+    assert export["choices"] == student["choices"]
+
+
+def test_run_directory_contents(pipeline_run) -> None:
+    run_dir, _ = pipeline_run
+    layers = read_json(run_dir / "candidates.json")["layers"]
+    teacher = read_json(run_dir / "teacher.json")
+    assert [{k: v for k, v in layer.items() if k not in ("ops", "name")} for layer in layers] \
+        == [{k: v for k, v in layer.items() if k != "name"} for layer in teacher["layers"]]
+    expected = ["teacher", "identity", "ir_k3_e1", "ir_k3_e3", "cb_k3"]
+    for layer in layers:
+        same = layer["in_shape"] == layer["out_shape"]
+        assert layer["ops"] == (expected if same else [s for s in expected if s != "identity"])
+    index = read_json(run_dir / "distill" / "index.json")
+    for i, layer in enumerate(layers):
+        trained = [s for s in layer["ops"] if s not in ("teacher", "identity")]
+        assert sorted(index[str(i)]) == sorted(trained)
+        for spec in trained:
+            assert lana.distill.weight_path(run_dir, i, spec).exists()
+            assert math.isfinite(index[str(i)][spec]["nmse"])
+    scores = read_json(run_dir / "scores.json")
+    lat = read_json(run_dir / "latency.json")
+    for i, layer in enumerate(layers):
+        ops = layer["ops"]
+        assert len(scores["scores"][i]) == len(lat["layers"][i]) == len(ops)
+        assert scores["scores"][i][0] == 0.0  # the teacher op
+        if "identity" in ops:
+            assert lat["layers"][i][ops.index("identity")] == 0.0
+        assert all(ms > 0 for s, ms in zip(ops, lat["layers"][i], strict=True)
+                   if s != "identity")
+    assert scores["samples"] == 32
+    assert not list((run_dir / "distill").glob("checkpoint-*"))
+
+
+def test_exported_student_loads_and_matches(run_copy) -> None:
+    import onnxruntime as ort
+
+    run_dir, cfg = run_copy
+    run = Run(run_dir, config_from_dict(cfg))
+    sdir = run.student_dir(run.config.search.budget)
+    export = read_json(sdir / "export.json")
+    loaded = lana.load_student(sdir / "model")
+    assert loaded.choices == export["choices"]
+    # the fine-tuned student, rebuilt from the run directory
+    ref = assemble(run.chain, export["choices"], run._build)
+    ref.load_state_dict(load_tensors(sdir / "finetuned.safetensors"))
+    ref.eval()
+    x, _ = next(run.splits.test.batches(16))
+    with torch.no_grad():
+        expected = ref(x)
+        assert torch.allclose(loaded(x), expected, atol=1e-5)
+    # its test accuracy is the one reported in the summary
+    assert evaluate(loaded, run.splits.test)["accuracy"] == export["accuracy"]
+    sess = ort.InferenceSession(str(sdir / export["files"]["onnx"]),
+                                providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for k in range(4):
+        (out,) = sess.run(None, {name: x[k:k + 1].numpy()})
+        np.testing.assert_allclose(out, expected[k:k + 1].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_rerun_does_no_work(run_copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, cfg = run_copy
+    before = read_json(run_dir / "summary.json")
+    mtimes = _mtimes(run_dir, STAGE_FILES)
+    assert len(mtimes) > 20
+    _no_training(monkeypatch)
+    monkeypatch.setattr(lana.profile, "measure_models", _forbid("profile.measure_models"))
+    monkeypatch.setattr(lana.profile, "profile_candidates", _forbid("profile_candidates"))
+    summary = Run(run_dir, config_from_dict(cfg)).all()
+    assert _mtimes(run_dir, STAGE_FILES) == mtimes
+
+    def strip(s: dict) -> dict:
+        s = copy.deepcopy(s)
+        s.pop("timings_s")  # see test_rerun_keeps_stage_timings
+        for st in s["students"]:
+            st.pop("path")
+        return s
+
+    assert strip(summary) == strip(before)
+    assert summary["students"][0]["path"] == str(run_dir / "students" / "speedup1.5" / "model")
+
+
+def test_rerun_keeps_stage_timings(run_copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stages whose output exists are skipped, and so must be their recorded durations:
+    # a resumed run must not replace the real phase-1 time by the time of a no-op check.
+    # Fails while Run.distill() records its timing even when nothing was distilled.
+    run_dir, cfg = run_copy
+    before = read_json(run_dir / "timings.json")
+    _no_training(monkeypatch)
+    summary = Run(run_dir, config_from_dict(cfg)).all()
+    assert summary["timings_s"] == before
+
+
+def test_second_budget_reruns_only_search_finetune_export(
+        run_copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, cfg = run_copy
+    mtimes = _mtimes(run_dir, STAGE_FILES)
+    monkeypatch.setattr(lana.distill, "_train_group", _forbid("distill._train_group"))
+    monkeypatch.setattr(lana.profile, "profile_candidates", _forbid("profile_candidates"))
+    trainings: list[str] = []
+    real = lana.train.train_classifier
+
+    def spy(*args, **kwargs):
+        trainings.append(kwargs.get("description", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lana.train, "train_classifier", spy)
+    budget = BudgetConfig(speedup=1.2)
+    summary = Run(run_dir, config_from_dict(cfg)).all(budget)
+    assert trainings == ["phase 3 finetune"]
+    assert _mtimes(run_dir, STAGE_FILES).items() >= mtimes.items()  # nothing rewritten
+    assert sorted(s["budget"]["speedup"] for s in summary["students"]) == [1.2, 1.5]
+    for s in summary["students"]:
+        assert 0 <= s["accuracy"] <= 1
+        assert s["latency_ms_predicted"] <= s["budget_ms"] * (1 + 1e-9)
+    tag = budget_tag(budget)
+    assert tag == "speedup1.2"
+    for name in ("search.json", "finetune.json", "export.json", "model/arch.json"):
+        assert (run_dir / "students" / tag / name).exists()
+    assert read_json(run_dir / "summary.json") == summary
+    # a run with the second budget in its config is now complete, too
+    trainings.clear()
+    cfg2 = copy.deepcopy(cfg)
+    cfg2["search"]["budget"] = {"speedup": 1.2}
+    Run(run_dir, config_from_dict(cfg2)).all()
+    assert trainings == []
+
+
+def test_infeasible_budget(run_copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, cfg = run_copy
+    _no_training(monkeypatch)
+    run = Run(run_dir, config_from_dict(cfg))
+    budget = BudgetConfig(latency_ms=1e-6)
+    with pytest.raises(InfeasibleBudgetError) as info:
+        run.search(budget)
+    msg = str(info.value)
+    assert "minimum reachable" in msg
+    minimum = info.value.minimum["latency_ms"]
+    assert minimum > 1e-6
+    assert f"{minimum:.4g}" in msg
+    assert not (run.student_dir(budget) / "search.json").exists()
+    with pytest.raises(InfeasibleBudgetError):
+        run.all(budget)
+    # the reported minimum is reachable: a budget just above it is feasible for the ILP
+    assert minimum < read_json(run_dir / "latency.json")["teacher_measured_ms"]
+
+
+def test_config_change_of_results_sections_is_rejected(run_copy) -> None:
+    run_dir, cfg = run_copy
+    for section, change in [("space", {"ops": ["teacher", "cb_k3"]}),
+                            ("distill", {"steps": 6, "batch_size": 16}),
+                            ("data", {**cfg["data"], "val_samples": 32})]:
+        other = copy.deepcopy(cfg)
+        other[section] = change
+        with pytest.raises(ConfigError, match=f"different '{section}' section"):
+            Run(run_dir, config_from_dict(other))
+    other = copy.deepcopy(cfg)
+    other["seed"] = 1
+    with pytest.raises(ConfigError, match="'seed'"):
+        Run(run_dir, config_from_dict(other))
+    # search, latency and fine-tuning settings may change freely
+    other = copy.deepcopy(cfg)
+    other["search"]["k"] = 3
+    other["finetune"]["epochs"] = 2
+    other["latency"]["warmup"] = 5
+    Run(run_dir, config_from_dict(other))
+    assert "k: 3" in (run_dir / "config.yaml").read_text()
+
+
+def test_run_needs_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a lana run directory"):
+        Run(tmp_path / "nothing-here")
+    assert not (tmp_path / "nothing-here").exists()
+
+
+def test_run_reopens_from_its_config(run_copy) -> None:
+    run_dir, cfg = run_copy
+    run = Run(run_dir)
+    assert run.config == config_from_dict(cfg)
+    assert run.candidates == [layer["ops"] for layer in
+                              json.loads((run_dir / "candidates.json").read_text())["layers"]]
+
+
+def test_teacher_cache_is_reused(pipeline_run, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, cfg = pipeline_run
+    _no_training(monkeypatch)
+    run = Run(tmp_path / "second", config_from_dict(cfg))
+    run.prepare()
+    a = load_tensors(run_dir / "teacher.safetensors")
+    b = load_tensors(tmp_path / "second" / "teacher.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_json(tmp_path / "second" / "teacher.json") == read_json(run_dir / "teacher.json")
+    assert read_json(tmp_path / "second" / "candidates.json") == read_json(
+        run_dir / "candidates.json")

@@ -1,0 +1,102 @@
+"""The budget guarantee of phase 2c: measured latency, re-solve, infeasible budgets.
+
+Students here are plain lists of specs and the "device" is a fake whose whole-network
+latency differs from the LUT sum, so the re-solve logic is tested deterministically.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lana.config import BudgetConfig, SearchConfig
+from lana.errors import InfeasibleBudgetError
+from lana.search import Library
+from lana.select import select
+
+# 4 layers; per layer: teacher (slow, score 0), a mid op, identity-like fast op.
+LIB = Library.from_dict({"layers": [
+    {"name": f"l{i}", "ops": [
+        {"spec": "teacher", "score": 0.0, "cost": {"latency_ms": 1.0}},
+        {"spec": "mid", "score": 0.1 + 0.01 * i, "cost": {"latency_ms": 0.5}},
+        {"spec": "fast", "score": 0.5 + 0.01 * i, "cost": {"latency_ms": 0.1}},
+    ]} for i in range(4)]})
+LATENCY = {"stem_ms": 0.5, "head_ms": 0.5, "teacher_measured_ms": 5.0,
+           "teacher_predicted_ms": 5.0}
+LUT = {"teacher": 1.0, "mid": 0.5, "fast": 0.1}
+
+
+def fake_device(overhead_per_op: float):
+    """Whole-network latency: LUT sum plus a per-non-identity-op cost the LUT misses."""
+
+    def measure(students: dict) -> dict:
+        out = {"teacher": 5.0}
+        for name, specs in students.items():
+            out[name] = 1.0 + sum(LUT[s] + (overhead_per_op if s != "fast" else 0.0)
+                                  for s in specs)
+        return out
+
+    return measure
+
+
+def evaluate(specs):
+    return {"loss": sum({"teacher": 0, "mid": 0.1, "fast": 0.5}[s] for s in specs),
+            "accuracy": 0.9}
+
+
+def cfg(**kw) -> SearchConfig:
+    return SearchConfig(**{"k": 3, "max_resolves": 4, "margin": 0.0, **kw})
+
+
+def test_prediction_exact_needs_no_resolve():
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(), build=list,
+                 measure=fake_device(0.0), evaluate=evaluate)
+    assert res["resolves"] == 0
+    assert res["chosen"]["meets_budget"]
+    assert res["chosen"]["latency_ms_measured"] <= 3.0
+    # The chosen student is the best held-out loss among those within budget.
+    ok = [r for r in res["attempts"][0]["students"] if r["latency_ms_measured"] <= 3.0]
+    assert res["chosen"]["val_loss"] == min(r["val_loss"] for r in ok)
+
+
+def test_underpredicted_latency_triggers_resolve_until_it_fits():
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=1), build=list,
+                 measure=fake_device(0.3), evaluate=evaluate)
+    assert res["resolves"] >= 1
+    assert res["chosen"]["meets_budget"]
+    assert res["chosen"]["latency_ms_measured"] <= 3.0
+    budgets = [a["layer_budget_ms"] for a in res["attempts"]]
+    assert budgets == sorted(budgets, reverse=True) and budgets[-1] < budgets[0]
+
+
+def test_speedup_budget_uses_teacher_measured_in_same_session():
+    res = select(LIB, LATENCY, BudgetConfig(speedup=2.0), 2.5, cfg(), build=list,
+                 measure=fake_device(0.0), evaluate=evaluate)
+    assert res["chosen"]["latency_ms_measured"] <= 5.0 / 2.0
+    assert res["attempts"][0]["allowed_ms"] == pytest.approx(2.5)
+
+
+def test_margin_keeps_selected_student_under_budget_by_that_fraction():
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0,
+                 SearchConfig(k=3, margin=0.1), build=list, measure=fake_device(0.0),
+                 evaluate=evaluate)
+    assert res["chosen"]["latency_ms_measured"] <= 3.0 * 0.9
+
+
+def test_budget_below_minimum_names_the_minimum():
+    with pytest.raises(InfeasibleBudgetError) as exc:
+        select(LIB, LATENCY, BudgetConfig(latency_ms=1.2), 1.2, cfg(), build=list,
+               measure=fake_device(0.0), evaluate=evaluate)
+    # stem + head + 4 x fastest op = 1.0 + 0.4
+    assert exc.value.minimum["latency_ms"] == pytest.approx(1.4)
+    assert "minimum reachable latency 1.4 ms" in str(exc.value)
+
+
+def test_unreachable_in_practice_keeps_fastest_and_reports_it():
+    def slow_device(students: dict) -> dict:
+        return {name: v + 1.0 for name, v in fake_device(0.0)(students).items()}
+
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=1.45), 1.45, cfg(k=2), build=list,
+                 measure=slow_device, evaluate=evaluate)
+    assert not res["chosen"]["meets_budget"]
+    fastest = min(r["latency_ms_measured"] for a in res["attempts"] for r in a["students"])
+    assert res["chosen"]["latency_ms_measured"] == fastest
