@@ -7,6 +7,7 @@ seeded shuffle, so every stage sees the same images in the same order on a re-ru
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,10 +111,16 @@ def _read_idx(path: Path) -> torch.Tensor:
             "IDX .gz files.") from None
     except (OSError, EOFError) as exc:
         raise ConfigError(f"{path} is not a readable gzip IDX file: {exc}") from None
+    bad = ConfigError(f"{path} is truncated or not an unsigned-byte IDX file; reinstall "
+                      "the dataset (apt-get install --reinstall dataset-fashion-mnist)")
+    if len(raw) < 4:
+        raise bad
     zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ConfigError(f"{path} is not an unsigned-byte IDX file")
+    if zero != 0 or dtype != 0x08 or len(raw) < 4 + 4 * ndim:
+        raise bad
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    if len(raw) - 4 - 4 * ndim != math.prod(dims):
+        raise bad
     data = torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8)
     return data.reshape(dims)
 

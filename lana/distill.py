@@ -85,9 +85,7 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
     run_dir = Path(run_dir)
     index_path = run_dir / "distill" / "index.json"
     index: dict = read_json(index_path) if index_path.exists() else {}
-    todo = [(i, spec) for i, specs in enumerate(candidates) for spec in specs
-            if spec not in UNTRAINED and not _done(index, run_dir, i, spec)]
-    todo = todo[rank::world]
+    todo = pending(candidates, run_dir, rank, world)
     if not todo:
         return index
     size = cfg.group_size or len(todo)
@@ -104,6 +102,19 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
             index.setdefault(str(i), {})[spec] = {"nmse": loss, "steps": cfg.steps}
         write_json(index_path, index)
     return index
+
+
+def pending(candidates: list[list[str]], run_dir: str | Path, rank: int = 0, world: int = 1
+            ) -> list[tuple[int, str]]:
+    """Candidates of this rank's shard that have no saved phase-1 weights yet."""
+    run_dir = Path(run_dir)
+    index_path = run_dir / "distill" / "index.json"
+    index: dict = read_json(index_path) if index_path.exists() else {}
+    # Shard the full candidate list before dropping finished work, so every rank owns the
+    # same candidates (and group checkpoints) whenever and however often it is started.
+    todo = [(i, spec) for i, specs in enumerate(candidates) for spec in specs
+            if spec not in UNTRAINED]
+    return [c for c in todo[rank::world] if not _done(index, run_dir, *c)]
 
 
 def _done(index: dict, run_dir: Path, layer: int, spec: str) -> bool:

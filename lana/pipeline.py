@@ -239,8 +239,11 @@ class Run:
 
     def distill(self, rank: int = 0, world: int = 1) -> dict:
         """Phase 1: layer-wise distillation of every candidate (resumable)."""
-        from lana.distill import distill
+        from lana.distill import distill, pending
 
+        if not pending(self.candidates, self.dir, rank, world):
+            index_path = self.dir / "distill" / "index.json"
+            return read_json(index_path) if index_path.exists() else {}
         start = time.time()
         index = distill(self.chain, self.candidates, self.splits.train, self.config.distill,
                         self.dir, self.config.seed, rank, world)

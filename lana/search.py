@@ -69,6 +69,10 @@ class Layer:
 
 
 def _is_real(x: Any) -> bool:
+    # Exact-type fast path: validation touches every op of ~10k, and the ABC check is slow.
+    t = type(x)
+    if t is float or t is int:
+        return True
     # bool is an int subclass, but a score of True is certainly a bug in the producer.
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
@@ -730,6 +734,9 @@ class _Problem:
         if outcome == "timeout":
             return first, "timeout"
         incumbent = self.objective(first)
+        if incumbent - bound <= gap * abs(incumbent):
+            # Already as close to the LP bound as HiGHS would be asked to get.
+            return first, "optimal"
         # Any solution using op j costs at least bound + rc[j], so ops with rc[j] above the
         # incumbent's distance to the bound cannot improve on it (margin for LP tolerances).
         slack = incumbent - bound + 1e-6 * (1.0 + abs(incumbent))
@@ -766,7 +773,7 @@ class _Model:
 
 
 _SHORTLIST = 3
-_MAX_EXACT_CUTS = 5
+_MAX_EXACT_CUTS = 3
 
 
 def _solve_feasible(
@@ -817,7 +824,9 @@ def _solve_feasible(
         else:
             for b, excess in bad:
                 r = row_of_budget[b]
-                tighten[r] += excess + 1e-7 * prob.rows[r][3]
+                # One HiGHS feasibility tolerance (1e-6 of the row's scale) beyond the excess
+                # makes the next answer land inside the budget in one step.
+                tighten[r] += excess + 1e-6 * prob.rows[r][3]
 
 
 def solve(
@@ -826,6 +835,9 @@ def solve(
     k: int = 1,
     overlap: float = 0.7,
     time_limit: float | None = None,
+    *,
+    diverse_gap: float = 1e-2,
+    diverse_time_limit: float | None = None,
 ) -> SearchResult:
     """Find up to ``k`` diverse architectures minimising the summed score under ``budgets``.
 
@@ -835,6 +847,13 @@ def solve(
     architecture exists. Every reported solution meets every budget when its costs are
     summed with Python floats. ``time_limit`` (seconds) caps the whole search; when hit, the
     solutions found so far are returned with ``timed_out=True``.
+
+    The first solution is solved to optimality. Proving optimality of the diverse ones can
+    take HiGHS minutes each (the diversity rows make the LP bound weak), so each later solve
+    stops once its score is within ``diverse_gap`` (relative, on the score above the
+    per-layer best) of optimal; ``diverse_gap=0`` asks for exact ones. ``diverse_time_limit``
+    optionally caps each later solve in seconds, accepting HiGHS's best solution at that
+    point (faster, but then results depend on machine speed). Both keep every constraint.
 
     Raises :class:`InfeasibleBudgetError` if a budget is out of reach of the library or the
     budgets cannot all be met together, and :class:`ConfigError` for bad arguments.
@@ -848,8 +867,11 @@ def solve(
         raise ConfigError(f"k (number of architectures) must be an integer >= 1, got {k!r}")
     if not _is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
         raise ConfigError(f"overlap must be a finite number >= 0, got {overlap!r}")
-    if time_limit is not None and (not _is_real(time_limit) or not time_limit > 0):
-        raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    for name, val in (("time_limit", time_limit), ("diverse_time_limit", diverse_time_limit)):
+        if val is not None and (not _is_real(val) or not val > 0):
+            raise ConfigError(f"{name} must be a positive number of seconds, got {val!r}")
+    if not _is_real(diverse_gap) or not 0 <= diverse_gap < 1:
+        raise ConfigError(f"diverse_gap must be in [0, 1), got {diverse_gap!r}")
     _check_reachable(library, blist)
 
     n = len(library.layers)
@@ -864,12 +886,10 @@ def solve(
     timed_out = False
     for _ in range(int(k)):
         if exclusions:
-            gap = float(os.environ.get("GAP", "0"))
-            nl = float(os.environ["CAP"]) if os.environ.get("CAP") else None
+            choices, status = _solve_feasible(prob, exclusions, deadline, float(diverse_gap),
+                                              diverse_time_limit, staged=True)
         else:
-            gap, nl = 0.0, None
-        choices, status = _solve_feasible(prob, exclusions, deadline, gap, nl,
-                                          bool(exclusions) and not os.environ.get("NOSTAGE"))
+            choices, status = _solve_feasible(prob, exclusions, deadline)
         if choices is None:
             if status == "timeout":
                 timed_out = True

@@ -126,6 +126,10 @@ def parse_spec(text: str) -> OpSpec:
         if p.choices and value not in p.choices:
             raise ConfigError(f"{p.name}={raw} in {text!r} must be one of {list(p.choices)}")
         values[p.name] = value
+    seen = [_TOKEN.fullmatch(t).group(1) for t in tokens]  # all valid: checked above
+    dupes = sorted({n for n in seen if seen.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"candidate op {text!r} repeats parameter(s) {dupes}")
     params = []
     for p in op.params:
         if p.name in values:
@@ -183,7 +187,8 @@ def _make_div(v: float, divisor: int = 8) -> int:
 
 
 def _se_layer(info: LayerInfo, mid: int, enabled: bool):
-    # EfficientNet's convention: SE bottleneck width is 1/4 of the block's input channels.
+    # EfficientNet's convention: SE bottleneck width is 1/4 of the block's input channels
+    # (timm rounds it to a multiple of 8, as its own EfficientNets do).
     if not enabled:
         return None
     from timm.layers import SqueezeExcite

@@ -54,7 +54,7 @@ def _nmse_on(module, chain, i: int, x: torch.Tensor) -> float:
 
 
 def test_distillation_lowers_nmse(seq_chain, synthetic_splits, tmp_path: Path) -> None:
-    steps = 100
+    steps = 200
     cfg = DistillConfig(steps=steps, batch_size=16, lr=3e-2)
     index = D.distill(seq_chain, CANDIDATES, synthetic_splits.train, cfg, tmp_path, seed=0)
     x_val = next(synthetic_splits.val.batches(32))[0]  # held out from the training split
@@ -64,7 +64,7 @@ def test_distillation_lowers_nmse(seq_chain, synthetic_splits, tmp_path: Path) -
         before = _nmse_on(fresh, seq_chain, i, x_val)
         after = _nmse_on(trained, seq_chain, i, x_val)
         assert after < 0.6 * before, (i, spec, before, after)
-        assert after < 1.0, (i, spec, after)  # better than predicting zeros
+        assert after < 0.85, (i, spec, after)  # clearly better than predicting zeros
         entry = index[str(i)][spec]
         assert entry["steps"] == steps
         # the recorded training nmse tracks the held-out one
