@@ -18,12 +18,12 @@ DEMO_CONFIG: dict = {
     "data": {"name": "fashion-mnist", "image_size": 32, "train_samples": 12000,
              "val_samples": 2000},
     "teacher_training": {"epochs": 3, "batch_size": 128, "lr": 4e-3},
-    "distill": {"steps": 60, "batch_size": 64, "lr": 3e-3},
+    "distill": {"steps": 50, "batch_size": 64, "lr": 3e-3},
     "latency": {"backend": "onnxruntime", "batch_size": 1, "threads": 1,
-                "max_seconds": 0.15},
+                "max_seconds": 0.1, "warmup": 5},
     "score": {"metric": "ce", "samples": 256},
     "search": {"budget": {"speedup": 2.0}, "k": 6, "eval_samples": 512},
-    "finetune": {"epochs": 1, "batch_size": 128, "lr": 1e-3, "kd_weight": 1.0},
+    "finetune": {"epochs": 3, "batch_size": 128, "lr": 2e-3, "kd_weight": 1.0},
 }
 
 

@@ -67,6 +67,10 @@ def load_candidate(chain: Chain, run_dir: Path, layer: int, spec: str) -> nn.Mod
     return module
 
 
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
 def _nmse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-8)
 
@@ -136,6 +140,8 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
         start, ema = _load_checkpoint(ckpt, modules, opt, sched, members)
         log(f"phase 1: resuming a group of {len(members)} candidates at step {start}")
     last_layer = max(i for i, _ in members)
+    # channels_last runs the many small (depthwise) convolutions ~25% faster on CPUs.
+    modules.to(memory_format=torch.channels_last)
     modules.train()
     stream = data.stream(cfg.batch_size, seed=seed, augment=True)
     for _ in range(start):  # replay the data order so a resumed run sees the same batches
@@ -148,6 +154,7 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
                 feats = [chain.stem(x)]
                 for layer in chain.layers[:last_layer + 1]:
                     feats.append(layer(feats[-1]))
+                feats = [_channels_last(f) for f in feats]
             losses = [_nmse(m(feats[i]), feats[i + 1]) for m, (i, _) in zip(modules, members,
                                                                             strict=True)]
             total = torch.stack(losses).sum()

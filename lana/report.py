@@ -16,19 +16,19 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     """Teacher vs students: accuracy, measured latency, speed-up, budget check."""
     console = console or _out
     lat = summary["latency"]
-    t = Table(title=f"lana: teacher vs students ({lat['backend']}, batch {lat['batch_size']}, "
-              f"{lat['threads']} thread(s))")
-    for col in ("model", "accuracy", "latency ms (measured)", "latency ms (predicted)",
-                "speed-up", "budget ms", "meets budget"):
+    t = Table(title=f"lana: {summary['teacher']['name']} vs students ({lat['backend']}, "
+              f"batch {lat['batch_size']}, {lat['threads']} thread(s))")
+    for col in ("model", "accuracy", "ms measured", "ms predicted", "speed-up", "budget ms",
+                "in budget"):
         t.add_column(col, justify="right" if col != "model" else "left")
     teacher = summary["teacher"]
     students = summary["students"]
     # Show the teacher timing taken in the same session as the students' (fair ratios).
     t_ms = students[0]["teacher_latency_ms_measured"] if students else teacher["latency_ms"]
-    t.add_row(f"teacher {teacher['name']}", _pct(teacher["accuracy"]), f"{t_ms:.4g}", "-",
-              "1.00x", "-", "-")
+    t.add_row("teacher", _pct(teacher["accuracy"]), f"{t_ms:.4g}", "-", "1.00x", "-", "-")
     for s in students:
-        name = "student " + ", ".join(f"{k}={v:g}" for k, v in s["budget"].items())
+        name = "student " + ", ".join(f"{v:g}x" if k == "speedup" else f"{v:g} ms"
+                                      for k, v in s["budget"].items())
         t.add_row(name, _pct(s["accuracy"]), f"{s['latency_ms_measured']:.4g}",
                   f"{s['latency_ms_predicted']:.4g}", f"{s['speedup']:.2f}x",
                   f"{s['budget_ms']:.4g}", "yes" if s["meets_budget"] else "[red]no[/red]")

@@ -17,7 +17,7 @@ import numbers
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -538,11 +538,13 @@ class _Problem:
         # Budgets that every architecture meets are dropped: they would only add numerics.
         self.rows: list[tuple[int, list[np.ndarray], float, float]] = []  # (b, coefs, shift, scale)
         for b, budget in enumerate(self.budgets):
-            sense = "max" if budget.op == "<=" else "min"
-            worst = _reach(library, budget.key, sense)
+            costs = library.cost_arrays(budget.key)
+            pick = np.max if budget.op == "<=" else np.min
+            # The costliest architecture (cheapest for >=), summed the unfavourable way: if even
+            # it meets the budget, every architecture does (float sums are monotone).
+            worst = _worst_total([float(pick(c)) for c in costs], budget.op)
             if budget.satisfied_by(worst):
                 continue
-            costs = library.cost_arrays(budget.key)
             mins = [float(c.min()) for c in costs]
             sh = [c - m for c, m in zip(costs, mins, strict=True)]
             scale = max(float(c.max()) for c in sh) or 1.0
@@ -629,10 +631,13 @@ class _Problem:
         return _Model(kept, offsets, c, a, np.array(lb), np.array(ub))
 
     def run_milp(
-        self, model: _Model, time_limit: float | None, gap: float
+        self, model: _Model, time_limit: float | None, gap: float, node_limit: int | None = None
     ) -> tuple[list[int] | None, str]:
-        """Solve ``model`` as a 0/1 program; (choices or None, outcome)."""
+        """Solve ``model`` as a 0/1 program; (choices or None, outcome) with outcome "optimal"
+        (within ``gap``), "limit" (best at ``node_limit``), "timeout" or "infeasible"."""
         options: dict[str, Any] = {"disp": False, "presolve": True, "mip_rel_gap": gap}
+        if node_limit is not None:
+            options["node_limit"] = int(node_limit)
         if time_limit is not None:
             options["time_limit"] = max(time_limit, 1e-3)
         nvar = len(model.c)
@@ -650,11 +655,16 @@ class _Problem:
                 return None, "timeout"
             if res.status == 2 or "infeasible" in message:
                 return None, "infeasible"
+            if node_limit is not None:
+                return None, "limit"
             raise LanaError(f"the ILP solver failed: {res.message}")
         if res.status == 0:
             return model.choices(res.x), "optimal"
         if hit_time:
             return model.choices(res.x), "timeout"
+        if node_limit is not None:
+            # scipy has no status for HiGHS's node limit; the solution is still feasible.
+            return model.choices(res.x), "limit"
         raise LanaError(f"the ILP solver stopped early: {res.message}")
 
     def run_lp(
@@ -687,9 +697,11 @@ class _Problem:
         time_limit: float | None,
         gap: float = 0.0,
         staged: bool = False,
+        node_limit: int | None = None,
     ) -> tuple[list[int] | None, str]:
         """One search under ``exclusions``; (choices or None, outcome) with outcome
-        "optimal" (within ``gap``), "timeout" (best so far) or "infeasible".
+        "optimal" (within ``gap``), "limit" (best within ``node_limit`` branch-and-bound
+        nodes per ILP), "timeout" (best so far) or "infeasible".
 
         ``staged`` first finds a good solution on a shortlist of ops and then drops every op
         whose LP reduced cost proves it cannot beat that solution, so that HiGHS works on a
@@ -713,7 +725,7 @@ class _Problem:
         if lp == "infeasible":
             return None, "infeasible"
         if lp is None or isinstance(lp, str):
-            return self.run_milp(full, left(), gap)
+            return self._full(full, left, gap, node_limit)
         bound, rc, x = lp
         # Shortlist: everything the LP uses, every op an exclusion row names (so the rows can
         # be built), and the few ops per layer that the LP prices closest to free.
@@ -725,12 +737,13 @@ class _Problem:
             pick.update(np.flatnonzero(x_i > 1e-9).tolist())
             ops = set(kept[i][sorted(pick)].tolist()) | protected[i]
             short.append(np.array(sorted(ops), dtype=np.int64))
-        first, outcome = self.run_milp(self.build(short, exclusions, tighten), left(), gap)
+        first, outcome = self.run_milp(self.build(short, exclusions, tighten), left(), gap,
+                                       node_limit)
         if first is None:
             # The shortlist may be too narrow to meet every row; the full model decides.
             if outcome == "timeout":
                 return None, "timeout"
-            return self.run_milp(full, left(), gap)
+            return self._full(full, left, gap, node_limit)
         if outcome == "timeout":
             return first, "timeout"
         incumbent = self.objective(first)
@@ -745,10 +758,25 @@ class _Problem:
             lo_, hi_ = full.offsets[i], full.offsets[i + 1]
             ops = set(kept[i][rc[lo_:hi_] <= slack].tolist()) | protected[i] | {first[i]}
             reduced.append(np.array(sorted(ops), dtype=np.int64))
-        second, outcome = self.run_milp(self.build(reduced, exclusions, tighten), left(), gap)
+        second, outcome2 = self.run_milp(self.build(reduced, exclusions, tighten), left(), gap,
+                                         node_limit)
+        if outcome2 == "timeout":
+            outcome = "timeout"
+        elif outcome2 == "limit":
+            outcome = "limit"
         if second is None or self.objective(second) > incumbent:
-            return first, ("timeout" if outcome == "timeout" else "optimal")
+            return first, outcome
         return second, outcome
+
+    def _full(
+        self, full: _Model, left: Callable[[], float | None], gap: float, node_limit: int | None
+    ) -> tuple[list[int] | None, str]:
+        choices, outcome = self.run_milp(full, left(), gap, node_limit)
+        if choices is None and outcome == "limit":
+            # Not even a feasible point within the node limit: finish it properly, under the
+            # overall deadline only, rather than give up on this diverse solution.
+            return self.run_milp(full, left(), gap)
+        return choices, outcome
 
     def objective(self, choices: Sequence[int]) -> float:
         """Scaled objective of an architecture (what HiGHS minimises)."""
@@ -781,14 +809,13 @@ def _solve_feasible(
     exclusions: list[tuple[list[int], int]],
     deadline: float | None,
     gap: float = 0.0,
-    cap: float | None = None,
+    node_limit: int | None = None,
     staged: bool = False,
 ) -> tuple[list[int] | None, str]:
     """Solve until the answer meets every budget in exact float arithmetic.
 
-    ``deadline`` is the overall one (perf_counter time); ``cap`` limits this solve alone, after
-    which HiGHS's best solution so far is accepted. Returns (choices or None, outcome) with
-    outcome "optimal", "limit" (accepted at ``cap``), "infeasible" or "timeout" (deadline).
+    ``deadline`` is the overall one (perf_counter time). Returns (choices or None, outcome)
+    with outcome "optimal", "limit", "infeasible" or "timeout" (see ``solve_once``).
     """
     n = prob.n_layers
     cuts: list[tuple[list[int], int]] = []
@@ -798,17 +825,9 @@ def _solve_feasible(
         remaining = None if deadline is None else deadline - time.perf_counter()
         if remaining is not None and remaining <= 0:
             return None, "timeout"
-        capped = cap is not None and (remaining is None or cap < remaining)
-        limit = cap if capped else remaining
-        choices, outcome = prob.solve_once(exclusions + cuts, tighten, limit, gap, staged)
-        if outcome == "timeout" and capped:
-            outcome = "limit"
+        choices, outcome = prob.solve_once(exclusions + cuts, tighten, remaining, gap, staged,
+                                           node_limit)
         if choices is None:
-            if outcome == "limit":
-                # No solution at all within the cap: finish this one under the overall
-                # deadline rather than give up on diversity.
-                cap = None
-                continue
             return None, outcome
         bad = _violations(prob.library, choices, prob.budgets)
         if not bad:
@@ -823,7 +842,9 @@ def _solve_feasible(
             cuts.append((choices, n - 1))
         else:
             for b, excess in bad:
-                r = row_of_budget[b]
+                r = row_of_budget.get(b)
+                if r is None:  # cannot happen: only budgets met by everything are dropped
+                    raise LanaError(f"internal error: budget {prob.budgets[b]} was dropped")
                 # One HiGHS feasibility tolerance (1e-6 of the row's scale) beyond the excess
                 # makes the next answer land inside the budget in one step.
                 tighten[r] += excess + 1e-6 * prob.rows[r][3]
@@ -837,26 +858,32 @@ def solve(
     time_limit: float | None = None,
     *,
     diverse_gap: float = 1e-2,
-    diverse_time_limit: float | None = None,
+    diverse_node_limit: int | None = 1000,
 ) -> SearchResult:
     """Find up to ``k`` diverse architectures minimising the summed score under ``budgets``.
 
-    The first solution is the optimum. Each later one is the optimum among architectures
-    sharing at most ``floor(overlap * N)`` layer choices with every earlier solution
-    (``overlap >= 1`` only forbids exact repeats); the search stops early once no such
-    architecture exists. Every reported solution meets every budget when its costs are
-    summed with Python floats. ``time_limit`` (seconds) caps the whole search; when hit, the
-    solutions found so far are returned with ``timed_out=True``.
+    ``budgets`` are :class:`Budget` objects or text such as ``"latency_ms<=5.0"``. The first
+    solution is the exact optimum (HiGHS, zero MIP gap). Each later one minimises the score
+    among architectures sharing at most ``floor(overlap * N)`` layer choices with every
+    earlier solution (``overlap >= 1`` only forbids exact repeats); the search stops early,
+    returning fewer than ``k``, once no such architecture exists. Solutions come in the order
+    found. Every reported solution meets every budget when its costs are summed with Python
+    floats (``sum`` or ``math.fsum``).
 
-    The first solution is solved to optimality. Proving optimality of the diverse ones can
-    take HiGHS minutes each (the diversity rows make the LP bound weak), so each later solve
-    stops once its score is within ``diverse_gap`` (relative, on the score above the
-    per-layer best) of optimal; ``diverse_gap=0`` asks for exact ones. ``diverse_time_limit``
-    optionally caps each later solve in seconds, accepting HiGHS's best solution at that
-    point (faster, but then results depend on machine speed). Both keep every constraint.
+    Proving the diverse solves optimal can take HiGHS minutes each (the diversity rows make
+    the LP bound weak), so each of them stops once within ``diverse_gap`` of optimal
+    (relative, on the score above the sum of per-layer best scores) or after
+    ``diverse_node_limit`` branch-and-bound nodes per ILP, a deterministic effort cap
+    (unlike a time limit), keeping the best solution found; it is then near-optimal but
+    still meets every budget and diversity constraint. ``diverse_gap=0,
+    diverse_node_limit=None`` makes them exact. ``time_limit`` (seconds) caps the whole
+    search: the solutions found so far are returned with ``timed_out=True`` (a
+    :class:`LanaError` if not even the first was found).
 
-    Raises :class:`InfeasibleBudgetError` if a budget is out of reach of the library or the
-    budgets cannot all be met together, and :class:`ConfigError` for bad arguments.
+    Raises :class:`InfeasibleBudgetError` if a budget is out of the library's reach (its
+    ``minimum`` maps the cost key to the reachable bound: the minimum for ``<=``, the
+    maximum for ``>=``) or if the budgets cannot all be met together, and
+    :class:`ConfigError` for bad arguments or an invalid library.
     """
     t0 = time.perf_counter()
     if not isinstance(library, Library):
@@ -867,9 +894,16 @@ def solve(
         raise ConfigError(f"k (number of architectures) must be an integer >= 1, got {k!r}")
     if not _is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
         raise ConfigError(f"overlap must be a finite number >= 0, got {overlap!r}")
-    for name, val in (("time_limit", time_limit), ("diverse_time_limit", diverse_time_limit)):
-        if val is not None and (not _is_real(val) or not val > 0):
-            raise ConfigError(f"{name} must be a positive number of seconds, got {val!r}")
+    if time_limit is not None and (not _is_real(time_limit) or not time_limit > 0):
+        raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    if diverse_node_limit is not None and (
+        isinstance(diverse_node_limit, bool)
+        or not isinstance(diverse_node_limit, numbers.Integral)
+        or diverse_node_limit < 1
+    ):
+        raise ConfigError(
+            f"diverse_node_limit must be a positive integer or None, got {diverse_node_limit!r}"
+        )
     if not _is_real(diverse_gap) or not 0 <= diverse_gap < 1:
         raise ConfigError(f"diverse_gap must be in [0, 1), got {diverse_gap!r}")
     _check_reachable(library, blist)
@@ -887,7 +921,7 @@ def solve(
     for _ in range(int(k)):
         if exclusions:
             choices, status = _solve_feasible(prob, exclusions, deadline, float(diverse_gap),
-                                              diverse_time_limit, staged=True)
+                                              diverse_node_limit, staged=True)
         else:
             choices, status = _solve_feasible(prob, exclusions, deadline)
         if choices is None:
