@@ -648,24 +648,10 @@ def measure(
     Raises :class:`~lana.errors.BackendUnavailableError` if the backend cannot run here.
     See the module docstring for the stopping rule; the median is the latency.
     """
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or shape[0] != settings.batch_size:
-        raise ConfigError(f"input_shape {shape} must start with the batch size "
-                          f"{settings.batch_size} of the settings")
-    backend = get_backend(settings.backend)
-    backend.check_available()
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randn(shape, generator=gen).to(DTYPES[settings.dtype])
-    # torch's thread pool is pinned even for non-torch backends: it is idle then, and
-    # pinning keeps a stray torch op from taking every core.
-    with _torch_threads(settings.threads):
-        # Preparing happens outside inference mode: ONNX export traces the module, and
-        # tracing inference tensors fails.
-        runner = backend.prepare(module, example, settings.threads)
-        with torch.inference_mode():
-            return time_runner(runner, warmup=warmup, min_repeats=min_repeats,
+    return measure_interleaved({"module": module}, input_shape, settings, rounds=1,
+                               warmup=warmup, min_repeats=min_repeats,
                                max_repeats=max_repeats, max_seconds=max_seconds,
-                               rel_ci=rel_ci)
+                               rel_ci=rel_ci)["module"]
 
 
 def measure_interleaved(
@@ -693,7 +679,11 @@ def measure_interleaved(
     example = torch.randn(shape, generator=gen).to(DTYPES[settings.dtype])
     medians: dict[str, list[float]] = {name: [] for name in modules}
     last: dict[str, Measurement] = {}
+    # torch's thread pool is pinned even for non-torch backends: it is idle then, and
+    # pinning keeps a stray torch op from taking every core.
     with _torch_threads(settings.threads):
+        # Preparing happens outside inference mode: ONNX export traces the module, and
+        # tracing inference tensors fails.
         runners = {name: backend.prepare(m, example, settings.threads)
                    for name, m in modules.items()}
         with torch.inference_mode():

@@ -250,16 +250,27 @@ class Run:
         self._timed("distill", start)
         return index
 
-    def profile(self) -> dict:
-        """Phase 2b: latency of stem, head, every candidate and the teacher end to end."""
-        path = self.dir / "latency.json"
-        inputs = self._stage_inputs("profile")
+    def _stage(self, name: str, path: Path, inputs: dict, compute) -> dict:
+        """Return ``path``'s content if made from the same ``inputs``; else compute it,
+        stamp it with the inputs' hash, write it atomically and record the stage's time."""
         if (cached := self._cached(path, inputs)) is not None:
             return cached
+        start = time.time()
+        res = compute()
+        res["inputs"] = _hash(inputs)
+        write_json(path, res)
+        self._timed(name, start)
+        return res
+
+    def profile(self) -> dict:
+        """Phase 2b: latency of stem, head, every candidate and the teacher end to end."""
+        return self._stage("profile", self.dir / "latency.json",
+                           self._stage_inputs("profile"), self._profile)
+
+    def _profile(self) -> dict:
         from lana.latency import LatencyTable
         from lana.profile import measure_models, profile_candidates
 
-        start = time.time()
         cfg = self.config.latency
         lut = LatencyTable(cfg.lut or self.dir / "lut.json")
         res = profile_candidates(self.chain, self.candidates, self._build, cfg, lut,
@@ -270,29 +281,22 @@ class Run:
             row[ops.index("teacher")] for row, ops in zip(res["layers"], self.candidates,
                                                           strict=True))
         res["specs"] = self.candidates
-        res["inputs"] = _hash(inputs)
-        write_json(path, res)
-        self._timed("profile", start)
         return res
 
     def score(self) -> dict:
         """Phase 2a: replace-one scores on held-out data."""
-        path = self.dir / "scores.json"
-        inputs = self._stage_inputs("score")
-        if (cached := self._cached(path, inputs)) is not None:
-            return cached
+        return self._stage("score", self.dir / "scores.json", self._stage_inputs("score"),
+                           self._score)
+
+    def _score(self) -> dict:
         from lana.score import replace_one_scores
 
         self._require_distilled()
-        start = time.time()
         cfg = self.config.score
         res = replace_one_scores(self.chain, self.candidates, self._load,
                                  self.splits.val.subset(cfg.samples, self.config.seed),
                                  cfg.metric, cfg.batch_size)
         res["specs"] = self.candidates
-        res["inputs"] = _hash(inputs)
-        write_json(path, res)
-        self._timed("score", start)
         return res
 
     def _require_distilled(self) -> None:
@@ -330,33 +334,27 @@ class Run:
 
     def search(self, budget: BudgetConfig | None = None) -> dict:
         """Phase 2c: ILP with K diverse solutions, measured and ranked (resumable)."""
-        budget = budget or self.config.search.budget
-        out = self.student_dir(budget) / "search.json"
-        inputs = self._stage_inputs("search")
-        if (cached := self._cached(out, inputs)) is not None:
-            return cached
         from lana.select import select_student
 
-        start = time.time()
-        lib = self.library()
-        res = select_student(self, lib, budget)
-        res["inputs"] = _hash(inputs)
-        write_json(out, res)
-        self._timed(f"search_{budget_tag(budget)}", start)
-        return res
+        budget = budget or self.config.search.budget
+        return self._stage(f"search_{budget_tag(budget)}",
+                           self.student_dir(budget) / "search.json",
+                           self._stage_inputs("search"),
+                           lambda: select_student(self, self.library(), budget))
 
     def finetune(self, budget: BudgetConfig | None = None) -> dict:
         """Phase 3: fine-tune the selected student with cross-entropy + KD from the teacher."""
         budget = budget or self.config.search.budget
-        sdir = self.student_dir(budget)
-        out = sdir / "finetune.json"
-        inputs = {**self._stage_inputs("finetune"), "choices": self.search(budget)["chosen"]}
-        if (cached := self._cached(out, inputs)) is not None:
-            return cached
+        chosen = self.search(budget)["chosen"]
+        inputs = {**self._stage_inputs("finetune"), "choices": chosen}
+        return self._stage(f"finetune_{budget_tag(budget)}",
+                           self.student_dir(budget) / "finetune.json", inputs,
+                           lambda: self._finetune(budget, chosen))
+
+    def _finetune(self, budget: BudgetConfig, chosen: dict) -> dict:
         from lana.student import assemble
         from lana.train import evaluate, train_classifier
 
-        chosen = self.search(budget)["chosen"]
         student = assemble(self.chain, chosen["choices"], self._load)
         before = evaluate(student, self.splits.test)
         cfg = self.config.finetune
@@ -369,26 +367,25 @@ class Run:
                                      kd_weight=cfg.kd_weight, temperature=cfg.temperature,
                                      description="phase 3 finetune")
         after = evaluate(student, self.splits.test)
-        save_tensors(sdir / "finetuned.safetensors", student.state_dict())
-        res = {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
-               "loss": after["loss"], **stats, "seconds": time.time() - start,
-               "inputs": _hash(inputs)}
-        write_json(out, res)
-        self._timed(f"finetune_{budget_tag(budget)}", start)
-        return res
+        save_tensors(self.student_dir(budget) / "finetuned.safetensors", student.state_dict())
+        return {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
+                "loss": after["loss"], **stats, "seconds": time.time() - start}
 
     def export(self, budget: BudgetConfig | None = None) -> dict:
         """Save the fine-tuned student (ONNX, safetensors, arch JSON), verify its latency."""
         budget = budget or self.config.search.budget
-        sdir = self.student_dir(budget)
-        out = sdir / "export.json"
-        inputs = {"finetune": self.finetune(budget).get("inputs")}
-        if (cached := self._cached(out, inputs)) is not None:
-            return cached
+        ft = self.finetune(budget)
+        res = self._stage(f"export_{budget_tag(budget)}",
+                          self.student_dir(budget) / "export.json",
+                          {"finetune": ft.get("inputs")}, lambda: self._export(budget, ft))
+        self.write_summary()
+        return res
+
+    def _export(self, budget: BudgetConfig, ft: dict) -> dict:
         from lana.profile import measure_models
         from lana.student import arch_dict, assemble, save_student
 
-        ft = self.finetune(budget)
+        sdir = self.student_dir(budget)
         chosen = self.search(budget)["chosen"]
         student = assemble(self.chain, chosen["choices"], self._build)
         _load_state(student, load_tensors(sdir / "finetuned.safetensors"),
@@ -405,17 +402,13 @@ class Run:
         # a machine that got slower since profiling does not fail a student unfairly.
         meets = (speedup >= budget.speedup if budget.speedup is not None
                  else ms["student"] <= target)
-        res = {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
-               "latency_ms_predicted": chosen["latency_ms_predicted"],
-               "latency_ms_measured": ms["student"], "teacher_latency_ms": ms["teacher"],
-               "speedup": speedup, "meets_budget": meets, "accuracy": ft["accuracy"],
-               "accuracy_before_finetune": ft["accuracy_before"],
-               "choices": chosen["choices"], "files": {k: str(Path("model") / v)
-                                                        for k, v in files.items()},
-               "inputs": _hash(inputs)}
-        write_json(out, res)
-        self.write_summary()
-        return res
+        return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
+                "latency_ms_predicted": chosen["latency_ms_predicted"],
+                "latency_ms_measured": ms["student"], "teacher_latency_ms": ms["teacher"],
+                "speedup": speedup, "meets_budget": meets, "accuracy": ft["accuracy"],
+                "accuracy_before_finetune": ft["accuracy_before"],
+                "choices": chosen["choices"],
+                "files": {k: str(Path("model") / v) for k, v in files.items()}}
 
     def all(self, budget: BudgetConfig | None = None) -> dict:
         """Every stage in order, skipping what the directory already holds."""

@@ -1,0 +1,277 @@
+"""Search baselines under the same budgets as the ILP: random, regularized evolution, greedy.
+
+They exist so that the ILP's advantage is measured, not assumed (the paper: ILP 79.3 vs
+random 76.4 top-1). Each takes a :class:`lana.search.Library`, budgets and a time limit and
+returns the best feasible :class:`lana.search.Solution` it found (or None). Like the ILP,
+they need only numpy, and like the ILP every solution they report meets every budget when
+its costs are summed with Python floats (``sum`` or ``math.fsum``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from lana.errors import ConfigError
+from lana.search import Budget, Library, Solution
+
+__all__ = ["BASELINES", "evolution", "greedy", "random_search"]
+
+
+def _parse_budgets(library: Library, budgets: Sequence[Budget | str]) -> list[Budget]:
+    if isinstance(budgets, str | Budget):
+        budgets = [budgets]
+    out = [Budget.parse(b) for b in budgets]
+    keys = library.cost_keys()
+    for b in out:
+        if b.key not in keys:
+            raise ConfigError(
+                f"budget {b} is on cost {b.key!r}, which the library does not have; "
+                f"available cost keys: {', '.join(keys) if keys else '(none)'}"
+            )
+    return out
+
+
+def _check_args(time_limit: float, max_evals: int | None) -> None:
+    if not isinstance(time_limit, int | float) or not time_limit > 0:
+        raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    if max_evals is not None and (not isinstance(max_evals, int) or max_evals < 1):
+        raise ConfigError(f"max_evals must be a positive integer or None, got {max_evals!r}")
+
+
+class _Problem:
+    """Dense arrays of a library: scores and per-budget costs, padded per layer."""
+
+    def __init__(self, library: Library, budgets: Sequence[Budget | str]) -> None:
+        library.validate()
+        self.library = library
+        self.budgets = _parse_budgets(library, budgets)
+        self.n = len(library.layers)
+        self.sizes = np.array([len(layer.ops) for layer in library.layers])
+        width = int(self.sizes.max())
+        self.score = np.full((self.n, width), np.inf)
+        for i, row in enumerate(library.score_arrays()):
+            self.score[i, :len(row)] = row
+        self.cost = np.zeros((len(self.budgets), self.n, width))
+        for b, budget in enumerate(self.budgets):
+            for i, row in enumerate(library.cost_arrays(budget.key)):
+                # "<=" budgets as-is; ">=" budgets negated so that every one reads cost <= cap.
+                sign = 1.0 if budget.op == "<=" else -1.0
+                self.cost[b, i, :len(row)] = sign * np.asarray(row)
+                self.cost[b, i, len(row):] = np.inf
+        self.cap = np.array([b.value if b.op == "<=" else -b.value for b in self.budgets])
+        self.min_cost = self.cost.min(axis=2)  # (budgets, layers)
+        self.rows = np.arange(self.n)
+
+    def totals(self, choices: np.ndarray) -> np.ndarray:
+        return self.cost[:, self.rows, choices].sum(axis=1)
+
+    def feasible(self, choices: np.ndarray) -> bool:
+        """Fast check for search moves (numpy's pairwise sums; see :meth:`exact_ok`)."""
+        return bool(np.all(self.totals(choices) <= self.cap))
+
+    def violated(self, choices: Sequence[int]) -> np.ndarray:
+        """Per budget, whether ``choices`` breaks it when summed as a reported solution is.
+
+        numpy sums pairwise, so near a budget its total can differ from Python's in the last
+        bits; a budget counts as met only if both ``sum`` and ``math.fsum`` meet it, which
+        keeps the baselines as strict as the ILP.
+        """
+        layers = self.library.layers
+        out = np.zeros(len(self.budgets), dtype=bool)
+        for b, budget in enumerate(self.budgets):
+            vals = [layers[i].ops[int(c)].cost[budget.key] for i, c in enumerate(choices)]
+            seq, exact = sum(vals, 0.0), math.fsum(vals)
+            if budget.op == "<=":
+                out[b] = max(seq, exact) > budget.value
+            else:
+                out[b] = min(seq, exact) < budget.value
+        return out
+
+    def exact_ok(self, choices: Sequence[int]) -> bool:
+        """The check every reported solution passes (see :meth:`violated`)."""
+        return not self.violated(choices).any()
+
+    def total_score(self, choices: np.ndarray) -> float:
+        return float(self.score[self.rows, choices].sum())
+
+    def solution(self, choices: Sequence[int]) -> Solution:
+        # Summed exactly as lana.search does, so that baseline and ILP numbers compare 1:1.
+        ops = [layer.ops[int(c)] for layer, c in zip(self.library.layers, choices, strict=True)]
+        return Solution(
+            choices=[int(c) for c in choices],
+            score=float(sum((op.score for op in ops), 0.0)),
+            cost={k: float(sum((op.cost[k] for op in ops), 0.0))
+                  for k in self.library.cost_keys()},
+            specs=[op.spec for op in ops],
+        )
+
+    def random_feasible(self, rng: np.random.Generator, tries: int = 50) -> np.ndarray | None:
+        """A random architecture built layer by layer, keeping room for the rest."""
+        for _ in range(tries):
+            choices = np.zeros(self.n, dtype=int)
+            used = np.zeros(len(self.budgets))
+            # A random layer order, so that no layer always gets first pick of the budget.
+            order = rng.permutation(self.n)
+            reserve = self.min_cost.sum(axis=1)
+            ok = True
+            for i in order:
+                reserve = reserve - self.min_cost[:, i]
+                room = self.cap - used - reserve
+                allowed = np.flatnonzero(np.all(self.cost[:, i, :self.sizes[i]]
+                                                <= room[:, None] + 1e-12, axis=0))
+                if allowed.size == 0:
+                    ok = False
+                    break
+                choices[i] = rng.choice(allowed)
+                used += self.cost[:, i, choices[i]]
+            if ok and self.feasible(choices):
+                return choices
+        return None
+
+
+def random_search(library: Library, budgets: Sequence[Budget | str], time_limit: float = 1.0,
+                  seed: int = 0, *, max_evals: int | None = None) -> Solution | None:
+    """Best of random feasible architectures found within ``time_limit`` seconds.
+
+    Uniform sampling over the whole space almost never meets a tight budget, so each
+    architecture is built layer by layer in random order, the op drawn uniformly among those
+    that leave the remaining layers able to meet every budget. ``max_evals`` (architectures
+    sampled) makes the result independent of machine speed.
+    """
+    _check_args(time_limit, max_evals)
+    p = _Problem(library, budgets)
+    rng = np.random.default_rng(seed)
+    best, best_score = None, np.inf
+    deadline = time.perf_counter() + time_limit
+    evals = 0
+    while time.perf_counter() < deadline and (max_evals is None or evals < max_evals):
+        evals += 1
+        c = p.random_feasible(rng, tries=1)
+        if c is not None and (s := p.total_score(c)) < best_score and p.exact_ok(c):
+            best, best_score = c, s
+    return None if best is None else p.solution(best)
+
+
+def evolution(library: Library, budgets: Sequence[Budget | str], time_limit: float = 1.0,
+              seed: int = 0, population: int = 64, sample: int = 16, *,
+              max_evals: int | None = None) -> Solution | None:
+    """Regularized (aging) evolution: tournament selection, one-layer mutations.
+
+    The population starts from random feasible architectures (as in :func:`random_search`);
+    each step mutates the best of ``sample`` random members in one layer, to an op drawn
+    among those that keep every budget met, and the oldest member dies. ``max_evals``
+    (architectures generated, the initial population included) makes the result
+    independent of machine speed.
+    """
+    _check_args(time_limit, max_evals)
+    p = _Problem(library, budgets)
+    rng = np.random.default_rng(seed)
+    deadline = time.perf_counter() + time_limit
+    evals = 0
+
+    def more() -> bool:
+        return time.perf_counter() < deadline and (max_evals is None or evals < max_evals)
+
+    # Members are (choices, score, totals); the totals make a constrained mutation O(ops).
+    pop: deque[tuple[np.ndarray, float, np.ndarray]] = deque(maxlen=population)
+    best: tuple[np.ndarray, float] | None = None
+    while len(pop) < population and more():
+        evals += 1
+        c = p.random_feasible(rng)
+        if c is None:
+            break
+        entry = (c, p.total_score(c), p.totals(c))
+        pop.append(entry)
+        if (best is None or entry[1] < best[1]) and p.exact_ok(c):
+            best = (c, entry[1])
+    if not pop:
+        return None
+    while more():
+        evals += 1
+        # Tournament with replacement: same selection pressure, far cheaper than
+        # rng.choice(replace=False), which matters when wall time is what is compared.
+        idx = rng.integers(len(pop), size=min(sample, len(pop)))
+        parent, _, totals = min((pop[j] for j in idx), key=lambda x: x[1])
+        i = int(rng.integers(p.n))
+        # Only ops that keep every budget met: under a tight budget, an unconstrained random
+        # op would almost always be rejected and the search would stall.
+        room = p.cap - totals + p.cost[:, i, parent[i]]
+        allowed = np.flatnonzero(np.all(p.cost[:, i, :p.sizes[i]] <= room[:, None], axis=0))
+        allowed = allowed[allowed != parent[i]]
+        if allowed.size == 0:
+            continue
+        child = parent.copy()
+        child[i] = allowed[rng.integers(allowed.size)]
+        child_totals = totals - p.cost[:, i, parent[i]] + p.cost[:, i, child[i]]
+        entry = (child, p.total_score(child), child_totals)
+        pop.append(entry)  # maxlen drops the oldest, however good: "regularized" evolution
+        if (best is None or entry[1] < best[1]) and p.exact_ok(child):
+            best = (child, entry[1])
+    return None if best is None else p.solution(best[0])
+
+
+def greedy(library: Library, budgets: Sequence[Budget | str], time_limit: float = 1.0,
+           seed: int = 0) -> Solution | None:
+    """Best score-per-cost first, as a knapsack heuristic would do.
+
+    Start from the best-score op per layer; while over budget, take the swap that saves the
+    most normalised (violated) cost per unit of score lost; once within budget, spend what
+    is left on the swaps that improve the score most while staying within every budget.
+    Deterministic (``seed`` is accepted for a uniform interface and ignored). Returns None
+    if no feasible architecture is reached.
+    """
+    _check_args(time_limit, None)
+    p = _Problem(library, budgets)
+    choices = np.argmin(p.score, axis=1)
+    scale = np.maximum(np.abs(p.cap), 1e-12)
+    deadline = time.perf_counter() + time_limit
+    # With several budgets a swap that fixes one can break another, so bound the loop.
+    for _ in range(10 * int(p.sizes.sum()) + 10):
+        over = p.violated(choices)
+        if not over.any():
+            break
+        if time.perf_counter() > deadline:
+            return None
+        cur_cost = p.cost[:, p.rows, choices]  # (budgets, layers)
+        # Counting only violated budgets makes the greedy target what is actually wrong.
+        saving = ((cur_cost[:, :, None] - p.cost) / scale[:, None, None]
+                  * over[:, None, None]).sum(axis=0)
+        loss = p.score - p.score[p.rows, choices][:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(saving > 0, np.maximum(loss, 0) / saving, np.inf)
+        if not np.isfinite(ratio).any():
+            return None
+        i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
+        choices[i] = j
+    else:
+        return None
+    # Fill-up: the downgrades above usually leave budget unused.
+    while time.perf_counter() <= deadline:
+        totals = p.totals(choices)
+        room = p.cap[:, None, None] - totals[:, None, None] + p.cost[:, p.rows, choices][:, :, None]
+        fits = np.all(p.cost <= room, axis=0)  # (layers, ops)
+        gain = np.where(fits, p.score[p.rows, choices][:, None] - p.score, -np.inf)
+        moved = False
+        # Best gain first; fall back to the next one if exact summation rejects it.
+        for flat in np.argsort(-gain, axis=None, kind="stable")[:8]:
+            i, j = np.unravel_index(flat, gain.shape)
+            if not gain[i, j] > 0:
+                break
+            trial = choices.copy()
+            trial[i] = j
+            if p.exact_ok(trial):
+                choices, moved = trial, True
+                break
+        if not moved:
+            break
+    return p.solution(choices)
+
+
+BASELINES: dict[str, Callable[..., Solution | None]] = {
+    "random": random_search, "evolution": evolution, "greedy": greedy,
+}
