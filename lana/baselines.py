@@ -10,6 +10,7 @@ its costs are summed with Python floats (``sum`` or ``math.fsum``).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,9 +38,11 @@ def _parse_budgets(library: Library, budgets: Sequence[Budget | str]) -> list[Bu
 
 
 def _check_args(time_limit: float, max_evals: int | None) -> None:
-    if not isinstance(time_limit, int | float) or not time_limit > 0:
+    if not isinstance(time_limit, numbers.Real) or not time_limit > 0:
         raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
-    if max_evals is not None and (not isinstance(max_evals, int) or max_evals < 1):
+    if max_evals is not None and (isinstance(max_evals, bool)
+                                  or not isinstance(max_evals, numbers.Integral)
+                                  or max_evals < 1):
         raise ConfigError(f"max_evals must be a positive integer or None, got {max_evals!r}")
 
 
@@ -230,23 +233,36 @@ def greedy(library: Library, budgets: Sequence[Budget | str], time_limit: float 
     choices = np.argmin(p.score, axis=1)
     scale = np.maximum(np.abs(p.cap), 1e-12)
     deadline = time.perf_counter() + time_limit
-    # With several budgets a swap that fixes one can break another, so bound the loop.
+    # Progress is measured by the normalised total excess over the budgets; each step must
+    # lower it strictly, so the loop cannot cycle (a swap that fixes one budget by breaking
+    # another does not count as progress). The cap on steps is only a safety net.
     for _ in range(10 * int(p.sizes.sum()) + 10):
         over = p.violated(choices)
         if not over.any():
             break
         if time.perf_counter() > deadline:
             return None
+        # A budget that numpy's sum meets but exact summation does not is a hair over it;
+        # aiming a hair below such budgets turns that into an ordinary excess.
+        cap = p.cap - np.where(over, 1e-9 * scale, 0.0)
         cur_cost = p.cost[:, p.rows, choices]  # (budgets, layers)
-        # Counting only violated budgets makes the greedy target what is actually wrong.
-        saving = ((cur_cost[:, :, None] - p.cost) / scale[:, None, None]
-                  * over[:, None, None]).sum(axis=0)
+        totals = cur_cost.sum(axis=1)
+        excess = (np.maximum(totals - cap, 0) / scale).sum()
+        new_totals = totals[:, None, None] - cur_cost[:, :, None] + p.cost  # (b, layers, ops)
+        with np.errstate(invalid="ignore"):  # inf - inf on padded ops
+            new_excess = (np.maximum(new_totals - cap[:, None, None], 0)
+                          / scale[:, None, None]).sum(axis=0)
+        drop = np.where(np.isfinite(new_excess), excess - new_excess, 0.0)
+        # Keeping the current op "drops" the excess by rounding noise; it is no move.
+        drop[p.rows, choices] = 0.0
         loss = p.score - p.score[p.rows, choices][:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(saving > 0, np.maximum(loss, 0) / saving, np.inf)
-        if not np.isfinite(ratio).any():
-            return None
-        i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
+            ratio = np.where(drop > 0, np.maximum(loss, 0) / drop, np.inf)
+        best = ratio.min()
+        if not np.isfinite(best):
+            return None  # stuck: no single swap reduces the excess
+        # Among equally good ratios (e.g. several free swaps), the one that helps most.
+        i, j = np.unravel_index(np.argmax(np.where(ratio == best, drop, -np.inf)), ratio.shape)
         choices[i] = j
     else:
         return None

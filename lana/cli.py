@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lana.errors import LanaError
+from lana.errors import ConfigError, LanaError
 
 DEMO_DIR = "lana-demo"
 
@@ -25,6 +25,25 @@ def _budget(args: argparse.Namespace):
     if getattr(args, "latency_ms", None) is not None:
         return BudgetConfig(latency_ms=args.latency_ms)
     return None
+
+
+# Duplicated from lana.baselines.BASELINES so that building the parser imports nothing heavy.
+BASELINE_NAMES = ("random", "evolution", "greedy")
+
+
+def _library_search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("library search (when the path is a library JSON file)")
+    g.add_argument("--budget", action="append", default=[], metavar="KEY<=VALUE",
+                   help="e.g. latency_ms<=5.0 or params<=2e6 (repeatable; >= also works)")
+    g.add_argument("--k", type=int, default=None, help="diverse architectures (default 1)")
+    g.add_argument("--overlap", type=float, default=None,
+                   help="max fraction of layers shared with each earlier solution (default 0.7)")
+    g.add_argument("--time-limit", type=float, default=None, metavar="S",
+                   help="seconds for the whole search (baselines: default 1)")
+    g.add_argument("--json", metavar="OUT", help="write the result here")
+    g.add_argument("--baseline", choices=BASELINE_NAMES,
+                   help="run this baseline instead of the ILP (one solution)")
+    g.add_argument("--seed", type=int, default=None, help="baseline random seed (default 0)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,12 +66,35 @@ def _parser() -> argparse.ArgumentParser:
                         ("score", "phase 2a: replace-one scores")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("dir", help="run directory")
-    for name, help_ in [("search", "phase 2c: ILP search, K students ranked and measured"),
+    for name, help_ in [("search", "phase 2c: ILP search, K students ranked and measured; "
+                                   "or, given a library JSON file, the search alone"),
                         ("finetune", "phase 3: fine-tune the selected student with KD"),
                         ("export", "ONNX + safetensors + arch JSON, latency verified")]:
         s = sub.add_parser(name, help=help_)
-        s.add_argument("dir", help="run directory")
+        if name == "search":
+            s.add_argument("dir", metavar="DIR|LIBRARY",
+                           help="run directory (pipeline stage) or library JSON file")
+        else:
+            s.add_argument("dir", help="run directory")
         _budget_args(s)
+        if name == "search":
+            _library_search_args(s)
+
+    w = sub.add_parser("sweep", help="Pareto front of a library: the ILP at evenly spaced "
+                       "budgets on one cost, as CSV and a plot")
+    w.add_argument("library", help="library JSON file")
+    w.add_argument("--cost", required=True, metavar="KEY", help="cost to sweep, e.g. latency_ms")
+    w.add_argument("--points", type=int, default=30, help="number of budgets (default 30)")
+    w.add_argument("--budget", action="append", default=[], metavar="KEY<=VALUE",
+                   help="a further budget held at every point (repeatable)")
+    w.add_argument("--csv", metavar="OUT.csv", help="default: LIBRARY.sweep.csv next to it")
+    w.add_argument("--plot", metavar="OUT.png|OUT.svg",
+                   help="default: LIBRARY.sweep.png next to it")
+    w.add_argument("--baselines", nargs="*", choices=sorted(BASELINE_NAMES), default=None,
+                   metavar="NAME", help="also run these baselines at every budget (no names: "
+                   "greedy and evolution)")
+    w.add_argument("--baseline-time", type=float, default=None, metavar="S",
+                   help="seconds per baseline and point (default: as long as the ILP took)")
 
     c = sub.add_parser("config", help="print the default configuration as YAML")
     c.add_argument("--defaults", action="store_true", help="(the only mode for now)")
@@ -74,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # The standalone search and sweep need neither torch nor a run directory.
+    if args.cmd == "sweep":
+        return _sweep(args)
+    if args.cmd == "search":
+        if _is_library(Path(args.dir)):
+            return _library_search(args)
+        used = [f"--{n.replace('_', '-')}" for n in ("budget", "k", "overlap", "time_limit",
+                                                    "json", "baseline", "seed")
+                if getattr(args, n) not in (None, [])]
+        if used:
+            raise ConfigError(
+                f"{', '.join(used)} apply to a library JSON file, but {args.dir} is "
+                "not one; for a run directory give the budget as --speedup or --latency-ms"
+            )
+
     from lana.pipeline import Run
 
     if args.cmd == "config":
@@ -105,6 +162,93 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lana.report import print_search
 
         print_search(result)
+    return 0
+
+
+def _is_library(path: Path) -> bool:
+    # A directory is always a run directory (the pipeline stage, as before); a file, or a
+    # missing path named like one, is a library, so its error names the file.
+    if path.is_dir():
+        return False
+    return path.is_file() or path.suffix.lower() == ".json"
+
+
+def _library_search(args: argparse.Namespace) -> int:
+    import time
+
+    from lana.io import write_json
+    from lana.report import print_library_search
+    from lana.search import Budget, Library, SearchResult, minimum_reachable, solve
+
+    if args.speedup is not None or args.latency_ms is not None:
+        raise ConfigError(
+            "--speedup/--latency-ms are for a run directory; for a library file write the "
+            "budget as --budget latency_ms<=VALUE"
+        )
+    library = Library.load(args.dir)
+    budgets = [Budget.parse(b) for b in args.budget]
+    k = 1 if args.k is None else args.k
+    overlap = 0.7 if args.overlap is None else args.overlap
+    if args.baseline is None:
+        result = solve(library, budgets, k=k, overlap=overlap, time_limit=args.time_limit)
+        out = {"method": "ilp", **result.to_dict()}
+    else:
+        if args.k not in (None, 1) or args.overlap is not None:
+            raise ConfigError(f"--baseline {args.baseline} finds one architecture; drop "
+                              "--k and --overlap")
+        from lana.baselines import BASELINES
+
+        for b in budgets:
+            reach = minimum_reachable(library, b.key, "min" if b.op == "<=" else "max")
+            if not b.satisfied_by(reach):
+                # The ILP's reachability check explains the budget (minimum, culprit layers)
+                # before it starts solving, so let it raise that error.
+                solve(library, budgets)
+        limit = 1.0 if args.time_limit is None else args.time_limit
+        t0 = time.perf_counter()
+        sol = BASELINES[args.baseline](library, budgets, time_limit=limit,
+                                       seed=0 if args.seed is None else args.seed)
+        seconds = time.perf_counter() - t0
+        if sol is None:
+            best = solve(library, budgets).solutions[0]
+            raise LanaError(
+                f"the {args.baseline} baseline found no architecture meeting "
+                f"{', '.join(map(str, budgets))} in {limit:g} s, although one exists (the "
+                f"ILP's optimum has score {best.score:.6g}); give it more --time-limit or "
+                "use the ILP"
+            )
+        result = SearchResult(solutions=[sol], solve_seconds=seconds, budgets=budgets,
+                              k_requested=1, log10_space_size=library.log10_space_size())
+        out = {"method": args.baseline, **result.to_dict()}
+    if args.json:
+        write_json(args.json, out)
+    print_library_search(out, library.cost_keys())
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from lana.report import print_sweep
+    from lana.search import Library
+    from lana.sweep import plot, sweep, write_csv
+
+    path = Path(args.library)
+    library = Library.load(path)
+    baselines = args.baselines
+    if baselines is not None and not baselines:
+        baselines = ["greedy", "evolution"]
+    csv_path = Path(args.csv) if args.csv else path.with_name(path.stem + ".sweep.csv")
+    plot_path = Path(args.plot) if args.plot else path.with_name(path.stem + ".sweep.png")
+    if plot_path.suffix.lower() not in (".png", ".svg"):
+        # Checked before the sweep runs, so a typo does not cost the whole sweep.
+        raise ConfigError(f"--plot must end in .png or .svg, got {plot_path.name!r}")
+    rows = sweep(library, args.cost, args.points, args.budget, baselines or (),
+                 baseline_time_limit=args.baseline_time)
+    write_csv(rows, csv_path)
+    plot(rows, args.cost, plot_path, title=f"{path.name}: predicted score vs {args.cost}")
+    print_sweep(rows, args.cost)
+    print(f"wrote {csv_path} and {plot_path}")
     return 0
 
 

@@ -54,3 +54,42 @@ def print_search(result: dict, console: Console | None = None) -> None:
                   f"{r['latency_ms_measured']:.4g}", f"{r['val_loss']:.4f}",
                   _pct(r["val_accuracy"]), "yes" if r["meets_budget"] else "no")
     console.print(t)
+
+
+def print_library_search(result: dict, cost_keys: list[str],
+                         console: Console | None = None) -> None:
+    """The solutions of a standalone library search (``SearchResult.to_dict()`` form)."""
+    console = console or _out
+    budgets = ", ".join(result["budgets"]) or "no budget"
+    method = result.get("method", "ilp")
+    note = " (time limit hit)" if result.get("timed_out") else ""
+    t = Table(title=f"lana search ({method}): {budgets}; 10^{result['log10_space_size']:.1f} "
+              f"architectures, {len(result['solutions'])}/{result['k_requested']} found in "
+              f"{result['solve_seconds']:.2f} s{note}")
+    for col in ("#", "score", *cost_keys):
+        t.add_column(col, justify="right")
+    for n, s in enumerate(result["solutions"]):
+        t.add_row(str(n), f"{s['score']:.6g}", *(f"{s['cost'][k]:.6g}" for k in cost_keys))
+    console.print(t)
+    if result["solutions"]:
+        console.print("  #0: " + " ".join(result["solutions"][0]["specs"]))
+
+
+def print_sweep(rows: list[dict], cost_key: str, console: Console | None = None) -> None:
+    """A budget sweep: per budget, each method's score and the cost it used."""
+    console = console or _out
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["method"], r["budget"]): r for r in rows}
+    budgets = sorted({r["budget"] for r in rows})
+    t = Table(title=f"lana sweep: predicted score (and {cost_key} used) per {cost_key} budget")
+    t.add_column(f"{cost_key} <=", justify="right")
+    for m in methods:
+        t.add_column(m, justify="right")
+    for b in budgets:
+        cells = []
+        for m in methods:
+            r = by.get((m, b))
+            cells.append("-" if r is None or r["score"] is None
+                         else f"{r['score']:.5g} ({r['cost'][cost_key]:.4g})")
+        t.add_row(f"{b:.5g}", *cells)
+    console.print(t)
