@@ -6,11 +6,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lana import search
 from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
 from lana.search import (
     Budget,
@@ -143,6 +146,11 @@ def test_first_solution_is_optimal_or_both_infeasible(case):
     best = result.solutions[0]
     assert meets(lib, best.choices, budgets)
     assert abs(best.score - expected.score) <= tolerance(lib)
+    # Large libraries go through the LP-guided reduction first; it must be just as exact.
+    with mock.patch.object(search, "_STAGE_MIN_VARS", 0):
+        staged = solve(lib, budgets).solutions[0]
+    assert meets(lib, staged.choices, budgets)
+    assert abs(staged.score - expected.score) <= tolerance(lib)
     # The reported numbers are the plain sums of the chosen ops.
     assert best.score == score_of(lib, best.choices)
     assert best.specs == lib.specs(best.choices)
@@ -212,14 +220,12 @@ def test_tolerance_trap_never_exceeds_budget():
     assert result.solutions[0].score == pytest.approx(2.0, abs=1e-9)
 
 
-@settings(derandomize=True, max_examples=40, deadline=None,
+@settings(derandomize=True, max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(5, 12), st.integers(0, 2**32 - 1))
 def test_budget_on_exact_float_boundary_is_never_exceeded(n_layers, seed):
     # Costs like 0.1 are not exact in binary; a budget equal to some architecture's float sum
     # sits right on the boundary, where rounding and solver tolerances both bite.
-    import random
-
     rng = random.Random(seed)
     table = [[(rng.choice([0.0, 0.5, 1.0, 2.0]) - 0.3 * j,
                {"latency_ms": round(0.1 * j + rng.choice([0.0, 1e-9, 1e-12]), 12)})
@@ -232,6 +238,35 @@ def test_budget_on_exact_float_boundary_is_never_exceeded(n_layers, seed):
     for sol in result.solutions:
         assert meets(lib, sol.choices, budgets)
     assert result.solutions[0].score <= score_of(lib, target) + tolerance(lib)
+
+
+@pytest.mark.parametrize("two_keys", [False, True])
+def test_staged_first_solve_matches_plain_on_a_larger_library(two_keys):
+    # Every op on the score/latency trade-off curve, so dominance pruning removes little and
+    # the staged (LP-guided) path does real work.
+    rng = random.Random(1)
+    table = []
+    for _ in range(20):
+        full = rng.uniform(0.5, 2.0)
+        ops = []
+        for j in range(60):
+            lat = full * j / 59
+            cost = {"latency_ms": lat}
+            if two_keys:
+                cost["params"] = float(rng.randrange(10**6))
+            ops.append(((1 - j / 59) ** 2 * rng.uniform(0.9, 1.1), cost))
+        table.append(ops)
+    lib = make_library(table)
+    teacher = sum(layer.ops[-1].cost["latency_ms"] for layer in lib.layers)
+    budgets = [Budget("latency_ms", "<=", 0.4 * teacher)]
+    if two_keys:
+        budgets.append(Budget("params", "<=", 8e6))
+    with mock.patch.object(search, "_STAGE_MIN_VARS", 10**9):
+        plain = solve(lib, budgets).solutions[0]
+    with mock.patch.object(search, "_STAGE_MIN_VARS", 0):
+        staged = solve(lib, budgets).solutions[0]
+    assert meets(lib, plain.choices, budgets) and meets(lib, staged.choices, budgets)
+    assert staged.score == pytest.approx(plain.score, rel=1e-6, abs=1e-9)
 
 
 def test_huge_and_tiny_magnitudes():
@@ -487,7 +522,6 @@ def test_bad_arguments(kwargs):
 
 
 def test_time_limit_caps_the_whole_search():
-    import random
     import time
 
     rng = random.Random(0)
