@@ -154,6 +154,53 @@ def _split_timm_efficientnet(model: nn.Module):
     return stem, layers, _TimmEfficientNetHead(model)
 
 
+def _isinstance_of(module_path: str, cls_name: str) -> Callable[[nn.Module], bool]:
+    def check(model: nn.Module) -> bool:
+        import importlib
+
+        try:
+            cls = getattr(importlib.import_module(module_path), cls_name)
+        except (ImportError, AttributeError):
+            return False
+        return isinstance(model, cls)
+
+    return check
+
+
+class _Pipe(nn.Module):
+    """Named parts of a model applied in order (a Sequential that keeps timm's names)."""
+
+    def __init__(self, parts: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        for name, part in parts:
+            self.add_module(name, part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for part in self.children():
+            x = part(x)
+        return x
+
+
+def _split_timm_resnet(model: nn.Module):
+    # timm's ResNet class covers ResNet, ResNeXt, SE-ResNet and ResNeSt (ResNestBottleneck).
+    stem = _Pipe([(n, getattr(model, n)) for n in ("conv1", "bn1", "act1", "maxpool")])
+    layers = [(f"layer{s}.{b}", block) for s in range(1, 5)
+              for b, block in enumerate(getattr(model, f"layer{s}"))]
+    head = _Pipe([("global_pool", model.global_pool),
+                  ("drop", nn.Dropout(float(model.drop_rate or 0.0))), ("fc", model.fc)])
+    return stem, layers, head
+
+
+def _split_timm_mobilenetv3(model: nn.Module):
+    stem = _Pipe([("conv_stem", model.conv_stem), ("bn1", model.bn1)])
+    layers = [(f"blocks.{s}.{b}", block) for s, stage in enumerate(model.blocks)
+              for b, block in enumerate(stage)]
+    head = _Pipe([(n, getattr(model, n)) for n in ("global_pool", "conv_head", "norm_head",
+                                                    "act2", "flatten")]
+                 + [("drop", nn.Dropout(model.drop_rate)), ("classifier", model.classifier)])
+    return stem, layers, head
+
+
 def _split_sequential(model: nn.Module):
     layers = [(name, m) for name, m in model.named_children()]
     return nn.Identity(), layers, nn.Identity()
@@ -172,6 +219,23 @@ register_family(Family(
                 "mobilenetv2_*, mnasnet_*, ... (one MBConv/DS block per layer)",
     matches=_is_timm_efficientnet,
     split=_split_timm_efficientnet,
+    act=_act_name,
+))
+
+
+register_family(Family(
+    name="timm-resnet",
+    description="timm ResNet class: resnet18/34/50…, resnext*, resnest14d/26d/50d… "
+                "(one basic/bottleneck block per layer)",
+    matches=_isinstance_of("timm.models.resnet", "ResNet"),
+    split=_split_timm_resnet,
+    act=_act_name,
+))
+register_family(Family(
+    name="timm-mobilenetv3",
+    description="timm MobileNetV3 class: mobilenetv3_small_*/large_* (one block per layer)",
+    matches=_isinstance_of("timm.models.mobilenetv3", "MobileNetV3"),
+    split=_split_timm_mobilenetv3,
     act=_act_name,
 ))
 

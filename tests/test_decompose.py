@@ -162,10 +162,34 @@ def test_custom_module_is_unsupported() -> None:
     assert "nn.Sequential" in str(info.value)
 
 
-def test_timm_resnet_is_unsupported() -> None:
-    model = timm.create_model("resnet18", pretrained=False, num_classes=3)
-    with pytest.raises(UnsupportedModelError, match="ResNet"):
+def test_timm_vit_is_unsupported() -> None:
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+                              img_size=32, patch_size=8)
+    with pytest.raises(UnsupportedModelError, match="VisionTransformer"):
         decompose(model, torch.zeros(1, 3, 32, 32))
+
+
+# Families beyond EfficientNet V1: (model, family, layers). EfficientNetV2 is timm's
+# EfficientNet class; ResNeSt is timm's ResNet class with ResNeSt bottlenecks.
+OTHER_FAMILIES = [("tf_efficientnetv2_b0", "timm-efficientnet", 21),
+                  ("resnest14d", "timm-resnet", 4), ("resnest26d", "timm-resnet", 8),
+                  ("resnet18", "timm-resnet", 8), ("resnet50", "timm-resnet", 16),
+                  ("mobilenetv3_small_100", "timm-mobilenetv3", 12)]
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("name,family,n_layers", OTHER_FAMILIES)
+def test_other_families_are_exact(name: str, family: str, n_layers: int, in_chans: int,
+                                  randomize_bn) -> None:
+    model = timm.create_model(name, pretrained=False, num_classes=5, in_chans=in_chans)
+    randomize_bn(model)
+    model.eval()
+    x = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0))
+    chain = decompose(model, x)
+    assert find_family(model).name == family
+    assert len(chain.layers) == n_layers
+    with torch.no_grad():
+        assert (chain(x) - model(x)).abs().max().item() <= 1e-5
 
 
 def test_sequential_subclass_and_bad_layers() -> None:
