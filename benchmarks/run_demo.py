@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -21,29 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _results import machine, write_section
+
 SECTION = "## lana demo (pipeline issue acceptance)"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def replace_section(text: str, body: str) -> str:
-    """Replace (or append) the demo section of RESULTS.md."""
-    start = text.find(SECTION)
-    if start < 0:
-        return text.rstrip() + "\n\n" + body
-    end = text.find("\n## ", start + len(SECTION))
-    return text[:start] + body + (text[end + 1:] if end >= 0 else "")
 
 
 def main() -> int:
@@ -92,9 +75,7 @@ to end with the teacher interleaved.
 - layers: {' '.join(s['choices'])}
 
 Targets: """ + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items()) + "\n"
-    results = HERE / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    results.write_text(replace_section(text, body))
+    write_section(SECTION, body)
     print(body)
     return 0 if all(checks.values()) else 1
 

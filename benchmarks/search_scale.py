@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import scipy
+from _results import machine, write_section
 
 from lana.baselines import BASELINES
 from lana.search import Budget, Layer, Library, Op, solve
 
-HERE = Path(__file__).resolve().parent
 SECTION = "## Search at scale (search issue acceptance)"
 N_LAYERS, N_OPS = 46, 197
 OVERLAP = 0.7
@@ -71,18 +69,6 @@ def budgets_for(lib: Library, with_params: bool) -> list[Budget]:
     return out
 
 
-def machine() -> str:
-    cpu, n = platform.processor() or platform.machine(), 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("processor"):
-                n += 1
-    except OSError:
-        pass
-    return (f"{cpu}, {n or os.cpu_count()} cores (/proc/cpuinfo), Python "
-            f"{platform.python_version()}, scipy {scipy.__version__} (HiGHS)")
 
 
 def load() -> str:
@@ -92,13 +78,6 @@ def load() -> str:
         return "unknown"
 
 
-def replace_section(text: str, body: str) -> str:
-    """Replace (or append) this benchmark's section of RESULTS.md, keeping the others."""
-    start = text.find(SECTION)
-    if start < 0:
-        return text.rstrip() + "\n\n" + body
-    end = text.find("\n## ", start + len(SECTION))
-    return text[:start] + body + (text[end + 1:] if end >= 0 else "")
 
 
 def main() -> int:
@@ -188,7 +167,7 @@ def main() -> int:
     body = f"""{SECTION}
 
 Command: `python benchmarks/search_scale.py{(' ' + argv) if argv else ''}`.
-Machine: {machine()}; shared with other work while it ran (load average
+Machine: {machine()}, scipy {scipy.__version__} (HiGHS); shared with other work while it ran (load average
 {load_start} at the start, {load()} at the end), so times are upper bounds. Date:
 {time.strftime('%Y-%m-%d')}.
 
@@ -219,9 +198,7 @@ value does not change with more time. Greedy is deterministic and stops by itsel
     print()
     print(body)
     if not args.no_write:
-        results = HERE / "RESULTS.md"
-        text = results.read_text() if results.exists() else "# Benchmark results\n"
-        results.write_text(replace_section(text, body))
+        write_section(SECTION, body)
     return 0
 
 

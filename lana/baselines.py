@@ -18,23 +18,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lana.errors import ConfigError
-from lana.search import Budget, Library, Solution
+from lana.search import Budget, Library, Solution, normalize_budgets
 
 __all__ = ["BASELINES", "evolution", "greedy", "random_search"]
-
-
-def _parse_budgets(library: Library, budgets: Sequence[Budget | str]) -> list[Budget]:
-    if isinstance(budgets, str | Budget):
-        budgets = [budgets]
-    out = [Budget.parse(b) for b in budgets]
-    keys = library.cost_keys()
-    for b in out:
-        if b.key not in keys:
-            raise ConfigError(
-                f"budget {b} is on cost {b.key!r}, which the library does not have; "
-                f"available cost keys: {', '.join(keys) if keys else '(none)'}"
-            )
-    return out
 
 
 def _check_args(time_limit: float, max_evals: int | None) -> None:
@@ -52,7 +38,7 @@ class _Problem:
     def __init__(self, library: Library, budgets: Sequence[Budget | str]) -> None:
         library.validate()
         self.library = library
-        self.budgets = _parse_budgets(library, budgets)
+        self.budgets = normalize_budgets(library, budgets)
         self.n = len(library.layers)
         self.sizes = np.array([len(layer.ops) for layer in library.layers])
         width = int(self.sizes.max())

@@ -37,6 +37,7 @@ __all__ = [
     "Solution",
     "brute_force",
     "minimum_reachable",
+    "normalize_budgets",
     "solve",
 ]
 
@@ -407,7 +408,8 @@ def _violations(
     return out
 
 
-def _normalize_budgets(library: Library, budgets: Sequence[Budget | str]) -> list[Budget]:
+def normalize_budgets(library: Library, budgets: Sequence[Budget | str]) -> list[Budget]:
+    """Parse budgets (one or many) and check that each names a cost key of the library."""
     if isinstance(budgets, str | Budget):
         budgets = [budgets]
     out = [Budget.parse(b) for b in budgets]
@@ -897,7 +899,7 @@ def solve(
     if not isinstance(library, Library):
         raise ConfigError(f"solve() needs a Library, got {type(library).__name__}")
     library.validate()
-    blist = _normalize_budgets(library, budgets)
+    blist = normalize_budgets(library, budgets)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ConfigError(f"k (number of architectures) must be an integer >= 1, got {k!r}")
     if not _is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
@@ -963,7 +965,7 @@ def brute_force(library: Library, budgets: Sequence[Budget | str]) -> Solution |
     """Exhaustive search (for tests on tiny libraries): the lowest-score architecture meeting
     every budget, or None if there is none. Refuses spaces above a million architectures."""
     library.validate()
-    blist = _normalize_budgets(library, budgets)
+    blist = normalize_budgets(library, budgets)
     if library.log10_space_size() > 6:
         raise ConfigError(
             f"brute_force is for tiny libraries; this one has 10^"

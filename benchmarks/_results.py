@@ -1,0 +1,38 @@
+"""Shared by the benchmarks: the machine description and RESULTS.md section updates."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    """CPU model and core count from /proc/cpuinfo, plus the Python version."""
+    cpu, n = platform.processor() or platform.machine(), 0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("processor"):
+                n += 1
+    except OSError:
+        pass
+    return f"{cpu}, {n or os.cpu_count()} cores (/proc/cpuinfo), Python {platform.python_version()}"
+
+
+def replace_section(text: str, heading: str, body: str) -> str:
+    """Replace (or append) the section starting at ``heading``, keeping the others."""
+    start = text.find(heading)
+    if start < 0:
+        return text.rstrip() + "\n\n" + body
+    end = text.find("\n## ", start + len(heading))
+    return text[:start] + body + (text[end + 1:] if end >= 0 else "")
+
+
+def write_section(heading: str, body: str) -> None:
+    """Rewrite this benchmark's section of RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    RESULTS.write_text(replace_section(text, heading, body))
