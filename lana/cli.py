@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--baseline-time", type=float, default=None, metavar="S",
                    help="seconds per baseline and point (default: as long as the ILP took)")
 
+    lm = sub.add_parser("list-models", help="supported teacher families; with --model, its "
+                        "layers and candidate counts")
+    lm.add_argument("--model", help="e.g. timm:efficientnet_b0 or lana:tiny_effnet")
+    lm.add_argument("--input", default="3x224x224", help="input shape CxHxW (default 3x224x224)")
+    lm.add_argument("--config", help="YAML config whose space.ops to use (default space if "
+                    "omitted)")
+
     c = sub.add_parser("config", help="print the default configuration as YAML")
     c.add_argument("--defaults", action="store_true", help="(the only mode for now)")
     return p
@@ -133,6 +140,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from lana.pipeline import Run
 
+    if args.cmd == "list-models":
+        from lana.report import print_families, print_model_space
+
+        if args.model:
+            print_model_space(args.model, args.input, args.config)
+        else:
+            print_families()
+        return 0
     if args.cmd == "config":
         from lana.config import Config
 

@@ -216,7 +216,8 @@ register_family(Family(
 register_family(Family(
     name="timm-efficientnet",
     description="timm EfficientNet class: efficientnet_b0..b7, tf_efficientnet_lite0..4, "
-                "mobilenetv2_*, mnasnet_*, ... (one MBConv/DS block per layer)",
+                "tf_efficientnetv2_*, efficientnetv2_rw_*, mobilenetv2_*, mnasnet_*, ... "
+                "(one MBConv/fused/DS block per layer)",
     matches=_is_timm_efficientnet,
     split=_split_timm_efficientnet,
     act=_act_name,

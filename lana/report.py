@@ -93,3 +93,53 @@ def print_sweep(rows: list[dict], cost_key: str, console: Console | None = None)
                          else f"{r['score']:.5g} ({r['cost'][cost_key]:.4g})")
         t.add_row(f"{b:.5g}", *cells)
     console.print(t)
+
+
+def print_families(console: Console | None = None) -> None:
+    """The registered teacher families (``lana list-models``)."""
+    from lana.decompose import FAMILIES
+
+    console = console or _out
+    t = Table(title="lana: supported teacher families")
+    t.add_column("family")
+    t.add_column("models")
+    for fam in FAMILIES.values():
+        t.add_row(fam.name, fam.description)
+    console.print(t)
+    console.print("Show one model's layers and candidates: lana list-models --model "
+                  "timm:efficientnet_b0 --input 3x224x224")
+
+
+def print_model_space(model: str, input_shape: str, config: str | None = None,
+                      console: Console | None = None) -> dict:
+    """Layers of ``model`` with their candidate counts and the search-space size."""
+    import torch
+
+    from lana.config import SpaceConfig, load_config
+    from lana.decompose import decompose
+    from lana.errors import ConfigError
+    from lana.models import create_model
+    from lana.space import layer_candidates, log10_space_size, space_specs
+
+    console = console or _out
+    try:
+        shape = tuple(int(v) for v in input_shape.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input {input_shape!r} must look like 3x224x224") from None
+    if len(shape) != 3:
+        raise ConfigError(f"--input {input_shape!r} must be CxHxW, e.g. 3x224x224")
+    ops = (load_config(config).space.ops if config else SpaceConfig().ops)
+    teacher = create_model(model, in_chans=shape[0]).eval()
+    chain = decompose(teacher, torch.zeros(1, *shape))
+    specs = space_specs(ops)
+    cands = [layer_candidates(info, specs) for info in chain.info]
+    t = Table(title=f"{model} at {input_shape}: {len(chain.layers)} layers, "
+              f"10^{log10_space_size(cands):.1f} architectures")
+    for col in ("layer", "in", "out", "stride", "candidates"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for info, c in zip(chain.info, cands, strict=True):
+        t.add_row(info.name, "x".join(map(str, info.in_shape)),
+                  "x".join(map(str, info.out_shape)), str(info.stride), str(len(c)))
+    console.print(t)
+    return {"layers": len(cands), "candidates": [len(c) for c in cands],
+            "log10_space_size": log10_space_size(cands)}

@@ -134,3 +134,15 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("lana: error:") and "Traceback" not in proc.stderr
+
+
+def test_list_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list-models"]) == 0
+    out = capsys.readouterr().out
+    for family in ("timm-efficientnet", "timm-resnet", "timm-mobilenetv3", "sequential"):
+        assert family in out
+    assert main(["list-models", "--model", "lana:tiny_effnet", "--input", "1x32x32"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "11 layers" in out and "blocks.4.1" in out
+    assert main(["list-models", "--model", "lana:tiny_effnet", "--input", "32x32"]) == 2
+    assert "CxHxW" in capsys.readouterr().err
