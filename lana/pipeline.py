@@ -52,7 +52,13 @@ def _hash(obj) -> str:
 
 
 class Run:
-    """One LANA run bound to a directory. Stages are methods; each is resumable."""
+    """One LANA run bound to a directory. Stages are methods; each is resumable.
+
+    ``config`` defaults to the directory's ``config.yaml``. ``teacher`` is an already trained
+    model to accelerate (its current weights are used; ``model.name`` is then only a label),
+    and ``splits`` replaces the configured dataset: together they let the Python API run on
+    any model and data.
+    """
 
     def __init__(self, run_dir: str | Path, config: Config | None = None,
                  teacher: nn.Module | None = None, splits: Splits | None = None) -> None:
@@ -120,6 +126,10 @@ class Run:
         if cfg.model.weights:
             state = load_tensors(cfg.model.weights)
             _load_state(model, state, Path(cfg.model.weights))
+            save_tensors(path, model.state_dict())
+            return
+        if self._teacher_override is not None:
+            # A model handed over through the Python API is the trained teacher as it is.
             save_tensors(path, model.state_dict())
             return
         from lana.train import train_classifier

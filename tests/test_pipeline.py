@@ -288,3 +288,41 @@ def test_changed_score_settings_recompute_scores_only(run_copy,
     assert scores["samples"] == 16
     assert read_json(run_dir / "scores.json")["samples"] == 16
     assert read_json(run_dir / "latency.json") == latency
+
+
+def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_splits,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's trained nn.Sequential on user data: no teacher training, torch backend."""
+    from conftest import small_sequential_teacher
+    from torch import nn
+
+    from lana.student import load_student
+
+    torch.manual_seed(0)
+    model = small_sequential_teacher(seed=3)
+    model.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real_train = lana.train.train_classifier
+
+    def no_teacher_training(*args, **kwargs):
+        assert kwargs.get("description") != "teacher", "the given teacher must not be trained"
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(lana.train, "train_classifier", no_teacher_training)
+    cfg = config_from_dict({
+        "seed": 0, "threads": 1, "model": {"name": "my-own-model"},
+        "space": {"ops": ["teacher", "identity", "cb_k{1,3}"]},
+        "distill": {"steps": 3, "batch_size": 16},
+        "latency": {"backend": "torch", "max_seconds": 0.02, "warmup": 2},
+        "score": {"samples": 32}, "search": {"k": 2, "eval_samples": 32,
+                                             "budget": {"speedup": 1.1}},
+        "finetune": {"epochs": 1, "batch_size": 32}})
+    summary = Run(tmp_path / "run", cfg, teacher=model, splits=synthetic_splits).all()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    student = summary["students"][0]
+    assert summary["latency"]["backend"] == "torch"
+    assert len(student["choices"]) == 5 and student["choices"][-1] == "teacher"
+    loaded = load_student(student["path"], teacher=small_sequential_teacher().append(
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))))
+    x = torch.randn(2, 1, 16, 16)
+    assert loaded(x).shape == (2, 4)
