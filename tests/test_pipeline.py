@@ -326,3 +326,26 @@ def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_spl
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))))
     x = torch.randn(2, 1, 16, 16)
     assert loaded(x).shape == (2, 4)
+
+
+@pytest.mark.parametrize("model_name", ["timm:resnest14d", "timm:tf_efficientnetv2_b0",
+                                        "timm:mobilenetv3_small_050"])
+def test_tiny_end_to_end_per_family(model_name: str, tmp_path: Path, synthetic_splits) -> None:
+    """Every phase on one small model of each teacher family beyond EfficientNet V1."""
+    cfg = config_from_dict({
+        "seed": 0, "threads": 1, "model": {"name": model_name},
+        "teacher_training": {"epochs": 0.25, "batch_size": 32,
+                             "cache_dir": str(tmp_path / "cache")},
+        "space": {"ops": ["teacher", "identity", "cb_k3"]},
+        "distill": {"steps": 2, "batch_size": 16},
+        "latency": {"backend": "onnxruntime", "max_seconds": 0.01, "warmup": 1},
+        "score": {"samples": 16}, "search": {"k": 1, "eval_samples": 16,
+                                             "budget": {"speedup": 1.05}},
+        "finetune": {"epochs": 0.25, "batch_size": 32}})
+    summary = Run(tmp_path / "run", cfg, splits=synthetic_splits).all()
+    student = summary["students"][0]
+    assert 0.0 <= student["accuracy"] <= 1.0
+    assert student["latency_ms_measured"] > 0
+    layers = read_json(tmp_path / "run" / "teacher.json")["layers"]
+    assert len(student["choices"]) == len(layers) > 1
+    assert any(c != "teacher" for c in student["choices"])
