@@ -149,3 +149,16 @@ def run_copy(pipeline_run, tmp_path: Path):
     dst = tmp_path / "run"
     shutil.copytree(src, dst)
     return dst, copy.deepcopy(cfg_dict)
+
+
+def budgets_met(library, choices: list[int], budgets) -> bool:
+    """Independent exact check of a search result: plain sum() and math.fsum() of every
+    chosen op's cost must both satisfy every budget."""
+    import math
+
+    for b in budgets:
+        vals = [layer.ops[c].cost[b.key] for layer, c in zip(library.layers, choices, strict=True)]
+        for total in (sum(vals), math.fsum(vals)):
+            if (b.op == "<=" and total > b.value) or (b.op == ">=" and total < b.value):
+                return False
+    return True

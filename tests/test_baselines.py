@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import budgets_met
 
 from lana.baselines import BASELINES, evolution, greedy, random_search
 from lana.errors import ConfigError
@@ -42,14 +42,7 @@ def between(lib: Library, key: str, frac: float) -> float:
     return lo + frac * (hi - lo)
 
 
-def meets(lib: Library, choices: list[int], budgets: list[Budget]) -> bool:
-    """Independent exact check: plain sum() and math.fsum() must both meet every budget."""
-    for b in budgets:
-        vals = [layer.ops[c].cost[b.key] for layer, c in zip(lib.layers, choices, strict=True)]
-        for total in (sum(vals), math.fsum(vals)):
-            if (b.op == "<=" and total > b.value) or (b.op == ">=" and total < b.value):
-                return False
-    return True
+meets = budgets_met
 
 
 def run(name: str, lib: Library, budgets: list[Budget], seed: int = 0):

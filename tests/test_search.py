@@ -10,6 +10,7 @@ import random
 from unittest import mock
 
 import pytest
+from conftest import budgets_met
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,14 +46,7 @@ def make_library(table: list[list[tuple[float, dict[str, float]]]]) -> Library:
     )
 
 
-def meets(library: Library, choices: list[int], budgets: list[Budget]) -> bool:
-    """Independent exact check: plain sum() and math.fsum() must both satisfy every budget."""
-    for b in budgets:
-        vals = [layer.ops[c].cost[b.key] for layer, c in zip(library.layers, choices, strict=True)]
-        for total in (sum(vals), math.fsum(vals)):
-            if (b.op == "<=" and total > b.value) or (b.op == ">=" and total < b.value):
-                return False
-    return True
+meets = budgets_met
 
 
 def score_of(library: Library, choices: list[int]) -> float:

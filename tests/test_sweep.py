@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import budgets_met
 
 from lana.cli import main
 from lana.errors import ConfigError
@@ -33,13 +34,7 @@ def random_library(seed: int, n_layers: int = 6, n_ops: int = 6) -> Library:
     return Library(layers=layers)
 
 
-def meets(lib: Library, choices: list[int], budgets: list[Budget]) -> bool:
-    for b in budgets:
-        vals = [layer.ops[c].cost[b.key] for layer, c in zip(lib.layers, choices, strict=True)]
-        for total in (sum(vals), math.fsum(vals)):
-            if (b.op == "<=" and total > b.value) or (b.op == ">=" and total < b.value):
-                return False
-    return True
+meets = budgets_met
 
 
 @pytest.fixture
