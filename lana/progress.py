@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -17,8 +15,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-T = TypeVar("T")
 
 console = Console(stderr=True)
 
@@ -76,17 +72,6 @@ def progress() -> Progress | _LineProgress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=console, transient=False)
-
-
-def track(items: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
-    """Iterate ``items`` with a progress bar."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with progress() as bar:
-        task = bar.add_task(description, total=total, info="")
-        for item in items:
-            yield item
-            bar.advance(task)
 
 
 def log(message: str) -> None:
