@@ -27,6 +27,9 @@ class ModelConfig(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
     weights: str | None = Field(None, description="safetensors state dict of the trained "
                                 "teacher; when absent the teacher is trained (and cached)")
+    layers: list[str] | None = Field(None, description="names of the replaceable layers "
+                                     "(modules called in a chain), for models lana cannot "
+                                     "split by itself; default: the family's own split")
 
 
 class DataConfig(_Section):
@@ -54,13 +57,9 @@ class TeacherTrainingConfig(_Section):
 class SpaceConfig(_Section):
     """Candidate ops per layer, as spec patterns (brace groups expand)."""
 
-    ops: list[str] = Field(default_factory=lambda: list(_default_space()))
-
-
-def _default_space() -> tuple[str, ...]:
-    from lana.space import DEFAULT_SPACE
-
-    return DEFAULT_SPACE
+    ops: list[str] | Literal["auto"] | None = Field(
+        "auto", description="list of spec patterns, or 'auto' (or null): the default space "
+        "of the teacher's family (see `lana list-models`)")
 
 
 class DistillConfig(_Section):
@@ -173,7 +172,8 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
     # Candidate specs are validated here so a typo fails before hours of training.
     from lana.space import space_specs
 
-    space_specs(cfg.space.ops)
+    if isinstance(cfg.space.ops, list):
+        space_specs(cfg.space.ops)
     return cfg
 
 

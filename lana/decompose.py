@@ -61,6 +61,9 @@ class Chain(nn.Module):
     chain of a teacher computes exactly what the teacher computes.
     """
 
+    #: Name of the registered family that split the model (set by :func:`decompose`).
+    family: str | None = None
+
     def __init__(self, stem: nn.Module, layers: Sequence[nn.Module], head: nn.Module,
                  names: Sequence[str] | None = None, info: Sequence[LayerInfo] = ()) -> None:
         super().__init__()
@@ -100,6 +103,7 @@ class Family:
     matches: Callable[[nn.Module], bool]
     split: Callable[[nn.Module], tuple[nn.Module, list[tuple[str, nn.Module]], nn.Module]]
     act: Callable[[nn.Module], str]
+    priority: int = 0  # higher is tried first; equal priorities: the later registered first
 
 
 FAMILIES: dict[str, Family] = {}
@@ -241,9 +245,212 @@ register_family(Family(
 ))
 
 
+# --------------------------------------------------------------------------------------
+# The generic path: any model whose forward calls its blocks one after another (torch.fx)
+# --------------------------------------------------------------------------------------
+
+# Plain containers are looked through: their children are the layers.
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+_MARK_BY_HAND = (
+    "Name the replaceable layers by hand: `model.layers: [name, ...]` in the config, or "
+    "lana.decompose(model, x, layers=[...]) in Python, choosing modules that the rest of "
+    "the model calls one after another with one tensor in and out (e.g. the blocks inside "
+    "a residual stage rather than the stages around a skip connection); or pass an "
+    "nn.Sequential(stem, *blocks, head)")
+
+
+class _LayerTracer(torch.fx.Tracer):
+    """Traces the model's own forward; layer modules are kept as single calls."""
+
+    def __init__(self, layers: set[str] | None) -> None:
+        super().__init__()
+        self.layer_names = layers
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self.layer_names is not None:
+            return qualname in self.layer_names or super().is_leaf_module(m, qualname)
+        return type(m) not in _CONTAINERS
+
+
+def _inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
+    return list(node.all_input_nodes)
+
+
+def _segment(model: nn.Module, nodes: list[torch.fx.Node], inp: torch.fx.Node,
+             out: torch.fx.Node, const: set[torch.fx.Node]) -> nn.Module:
+    """A module computing ``out`` from ``inp`` by the given nodes (shares the weights).
+
+    A segment that is one module call is that module itself (it keeps its class, name and
+    parameters); anything else becomes an fx GraphModule over ``model``'s submodules.
+    """
+    if not nodes and out is inp:
+        return nn.Identity()
+    if (len(nodes) == 1 and nodes[0] is out and out.op == "call_module"
+            and _inputs(out) == [inp] and not out.kwargs and len(out.args) == 1):
+        return model.get_submodule(out.target)
+    g = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {inp: g.placeholder("x")}
+
+    def get(n: torch.fx.Node) -> torch.fx.Node:
+        if n not in env:
+            if n not in const:  # cannot happen for a checked chain; fail loudly if it does
+                raise UnsupportedModelError(f"node {n.name!r} is used outside its segment")
+            env[n] = g.node_copy(n, get)  # constants (attributes) are copied where used
+        return env[n]
+
+    for n in nodes:
+        env[n] = g.node_copy(n, get)
+    g.output(get(out))
+    return torch.fx.GraphModule(model, g, class_name="Segment")
+
+
+def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
+    """Split a torch.fx-traceable model into stem, layers and head.
+
+    Without ``layers``, the layers are the modules that the model's forward calls at its
+    top level (looking through nn.Sequential/ModuleList/ModuleDict); parameter-free modules
+    called several times (a shared ReLU) are glue. With ``layers``, exactly the named modules
+    are layers. Operations between two layers go with the layer before them. Raises
+    :class:`UnsupportedModelError` naming the node that keeps the model from being a chain.
+    """
+    cls = f"{type(model).__module__}.{type(model).__name__}"
+    wanted = None
+    if layers is not None:
+        wanted = list(dict.fromkeys(layers))
+        if not wanted:
+            raise UnsupportedModelError("model.layers is empty; name at least one module")
+        names = dict(model.named_modules())
+        missing = [n for n in wanted if n not in names or not n]
+        if missing:
+            some = ", ".join(n for n in list(names)[1:13])
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no submodule(s) {missing} (model.layers); its "
+                f"modules include: {some}, ...")
+    import inspect
+
+    # Optional forward arguments (flags, masks) keep their defaults while tracing.
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    try:
+        graph = _LayerTracer(set(wanted) if wanted is not None else None).trace(
+            model, concrete_args=concrete or None)
+    except Exception as exc:  # fx raises many types for untraceable code
+        raise UnsupportedModelError(
+            f"lana cannot split {cls}: no registered family matches it and torch.fx cannot "
+            f"trace it ({type(exc).__name__}: {exc}). {_MARK_BY_HAND}.") from None
+    nodes = list(graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1 + len(concrete):
+        raise UnsupportedModelError(
+            f"{cls}.forward takes {len(placeholders)} inputs without defaults; lana needs "
+            "one input tensor")
+    (out_node,) = [n for n in nodes if n.op == "output"]
+    result = out_node.args[0]
+    if not isinstance(result, torch.fx.Node):
+        raise UnsupportedModelError(
+            f"{cls}.forward returns {type(result).__name__}, not one tensor; lana needs "
+            "a model with one output tensor")
+    # Constants: attributes and what is computed from them alone (no data flows through).
+    # fx keeps a placeholder (checked by asserts) for each defaulted argument: constants.
+    const: set[torch.fx.Node] = set(placeholders[1:])
+    for n in nodes:
+        if n.op == "get_attr" or (n.op in ("call_function", "call_method")
+                                  and all(i in const for i in _inputs(n))):
+            const.add(n)
+    values = [n for n in nodes if n.op != "output" and n not in const]
+    pos = {n: i for i, n in enumerate(values)}
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for n in values:
+        if n.op == "call_module":
+            calls.setdefault(n.target, []).append(n)
+
+    def stateless(target: str) -> bool:
+        m = model.get_submodule(target)
+        return not any(True for _ in m.parameters()) and not any(True for _ in m.buffers())
+
+    if wanted is not None:
+        unused = [n for n in wanted if n not in calls]
+        if unused:
+            raise UnsupportedModelError(
+                f"model.layers names {unused}, but {cls}.forward never calls them (as a "
+                "whole module); name modules that forward calls")
+        layer_nodes = [n for n in values if n.op == "call_module" and n.target in wanted]
+    else:
+        layer_nodes = [n for n in values if n.op == "call_module"
+                       and not (len(calls[n.target]) > 1 and stateless(n.target))]
+    repeated = sorted({n.target for n in layer_nodes if len(calls[n.target]) > 1})
+    if repeated:
+        raise UnsupportedModelError(
+            f"{cls}.forward calls module(s) {repeated} more than once; a replaceable layer "
+            f"must be called once. {_MARK_BY_HAND}.")
+    if not layer_nodes:
+        raise UnsupportedModelError(f"{cls}.forward calls no submodule; nothing to replace")
+    last_use = {n: max((pos[u] for u in n.users if u in pos), default=pos[n])
+                for n in values}
+    for n in values:  # the model's output stays live to the end
+        if n is result:
+            last_use[n] = len(values)
+
+    def check_cut(after: int, expected: torch.fx.Node, where: str) -> None:
+        # Between values[after] and values[after + 1], only `expected` may be live.
+        live = [v for v in values[:after + 1] if last_use[v] > after and v is not expected]
+        if live:
+            v = live[0]
+            user = min((u for u in v.users if u in pos and pos[u] > after), key=pos.get,
+                       default=out_node)
+            src = f"the output of {v.target!r}" if v.op == "call_module" else (
+                "the model's input" if v.op == "placeholder" else f"node {v.name!r}")
+            raise UnsupportedModelError(
+                f"{cls} is not a chain of layers: node {user.name!r} ({_describe_node(user)}) "
+                f"uses {src} {where}, so that layer is not the only path from input to output "
+                f"(a skip connection or a branch). {_MARK_BY_HAND}.")
+
+    for L in layer_nodes:
+        ins = _inputs(L)
+        data_in = [i for i in ins if i not in const]
+        if len(data_in) != 1 or len(L.args) != 1 or L.kwargs:
+            raise UnsupportedModelError(
+                f"layer {L.target!r} of {cls} is called with {len(L.args)} positional and "
+                f"{len(L.kwargs)} keyword arguments; a layer takes exactly one tensor. "
+                f"{_MARK_BY_HAND}.")
+        check_cut(pos[L] - 1, data_in[0], f"across layer {L.target!r}")
+        check_cut(pos[L], L, f"after layer {L.target!r}")
+    firsts = [_inputs(L)[0] for L in layer_nodes]
+    stem = _segment(model, values[1:pos[layer_nodes[0]]], placeholders[0], firsts[0], const)
+    named: list[tuple[str, nn.Module]] = []
+    for k, L in enumerate(layer_nodes):
+        end = pos[layer_nodes[k + 1]] if k + 1 < len(layer_nodes) else pos[L] + 1
+        out = firsts[k + 1] if k + 1 < len(layer_nodes) else L
+        named.append((str(L.target), _segment(model, values[pos[L]:end], firsts[k], out,
+                                               const)))
+    head = _segment(model, values[pos[layer_nodes[-1]] + 1:], layer_nodes[-1], result, const)
+    return stem, named, head
+
+
+def _describe_node(n: torch.fx.Node) -> str:
+    if n.op == "call_module":
+        return f"module {n.target}"
+    if n.op == "output":
+        return "the model's output"
+    return f"{n.op} {getattr(n.target, '__name__', n.target)}"
+
+
+register_family(Family(
+    name="fx-chain",
+    description="any other model whose forward calls its blocks one after another "
+                "(torch.fx; name the layers with model.layers otherwise)",
+    matches=lambda m: True,
+    split=split_fx,
+    act=_act_name,
+    priority=-100,  # the fallback: every specific family is tried first
+))
+
+
 def find_family(model: nn.Module) -> Family:
     """Return the registered family that can split ``model``, or raise a clear error."""
-    for family in reversed(list(FAMILIES.values())):
+    ordered = reversed(list(FAMILIES.values()))
+    for family in sorted(ordered, key=lambda f: -f.priority):  # stable: keeps the order
         if family.matches(model):
             return family
     supported = "; ".join(f"{f.name}: {f.description}" for f in FAMILIES.values())
@@ -254,19 +461,28 @@ def find_family(model: nn.Module) -> Family:
     )
 
 
-def decompose(model: nn.Module, example_input: torch.Tensor) -> Chain:
+def decompose(model: nn.Module, example_input: torch.Tensor,
+              layers: Sequence[str] | None = None) -> Chain:
     """Split ``model`` into a :class:`Chain` and record every layer's input/output shape.
 
     ``example_input`` is a batch (any batch size) that the model accepts; it is only used to
     trace shapes. The chain shares modules with ``model``; its output equals the model's.
+    ``layers`` names the replaceable layers by hand (qualified module names, e.g.
+    ``["blocks.0", "blocks.1"]``); the model is then traced with torch.fx and everything
+    between the named layers must pass one tensor along (see :func:`split_fx`).
     """
-    family = find_family(model)
-    stem, named_layers, head = family.split(model)
+    if layers is not None:
+        family = FAMILIES["fx-chain"]
+        stem, named_layers, head = split_fx(model, layers)
+    else:
+        family = find_family(model)
+        stem, named_layers, head = family.split(model)
     if not named_layers:
         raise UnsupportedModelError(f"{type(model).__name__} has no layers to replace")
     act = family.act(model)
     names = [n for n, _ in named_layers]
     chain = Chain(stem, [m for _, m in named_layers], head, names)
+    chain.family = family.name
     was_training = model.training
     chain.eval()
     info: list[LayerInfo] = []

@@ -188,7 +188,8 @@ class Run:
 
     @cached_property
     def chain(self) -> Chain:
-        return decompose(self.teacher, torch.zeros(2, *self.input_shape))
+        return decompose(self.teacher, torch.zeros(2, *self.input_shape),
+                         layers=self.config.model.layers)
 
     @cached_property
     def candidates(self) -> list[list[str]]:
@@ -196,9 +197,12 @@ class Run:
         if path.exists():
             data = read_json(path)
             return [layer["ops"] for layer in data["layers"]]
-        from lana.space import check_shapes, layer_candidates, space_specs
+        from lana.space import check_shapes, layer_candidates, resolve_space, space_specs
 
-        specs = space_specs(self.config.space.ops)
+        # space.ops 'auto' resolves to the teacher family's default space; the resolved
+        # patterns are recorded next to the per-layer specs.
+        patterns = resolve_space(self.config.space.ops, self.chain.family)
+        specs = space_specs(patterns)
         out: list[list[str]] = []
         for i, info in enumerate(self.chain.info):
             ok = []
@@ -212,7 +216,8 @@ class Run:
                 except ConfigError as exc:
                     log(f"[yellow]skipping {spec} at {info.name}: {exc}[/yellow]")
             out.append(ok)
-        write_json(path, {"layers": [{"name": n, **info.to_dict(), "ops": ops} for n, info, ops
+        write_json(path, {"space": {"family": self.chain.family, "ops": patterns},
+                          "layers": [{"name": n, **info.to_dict(), "ops": ops} for n, info, ops
                                      in zip(self.chain.names, self.chain.info, out,
                                             strict=True)]})
         return out

@@ -36,6 +36,44 @@ DEFAULT_SPACE: tuple[str, ...] = (
     "cb_k{1,3}",
 )
 
+# Default spaces per teacher family (``space.ops: auto``): each family gets the ops that
+# suit its blocks. Families without an entry get DEFAULT_SPACE.
+FAMILY_SPACES: dict[str, tuple[str, ...]] = {}
+
+
+def register_family_space(family: str, patterns: tuple[str, ...] | list[str]) -> None:
+    """Set the default candidate patterns of a teacher family (see lana.decompose)."""
+    FAMILY_SPACES[family] = tuple(patterns)
+
+
+# EfficientNet V1/V2, MobileNetV2/V3, MnasNet: MBConv (V1 style, with/without SE), fused
+# MBConv (V2 style: lower expansion, no SE), dense conv blocks and a linear RepVGG block.
+_MBCONV_SPACE = (
+    "teacher",
+    "identity",
+    "ir_k{3,5}_e{1,3,6}{,_se}",
+    "er_k3_e{1,2,4}",
+    "ds_k{3,5}",
+    "cc_k3_w{0.5,1}",
+    "bn_k3_w{0.25,0.5}",
+    "cb_k{1,3}",
+    "rep_k3",
+)
+# ResNet/ResNeXt/ResNeSt: bottlenecks at three widths, cardinality and radix {1,2,4}, the
+# basic block, a RepVGG block with the family's activation, and the dense conv blocks.
+_RESNET_SPACE = (
+    "teacher",
+    "identity",
+    "rb_w{0.25,0.5,1}",
+    "rb_w{0.5,1}_g{2,4}",
+    "rb_w{0.5,1}_r{2,4}",
+    "basic",
+    "rep_k3_a",
+    "cc_k3_w{0.5,1}",
+    "bn_k3_w{0.25,0.5}",
+    "cb_k{1,3}",
+)
+
 
 @dataclass(frozen=True)
 class Param:
@@ -300,6 +338,159 @@ register_op(OpType("bn", _build_bn, (_K, Param("w", float, 0.25)),
 register_op(OpType("cb", _build_cb, (_K,), doc="single conv-BN (residual when shapes agree)"))
 
 
+# --------------------------------------------------------------------------------------
+# ResNet / ResNeSt blocks (timm's own block classes, so a same-shape candidate can start as
+# an exact copy of the teacher's block) and the RepVGG block
+# --------------------------------------------------------------------------------------
+
+def _resnet_downsample(info: LayerInfo, teacher: nn.Module | None) -> nn.Module | None:
+    """The projection shortcut a ResNet block needs when its in/out shapes differ.
+
+    It follows the teacher's style where the teacher is a ResNet block: ResNet-D/ResNeSt
+    average-pool then 1x1 conv, plain ResNets a strided 1x1 conv.
+    """
+    if _has_skip(info):
+        return None
+    from timm.models.resnet import downsample_avg, downsample_conv
+
+    cin, cout = info.in_shape[0], info.out_shape[0]
+    down = getattr(teacher, "downsample", None)
+    avg = isinstance(down, nn.Sequential) and len(down) == 3 and isinstance(
+        down[0], nn.AvgPool2d | nn.Identity)
+    make = downsample_avg if avg else downsample_conv
+    return make(cin, cout, 1, stride=info.stride, norm_layer=nn.BatchNorm2d)
+
+
+def _rb_base_width(planes: int, per_group: int) -> float:
+    # timm computes the mid width as int(planes * base_width / 64) * cardinality; half a
+    # channel of slack keeps float rounding from losing one.
+    return (per_group + 0.5) * 64.0 / planes
+
+
+def _rb_width(info: LayerInfo, spec: OpSpec) -> tuple[int, int]:
+    """(planes, channels per group) of a ResNet bottleneck candidate.
+
+    The teacher convention is mid width = out channels / 4 (ResNet-50, ResNeSt-50); ``w``
+    scales that, split over ``g`` groups, each a multiple of the radix ``r``.
+    """
+    planes = info.out_shape[0] // 4
+    g, r = spec.get("g"), spec.get("r")
+    per_group = max(r, round(planes * spec.get("w") / g / r) * r)
+    return planes, per_group
+
+
+def _build_rb(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
+    from timm.models.resnest import ResNestBottleneck
+    from timm.models.resnet import Bottleneck
+
+    cin = info.in_shape[0]
+    planes, per_group = _rb_width(info, spec)
+    kw = dict(stride=info.stride, downsample=_resnet_downsample(info, teacher),
+              cardinality=spec.get("g"), base_width=_rb_base_width(planes, per_group),
+              act_layer=_act_layer(info.act))
+    if spec.get("r") == 1:
+        return Bottleneck(cin, planes, **kw)
+    # ResNeSt: split attention over r radix groups, strided by an average pool (avd).
+    return ResNestBottleneck(cin, planes, radix=spec.get("r"), avd=True, **kw)
+
+
+def _build_basic(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
+    from timm.models.resnet import BasicBlock
+
+    return BasicBlock(info.in_shape[0], info.out_shape[0], stride=info.stride,
+                      downsample=_resnet_downsample(info, teacher),
+                      act_layer=_act_layer(info.act))
+
+
+def _fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of one conv equal to ``bn(conv(x))`` in eval mode."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+class RepVGGBlock(nn.Module):
+    """RepVGG block: kxk conv-BN + 1x1 conv-BN (+ BN identity when shapes agree), summed,
+    then an optional activation. :meth:`reparameterize` folds the branches into one kxk
+    conv with bias, for export and latency measurement (same output in eval mode).
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, act: str | None) -> None:
+        super().__init__()
+        self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
+        self.conv_kxk = nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+                                      nn.BatchNorm2d(cout))
+        self.conv_1x1 = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False),
+                                      nn.BatchNorm2d(cout))
+        self.identity = nn.BatchNorm2d(cin) if cin == cout and stride == 1 else None
+        self.act = _act_layer(act)() if act else nn.Identity()
+        self.fused: nn.Conv2d | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        y = self.conv_kxk(x) + self.conv_1x1(x)
+        if self.identity is not None:
+            y = y + self.identity(x)
+        return self.act(y)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Replace the branches by one equivalent kxk conv (uses the BN running stats)."""
+        if self.fused is not None:
+            return
+        w, b = _fuse_conv_bn(*self.conv_kxk)
+        w1, b1 = _fuse_conv_bn(*self.conv_1x1)
+        p = self.k // 2
+        w = w + nn.functional.pad(w1, [p, p, p, p])
+        b = b + b1
+        if self.identity is not None:
+            bn = self.identity
+            scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+            idx = torch.arange(self.cin)
+            w[idx, idx, p, p] += scale
+            b = b + bn.bias - bn.running_mean * scale
+        fused = nn.Conv2d(self.cin, self.cout, self.k, self.stride, p, bias=True).to(w)
+        fused.weight.copy_(w)
+        fused.bias.copy_(b)
+        self.fused = fused
+        self.conv_kxk = self.conv_1x1 = self.identity = None
+
+
+def reparameterize(module: nn.Module) -> nn.Module:
+    """Fold every re-parameterisable block of ``module`` (those with a ``reparameterize()``
+    method, e.g. :class:`RepVGGBlock`) into its inference form, in place; returns it."""
+    for m in list(module.modules()):
+        if m is not module and hasattr(m, "reparameterize"):
+            m.reparameterize()
+    if hasattr(module, "reparameterize"):
+        module.reparameterize()
+    return module
+
+
+def _build_rep(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
+    return RepVGGBlock(info.in_shape[0], info.out_shape[0], spec.get("k"), info.stride,
+                       info.act if spec.get("a") else None)
+
+
+_G = (1, 2, 4, 8, 16, 32, 64)
+register_op(OpType("rb", _build_rb, (Param("w", float, 1.0), Param("g", int, 1, _G),
+                                     Param("r", int, 1, (1, 2, 4))),
+                   doc="ResNet/ResNeXt/ResNeSt bottleneck 1x1-3x3-1x1 (timm's blocks): mid "
+                       "width w x out/4, cardinality g, radix r (split attention), "
+                       "projection shortcut when shapes differ",
+                   applies=lambda info: info.out_shape[0] % 4 == 0))
+register_op(OpType("basic", _build_basic, (),
+                   doc="ResNet basic block 3x3-3x3 (timm's BasicBlock), projection shortcut "
+                       "when shapes differ"))
+register_op(OpType("rep", _build_rep, (Param("k", int, 3, (3, 5, 7)), Param("a", bool, False)),
+                   doc="RepVGG block: kxk conv-BN + 1x1 conv-BN (+ BN identity), [activation "
+                       "with a]; folded into one kxk conv for export and timing"))
+
+
 def applicable(spec: str | OpSpec, info: LayerInfo) -> bool:
     """Whether ``spec`` can replace the layer described by ``info`` (by op type rules)."""
     op = OP_TYPES[(parse_spec(spec) if isinstance(spec, str) else spec).kind]
@@ -345,3 +536,26 @@ def log10_space_size(candidates: list[list[str]]) -> float:
     import math
 
     return sum(math.log10(len(c)) for c in candidates)
+
+
+register_family_space("timm-efficientnet", _MBCONV_SPACE)
+register_family_space("timm-mobilenetv3", _MBCONV_SPACE)
+register_family_space("timm-resnet", _RESNET_SPACE)
+
+#: Values of ``space.ops`` that select the teacher family's default space.
+AUTO = "auto"
+
+
+def family_space(family: str | None) -> tuple[str, ...]:
+    """The default candidate patterns of a teacher family (DEFAULT_SPACE if it has none)."""
+    return FAMILY_SPACES.get(family or "", DEFAULT_SPACE)
+
+
+def resolve_space(ops: list[str] | str | None, family: str | None) -> list[str]:
+    """The spec patterns a run uses: ``ops`` itself when it is a list, else (``None`` or
+    ``"auto"``) the default space of the teacher's family."""
+    if ops is None or ops == AUTO:
+        return list(family_space(family))
+    if isinstance(ops, str):
+        raise ConfigError(f"space.ops must be a list of spec patterns or 'auto', got {ops!r}")
+    return list(ops)

@@ -162,42 +162,66 @@ def test_custom_module_is_unsupported() -> None:
     assert "nn.Sequential" in str(info.value)
 
 
-def test_timm_vit_is_unsupported() -> None:
+def test_timm_vit_takes_the_generic_path() -> None:
+    # No registered family knows ViTs, but their forward calls the blocks one after another,
+    # so torch.fx splits them (optional forward arguments keep their defaults).
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
-                              img_size=32, patch_size=8)
-    with pytest.raises(UnsupportedModelError, match="VisionTransformer"):
-        decompose(model, torch.zeros(1, 3, 32, 32))
-
-
-# Families beyond EfficientNet V1: (model, family, layers). EfficientNetV2 is timm's
-# EfficientNet class; ResNeSt is timm's ResNet class with ResNeSt bottlenecks.
-OTHER_FAMILIES = [("tf_efficientnetv2_b0", "timm-efficientnet", 21),
-                  ("resnest14d", "timm-resnet", 4), ("resnest26d", "timm-resnet", 8),
-                  ("resnet18", "timm-resnet", 8), ("resnet50", "timm-resnet", 16),
-                  ("mobilenetv3_small_100", "timm-mobilenetv3", 12)]
-
-
-@pytest.mark.parametrize("in_chans", [1, 3])
-@pytest.mark.parametrize("name,family,n_layers", OTHER_FAMILIES)
-def test_other_families_are_exact(name: str, family: str, n_layers: int, in_chans: int,
-                                  randomize_bn) -> None:
-    model = timm.create_model(name, pretrained=False, num_classes=5, in_chans=in_chans)
-    randomize_bn(model)
-    model.eval()
-    x = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0))
+                              img_size=32, patch_size=8, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     chain = decompose(model, x)
-    assert find_family(model).name == family
-    assert len(chain.layers) == n_layers
+    assert chain.family == find_family(model).name == "fx-chain"
+    assert "blocks.0" in chain.names and "blocks.1" in chain.names
     with torch.no_grad():
         assert (chain(x) - model(x)).abs().max().item() <= 1e-5
+
+
+# Every model that issue 3 lists, by family. EfficientNetV2 is timm's EfficientNet class;
+# ResNeSt is timm's ResNet class with ResNeSt bottlenecks.
+LISTED_MODELS = {
+    "timm-efficientnet": ["tf_efficientnetv2_b0", "tf_efficientnetv2_b1", "tf_efficientnetv2_b2",
+                          "tf_efficientnetv2_b3", "efficientnetv2_rw_t", "efficientnetv2_rw_s",
+                          "tf_efficientnetv2_s"],
+    "timm-resnet": ["resnest14d", "resnest26d", "resnest50d", "resnest50d_1s4x24d", "resnet18",
+                    "resnet34", "resnet50"],
+    "timm-mobilenetv3": ["mobilenetv3_small_050", "mobilenetv3_small_075",
+                         "mobilenetv3_small_100", "mobilenetv3_large_075",
+                         "mobilenetv3_large_100", "mobilenetv3_large_150d"],
+}
+
+
+def _block_names(model: nn.Module, family: str) -> list[str]:
+    """The blocks of a timm model, listed independently of lana's family code."""
+    if family == "timm-resnet":
+        return [f"layer{s}.{b}" for s in range(1, 5)
+                for b in range(len(getattr(model, f"layer{s}")))]
+    return [f"blocks.{s}.{b}" for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+
+
+@pytest.mark.parametrize("name,family", [(m, f) for f, ms in LISTED_MODELS.items() for m in ms])
+def test_listed_models_are_exact(name: str, family: str, randomize_bn) -> None:
+    """One block per layer, output equal to the teacher's, with 3 (odd sizes) and 1 channel."""
+    for in_chans, size in ((3, 48), (1, 32)):
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, num_classes=5, in_chans=in_chans)
+        randomize_bn(model)
+        model.eval()
+        x = torch.randn(2, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+        chain = decompose(model, x)
+        assert chain.family == family
+        assert chain.names == _block_names(model, family)
+        assert all(layer is model.get_submodule(n)
+                   for layer, n in zip(chain.layers, chain.names, strict=True))
+        with torch.no_grad():
+            assert (chain(x) - model(x)).abs().max().item() <= 1e-5, (name, in_chans)
 
 
 def test_sequential_subclass_and_bad_layers() -> None:
     class MySeq(nn.Sequential):
         pass
 
-    with pytest.raises(UnsupportedModelError, match="MySeq"):
-        decompose(MySeq(nn.ReLU()), torch.zeros(1, 3))
+    # not the sequential family (a subclass may override forward): traced by torch.fx
+    chain = decompose(MySeq(nn.ReLU(), nn.Linear(3, 2)), torch.zeros(1, 3))
+    assert chain.family == "fx-chain" and chain.names == ["0", "1"]
     with pytest.raises(UnsupportedModelError, match="no layers"):
         decompose(nn.Sequential(), torch.zeros(1, 3))
     with pytest.raises(UnsupportedModelError, match="tuple"):
@@ -212,3 +236,121 @@ def test_families_registry() -> None:
     assert {"sequential", "timm-efficientnet"} <= set(FAMILIES)
     assert find_family(_build("mnasnet_050", 3)).name == "timm-efficientnet"
     assert find_family(nn.Sequential(nn.ReLU())).name == "sequential"
+
+
+# ------------------------------------------------------------------ the generic (fx) path
+
+
+class _Block(nn.Module):
+    """A residual block: the skip connection lives inside the block, so blocks chain."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))) + x
+
+
+class MyNet(nn.Module):
+    """A custom model whose forward calls its blocks in order, with functional glue, a
+    shared ReLU, a parameter used in the middle and a Sequential of blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.act = nn.ReLU()
+        self.b1 = _Block(8)
+        self.b2 = _Block(8)
+        self.stage = nn.Sequential(_Block(8), _Block(8))
+        self.fc = nn.Linear(8, 4)
+        self.scale = nn.Parameter(torch.full((1,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        x = self.act(self.b1(x))
+        x = self.b2(x) * self.scale
+        x = self.stage(x)
+        return self.fc(torch.flatten(x.mean((2, 3)), 1))
+
+
+class SkipNet(MyNet):
+    """Like MyNet, but the output of b1 skips over b2: not a chain at the top level."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b1(self.act(self.stem(x)))
+        x = self.stage(self.b2(y) + y)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_custom_module_decomposes_exactly(randomize_bn) -> None:
+    torch.manual_seed(0)
+    model = MyNet()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    chain = _check_exact(model, x, randomize_bn)
+    assert chain.family == "fx-chain"
+    # the shared parameter-free ReLU is glue; the Sequential is looked through
+    assert chain.names == ["stem", "b1", "b2", "stage.0", "stage.1", "fc"]
+    assert chain.layers[3] is model.stage[0]  # a single module call stays that module
+    assert chain.info[0].out_shape == (8, 8, 8) and chain.info[-1].in_shape == (8,)
+    # the layers share the model's parameters (nothing copied)
+    assert {id(p) for p in chain.parameters()} == {id(p) for p in model.parameters()}
+
+
+def test_skip_connection_gets_a_clear_error() -> None:
+    with pytest.raises(UnsupportedModelError) as info:
+        decompose(SkipNet(), torch.zeros(1, 3, 16, 16))
+    msg = str(info.value)
+    assert "SkipNet is not a chain" in msg
+    assert "'add'" in msg and "'b1'" in msg and "'b2'" in msg  # the node and what it skips
+    assert "model.layers" in msg and "layers=[" in msg  # how to mark layers by hand
+
+
+def test_layers_named_by_hand(randomize_bn) -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(SkipNet()).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    # the blocks inside the stage chain; the skip around b2 stays in the (fixed) stem
+    chain = decompose(model, x, layers=["stage.1", "stage.0"])
+    assert chain.names == ["stage.0", "stage.1"]  # in call order
+    assert chain.layers[0] is model.stage[0] and chain.layers[1] is model.stage[1]
+    assert [i.in_shape for i in chain.info] == [(8, 8, 8), (8, 8, 8)]
+    with torch.no_grad():
+        assert (chain(x) - model(x)).abs().max().item() <= 1e-6
+    # also for a model a family knows: name a subset of its blocks
+    res = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    chain = decompose(res, torch.zeros(1, 3, 32, 32), layers=["layer3.0", "layer3.1"])
+    assert chain.names == ["layer3.0", "layer3.1"] and chain.family == "fx-chain"
+    with torch.no_grad():
+        x = torch.randn(1, 3, 32, 32)
+        assert (chain(x) - res(x)).abs().max().item() <= 1e-5
+    # bad hand-made splits are clear errors
+    with pytest.raises(UnsupportedModelError, match="'add'"):
+        decompose(model, x, layers=["b1", "b2"])
+    with pytest.raises(UnsupportedModelError, match="no submodule.*'zz'"):
+        decompose(model, x, layers=["zz"])
+    with pytest.raises(UnsupportedModelError, match="'add'.*'b1.conv'"):
+        decompose(model, x, layers=["b1.conv", "stage"])  # the skip inside b1 bypasses it
+    model.spare = nn.Conv2d(8, 8, 1)
+    with pytest.raises(UnsupportedModelError, match="never calls"):
+        decompose(model, x, layers=["spare", "stage"])
+
+
+def test_fx_rejects_modules_called_twice_and_many_inputs() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    class TwoInputs(nn.Module):
+        def forward(self, x, y):
+            return x + y
+
+    with pytest.raises(UnsupportedModelError, match="more than once"):
+        decompose(Twice(), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(UnsupportedModelError, match="one input tensor"):
+        decompose(TwoInputs(), torch.zeros(1, 3))
