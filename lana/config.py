@@ -71,6 +71,9 @@ class DistillConfig(_Section):
     group_size: int = Field(0, ge=0, description="candidates trained together per pass over "
                             "the data (0 = all: one teacher pass feeds every candidate)")
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
+    inherit: bool = Field(True, description="initialise candidates from the teacher's layer "
+                          "where the family allows (copies, most important channels); "
+                          "false: fresh initialisation for every candidate")
 
 
 class LatencyConfig(_Section):

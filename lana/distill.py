@@ -45,11 +45,22 @@ def weight_path(run_dir: Path, layer: int, spec: str) -> Path:
     return Path(run_dir) / "distill" / f"L{layer:03d}" / f"{spec}.safetensors"
 
 
-def build_candidate(chain: Chain, layer: int, spec: str, seed: int = 0) -> nn.Module:
-    """A fresh candidate module with deterministic initial weights."""
+def build_candidate(chain: Chain, layer: int, spec: str, seed: int = 0,
+                    inherit: bool = True) -> nn.Module:
+    """A new candidate module with deterministic initial weights.
+
+    With ``inherit``, weights come from the teacher's layer where an init rule of
+    :mod:`lana.inherit` applies (same-shape copy, most important channels of a narrower
+    variant, ...); everything else keeps its seeded fresh initialisation.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(candidate_seed(layer, spec, seed))
-        return build_op(spec, chain.info[layer], chain.layers[layer])
+        module = build_op(spec, chain.info[layer], chain.layers[layer])
+    if inherit and spec not in UNTRAINED:
+        from lana.inherit import inherit as inherit_weights
+
+        inherit_weights(module, spec, chain.layers[layer])
+    return module
 
 
 def load_candidate(chain: Chain, run_dir: Path, layer: int, spec: str) -> nn.Module:
@@ -127,7 +138,7 @@ def _done(index: dict, run_dir: Path, layer: int, spec: str) -> bool:
 
 def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: DistillConfig,
                  run_dir: Path, seed: int) -> dict[tuple[int, str], float]:
-    modules = nn.ModuleList(build_candidate(chain, i, s, seed) for i, s in members)
+    modules = nn.ModuleList(build_candidate(chain, i, s, seed, cfg.inherit) for i, s in members)
     # The fused kernel updates thousands of small candidate tensors in one call; the
     # default per-tensor loop would dominate the step time on a CPU.
     opt = torch.optim.Adam(modules.parameters(), lr=cfg.lr, fused=True)

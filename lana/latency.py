@@ -103,6 +103,7 @@ __all__ = [
     "device_fingerprint",
     "export_onnx",
     "get_backend",
+    "inference_form",
     "measure",
     "median_ci",
     "time_runner",
@@ -446,11 +447,12 @@ def export_onnx(module: nn.Module, example: torch.Tensor, *, exporter: str = "au
     was_training = module.training
     errors: list[str] = []
     module.eval()
+    deployed = inference_form(module)  # a folded copy, if anything folds
     try:
         for name in order:
             try:
                 with _quiet(), torch.no_grad():
-                    return exporters[name](module, example, opset)
+                    return exporters[name](deployed, example, opset)
             except Exception as exc:  # exporters raise many unrelated exception types
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
     finally:
@@ -478,10 +480,21 @@ class Backend(Protocol):
         ...
 
 
+def inference_form(module: nn.Module) -> nn.Module:
+    """``module`` as it is deployed: blocks with a ``reparameterize()`` method (RepVGG-style
+    training-time branches) folded into their inference form. Returns ``module`` itself when
+    there is nothing to fold, else a folded deep copy (the caller's module is unchanged)."""
+    if not any(hasattr(m, "reparameterize") for m in module.modules()):
+        return module
+    from lana.space import reparameterize
+
+    return reparameterize(copy.deepcopy(module).eval())
+
+
 def _frozen_copy(module: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
     # Work on a copy so measuring never changes the caller's module (mode, dtype,
     # device); no parameter needs grad, so no autograd graph even outside inference mode.
-    m = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
+    m = inference_form(copy.deepcopy(module)).to(device=device, dtype=dtype).eval()
     for p in m.parameters():
         p.requires_grad_(False)
     return m

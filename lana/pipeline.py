@@ -225,7 +225,8 @@ class Run:
     def _build(self, i: int, spec: str) -> nn.Module:
         from lana.distill import build_candidate
 
-        return build_candidate(self.chain, i, spec, self.config.seed)
+        return build_candidate(self.chain, i, spec, self.config.seed,
+                               self.config.distill.inherit)
 
     def _load(self, i: int, spec: str) -> nn.Module:
         from lana.distill import load_candidate
@@ -408,6 +409,8 @@ class Run:
         student.eval()
         arch = arch_dict(self.config.model.name, self._model_kwargs(), self.input_shape,
                          student, chosen["choices"])
+        if self.config.model.layers is not None:  # a split by hand is part of the arch
+            arch["model"]["layers"] = list(self.config.model.layers)
         files = save_student(sdir / "model", student, arch)
         ms = measure_models({"teacher": self.teacher, "student": student}, self.input_shape,
                             self.config.latency)

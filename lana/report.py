@@ -98,14 +98,20 @@ def print_sweep(rows: list[dict], cost_key: str, console: Console | None = None)
 def print_families(console: Console | None = None) -> None:
     """The registered teacher families (``lana list-models``)."""
     from lana.decompose import FAMILIES
+    from lana.space import family_space, space_specs
 
     console = console or _out
     t = Table(title="lana: supported teacher families")
     t.add_column("family")
     t.add_column("models")
+    t.add_column("default space (space.ops: auto)")
     for fam in FAMILIES.values():
-        t.add_row(fam.name, fam.description)
+        patterns = family_space(fam.name)
+        t.add_row(fam.name, fam.description,
+                  f"{len(space_specs(patterns))} ops: " + " ".join(patterns))
     console.print(t)
+    console.print("Per layer, ops whose shapes do not fit are dropped (identity needs equal "
+                  "input and output shapes).")
     console.print("Show one model's layers and candidates: lana list-models --model "
                   "timm:efficientnet_b0 --input 3x224x224")
 
@@ -115,11 +121,11 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
     """Layers of ``model`` with their candidate counts and the search-space size."""
     import torch
 
-    from lana.config import SpaceConfig, load_config
+    from lana.config import load_config
     from lana.decompose import decompose
     from lana.errors import ConfigError
     from lana.models import create_model
-    from lana.space import layer_candidates, log10_space_size, space_specs
+    from lana.space import layer_candidates, log10_space_size, resolve_space, space_specs
 
     console = console or _out
     try:
@@ -128,12 +134,15 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
         raise ConfigError(f"--input {input_shape!r} must look like 3x224x224") from None
     if len(shape) != 3:
         raise ConfigError(f"--input {input_shape!r} must be CxHxW, e.g. 3x224x224")
-    ops = (load_config(config).space.ops if config else SpaceConfig().ops)
+    cfg = load_config(config) if config else None
     teacher = create_model(model, in_chans=shape[0]).eval()
-    chain = decompose(teacher, torch.zeros(1, *shape))
-    specs = space_specs(ops)
+    chain = decompose(teacher, torch.zeros(1, *shape),
+                      layers=cfg.model.layers if cfg else None)
+    patterns = resolve_space(cfg.space.ops if cfg else "auto", chain.family)
+    specs = space_specs(patterns)
     cands = [layer_candidates(info, specs) for info in chain.info]
-    t = Table(title=f"{model} at {input_shape}: {len(chain.layers)} layers, "
+    t = Table(title=f"{model} at {input_shape} (family {chain.family}): {len(chain.layers)} "
+              f"layers, {len(specs)} ops in the space, "
               f"10^{log10_space_size(cands):.1f} architectures")
     for col in ("layer", "in", "out", "stride", "candidates"):
         t.add_column(col, justify="left" if col == "layer" else "right")
@@ -141,5 +150,7 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
         t.add_row(info.name, "x".join(map(str, info.in_shape)),
                   "x".join(map(str, info.out_shape)), str(info.stride), str(len(c)))
     console.print(t)
-    return {"layers": len(cands), "candidates": [len(c) for c in cands],
+    console.print("space: " + " ".join(patterns))
+    return {"family": chain.family, "space": patterns, "layers": len(cands),
+            "candidates": [len(c) for c in cands],
             "log10_space_size": log10_space_size(cands)}

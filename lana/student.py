@@ -79,7 +79,8 @@ def load_student(path: str | Path, teacher: nn.Module | None = None) -> Chain:
     if teacher is None:
         teacher = create_model(arch["model"]["name"], **arch["model"]["kwargs"])
     teacher.eval()
-    chain = decompose(teacher, torch.zeros(1, *arch["input_shape"]))
+    chain = decompose(teacher, torch.zeros(1, *arch["input_shape"]),
+                      layers=arch["model"].get("layers"))
     specs = [layer["spec"] for layer in arch["layers"]]
     infos = [LayerInfo.from_dict(layer) for layer in arch["layers"]]
     if [i.to_dict() for i in infos] != [i.to_dict() for i in chain.info]:

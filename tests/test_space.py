@@ -232,3 +232,144 @@ def test_registered_op_types() -> None:
     assert {"teacher", "identity", "ir", "er", "ds", "cc", "bn", "cb"} <= set(OP_TYPES)
     for spec in ALL_SPECS:
         assert parse_spec(spec).kind in OP_TYPES
+
+
+# ------------------------------------------------------------ family-aware op types
+
+from lana.latency import export_onnx  # noqa: E402
+from lana.space import (  # noqa: E402
+    FAMILY_SPACES,
+    RepVGGBlock,
+    family_space,
+    reparameterize,
+    resolve_space,
+)
+
+NEW_OPS = ["rb_w1", "rb_w0.5", "rb_w0.25", "rb_w0.5_g2", "rb_w1_g4", "rb_w0.5_r2", "rb_w1_r4",
+           "rb_w1_g2_r2", "basic", "rep_k3", "rep_k3_a", "rep_k5", "er_k3_e1", "er_k3_e2"]
+# stride 1 and 2, with and without channel changes, odd sizes
+SHAPE_LAYERS = ["same", "stride2", "stride2_same_c", "wider", "narrower", "odd", "odd_same"]
+
+
+@pytest.mark.parametrize("spec", NEW_OPS)
+def test_new_ops_map_shapes_and_export(spec: str, randomize_bn) -> None:
+    exported = 0
+    for name in SHAPE_LAYERS:
+        info = LAYERS[name]
+        if not applicable(spec, info):
+            assert spec.startswith("rb") and info.out_shape[0] % 4, (spec, name)
+            continue
+        module = build_op(spec, info)
+        check_shapes(module, info)
+        randomize_bn(module).eval()
+        x = torch.randn(2, *info.in_shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            y = module(x)
+        assert tuple(y.shape) == (2, *info.out_shape) and torch.isfinite(y).all()
+        if name in ("same", "odd"):  # stride 1 keeping channels; stride 2 changing them
+            import onnx
+
+            proto = onnx.load_from_string(export_onnx(module, x[:1]))
+            assert proto.graph.input[0].name == "input"
+            exported += 1
+    assert exported == 2
+
+
+def test_resnet_ops_follow_timm_blocks() -> None:
+    from timm.models.resnest import ResNestBottleneck
+    from timm.models.resnet import BasicBlock, Bottleneck
+
+    info = LayerInfo("r", (64, 8, 8), (256, 4, 4), "relu")
+    convs = lambda m: [c for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
+    rb = build_op("rb_w0.5", info)
+    assert type(rb) is Bottleneck and rb.conv1.out_channels == 32  # 0.5 x 256 / 4
+    assert rb.downsample is not None  # projection shortcut: shapes differ
+    g4 = build_op("rb_w1_g4", info)
+    assert type(g4) is Bottleneck and g4.conv2.groups == 4 and g4.conv1.out_channels == 64
+    r2 = build_op("rb_w1_r2", info)
+    assert type(r2) is ResNestBottleneck and r2.conv2.radix == 2
+    same = LayerInfo("s", (256, 4, 4), (256, 4, 4), "relu")
+    assert build_op("rb_w0.25", same).downsample is None  # identity shortcut
+    assert type(build_op("basic", info)) is BasicBlock
+    # the projection follows the teacher's style (avg-pool 'd' variants vs strided conv)
+    import timm
+
+    teacher = timm.create_model("resnest14d", pretrained=False).layer2[0]
+    down = build_op("rb_w1", info, teacher).downsample
+    assert isinstance(down[0], nn.AvgPool2d)
+    assert all(c.stride == (1, 1) for c in convs(down))
+    teacher = timm.create_model("resnet18", pretrained=False).layer2[0]
+    down = build_op("rb_w1", info, teacher).downsample
+    assert [c.stride for c in convs(down)] == [(2, 2)]
+    assert not applicable("rb_w1", LayerInfo("x", (16, 8, 8), (18, 8, 8), "relu"))
+
+
+@pytest.mark.parametrize("layer", ["same", "odd", "wider", "odd_same"])
+@pytest.mark.parametrize("spec", ["rep_k3", "rep_k3_a", "rep_k5", "rep_k7"])
+def test_repvgg_reparameterizes_exactly(spec: str, layer: str, randomize_bn) -> None:
+    info = LAYERS[layer]
+    block = build_op(spec, info)
+    assert isinstance(block, RepVGGBlock)
+    assert (block.identity is not None) == (info.in_shape == info.out_shape)
+    randomize_bn(block, seed=3).eval()
+    x = torch.randn(4, *info.in_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = block(x)
+        fused = reparameterize(block)
+        after = fused(x)
+    assert fused is block and isinstance(block.fused, nn.Conv2d)
+    assert block.fused.kernel_size == (parse_spec(spec).get("k"),) * 2
+    assert sum(isinstance(m, nn.Conv2d) for m in block.modules()) == 1  # one conv left
+    assert (before - after).abs().max().item() <= 1e-5
+    reparameterize(block)  # idempotent
+    with torch.no_grad():
+        assert torch.equal(block(x), after)
+
+
+def test_export_and_timing_use_the_reparameterized_block(randomize_bn) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from lana.latency import inference_form
+
+    info = LAYERS["same"]
+    block = randomize_bn(build_op("rep_k3_a", info), seed=1).eval()
+    folded = inference_form(block)
+    assert folded is not block and block.fused is None  # the caller's module is untouched
+    assert folded.fused is not None
+    plain = build_op("cb_k3", info)
+    assert inference_form(plain) is plain  # nothing to fold: no copy
+    x = torch.randn(1, *info.in_shape, generator=torch.Generator().manual_seed(0))
+    data = export_onnx(block, x)
+    assert block.fused is None
+    convs = [n for n in onnx.load_from_string(data).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1  # one fused conv, not three branches
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - block(x).numpy()).max() <= 1e-5
+
+
+def test_family_default_spaces() -> None:
+    assert set(FAMILY_SPACES) >= {"timm-efficientnet", "timm-mobilenetv3", "timm-resnet"}
+    assert family_space("sequential") == DEFAULT_SPACE == family_space(None)
+    resnet = space_specs(family_space("timm-resnet"))
+    effnet = space_specs(family_space("timm-efficientnet"))
+    assert resnet[:2] == effnet[:2] == ["teacher", "identity"]
+    # ResNet/ResNeSt: bottlenecks with cardinality and radix {1, 2, 4}, widths, basic, RepVGG
+    rbs = [parse_spec(s) for s in resnet if s.startswith("rb")]
+    assert {s.get("g") for s in rbs} == {1, 2, 4} and {s.get("r") for s in rbs} == {1, 2, 4}
+    assert {s.get("w") for s in rbs} == {0.25, 0.5, 1.0}
+    assert {"basic", "rep_k3_a", "cc_k3_w0.5", "bn_k3_w0.25", "cb_k3"} <= set(resnet)
+    assert not any(s.startswith("ir") for s in resnet)
+    # EfficientNet V1/V2, MobileNetV3: MBConv with/without SE, fused MBConv with lower
+    # expansion and without SE, dense blocks, RepVGG
+    assert {"ir_k3_e6_se", "ir_k5_e1", "er_k3_e1", "er_k3_e2", "er_k3_e4", "rep_k3"} <= set(effnet)
+    assert not any(s.startswith("er") and parse_spec(s).get("se") for s in effnet)
+    assert space_specs(family_space("timm-mobilenetv3")) == effnet
+    # space.ops: a list is used as given; 'auto' or None resolve by family
+    assert resolve_space(["teacher", "cb_k3"], "timm-resnet") == ["teacher", "cb_k3"]
+    assert resolve_space("auto", "timm-resnet") == list(family_space("timm-resnet"))
+    assert resolve_space(None, "fx-chain") == list(DEFAULT_SPACE)
+    with pytest.raises(ConfigError, match="auto"):
+        resolve_space("everything", "timm-resnet")
