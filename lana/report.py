@@ -104,14 +104,14 @@ def print_families(console: Console | None = None) -> None:
     t = Table(title="lana: supported teacher families")
     t.add_column("family")
     t.add_column("models")
-    t.add_column("default space (space.ops: auto)")
+    t.add_column("default ops", justify="right")
     for fam in FAMILIES.values():
-        patterns = family_space(fam.name)
-        t.add_row(fam.name, fam.description,
-                  f"{len(space_specs(patterns))} ops: " + " ".join(patterns))
+        t.add_row(fam.name, fam.description, str(len(space_specs(family_space(fam.name)))))
     console.print(t)
-    console.print("Per layer, ops whose shapes do not fit are dropped (identity needs equal "
-                  "input and output shapes).")
+    console.print("Default spaces (space.ops: auto); per layer, ops whose shapes do not fit "
+                  "are dropped (identity needs equal input and output shapes):")
+    for fam in FAMILIES.values():
+        console.print(f"  {fam.name}: " + " ".join(family_space(fam.name)), soft_wrap=True)
     console.print("Show one model's layers and candidates: lana list-models --model "
                   "timm:efficientnet_b0 --input 3x224x224")
 
@@ -150,7 +150,7 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
         t.add_row(info.name, "x".join(map(str, info.in_shape)),
                   "x".join(map(str, info.out_shape)), str(info.stride), str(len(c)))
     console.print(t)
-    console.print("space: " + " ".join(patterns))
+    console.print("space: " + " ".join(patterns), soft_wrap=True)
     return {"family": chain.family, "space": patterns, "layers": len(cands),
             "candidates": [len(c) for c in cands],
             "log10_space_size": log10_space_size(cands)}

@@ -139,10 +139,14 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
 def test_list_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list-models"]) == 0
     out = capsys.readouterr().out
-    for family in ("timm-efficientnet", "timm-resnet", "timm-mobilenetv3", "sequential"):
+    for family in ("timm-efficientnet", "timm-resnet", "timm-mobilenetv3", "sequential",
+                   "fx-chain"):
         assert family in out
+    # the ResNet default space, on one line
+    assert "timm-resnet: teacher identity rb_w{0.25,0.5,1}" in out
     assert main(["list-models", "--model", "lana:tiny_effnet", "--input", "1x32x32"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "11 layers" in out and "blocks.4.1" in out
+    assert "11 layers" in out and "blocks.4.1" in out and "timm-efficientnet" in out
+    assert "26 ops in the space" in out and "er_k3_e{1,2,4}" in out
     assert main(["list-models", "--model", "lana:tiny_effnet", "--input", "32x32"]) == 2
     assert "CxHxW" in capsys.readouterr().err

@@ -242,3 +242,115 @@ def test_load_candidate(seq_chain, synthetic_splits, tmp_path: Path) -> None:
         D.load_candidate(seq_chain, tmp_path, 1, "cb_k3")
     with pytest.raises(ArtifactError, match="does not exist"):
         D.load_candidate(seq_chain, tmp_path, 2, "ir_k3_e1")
+
+
+# ------------------------------------------------- candidates initialised from the teacher
+
+RESNET_CANDIDATES = [["teacher", "rb_w1_g1_r1", "rb_w0.5_g1_r1", "cb_k3"],
+                     ["teacher", "identity", "rb_w0.5_g1_r1", "rb_w0.5_g2_r1", "rb_w1_g1_r2"],
+                     ["teacher", "rb_w0.25_g1_r1", "basic"]]
+
+
+@pytest.fixture(scope="module")
+def resnet_chain():
+    """A small Bottleneck ResNet on 1x16x16 inputs with BN statistics calibrated on data,
+    as a trained teacher has them (layers: 16->64 ch, 64->64, 64->128 stride 2, ...)."""
+    from timm.models.resnet import Bottleneck, ResNet
+
+    from lana.data import synthetic_dataset
+    from lana.decompose import decompose
+
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (2, 1, 1, 1), num_classes=4, in_chans=1, stem_width=16,
+                   channels=(16, 32, 64, 128), zero_init_last=False)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(0.5 + 0.5 * torch.rand(m.num_features, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batch
+        model.train()
+        model(synthetic_dataset(256, 16, seed=99).tensors[0])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.1
+    return decompose(model.eval(), torch.zeros(2, 1, 16, 16)).eval()
+
+
+def _phase1_loss(module, chain, i: int, x: torch.Tensor) -> float:
+    """The phase-1 loss as training sees it at step 0 (train mode: batch statistics)."""
+    module.train()
+    with torch.no_grad():
+        feats = chain.features(x)
+        return D._nmse(module(feats[i]), feats[i + 1]).item()
+
+
+def test_inherited_candidates_start_closer_to_the_teacher(resnet_chain, synthetic_splits
+                                                          ) -> None:
+    from lana.inherit import inherit
+
+    chain = resnet_chain
+    x = next(synthetic_splits.val.batches(32))[0]
+    assert chain.names[:3] == ["layer1.0", "layer1.1", "layer2.0"]
+    cases = {(0, "rb_w1_g1_r1"): "copy", (0, "rb_w0.5_g1_r1"): "bottleneck-channels",
+             (1, "rb_w0.5_g1_r1"): "bottleneck-channels",
+             (1, "rb_w0.5_g2_r1"): "bottleneck-channels",
+             (1, "rb_w1_g1_r2"): "bottleneck-channels",
+             (2, "rb_w0.25_g1_r1"): "bottleneck-channels"}
+    for (i, spec), rule in cases.items():
+        fresh = D.build_candidate(chain, i, spec, seed=0, inherit=False)
+        assert inherit(D.build_candidate(chain, i, spec, inherit=False), spec,
+                       chain.layers[i]) == rule
+        inherited = D.build_candidate(chain, i, spec, seed=0)
+        before, after = _phase1_loss(fresh, chain, i, x), _phase1_loss(inherited, chain, i, x)
+        assert after < 0.8 * before, (i, spec, before, after)
+        if rule == "copy":  # the teacher's own block structure: starts as the teacher
+            assert after < 0.02
+    # a narrower bottleneck holds the teacher's most important middle channels
+    teacher = chain.layers[1]
+    narrow = D.build_candidate(chain, 1, "rb_w0.5_g1_r1")
+    rows = [torch.where((teacher.conv1.weight == w).all(dim=(1, 2, 3)))[0].item()
+            for w in narrow.conv1.weight]
+    assert rows == sorted(rows) and len(rows) == teacher.conv1.out_channels // 2
+    from lana.inherit import _importance
+
+    importance = _importance(teacher.conv1, teacher.bn1)
+    assert importance[rows].min() >= importance.topk(len(rows)).values.min()
+    assert torch.equal(narrow.conv3.weight, teacher.conv3.weight[:, rows])
+    # no rule applies to other op types: fresh seeded weights, exactly as without inherit
+    a = D.build_candidate(chain, 0, "cb_k3").state_dict()
+    b = D.build_candidate(chain, 0, "cb_k3", inherit=False).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_inherited_phase1_is_independent_of_grouping_and_sharding(
+        resnet_chain, synthetic_splits, tmp_path: Path) -> None:
+    chain = resnet_chain
+    trained = [(i, s) for i, specs in enumerate(RESNET_CANDIDATES) for s in specs
+               if s not in D.UNTRAINED]
+
+    def weights(run_dir):
+        return {(i, s): D.load_candidate(chain, run_dir, i, s).state_dict() for i, s in trained}
+
+    runs = {}
+    for group_size in (0, 2):
+        cfg = DistillConfig(steps=3, batch_size=16, group_size=group_size)
+        D.distill(chain, RESNET_CANDIDATES, synthetic_splits.train, cfg,
+                  tmp_path / f"g{group_size}", seed=0)
+        runs[f"g{group_size}"] = weights(tmp_path / f"g{group_size}")
+    cfg = DistillConfig(steps=3, batch_size=16)
+    for rank in range(2):
+        D.distill(chain, RESNET_CANDIDATES, synthetic_splits.train, cfg, tmp_path / "shard",
+                  seed=0, rank=rank, world=2)
+    runs["shard"] = weights(tmp_path / "shard")
+    for name in ("g2", "shard"):
+        for key, state in runs["g0"].items():
+            assert all(torch.equal(state[n], runs[name][key][n]) for n in state), (name, key)
+    # ... and inheriting changed the result (the teacher's weights were used)
+    cfg = DistillConfig(steps=3, batch_size=16, inherit=False)
+    D.distill(chain, RESNET_CANDIDATES, synthetic_splits.train, cfg, tmp_path / "fresh", seed=0)
+    fresh = weights(tmp_path / "fresh")
+    key = (1, "rb_w0.5_g1_r1")
+    assert not torch.equal(fresh[key]["conv1.weight"], runs["g0"][key]["conv1.weight"])

@@ -14,6 +14,7 @@ import torch
 import lana
 import lana.distill
 import lana.profile
+import lana.space
 import lana.train
 from lana.config import BudgetConfig, config_from_dict
 from lana.errors import ConfigError, InfeasibleBudgetError
@@ -328,15 +329,19 @@ def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_spl
     assert loaded(x).shape == (2, 4)
 
 
-@pytest.mark.parametrize("model_name", ["timm:resnest14d", "timm:tf_efficientnetv2_b0",
-                                        "timm:mobilenetv3_small_050"])
-def test_tiny_end_to_end_per_family(model_name: str, tmp_path: Path, synthetic_splits) -> None:
-    """Every phase on one small model of each teacher family beyond EfficientNet V1."""
+@pytest.mark.parametrize("model_name,ops", [
+    ("timm:resnest14d", ["teacher", "identity", "rb_w0.5", "rb_w0.5_r2", "rep_k3_a"]),
+    ("timm:tf_efficientnetv2_b0", ["teacher", "identity", "er_k3_e1"]),
+    ("timm:mobilenetv3_small_050", ["teacher", "identity", "rep_k3"])])
+def test_tiny_end_to_end_per_family(model_name: str, ops: list[str], tmp_path: Path,
+                                    synthetic_splits) -> None:
+    """Every phase on one small model of each teacher family beyond EfficientNet V1, with
+    family-aware ops (bottlenecks inherited from the teacher, RepVGG folded for export)."""
     cfg = config_from_dict({
         "seed": 0, "threads": 1, "model": {"name": model_name},
         "teacher_training": {"epochs": 0.25, "batch_size": 32,
                              "cache_dir": str(tmp_path / "cache")},
-        "space": {"ops": ["teacher", "identity", "cb_k3"]},
+        "space": {"ops": ops},
         "distill": {"steps": 2, "batch_size": 16},
         "latency": {"backend": "onnxruntime", "max_seconds": 0.01, "warmup": 1},
         # A loose budget: on these tiny inputs the candidates of a 4-layer ResNeSt are not
@@ -354,4 +359,41 @@ def test_tiny_end_to_end_per_family(model_name: str, tmp_path: Path, synthetic_s
     # K=2 diverse solutions were assembled from phase-1 weights and measured
     search = read_json(tmp_path / "run" / "students" / "ms1000" / "search.json")
     assert len(search["attempts"][0]["students"]) == 2
-    assert set(student["choices"]) <= {"teacher", "identity", "cb_k3"}
+    specs = lana.space.space_specs(ops)
+    assert set(student["choices"]) <= set(specs)
+    assert read_json(tmp_path / "run" / "candidates.json")["space"]["ops"] == ops
+    # the exported ONNX model holds no unfolded RepVGG branches
+    if any(c.startswith("rep") for c in student["choices"]):
+        import onnx
+
+        onnx_path = Path(student["path"]) / "model.onnx"
+        names = [n.name for n in onnx.load(str(onnx_path)).graph.initializer]
+        assert not any("conv_1x1" in n or "identity" in n for n in names)
+    loaded = lana.load_student(student["path"])
+    s = synthetic_splits
+    x = torch.randn(2, s.in_chans, s.image_size, s.image_size)
+    assert loaded(x).shape == (2, synthetic_splits.num_classes)
+
+
+@pytest.mark.parametrize("model_name,family", [("timm:resnet18", "timm-resnet"),
+                                               ("lana:tiny_effnet", "timm-efficientnet")])
+def test_auto_space_resolves_by_family(model_name: str, family: str, tmp_path: Path,
+                                       synthetic_splits) -> None:
+    """space.ops 'auto' (the default) gives the teacher family's space, recorded per run."""
+    from lana.space import family_space, layer_candidates, space_specs
+
+    cfg = config_from_dict({"seed": 0, "model": {"name": model_name},
+                            "teacher_training": {"epochs": 0.05, "batch_size": 32,
+                                                 "cache_dir": str(tmp_path / "cache")}})
+    assert cfg.space.ops == "auto"
+    run = Run(tmp_path / "run", cfg, splits=synthetic_splits)
+    run.prepare()
+    data = read_json(tmp_path / "run" / "candidates.json")
+    assert data["space"] == {"family": family, "ops": list(family_space(family))}
+    specs = space_specs(family_space(family))
+    for layer, info in zip(data["layers"], run.chain.info, strict=True):
+        assert layer["ops"] == layer_candidates(info, specs)
+    # an explicit list is used as given
+    cfg2 = config_from_dict({**cfg.model_dump(), "space": {"ops": ["teacher", "cb_k3"]}})
+    run2 = Run(tmp_path / "run2", cfg2, teacher=run.teacher, splits=synthetic_splits)
+    assert all(ops == ["teacher", "cb_k3"] for ops in run2.candidates)
