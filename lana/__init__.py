@@ -2,7 +2,7 @@
 
 Public API::
 
-    lana.decompose(model, example_input) -> Chain      # teacher -> stem, layers, head
+    lana.decompose(model, example_input[, layers]) -> Chain  # stem, layers, head
     lana.run(config_or_yaml, out_dir) -> summary dict  # the whole pipeline, resumable
     lana.Run(out_dir, config)                          # stage by stage
     lana.load_student(path) -> nn.Module               # a saved student, rebuilt
