@@ -26,11 +26,17 @@ def module_key(prefix: str, module: nn.Module) -> str:
     return f"{prefix}:{digest}"
 
 
-def op_key(chain: Chain, layer: int, spec: str) -> str:
-    """LUT key of candidate ``spec`` at ``layer``: the spec plus the layer's shape contract."""
+def op_key(chain: Chain, layer: int, spec: str, module: nn.Module | None = None) -> str:
+    """LUT key of candidate ``spec`` at ``layer``: the spec plus the layer's shape contract
+    (plus the built ``module``'s structure for op types that follow the teacher's block)."""
     if spec == "teacher":
         return module_key("teacher", chain.layers[layer])
-    return f"{spec}@{chain.info[layer].signature}"
+    key = f"{spec}@{chain.info[layer].signature}"
+    from lana.space import OP_TYPES, parse_spec
+
+    if module is not None and OP_TYPES[parse_spec(spec).kind].teacher_dependent:
+        key = module_key(key, module)
+    return key
 
 
 def settings_from(cfg: LatencyConfig) -> Settings:
@@ -71,7 +77,7 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
                     row.append(0.0)
                 else:
                     module = chain.layers[i] if spec == "teacher" else build(i, spec)
-                    m = lut.measure_or_get(op_key(chain, i, spec), module,
+                    m = lut.measure_or_get(op_key(chain, i, spec, module), module,
                                            (bs, *chain.info[i].in_shape), settings, **kw)
                     row.append(m.median_ms)
                 bar.advance(task)

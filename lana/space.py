@@ -95,6 +95,9 @@ class OpType:
     doc: str = ""
     spatial_only: bool = True  # needs NCHW feature maps
     applies: Callable[[LayerInfo], bool] = field(default=lambda info: True)
+    # The built module depends on the teacher's block, not only on the spec and the shapes
+    # (e.g. the shortcut style of ResNet blocks): the LUT key then includes its structure.
+    teacher_dependent: bool = False
 
 
 OP_TYPES: dict[str, OpType] = {}
@@ -482,10 +485,10 @@ register_op(OpType("rb", _build_rb, (Param("w", float, 1.0), Param("g", int, 1, 
                    doc="ResNet/ResNeXt/ResNeSt bottleneck 1x1-3x3-1x1 (timm's blocks): mid "
                        "width w x out/4, cardinality g, radix r (split attention), "
                        "projection shortcut when shapes differ",
-                   applies=lambda info: info.out_shape[0] % 4 == 0))
+                   applies=lambda info: info.out_shape[0] % 4 == 0, teacher_dependent=True))
 register_op(OpType("basic", _build_basic, (),
                    doc="ResNet basic block 3x3-3x3 (timm's BasicBlock), projection shortcut "
-                       "when shapes differ"))
+                       "when shapes differ", teacher_dependent=True))
 register_op(OpType("rep", _build_rep, (Param("k", int, 3, (3, 5, 7)), Param("a", bool, False)),
                    doc="RepVGG block: kxk conv-BN + 1x1 conv-BN (+ BN identity), [activation "
                        "with a]; folded into one kxk conv for export and timing"))

@@ -373,3 +373,22 @@ def test_family_default_spaces() -> None:
     assert resolve_space(None, "fx-chain") == list(DEFAULT_SPACE)
     with pytest.raises(ConfigError, match="auto"):
         resolve_space("everything", "timm-resnet")
+
+
+def test_lut_key_follows_teacher_dependent_structure() -> None:
+    import timm
+
+    from lana.decompose import Chain
+    from lana.profile import op_key
+
+    info = LayerInfo("r", (64, 8, 8), (128, 4, 4), "relu")
+    keys = {}
+    for name in ("resnest14d", "resnet18"):
+        teacher = timm.create_model(name, pretrained=False).layer2[0]
+        chain = Chain(nn.Identity(), [teacher], nn.Identity(), ["r"], [info])
+        keys[name] = {spec: op_key(chain, 0, spec, build_op(spec, info, teacher))
+                      for spec in ("rb_w1_g1_r1", "basic", "cb_k3")}
+    # avg-pool vs strided-conv shortcut: different modules, different LUT entries
+    assert keys["resnest14d"]["rb_w1_g1_r1"] != keys["resnet18"]["rb_w1_g1_r1"]
+    assert keys["resnest14d"]["basic"] != keys["resnet18"]["basic"]
+    assert keys["resnest14d"]["cb_k3"] == keys["resnet18"]["cb_k3"] == "cb_k3@" + info.signature
