@@ -162,18 +162,28 @@ def _slice_middle(candidate: nn.Module, teacher: nn.Module, expand: str, bn1: st
     _se(candidate, teacher, idx)
 
 
+def _se_convs(se: nn.Module | None) -> tuple[nn.Conv2d, nn.Conv2d] | None:
+    # timm names the squeeze-excite convs conv_reduce/conv_expand (EfficientNet blocks) or
+    # fc1/fc2 (timm.layers.SEModule).
+    for a, b in (("conv_reduce", "conv_expand"), ("fc1", "fc2")):
+        if isinstance(getattr(se, a, None), nn.Conv2d) and isinstance(getattr(se, b, None),
+                                                                      nn.Conv2d):
+            return getattr(se, a), getattr(se, b)
+    return None
+
+
 def _se(candidate: nn.Module, teacher: nn.Module, idx: torch.Tensor) -> None:
-    cs, ts = getattr(candidate, "se", None), getattr(teacher, "se", None)
-    if not (hasattr(cs, "conv_reduce") and hasattr(ts, "conv_reduce")):
+    cs, ts = _se_convs(getattr(candidate, "se", None)), _se_convs(getattr(teacher, "se", None))
+    if cs is None or ts is None or cs[0].out_channels != ts[0].out_channels:
         return
-    if cs.conv_reduce.out_channels != ts.conv_reduce.out_channels:
-        return
-    _put(cs.conv_reduce.weight, ts.conv_reduce.weight, {1: idx})
-    if cs.conv_reduce.bias is not None and ts.conv_reduce.bias is not None:
-        _put(cs.conv_reduce.bias, ts.conv_reduce.bias, {})
-    _put(cs.conv_expand.weight, ts.conv_expand.weight, {0: idx})
-    if cs.conv_expand.bias is not None and ts.conv_expand.bias is not None:
-        _put(cs.conv_expand.bias, ts.conv_expand.bias, {0: idx})
+    (c_red, c_exp), (t_red, t_exp) = cs, ts
+    _put(c_red.weight, t_red.weight, {1: idx})
+    c_red.weight[:, len(idx):] = 0  # extra channels do not change the gates
+    if c_red.bias is not None and t_red.bias is not None:
+        _put(c_red.bias, t_red.bias, {})
+    _put(c_exp.weight, t_exp.weight, {0: idx})
+    if c_exp.bias is not None and t_exp.bias is not None:
+        _put(c_exp.bias, t_exp.bias, {0: idx})
 
 
 def _is(module_path: str, cls_name: str) -> Callable[[nn.Module], bool]:
@@ -224,6 +234,7 @@ def _init_bottleneck(candidate: nn.Module, teacher: nn.Module) -> None:
     if (isinstance(c2, nn.Conv2d) and isinstance(t2, nn.Conv2d) and c2.groups == 1
             and t2.groups == 1):
         _put(c2.weight, t2.weight, {0: idx, 1: idx})
+        c2.weight[:k, k:] = 0  # extra channels of a wider candidate: no leak into the old
         _put_bn(candidate.bn2, teacher.bn2, idx)
     _put(candidate.conv3.weight, teacher.conv3.weight, {1: idx})
     if candidate.conv3.in_channels > k:

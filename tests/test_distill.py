@@ -354,3 +354,32 @@ def test_inherited_phase1_is_independent_of_grouping_and_sharding(
     fresh = weights(tmp_path / "fresh")
     key = (1, "rb_w0.5_g1_r1")
     assert not torch.equal(fresh[key]["conv1.weight"], runs["g0"][key]["conv1.weight"])
+
+
+@pytest.mark.parametrize("teacher_spec,spec,rule", [
+    ("ir_k3_e3_se", "ir_k3_e6_se", "mbconv-channels"),
+    ("ir_k3_e3", "ir_k5_e6", "mbconv-channels"),
+    ("er_k3_e2", "er_k3_e4", "fused-mbconv-channels"),
+    ("rb_w0.5", "rb_w1", "bottleneck-channels"),
+    ("ds_k3", "ds_k5", "kernel-resize")])
+def test_wider_candidates_start_as_the_teacher(teacher_spec: str, spec: str, rule: str,
+                                               randomize_bn) -> None:
+    """A wider variant of the teacher's block (extra channels silent, bigger kernel zero
+    padded) computes exactly the teacher's function before training."""
+    from lana.decompose import LayerInfo
+    from lana.inherit import inherit
+    from lana.space import build_op
+
+    info = LayerInfo("l", (16, 8, 8), (16, 8, 8), "silu")
+    torch.manual_seed(0)
+    teacher = randomize_bn(build_op(teacher_spec, info), seed=2).eval()
+    candidate = build_op(spec, info)
+    assert inherit(candidate, spec, teacher) == rule
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (candidate.eval()(x) - teacher(x)).abs().max().item() <= 1e-5
+    # a narrower variant is not the teacher, but inherits deterministically
+    narrow_a, narrow_b = build_op(teacher_spec, info), build_op(teacher_spec, info)
+    inherit(narrow_a, teacher_spec, candidate)
+    inherit(narrow_b, teacher_spec, candidate)
+    assert all(torch.equal(v, narrow_b.state_dict()[k]) for k, v in narrow_a.state_dict().items())
