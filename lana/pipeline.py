@@ -138,7 +138,7 @@ class Run:
 
         key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
                      "data": cfg.data.model_dump(), "train": cfg.teacher_training.model_dump(
-                         exclude={"cache_dir"}), "seed": cfg.seed, "v": 1})
+                         exclude={"cache_dir", "checkpoint_every"}), "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
                      ) / f"{key}.safetensors"
@@ -162,6 +162,7 @@ class Run:
         train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
                          lr=t.lr, seed=cfg.seed, description="teacher",
                          checkpoint=self.dir / "teacher-checkpoint.pt", checkpoint_key=key,
+                         checkpoint_every=t.checkpoint_every,
                          kill_tag="teacher", distributed=False)
         self._timed("teacher_train", start)
         save_tensors(cache, model.state_dict())
@@ -182,7 +183,9 @@ class Run:
         deps = {"profile": ["latency"], "score": ["score"],
                 "search": ["latency", "score", "search"],
                 "finetune": ["latency", "score", "search", "finetune"]}[stage]
-        return {name: getattr(c, name).model_dump(exclude={"budget"}) for name in deps}
+        # How often a stage checkpoints does not change its result.
+        return {name: getattr(c, name).model_dump(exclude={"budget", "checkpoint_every"})
+                for name in deps}
 
     def _timings(self) -> dict:
         p = self.dir / "timings.json"
@@ -407,7 +410,8 @@ class Run:
                                      kd_weight=cfg.kd_weight, temperature=cfg.temperature,
                                      description="phase 3 finetune",
                                      checkpoint=self.student_dir(budget) / "finetune-checkpoint.pt",
-                                     checkpoint_key=key, kill_tag="finetune")
+                                     checkpoint_key=key, kill_tag="finetune",
+                                     checkpoint_every=cfg.checkpoint_every)
         after = evaluate(student, self.splits.test)
         if D.is_main():
             save_tensors(self.student_dir(budget) / "finetuned.safetensors",
