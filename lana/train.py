@@ -107,8 +107,11 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
         from torch.nn.parallel import DistributedDataParallel
 
         if device.type == "cuda":
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = net
+            # timm's converter also handles its BatchNormAct2d (norm + activation), which
+            # torch's would turn into a plain SyncBatchNorm without the activation.
+            from timm.layers import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model)
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                       else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
