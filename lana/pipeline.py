@@ -111,7 +111,11 @@ class Run:
             return self._teacher_override
         from lana.models import create_model
 
-        return create_model(self.config.model.name, **self._model_kwargs())
+        # Seeded, so the teacher's initial weights (and so a trained teacher) do not depend
+        # on what the process did before (a CLI run and the Python API agree).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return create_model(self.config.model.name, **self._model_kwargs())
 
     @cached_property
     def teacher(self) -> nn.Module:
