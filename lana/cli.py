@@ -176,7 +176,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "demo":
         from lana.demo import demo
 
-        demo(args.out, _budget(args))
+        with _dir_lock(Path(args.out), False, create=True):
+            demo(args.out, _budget(args))
         return 0
     if args.cmd == "run":
         from lana.config import load_config
