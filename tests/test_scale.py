@@ -58,10 +58,15 @@ def _equal_states(a: dict, b: dict) -> bool:
 
 # ------------------------------------------------------------------ data sharding
 
-def test_sharded_stream_splits_every_global_batch() -> None:
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_sharded_stream_splits_every_global_batch(in_memory: bool) -> None:
+    from torch.utils.data import Subset
+
     from lana.data import Data, synthetic_dataset
 
-    data = Data(synthetic_dataset(50, 8, seed=1))
+    ds = synthetic_dataset(50, 8, seed=1)
+    # a Subset is not a TensorDataset: it takes the DataLoader path
+    data = Data(ds if in_memory else Subset(ds, list(range(50))))
     full = data.stream(8, seed=2, augment=True)
     shards = [data.stream(8, seed=2, augment=True, rank=r, world=3) for r in range(3)]
     for _ in range(12):  # past an epoch boundary (50 items: a last batch of 2 < 3 ranks)
