@@ -211,7 +211,7 @@ def load_data(cfg: DataConfig, seed: int = 0) -> Splits:
     """Load the configured dataset and cut deterministic train / val / test splits."""
     if cfg.path and not Path(cfg.path).is_dir():
         raise ConfigError(
-            f"data.path {cfg.path!r} does not exist or is not a folder. Point it at the "
+            f"data.path {cfg.path!r} not found (no such folder). Point it at the "
             "dataset folder (image-folder: train/ and val/ subfolders, one folder per class; "
             "fashion-mnist: the four IDX .gz files), or remove it to use the default.")
     if cfg.name == "fashion-mnist":

@@ -44,7 +44,7 @@ def test_missing_dataset_path(tmp_path: Path, capsys, tiny_config: dict, name: s
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny_config))
     err = _cli(["run", str(path), "--out", str(tmp_path / "run")], capsys)
-    assert "no-such-data" in err and "does not exist" in err
+    assert "no-such-data" in err and "not found (no such folder)" in err
 
 
 def test_unsupported_model(tmp_path: Path, capsys, tiny_config: dict) -> None:
