@@ -313,6 +313,10 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     _held[key] = [fd, 1]
+    # Half-written temporaries of a killed writer (see _atomic_write): nobody else writes
+    # here while we hold the lock, so they are garbage.
+    for tmp in Path(run_dir).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
     try:
         yield
     finally:

@@ -309,10 +309,14 @@ def test_second_process_is_locked_out_and_stale_lock_is_taken_over(
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
     assert str(holder.pid) in (run_dir / "lana.lock").read_text()  # left behind by the kill
+    stale_tmp = run_dir / "distill" / ".index.json.x1y2.tmp"  # a killed writer's temporary
+    stale_tmp.parent.mkdir()
+    stale_tmp.write_text("{half")
     with run_lock(run_dir):  # the dead holder's lock is taken over
         assert str(os.getpid()) in (run_dir / "lana.lock").read_text()
         with run_lock(run_dir):  # re-entrant in one process
             pass
+    assert not stale_tmp.exists()
     assert "no longer running" in capsys.readouterr().err
 
 
