@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from lana.errors import ConfigError, LanaError
@@ -46,6 +48,12 @@ def _library_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="baseline random seed (default 0)")
 
 
+def _run_dir_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recompute-corrupt", action="store_true",
+                   help="move files whose checksum fails aside (NAME.corrupt) and recompute "
+                   "them; without it a corrupt file is an error naming it")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lana", description="Latency Aware Network Acceleration: "
                                 "make a trained network fast on your device.")
@@ -55,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="YAML configuration file")
     r.add_argument("--out", required=True, help="run directory")
     _budget_args(r)
+    _run_dir_args(r)
 
     d = sub.add_parser("demo", help="the whole method on Fashion-MNIST with a 2x budget")
     d.add_argument("--out", default=DEMO_DIR, help=f"run directory (default {DEMO_DIR})")
@@ -66,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                         ("score", "phase 2a: replace-one scores")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("dir", help="run directory")
+        _run_dir_args(s)
     for name, help_ in [("search", "phase 2c: ILP search, K students ranked and measured; "
                                    "or, given a library JSON file, the search alone"),
                         ("finetune", "phase 3: fine-tune the selected student with KD"),
@@ -77,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("dir", help="run directory")
         _budget_args(s)
+        _run_dir_args(s)
         if name == "search":
             _library_search_args(s)
 
@@ -112,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lana`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        from lana import dist
+
+        # Under torchrun (WORLD_SIZE > 1) join the job's process group; else a no-op.
+        if dist.env_world() > 1:
+            dist.init_from_env()
+        try:
+            return _dispatch(args)
+        finally:
+            dist.shutdown()
     except LanaError as exc:
         print(f"lana: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -138,6 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "not one; for a run directory give the budget as --speedup or --latency-ms"
             )
 
+    from lana import dist
     from lana.pipeline import Run
 
     if args.cmd == "list-models":
@@ -156,19 +176,33 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "demo":
         from lana.demo import demo
 
-        demo(args.out, _budget(args))
+        with _dir_lock(Path(args.out), False, create=True):
+            demo(args.out, _budget(args))
         return 0
     if args.cmd == "run":
         from lana.config import load_config
         from lana.report import print_summary
 
-        summary = Run(args.out, load_config(args.config)).all(_budget(args))
-        print_summary(summary)
+        config = load_config(args.config)
+        with _dir_lock(Path(args.out), args.recompute_corrupt, create=True):
+            summary = Run(args.out, config).all(_budget(args))
+        if dist.is_main():
+            print_summary(summary)
         return 0
-    run = Run(Path(args.dir))
-    stage = getattr(run, args.cmd)
-    budget = _budget(args)
-    result = stage(budget) if args.cmd in ("search", "finetune", "export") else stage()
+    with _dir_lock(Path(args.dir), args.recompute_corrupt):
+        run = Run(Path(args.dir))
+        stage = getattr(run, args.cmd)
+        budget = _budget(args)
+        if args.cmd == "distill":
+            result = run.distill()  # every rank under torchrun
+        elif args.cmd == "finetune":
+            dist.on_main(lambda: run.search(budget))
+            result = run.finetune(budget)  # DistributedDataParallel under torchrun
+        else:  # single-process stages: rank 0 runs them, the others wait
+            result = dist.on_main(lambda: stage(budget) if args.cmd in (
+                "search", "export") else stage())
+    if not dist.is_main():
+        return 0
     if args.cmd == "export":
         from lana.report import print_summary
 
@@ -178,6 +212,29 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print_search(result)
     return 0
+
+
+@contextlib.contextmanager
+def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
+              ) -> Iterator[None]:
+    """Hold the run directory's lock (rank 0 takes it for the whole torchrun job) and,
+    with --recompute-corrupt, move corrupt files aside before any stage reads them."""
+    from lana import dist
+    from lana.io import run_lock, verify_tree
+    from lana.progress import log
+
+    def check() -> None:
+        if recompute_corrupt and run_dir.is_dir():
+            for path in verify_tree(run_dir, fix=True):
+                log(f"[yellow]{path} failed its checksum: moved to {path.name}.corrupt; it "
+                    "will be recomputed[/yellow]")
+
+    with contextlib.ExitStack() as stack:
+        # A stage command on a missing directory is not locked: Run() explains the error
+        # and no empty directory is left behind.
+        if create or run_dir.is_dir():
+            dist.on_main(lambda: (stack.enter_context(run_lock(run_dir)), check()))
+        yield
 
 
 def _is_library(path: Path) -> bool:

@@ -52,6 +52,8 @@ class TeacherTrainingConfig(_Section):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     cache_dir: str | None = Field(None, description="default: ~/.cache/lana/teachers")
+    checkpoint_every: int = Field(200, ge=1, description="steps between resumable "
+                                  "checkpoints (does not change the result)")
 
 
 class SpaceConfig(_Section):
@@ -129,6 +131,8 @@ class FinetuneConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     kd_weight: float = Field(1.0, ge=0)
     temperature: float = Field(2.0, gt=0)
+    checkpoint_every: int = Field(200, ge=1, description="steps between resumable "
+                                  "checkpoints (does not change the result)")
 
 
 class Config(_Section):
@@ -156,9 +160,25 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see `lana config --defaults`)"
+            msg = "unknown key" + _suggest(err["loc"]) + \
+                " (check the spelling; see `lana config --defaults`)"
         lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _suggest(loc: tuple) -> str:
+    """' (did you mean 'steps'?)' for a mistyped key at ``loc``, from the section's keys."""
+    import difflib
+
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def config_from_dict(data: dict | None, source: str = "config") -> Config:

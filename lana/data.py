@@ -44,30 +44,52 @@ class Data:
         return Data(_subset(self.dataset, idx), self.workers)
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
-                augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` batches; the order depends only on ``seed``."""
+                augment: bool = False, rank: int = 0, world: int = 1
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` batches; the order depends only on ``seed``.
+
+        With ``world > 1`` every batch is the same global batch as in one process, and this
+        rank gets its share (items ``rank::world``) with the same augmentation those items
+        get in one process, so data-parallel training sees exactly the single-process data
+        (like torch's DistributedSampler, but per batch). A last batch with fewer items
+        than ranks is skipped, since some rank would get nothing.
+        """
         g = torch.Generator().manual_seed(seed)
+        n = len(self)
+        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+        chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+        local = [c[rank::world] for c in chunks]
         if isinstance(self.dataset, TensorDataset):
             # In-memory fast path: indexing whole batches beats a DataLoader on small images.
             x_all, y_all = self.dataset.tensors
-            order = torch.randperm(len(self), generator=g) if shuffle else torch.arange(len(self))
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for chunk, idx in zip(chunks, local, strict=True):
+                params = _augment_params(len(chunk), g) if augment else None
+                if len(chunk) < world:
+                    continue
                 x = x_all[idx]
-                yield (_augment(x, g) if augment else x), y_all[idx]
+                yield (_apply_augment(x, params, rank, world) if params else x), y_all[idx]
             return
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
-                            num_workers=self.workers)
-        for x, y in loader:
-            yield (_augment(x, g) if augment else x), y
+        # Only this rank's items are loaded; the sampler order is the permutation above.
+        loader = DataLoader(self.dataset, batch_sampler=[i.tolist() for i in local if len(i)],
+                            num_workers=self.workers,
+                            generator=torch.Generator().manual_seed(seed))
+        batches = iter(loader)
+        for chunk in chunks:
+            params = _augment_params(len(chunk), g) if augment else None
+            if len(chunk) < world:
+                continue
+            x, y = next(batches)
+            yield (_apply_augment(x, params, rank, world) if params else x), y
 
-    def stream(self, batch_size: int, seed: int = 0, augment: bool = False
-               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless shuffled batches (a new permutation each epoch), for step-based training."""
+    def stream(self, batch_size: int, seed: int = 0, augment: bool = False, rank: int = 0,
+               world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless shuffled batches (a new permutation each epoch), for step-based training.
+
+        ``rank``/``world`` shard every batch as in :meth:`batches`."""
         epoch = 0
         while True:
             yield from self.batches(batch_size, shuffle=True, seed=seed * 100003 + epoch,
-                                    augment=augment)
+                                    augment=augment, rank=rank, world=world)
             epoch += 1
 
 
@@ -77,14 +99,25 @@ def _subset(ds: Dataset, idx: list[int]) -> Dataset:
     return Subset(ds, idx)
 
 
+def _augment_params(n: int, g: torch.Generator) -> tuple[int, int, torch.Tensor]:
+    """Random shift (pad 2 + crop) of a whole batch and per-image horizontal flips."""
+    dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
+    return dx, dy, torch.rand(n, generator=g) < 0.5
+
+
+def _apply_augment(x: torch.Tensor, params: tuple[int, int, torch.Tensor], rank: int = 0,
+                   world: int = 1) -> torch.Tensor:
+    dx, dy, flip = params
+    flip = flip[rank::world]
+    _, _, h, w = x.shape
+    pad = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    x = pad[:, :, dy:dy + h, dx:dx + w]
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random shifts (pad 2 + crop) and horizontal flips, on a whole batch."""
-    n, _, h, w = x.shape
-    pad = F.pad(x, (2, 2, 2, 2), mode="replicate")
-    dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
-    x = pad[:, :, dy:dy + h, dx:dx + w]
-    flip = torch.rand(n, generator=g) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return _apply_augment(x, _augment_params(len(x), g))
 
 
 @dataclass
@@ -176,6 +209,11 @@ def _image_folder(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
 
 def load_data(cfg: DataConfig, seed: int = 0) -> Splits:
     """Load the configured dataset and cut deterministic train / val / test splits."""
+    if cfg.path and not Path(cfg.path).is_dir():
+        raise ConfigError(
+            f"data.path {cfg.path!r} not found (no such folder). Point it at the "
+            "dataset folder (image-folder: train/ and val/ subfolders, one folder per class; "
+            "fashion-mnist: the four IDX .gz files), or remove it to use the default.")
     if cfg.name == "fashion-mnist":
         train, test, num_classes, in_chans = _fashion_mnist(cfg)
     elif cfg.name == "image-folder":

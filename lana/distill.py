@@ -14,6 +14,7 @@ a group in progress is checkpointed, so an interrupted run resumes where it stop
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -24,8 +25,9 @@ from torch import nn
 from lana.config import DistillConfig
 from lana.data import Data
 from lana.decompose import Chain
+from lana.dist import maybe_kill
 from lana.errors import ArtifactError
-from lana.io import load_tensors, read_json, save_tensors, write_json
+from lana.io import checksum_path, file_lock, load_tensors, read_json, save_tensors, write_json
 from lana.progress import log, progress
 from lana.space import build_op
 from lana.train import cosine_lr
@@ -98,11 +100,9 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
     only its share (every ``world``-th pending candidate, from ``rank``).
     """
     run_dir = Path(run_dir)
-    index_path = run_dir / "distill" / "index.json"
-    index: dict = read_json(index_path) if index_path.exists() else {}
     todo = pending(candidates, run_dir, rank, world)
     if not todo:
-        return index
+        return _update_index(run_dir, candidates, {}, cfg.steps)
     size = cfg.group_size or len(todo)
     groups = [todo[g:g + size] for g in range(0, len(todo), size)]
     log(f"phase 1: distilling {len(todo)} candidates in {len(groups)} group(s), "
@@ -110,13 +110,49 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
     chain.eval()
     for members in groups:
         results = _train_group(chain, members, data, cfg, run_dir, seed)
-        # Merge under the latest on-disk index, so shards writing one directory keep
-        # each other's entries.
-        index = read_json(index_path) if index_path.exists() else {}
-        for (i, spec), loss in results.items():
-            index.setdefault(str(i), {})[spec] = {"nmse": loss, "steps": cfg.steps}
-        write_json(index_path, index)
+        index = _update_index(run_dir, candidates, results, cfg.steps)
     return index
+
+
+def _update_index(run_dir: Path, candidates: list[list[str]],
+                  results: dict[tuple[int, str], float], steps: int) -> dict:
+    """Add ``results`` to ``index.json`` and return it.
+
+    Ranks of one torchrun job (or shards started by hand) update one index: the
+    read-modify-write happens under a file lock, so no rank loses another's entries.
+    Entries missing for weights on disk (a process killed between writing the weights and
+    the index) are restored from the weights' own metadata.
+    """
+    index_path = run_dir / "distill" / "index.json"
+    with file_lock(index_path.with_name("index.lock")):
+        index: dict = read_json(index_path) if index_path.exists() else {}
+        before = json.dumps(index, sort_keys=True)
+        for (i, spec), loss in results.items():
+            index.setdefault(str(i), {})[spec] = {"nmse": loss, "steps": steps}
+        for i, specs in enumerate(candidates):
+            for spec in specs:
+                if spec in UNTRAINED or spec in index.get(str(i), {}):
+                    continue
+                entry = _entry_from_weights(run_dir, i, spec)
+                if entry is not None:
+                    index.setdefault(str(i), {})[spec] = entry
+        if json.dumps(index, sort_keys=True) != before or not index_path.exists():
+            write_json(index_path, index)
+    return index
+
+
+def _entry_from_weights(run_dir: Path, layer: int, spec: str) -> dict | None:
+    from safetensors import safe_open
+
+    path = weight_path(run_dir, layer, spec)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        return {"nmse": float(meta["nmse"]), "steps": int(meta["steps"])}
+    except Exception:  # an older file without the metadata, or a broken one: retrain it
+        return None
 
 
 def pending(candidates: list[list[str]], run_dir: str | Path, rank: int = 0, world: int = 1
@@ -133,7 +169,11 @@ def pending(candidates: list[list[str]], run_dir: str | Path, rank: int = 0, wor
 
 
 def _done(index: dict, run_dir: Path, layer: int, spec: str) -> bool:
-    return spec in index.get(str(layer), {}) and weight_path(run_dir, layer, spec).exists()
+    if not weight_path(run_dir, layer, spec).exists():
+        return False
+    # Weights without an index entry count as done when they carry their own result.
+    return spec in index.get(str(layer), {}) or \
+        _entry_from_weights(run_dir, layer, spec) is not None
 
 
 def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: DistillConfig,
@@ -179,12 +219,17 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
             bar.update(task, advance=1, info=f"mean nmse {total.item() / len(members):.3f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 _save_checkpoint(ckpt, step + 1, ema, modules, opt, sched, members)
+            maybe_kill("distill", step + 1)
     modules.eval()
-    for m, (i, spec) in zip(modules, members, strict=True):
+    for c, (m, (i, spec)) in enumerate(zip(modules, members, strict=True)):
         save_tensors(weight_path(run_dir, i, spec), m.state_dict(),
-                     metadata={"spec": spec, "layer": chain.names[i]})
+                     metadata={"spec": spec, "layer": chain.names[i], "nmse": repr(ema[c]),
+                               "steps": str(cfg.steps)})
+        if c == 0:
+            maybe_kill("distill", "saved-one")
     if ckpt.exists():
         os.unlink(ckpt)
+    checksum_path(ckpt).unlink(missing_ok=True)
     return {key: ema[c] for c, key in enumerate(members)}
 
 

@@ -1,24 +1,65 @@
-"""Atomic, safe reading and writing of run-directory artifacts (JSON and safetensors)."""
+"""Atomic, safe reading and writing of run-directory artifacts (JSON and safetensors).
+
+Every file written here gets a checksum sidecar ``NAME.sha256`` (``sha256sum -c``
+format). Readers verify it: a file changed or truncated after lana wrote it raises
+:class:`CorruptArtifactError` naming it. :func:`verify_tree` checks a whole directory and,
+on request, moves corrupt files aside so that the stage that writes them recomputes them.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lana.errors import ArtifactError
+from lana.errors import ArtifactError, LanaError
+
+CHECKSUM_SUFFIX = ".sha256"
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+class CorruptArtifactError(ArtifactError):
+    """A file's content does not match the checksum lana recorded when writing it."""
+
+    def __init__(self, message: str, paths: list[Path] | None = None) -> None:
+        super().__init__(message)
+        self.paths = list(paths or [])
+
+
+class RunLockedError(LanaError):
+    """Another live lana process is writing the same run directory."""
+
+
+def checksum_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar that holds ``path``'s sha256."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, checksum: bool = True) -> None:
     """Write ``data`` to ``path`` so that a reader never sees a partial file.
 
     The bytes go to a temporary file in the same directory, are flushed to disk,
-    and only then renamed over the target (rename is atomic on POSIX).
+    and only then renamed over the target (rename is atomic on POSIX). With ``checksum``
+    the sha256 goes to ``path.sha256`` afterwards; the old sidecar is removed first, so a
+    crash between the two writes leaves a complete file without a checksum (accepted
+    unverified), never a good file with a stale checksum (which would read as corrupt).
     """
     path = Path(path)
+    side = checksum_path(path)
+    if checksum:
+        side.unlink(missing_ok=True)
+    _atomic_write(path, data)
+    if checksum:
+        _atomic_write(side, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -64,9 +105,14 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON artifact, naming the file in the error if it is missing or corrupt."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist; run the stage that writes it first") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{path} is a directory, not a JSON file") from None
+    verify_bytes(path, raw)
+    try:
+        return json.loads(raw.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(
             f"{path} is corrupt ({exc}); delete it and re-run the stage that writes it"
@@ -92,10 +138,196 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{path} is a directory, not a safetensors file") from None
+    verify_bytes(path, data)
     try:
         return load(data)
     except (SafetensorError, Exception) as exc:  # safetensors raises several types
+        kind = _pickle_kind(data)
+        if kind:
+            # Never unpickled: a pickle can run arbitrary code when loaded.
+            raise ArtifactError(
+                f"{path} is {kind}, not safetensors; lana never unpickles files (loading a "
+                "pickle can run arbitrary code). If you trust it, convert it once with: "
+                "python -c \"import torch; from safetensors.torch import save_file; "
+                f"save_file(torch.load('{path}', weights_only=True), "
+                f"'{path.with_suffix('.safetensors')}')\" (a checkpoint that nests the state "
+                "dict, e.g. under 'state_dict', needs that key picked out first)."
+            ) from None
         raise ArtifactError(
-            f"{path} is not a valid safetensors file ({exc}); it may be truncated or a "
-            "pickle. Delete it and re-run the stage that writes it."
+            f"{path} is not a valid safetensors file ({exc}); it may be truncated. Delete "
+            "it and re-run the stage that writes it (or run with --recompute-corrupt)."
         ) from None
+
+
+def _pickle_kind(data: bytes) -> str | None:
+    if data[:4] == b"PK\x03\x04":
+        return "a zip archive (the format of torch.save)"
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (e.g. an old torch.save file)"
+    return None
+
+
+# ------------------------------------------------------------------ checksums
+
+def _recorded_sha(side: Path) -> str | None:
+    try:
+        text = side.read_text().split()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text[0].lower() if text else ""
+
+
+def verify_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Raise :class:`CorruptArtifactError` if ``data`` (``path``'s content) does not match
+    its checksum sidecar. Files without a sidecar (user files, or written before the
+    checksum landed) are accepted as they are."""
+    path = Path(path)
+    expected = _recorded_sha(checksum_path(path))
+    if expected is None:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise CorruptArtifactError(_corrupt_message([path]), [path])
+
+
+def _corrupt_message(paths: list[Path]) -> str:
+    names = ", ".join(str(p) for p in paths[:5]) + (f" and {len(paths) - 5} more"
+                                                   if len(paths) > 5 else "")
+    return (f"corrupt file{'s' if len(paths) > 1 else ''}: {names}. The content no longer "
+            f"matches the sha256 lana recorded next to it ({CHECKSUM_SUFFIX}), so it was "
+            "truncated or changed after it was written (disk full, a copy that stopped, an "
+            "edit). Re-run the same command with --recompute-corrupt to move such files "
+            "aside (to NAME.corrupt) and recompute only them; or delete them yourself. If "
+            f"you edited a file on purpose, delete its {CHECKSUM_SUFFIX} file instead.")
+
+
+def verify_tree(root: str | os.PathLike[str], fix: bool = False) -> list[Path]:
+    """Check every checksummed file under ``root``; return the corrupt ones.
+
+    With ``fix`` each corrupt file is renamed to ``NAME.corrupt`` (kept for inspection)
+    and its sidecar removed, so the stage that writes it recomputes it on the next run;
+    without ``fix`` any corrupt file raises :class:`CorruptArtifactError` naming them all.
+    """
+    root = Path(root)
+    bad: list[Path] = []
+    for side in sorted(root.rglob(f"*{CHECKSUM_SUFFIX}")):
+        target = side.with_name(side.name[:-len(CHECKSUM_SUFFIX)])
+        if not target.is_file():
+            continue
+        expected = _recorded_sha(side)
+        digest = hashlib.sha256()
+        with open(target, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            bad.append(target)
+    if bad and not fix:
+        raise CorruptArtifactError(_corrupt_message(bad), bad)
+    for target in bad:
+        os.replace(target, target.with_name(target.name + ".corrupt"))
+        checksum_path(target).unlink(missing_ok=True)
+    return bad
+
+
+# ------------------------------------------------------------------ locks
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for a read-modify-write
+    that several processes share (e.g. ranks updating one index). Blocks until free."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+_held: dict[str, list[int]] = {}  # lock path -> [fd, depth]: re-entrant within a process
+
+LOCK_NAME = "lana.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Stop two lana processes from writing one run directory at the same time.
+
+    ``DIR/lana.lock`` is held with ``flock`` and names the holder (pid, host, command).
+    The kernel drops the lock when its process dies, however it dies, so a lock left by a
+    killed run is simply taken over. Re-entrant within one process.
+    """
+    import fcntl
+    import socket
+    import sys
+    import time
+
+    path = Path(run_dir) / LOCK_NAME
+    key = str(path.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(path)
+        os.close(fd)
+        who = (f"pid {holder.get('pid')} on {holder.get('host')} ({holder.get('command')}, "
+               f"since {holder.get('since')})" if holder else "another process")
+        raise RunLockedError(
+            f"{run_dir} is being written by another lana run: {who}. Two runs writing one "
+            f"directory would overwrite each other's work. Wait for it to finish, stop it "
+            f"(kill {holder.get('pid', 'PID')}), or use another --out directory."
+        ) from None
+    old = _lock_holder(path)
+    if old.get("pid") and old.get("host") == socket.gethostname() \
+            and not _pid_alive(int(old["pid"])):
+        from lana.progress import log
+
+        log(f"[yellow]{path}: taking over the lock of pid {old['pid']}, which is no longer "
+            "running[/yellow]")
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join(sys.argv)[:200],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    _held[key] = [fd, 1]
+    # Half-written temporaries of a killed writer (see _atomic_write): nobody else writes
+    # here while we hold the lock, so they are garbage.
+    for tmp in Path(run_dir).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        del _held[key]
+        os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _lock_holder(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text() or "{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lana import dist as D
 from lana.config import BudgetConfig, Config, config_from_dict, load_config
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
@@ -81,7 +82,8 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         from lana.io import atomic_write_bytes
 
-        atomic_write_bytes(cfg_path, config.to_yaml().encode())
+        if D.is_main():  # under torchrun, rank 0 alone writes shared artifacts
+            atomic_write_bytes(cfg_path, config.to_yaml().encode())
         self._teacher_override = teacher
         self._splits = splits
         if config.threads:
@@ -109,7 +111,11 @@ class Run:
             return self._teacher_override
         from lana.models import create_model
 
-        return create_model(self.config.model.name, **self._model_kwargs())
+        # Seeded, so the teacher's initial weights (and so a trained teacher) do not depend
+        # on what the process did before (a CLI run and the Python API agree).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return create_model(self.config.model.name, **self._model_kwargs())
 
     @cached_property
     def teacher(self) -> nn.Module:
@@ -136,7 +142,7 @@ class Run:
 
         key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
                      "data": cfg.data.model_dump(), "train": cfg.teacher_training.model_dump(
-                         exclude={"cache_dir"}), "seed": cfg.seed, "v": 1})
+                         exclude={"cache_dir", "checkpoint_every"}), "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
                      ) / f"{key}.safetensors"
@@ -154,10 +160,15 @@ class Run:
             f"{len(self.splits.train)} images")
         start = time.time()
         torch.manual_seed(cfg.seed)
+        D.reset_peak_rss()
+        # Under torchrun, prepare() runs on rank 0 alone, so the teacher trains there
+        # (distributed=False); give trained weights (model.weights) for big teachers.
         train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
-                         lr=t.lr, seed=cfg.seed, description="teacher")
-        write_json(self.dir / "timings.json", {**self._timings(),
-                                               "teacher_train_s": time.time() - start})
+                         lr=t.lr, seed=cfg.seed, description="teacher",
+                         checkpoint=self.dir / "teacher-checkpoint.pt", checkpoint_key=key,
+                         checkpoint_every=t.checkpoint_every,
+                         kill_tag="teacher", distributed=False)
+        self._timed("teacher_train", start)
         save_tensors(cache, model.state_dict())
         save_tensors(path, model.state_dict())
 
@@ -176,15 +187,24 @@ class Run:
         deps = {"profile": ["latency"], "score": ["score"],
                 "search": ["latency", "score", "search"],
                 "finetune": ["latency", "score", "search", "finetune"]}[stage]
-        return {name: getattr(c, name).model_dump(exclude={"budget"}) for name in deps}
+        # How often a stage checkpoints does not change its result.
+        return {name: getattr(c, name).model_dump(exclude={"budget", "checkpoint_every"})
+                for name in deps}
 
     def _timings(self) -> dict:
         p = self.dir / "timings.json"
         return read_json(p) if p.exists() else {}
 
     def _timed(self, name: str, start: float) -> None:
+        """Record a stage's duration (timings.json) and peak resident memory since
+        ``D.reset_peak_rss()`` (memory.json, MiB); rank 0 writes."""
+        if not D.is_main():
+            return
         write_json(self.dir / "timings.json", {**self._timings(), f"{name}_s":
                                                time.time() - start})
+        mem_path = self.dir / "memory.json"
+        memory = read_json(mem_path) if mem_path.exists() else {}
+        write_json(mem_path, {**memory, f"{name}_peak_rss_mb": round(D.peak_rss_mb(), 1)})
 
     @cached_property
     def chain(self) -> Chain:
@@ -253,18 +273,30 @@ class Run:
         """Teacher (trained or loaded), its decomposition and the candidate list."""
         _ = self.teacher_eval, self.candidates
 
-    def distill(self, rank: int = 0, world: int = 1) -> dict:
-        """Phase 1: layer-wise distillation of every candidate (resumable)."""
+    def distill(self, rank: int | None = None, world: int | None = None) -> dict:
+        """Phase 1: layer-wise distillation of every candidate (resumable).
+
+        Under torchrun every rank trains its share of the candidates from its own teacher
+        passes (``rank``/``world`` default to the process group's); the ranks then meet, so
+        the index is complete when this returns. Without a process group, ``rank`` and
+        ``world`` shard by hand (start each shard yourself).
+        """
         from lana.distill import distill, pending
 
-        if not pending(self.candidates, self.dir, rank, world):
-            index_path = self.dir / "distill" / "index.json"
-            return read_json(index_path) if index_path.exists() else {}
+        if D.world() > 1:
+            D.on_main(self.prepare)  # one rank trains the teacher and lists candidates
+        rank = D.rank() if rank is None else rank
+        world = D.world() if world is None else world
+        index_path = self.dir / "distill" / "index.json"
+        todo = pending(self.candidates, self.dir, rank, world)
         start = time.time()
-        index = distill(self.chain, self.candidates, self.splits.train, self.config.distill,
-                        self.dir, self.config.seed, rank, world)
-        self._timed("distill", start)
-        return index
+        if todo:
+            D.reset_peak_rss()
+            distill(self.chain, self.candidates, self.splits.train, self.config.distill,
+                    self.dir, self.config.seed, rank, world)
+        if not D.all_ok(not todo):  # also the barrier after which every shard is saved
+            self._timed("distill", start)
+        return read_json(index_path) if index_path.exists() else {}
 
     def _stage(self, name: str, path: Path, inputs: dict, compute) -> dict:
         """Return ``path``'s content if made from the same ``inputs``; else compute it,
@@ -272,9 +304,12 @@ class Run:
         if (cached := self._cached(path, inputs)) is not None:
             return cached
         start = time.time()
+        D.reset_peak_rss()
         res = compute()
         res["inputs"] = _hash(inputs)
-        write_json(path, res)
+        D.maybe_kill(name.split("_")[0], "computed")
+        if D.is_main():
+            write_json(path, res)
         self._timed(name, start)
         return res
 
@@ -377,13 +412,20 @@ class Run:
         start = time.time()
         stats = {"steps": 0, "train_loss": math.nan}
         if cfg.epochs > 0:
+            # Under torchrun every rank runs this with DistributedDataParallel.
+            key = _hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
             stats = train_classifier(student, self.splits.train, epochs=cfg.epochs,
                                      batch_size=cfg.batch_size, lr=cfg.lr,
                                      seed=self.config.seed, teacher=self.teacher,
                                      kd_weight=cfg.kd_weight, temperature=cfg.temperature,
-                                     description="phase 3 finetune")
+                                     description="phase 3 finetune",
+                                     checkpoint=self.student_dir(budget) / "finetune-checkpoint.pt",
+                                     checkpoint_key=key, kill_tag="finetune",
+                                     checkpoint_every=cfg.checkpoint_every)
         after = evaluate(student, self.splits.test)
-        save_tensors(self.student_dir(budget) / "finetuned.safetensors", student.state_dict())
+        if D.is_main():
+            save_tensors(self.student_dir(budget) / "finetuned.safetensors",
+                         student.state_dict())
         return {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
                 "loss": after["loss"], **stats, "seconds": time.time() - start}
 
@@ -429,7 +471,16 @@ class Run:
                 "files": {k: str(Path("model") / v) for k, v in files.items()}}
 
     def all(self, budget: BudgetConfig | None = None) -> dict:
-        """Every stage in order, skipping what the directory already holds."""
+        """Every stage in order, skipping what the directory already holds.
+
+        Under torchrun, phase 1 and phase 3 run on every rank; the other stages run on
+        rank 0 while the others wait. Every rank returns the summary."""
+        if D.world() > 1:
+            self.distill()
+            D.on_main(lambda: (self.profile(), self.score(), self.search(budget)))
+            self.finetune(budget)
+            D.on_main(lambda: self.export(budget))
+            return read_json(self.dir / "summary.json")
         self.prepare()
         self.distill()
         self.profile()
@@ -470,6 +521,8 @@ class Run:
             "students": students,
             "search": search_info,
             "timings_s": self._timings(),
+            "peak_rss_mb": read_json(self.dir / "memory.json")
+            if (self.dir / "memory.json").exists() else {},
         }
         write_json(self.dir / "summary.json", summary)
         return summary
@@ -489,7 +542,10 @@ def run(config: Config | dict | str | os.PathLike, out: str | Path,
         config = config_from_dict(config)
     elif not isinstance(config, Config):
         config = load_config(config)
-    return Run(out, config).all(budget)
+    from lana.io import run_lock
+
+    with run_lock(out):
+        return Run(out, config).all(budget)
 
 
 __all__ = ["Run", "run", "budget_tag", "InfeasibleBudgetError"]

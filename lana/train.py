@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lana.data import Data
-from lana.progress import progress
+from lana.io import atomic_write_bytes, checksum_path, verify_bytes
+from lana.progress import log, progress
 
 
 @torch.no_grad()
@@ -72,26 +75,65 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
 def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size: int,
                      lr: float, seed: int = 0, teacher: nn.Module | None = None,
                      kd_weight: float = 0.0, temperature: float = 2.0,
-                     description: str = "train") -> dict[str, float]:
+                     description: str = "train", checkpoint: str | Path | None = None,
+                     checkpoint_every: int = 100, checkpoint_key: str = "",
+                     kill_tag: str = "", distributed: bool = True) -> dict[str, float]:
     """Train ``model`` with cross-entropy (+ KD from ``teacher``); AdamW, cosine schedule.
 
-    Returns the mean training loss of the last 10% of steps.
+    Returns the mean training loss of the last 10% of steps. Under torchrun (a process
+    group of ``world`` ranks) the model is wrapped in DistributedDataParallel and every
+    global batch of ``batch_size`` is split across ranks (``Data.stream(rank, world)``), so
+    the gradient equals the single-process one up to float rounding; BatchNorm layers see
+    only their rank's share (SyncBatchNorm on GPUs; CPUs have none). With ``checkpoint``
+    the state is saved every ``checkpoint_every`` steps (rank 0 writes) and a killed run
+    resumes from it; ``checkpoint_key`` ties it to its settings. ``kill_tag`` names the
+    test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see lana.dist.maybe_kill).
+    ``distributed=False`` trains in this process alone even under torchrun.
     """
+    from lana import dist as D
+
     steps = max(1, math.ceil(epochs * len(data) / batch_size))
+    rank, world = (D.rank(), D.world()) if distributed else (0, 1)
+    if world > batch_size:
+        from lana.errors import ConfigError
+
+        raise ConfigError(f"{description}: batch size {batch_size} is smaller than the "
+                          f"{world} processes it is split over; raise the batch size")
+    device = D.device() if distributed else torch.device("cpu")
     torch.manual_seed(seed)
+    model.to(device)
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":
+            # timm's converter also handles its BatchNormAct2d (norm + activation), which
+            # torch's would turn into a plain SyncBatchNorm without the activation.
+            from timm.layers import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_lr(s, steps, max(1, steps // 20)))
     model.train()
     if teacher is not None:
-        teacher.eval()
+        teacher.to(device).eval()
     tail: list[float] = []
-    stream = data.stream(batch_size, seed=seed, augment=True)
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        start, tail = _load_checkpoint(ckpt, checkpoint_key, model, opt, sched)
+    stream = data.stream(batch_size, seed=seed, augment=True, rank=rank, world=world)
+    for _ in range(start):  # replay the data order so a resumed run sees the same batches
+        next(stream)
     with progress() as bar:
-        task = bar.add_task(description, total=steps, info="")
-        for step in range(steps):
+        task = bar.add_task(description, total=steps, completed=start, info="")
+        for step in range(start, steps):
             x, y = next(stream)
-            out = model(x)
+            x, y = x.to(device), y.to(device)
+            out = net(x)
             loss = F.cross_entropy(out, y)
             if teacher is not None and kd_weight > 0:
                 with torch.no_grad():
@@ -104,5 +146,50 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
             if step >= steps * 0.9:
                 tail.append(loss.item())
             bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+            if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps \
+                    and rank == 0:
+                _save_checkpoint(ckpt, checkpoint_key, step + 1, tail, model, opt, sched)
+            if kill_tag:
+                D.maybe_kill(kill_tag, step + 1)
     model.eval()
-    return {"train_loss": sum(tail) / max(1, len(tail)), "steps": steps}
+    train_loss = sum(tail) / max(1, len(tail))
+    if world > 1:
+        # Every rank saw its own share of each batch: report the mean over all of them.
+        t = torch.tensor([train_loss], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        train_loss = t.item() / world
+    model.cpu()
+    if teacher is not None:
+        teacher.cpu()
+    if ckpt is not None and rank == 0:
+        ckpt.unlink(missing_ok=True)
+        checksum_path(ckpt).unlink(missing_ok=True)
+    return {"train_loss": train_loss, "steps": steps}
+
+
+def _save_checkpoint(path: Path, key: str, step: int, tail: list[float], model: nn.Module,
+                     opt: torch.optim.Optimizer, sched) -> None:
+    buf = io.BytesIO()
+    torch.save({"key": key, "step": step, "tail": tail, "model": model.state_dict(),
+                "optim": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": torch.random.get_rng_state()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, key: str, model: nn.Module, opt: torch.optim.Optimizer,
+                     sched) -> tuple[int, list[float]]:
+    try:
+        verify_bytes(path, path.read_bytes())
+        # weights_only: a checkpoint is never unpickled as arbitrary Python objects.
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if state["key"] != key:
+            raise ValueError("it was written for other settings")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        torch.random.set_rng_state(state["rng"])
+        log(f"{path.name}: resuming at step {state['step']}")
+        return int(state["step"]), list(state["tail"])
+    except Exception as exc:
+        log(f"[yellow]ignoring unusable checkpoint {path} ({exc}); starting over[/yellow]")
+        return 0, []

@@ -123,6 +123,8 @@ def test_load_student_errors(effnet_chain, randomize_bn, tmp_path: Path) -> None
 
     def write(arch: dict) -> None:
         arch_path.write_text(json.dumps(arch))
+        # an edit on purpose: drop the checksum lana wrote, or the edit reads as corruption
+        arch_path.with_name("arch.json.sha256").unlink(missing_ok=True)
 
     write({**good, "format": "something-else"})
     with pytest.raises(ArtifactError, match="not a lana student"):

@@ -1,0 +1,157 @@
+"""Running under ``torchrun``: process group, rank/world, barriers, and the test kill hook.
+
+lana reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) and joins
+one process group per job: gloo on CPUs, NCCL when every rank has a GPU. Without torchrun
+everything here is a no-op (rank 0 of 1), so single-process code paths stay unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+
+import torch.distributed as dist
+
+
+def env_world() -> int:
+    """The world size torchrun announced (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def init_from_env() -> tuple[int, int]:
+    """Join the job's process group if started by torchrun; return ``(rank, world)``.
+
+    The barrier timeout is long (``LANA_DIST_TIMEOUT_S``, default 24 h) because ranks wait
+    at barriers while rank 0 alone runs single-process stages such as latency profiling.
+    """
+    if env_world() <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        import torch
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        timeout = timedelta(seconds=float(os.environ.get("LANA_DIST_TIMEOUT_S", 86400)))
+        dist.init_process_group(backend, timeout=timeout)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world() -> int:
+    """The number of processes in the job (1 without a process group)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on the one process that writes shared artifacts (rank 0)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world() > 1:
+        dist.barrier()
+
+
+def all_ok(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank, so all ranks can stop together on an error."""
+    if world() <= 1:
+        return ok
+    import torch
+
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag)
+    return int(flag.item()) == 0
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a torchrun command)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ fault injection (tests)
+
+def maybe_kill(stage: str, step: int | str) -> None:
+    """Test hook: SIGKILL this process when ``LANA_TEST_KILL_AT`` is ``stage:step``.
+
+    The crash-safety tests set e.g. ``LANA_TEST_KILL_AT=distill:3`` (after phase-1 step 3
+    of a group), ``finetune:2``, ``teacher:1`` or ``score:computed`` (a stage computed but
+    not yet written) to kill a run at a deterministic point and check that re-running the
+    same command resumes and ends with the same result. ``LANA_TEST_KILL_RANK`` limits the
+    kill to one rank. Unset in normal use; costs one dict lookup.
+    """
+    target = os.environ.get("LANA_TEST_KILL_AT")
+    if not target or target != f"{stage}:{step}":
+        return
+    only = os.environ.get("LANA_TEST_KILL_RANK")
+    if only is not None and int(only) != rank():
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def device():
+    """Where data-parallel training runs: this rank's GPU under NCCL, else the CPU."""
+    import torch
+
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def on_main(fn):
+    """Run ``fn`` on rank 0 only, then release every rank together; return its result
+    (None on other ranks). An error on rank 0 stops every rank: rank 0 re-raises it, the
+    others raise a LanaError pointing at it, so no rank waits forever at a barrier."""
+    if world() <= 1:
+        return fn()
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others know
+            error = exc
+    if not all_ok(error is None):
+        if error is not None:
+            raise error
+        from lana.errors import LanaError
+
+        raise LanaError("rank 0 stopped with an error (see its message above); every rank "
+                        "stops with it")
+    return result
+
+
+# ------------------------------------------------------------------ memory
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window (Linux: resets VmHWM; elsewhere a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since :func:`reset_peak_rss`, in MiB
+    (``getrusage``'s lifetime peak where /proc is not available)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -1,0 +1,340 @@
+"""Scale-out and fault tolerance: torchrun (gloo, 2 processes) for phase 1 and phase 3,
+SIGKILL at deterministic points of every phase then resume, checksums, the run lock.
+
+The multi-process tests start real processes (``python -m torch.distributed.run`` and
+``python -m lana.cli``), so they check what a user gets, at a few seconds each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import lana.distill as D
+from lana.cli import main
+from lana.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
+from lana.pipeline import Run
+from lana.student import assemble
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1",
+           "LANA_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    env.pop("LANA_TEST_KILL_AT", None)
+    env.update(extra)
+    return env
+
+
+def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", "2", *args]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout,
+                         cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def _lana(*args: str, kill_at: str | None = None, timeout: float = 300
+          ) -> subprocess.CompletedProcess:
+    extra = {"LANA_TEST_KILL_AT": kill_at} if kill_at else {}
+    return subprocess.run([sys.executable, "-m", "lana.cli", *args], env=_env(**extra),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _equal_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ data sharding
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_sharded_stream_splits_every_global_batch(in_memory: bool) -> None:
+    from torch.utils.data import Subset
+
+    from lana.data import Data, synthetic_dataset
+
+    ds = synthetic_dataset(50, 8, seed=1)
+    # a Subset is not a TensorDataset: it takes the DataLoader path
+    data = Data(ds if in_memory else Subset(ds, list(range(50))))
+    full = data.stream(8, seed=2, augment=True)
+    shards = [data.stream(8, seed=2, augment=True, rank=r, world=3) for r in range(3)]
+    for _ in range(12):  # past an epoch boundary (50 items: a last batch of 2 < 3 ranks)
+        parts = [next(s) for s in shards]
+        x, y = next(full)
+        if len(y) < 3:  # skipped by sharded streams, since one rank would get nothing
+            x, y = next(full)
+        for r, (xr, yr) in enumerate(parts):
+            assert torch.equal(xr, x[r::3]) and torch.equal(yr, y[r::3])
+
+
+# ------------------------------------------------------------------ torchrun
+
+def test_ddp_training_matches_one_process(tmp_path: Path) -> None:
+    """train_classifier under DDP (2 ranks, gloo) on a BatchNorm-free model equals one
+    process with the same global batch: each rank gets half of every batch and DDP averages
+    the gradients, so only float summation order differs (observed ~5e-8; atol 1e-5)."""
+    import ddp_worker
+
+    _torchrun(str(TESTS / "ddp_worker.py"), str(tmp_path))
+    net = ddp_worker.model()
+    stats = ddp_worker.train(net)
+    ref, ddp = net.state_dict(), load_tensors(tmp_path / "ddp.safetensors")
+    for k in ref:
+        assert torch.allclose(ref[k], ddp[k], atol=1e-5, rtol=0), k
+    out = read_json(tmp_path / "ddp.json")
+    assert out["world"] == 2 and out["steps"] == stats["steps"]
+    assert out["train_loss"] == pytest.approx(stats["train_loss"], rel=1e-5)
+    # every rank trained on its own half of each batch of 16, not on the whole batch
+    assert read_json(tmp_path / "seen0.json") == read_json(tmp_path / "seen1.json") \
+        == [8] * stats["steps"]
+
+
+def test_torchrun_run_matches_one_process(run_copy) -> None:
+    """`lana run` under torchrun (2 ranks, gloo) redoes phase 1 (after one rank was killed
+    mid-phase) and phase 3 of a finished one-process run: the candidate weights are bit-identical (per-candidate seeds, the
+    same batches on every rank) and the index complete. Phase 3 (DDP) is close but not
+    equal: on CPUs BatchNorm normalises each rank's half batch (there is no CPU
+    SyncBatchNorm), which changes the gradients of every layer; so the check is on the
+    fine-tuning update as a whole (same direction: cosine > 0.3; size within 25%). The exact DDP check, on a model
+    without BatchNorm, is test_ddp_training_matches_one_process."""
+    run_dir, cfg = run_copy
+    ref_weights = {key: load_tensors(D.weight_path(run_dir, *key))
+                   for key in _trained(run_dir)}
+    ref_index = read_json(run_dir / "distill" / "index.json")
+    sdir = run_dir / "students" / "speedup1.5"
+    ref_ft = load_tensors(sdir / "finetuned.safetensors")
+    ref_summary = read_json(run_dir / "summary.json")
+    shutil.rmtree(run_dir / "distill")
+    for name in ("finetune.json", "finetuned.safetensors", "export.json"):
+        (sdir / name).unlink()
+    shutil.rmtree(sdir / "model")
+    search_mtime = (sdir / "search.json").stat().st_mtime_ns
+
+    # First rank 1 is killed after saving its first candidate (torchrun stops rank 0 too);
+    # the re-run keeps what was saved and trains the rest.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "lana.cli", "distill", str(run_dir)]
+    killed = subprocess.run(cmd, env=_env(LANA_TEST_KILL_AT="distill:saved-one",
+                                          LANA_TEST_KILL_RANK="1"),
+                            capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert killed.returncode != 0
+    saved = {p: p.stat().st_mtime_ns for p in (run_dir / "distill").rglob("*.safetensors")}
+    assert saved
+    res = _torchrun("-m", "lana.cli", "run", str(run_dir / "config.yaml"), "--out",
+                    str(run_dir))
+    assert all(p.stat().st_mtime_ns == m for p, m in saved.items())
+    assert "phase 1: distilling" in res.stderr
+    index = read_json(run_dir / "distill" / "index.json")
+    assert index.keys() == ref_index.keys()
+    for i in index:
+        assert index[i].keys() == ref_index[i].keys()
+        for spec, entry in index[i].items():
+            assert entry["nmse"] == pytest.approx(ref_index[i][spec]["nmse"], rel=1e-6)
+    for key, state in ref_weights.items():
+        assert _equal_states(state, load_tensors(D.weight_path(run_dir, *key))), key
+    assert (sdir / "search.json").stat().st_mtime_ns == search_mtime  # not recomputed
+    ft = load_tensors(sdir / "finetuned.safetensors")
+    assert ft.keys() == ref_ft.keys()
+    # Phase 3 moved the weights from their phase-1 values the same way in both runs:
+    # the two updates point the same way and have the same size (parameters only; the
+    # BatchNorm running statistics come from rank 0's half batches).
+    run = Run(run_dir)
+    init = assemble(run.chain, ref_summary["students"][0]["choices"], run._load).state_dict()
+    keys = [k for k in ft if ft[k].is_floating_point() and "running_" not in k]
+    d_ref = torch.cat([(ref_ft[k] - init[k]).flatten() for k in keys])
+    d_ddp = torch.cat([(ft[k] - init[k]).flatten() for k in keys])
+    cos = torch.nn.functional.cosine_similarity(d_ref, d_ddp, dim=0).item()
+    ratio = (d_ddp.norm() / d_ref.norm()).item()
+    # Observed: cosine ~0.6 and size ratio ~1.0 with batches of 32 split in two; two
+    # unrelated updates of this many weights have a cosine near 0.
+    assert cos > 0.3 and 0.8 < ratio < 1.25, (cos, ratio)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["students"][0]["choices"] == ref_summary["students"][0]["choices"]
+    assert abs(summary["students"][0]["accuracy"] - ref_summary["students"][0]["accuracy"]) \
+        <= 0.1
+    assert not list(run_dir.rglob("*checkpoint*"))
+    assert verify_tree(run_dir) == []
+
+
+def _trained(run_dir: Path) -> list[tuple[int, str]]:
+    layers = read_json(run_dir / "candidates.json")["layers"]
+    return [(i, s) for i, layer in enumerate(layers) for s in layer["ops"]
+            if s not in D.UNTRAINED]
+
+
+# ------------------------------------------------------------------ SIGKILL and resume
+
+MICRO = {
+    "seed": 0, "threads": 1, "model": {"name": "lana:tiny_effnet"},
+    "data": {"name": "synthetic", "image_size": 16, "train_samples": 128, "val_samples": 32,
+             "test_samples": 32},
+    "teacher_training": {"epochs": 1, "batch_size": 32, "checkpoint_every": 2},
+    "space": {"ops": ["teacher", "identity", "cb_k3"]},
+    "distill": {"steps": 4, "batch_size": 16, "checkpoint_every": 2},
+    "latency": {"backend": "torch", "max_seconds": 0.005, "warmup": 1},
+    "score": {"samples": 16},
+    # A budget every architecture meets: the choice then depends on scores only, not on
+    # latency timings that differ between the two runs.
+    "search": {"k": 1, "eval_samples": 16, "budget": {"latency_ms": 10000.0}},
+    "finetune": {"epochs": 1, "batch_size": 32, "checkpoint_every": 2},
+}
+
+# Each kill point, and the sign that the re-run resumed there instead of starting over.
+KILLS = [("teacher:3", "teacher-checkpoint.pt: resuming at step 2"),
+         ("distill:3", "phase 1: resuming a group"),
+         ("score:computed", None),
+         ("finetune:3", "finetune-checkpoint.pt: resuming at step 2")]
+# Phase 1 killed between two saved candidates: test_sigkill_one_torchrun_rank_in_phase1.
+# Every stage without a step loop (profile, score, search, export) is killed by the same
+# hook in Run._stage; score stands for them (a process start costs ~10 s here).
+
+
+def _micro(tmp_path: Path, name: str) -> Path:
+    cfg = {**MICRO, "teacher_training": {**MICRO["teacher_training"],
+                                         "cache_dir": str(tmp_path / f"cache-{name}")}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_sigkill_in_every_phase_then_resume_gives_the_same_result(tmp_path: Path) -> None:
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    from lana.config import load_config
+
+    Run(ref_dir, load_config(_micro(tmp_path, "ref"))).all()  # uninterrupted, in-process
+    torch.set_num_threads(1)
+    cfg = str(_micro(tmp_path, "run"))
+    saved: dict[str, int] = {}
+    expect = None
+    for point, resumed in [*KILLS, (None, None)]:
+        res = _lana("run", cfg, "--out", str(run_dir), kill_at=point)
+        assert res.returncode == (-signal.SIGKILL if point else 0), (point, res.stderr[-3000:])
+        if expect:  # the run after a kill resumed from the killed one's checkpoint
+            assert expect in res.stderr, (point, expect, res.stderr[-3000:])
+        expect = resumed
+        # work saved by earlier attempts is never redone
+        for rel, mtime in saved.items():
+            assert (run_dir / rel).stat().st_mtime_ns == mtime, (point, rel)
+        saved = {str(p.relative_to(run_dir)): p.stat().st_mtime_ns
+                 for p in run_dir.rglob("*") if p.is_file() and _is_result(p)}
+
+    for rel in ["teacher.safetensors", "students/ms10000/finetuned.safetensors",
+                *(str(D.weight_path(Path(), *k)) for k in _trained(ref_dir))]:
+        assert _equal_states(load_tensors(ref_dir / rel), load_tensors(run_dir / rel)), rel
+    assert read_json(run_dir / "scores.json")["scores"] == \
+        read_json(ref_dir / "scores.json")["scores"]
+    a, b = read_json(ref_dir / "summary.json"), read_json(run_dir / "summary.json")
+    assert a["students"][0]["choices"] == b["students"][0]["choices"]
+    assert a["students"][0]["accuracy"] == b["students"][0]["accuracy"]
+    assert a["teacher"]["accuracy"] == b["teacher"]["accuracy"]
+    assert not list(run_dir.rglob("*checkpoint*"))
+    assert verify_tree(run_dir) == []
+    memory = read_json(run_dir / "memory.json")
+    assert memory["distill_peak_rss_mb"] > 50 and b["peak_rss_mb"] == memory
+
+
+def _is_result(p: Path) -> bool:
+    # Files a later attempt may legitimately rewrite: bookkeeping, not results.
+    return not (p.name.startswith(".") or "checkpoint" in p.name or p.name in (
+        "timings.json", "memory.json", "config.yaml", "lana.lock", "index.json", "index.lock",
+        "lut.json", "summary.json") or p.name.endswith((".sha256", ".tmp"))
+        or p.parent.name == "model")  # files of the exported student, the last stage
+
+
+# ------------------------------------------------------------------ checksums, corrupt files
+
+def test_corrupt_files_are_named_and_recomputed_on_request(
+        run_copy, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, _ = run_copy
+    scores = run_dir / "scores.json"
+    good = read_json(scores)
+    weight = D.weight_path(run_dir, 1, "cb_k3")
+    good_weight = load_tensors(weight)
+    scores.write_text(scores.read_text().replace("0", "1", 3))  # a silent edit
+    weight.write_bytes(weight.read_bytes()[:-10])  # truncated
+    assert main(["score", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "scores.json" in err and "--recompute-corrupt" in err
+    with pytest.raises(Exception, match="cb_k3.safetensors"):
+        verify_tree(run_dir)
+    assert main(["distill", str(run_dir), "--recompute-corrupt"]) == 0
+    assert (weight.parent / "cb_k3.safetensors.corrupt").exists()
+    assert _equal_states(good_weight, load_tensors(weight))  # retrained, identically
+    assert main(["score", str(run_dir)]) == 0
+    assert read_json(scores)["scores"] == good["scores"]
+    assert verify_tree(run_dir) == []
+
+
+def test_checksum_sidecar_is_sha256sum_compatible(tmp_path: Path) -> None:
+    from lana.io import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    line = checksum_path(tmp_path / "a.json").read_text()
+    assert line.endswith("  a.json\n")
+    if shutil.which("sha256sum"):
+        subprocess.run(["sha256sum", "-c", "--quiet", "a.json.sha256"], cwd=tmp_path,
+                       check=True)
+
+
+# ------------------------------------------------------------------ run lock
+
+def test_second_process_is_locked_out_and_stale_lock_is_taken_over(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lana.io import run_lock\n"
+         f"with run_lock({str(run_dir)!r}):\n print('locked', flush=True); time.sleep(60)"],
+        env=_env(), stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["distill", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "another lana run" in err
+        with pytest.raises(Exception, match=str(holder.pid)):
+            with run_lock(run_dir):
+                pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert str(holder.pid) in (run_dir / "lana.lock").read_text()  # left behind by the kill
+    stale_tmp = run_dir / "distill" / ".index.json.x1y2.tmp"  # a killed writer's temporary
+    stale_tmp.parent.mkdir()
+    stale_tmp.write_text("{half")
+    with run_lock(run_dir):  # the dead holder's lock is taken over
+        assert str(os.getpid()) in (run_dir / "lana.lock").read_text()
+        with run_lock(run_dir):  # re-entrant in one process
+            pass
+    assert not stale_tmp.exists()
+    assert "no longer running" in capsys.readouterr().err
+
+
+def test_concurrent_index_updates_lose_nothing(tmp_path: Path) -> None:
+    """Writers adding entries to one phase-1 index at once, as ranks do (threads here, to
+    keep the test fast: each update opens the lock file anew, so flock excludes threads
+    exactly as it excludes processes)."""
+    import threading
+
+    def writer(r: int) -> None:
+        for k in range(25):
+            D._update_index(tmp_path, [], {(r, f"op{k}"): 0.5}, 3)
+
+    threads = [threading.Thread(target=writer, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    index = read_json(tmp_path / "distill" / "index.json")
+    assert {(int(i), s) for i, row in index.items() for s in row} == {
+        (r, f"op{k}") for r in range(4) for k in range(25)}
