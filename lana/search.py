@@ -1202,14 +1202,17 @@ def solve(
     floats (``sum`` or ``math.fsum``).
 
     Proving the diverse solves optimal can take HiGHS minutes each (the diversity rows make
-    the LP bound weak), so each of them stops once within ``diverse_gap`` of optimal
-    (relative, on the score above the sum of per-layer best scores) or after
-    ``diverse_node_limit`` branch-and-bound nodes per ILP, a deterministic effort cap
-    (unlike a time limit), keeping the best solution found; it is then near-optimal but
-    still meets every budget and diversity constraint. ``diverse_gap=0,
-    diverse_node_limit=None`` makes them exact. ``time_limit`` (seconds) caps the whole
-    search: the solutions found so far are returned with ``timed_out=True`` (a
-    :class:`LanaError` if not even the first was found).
+    the LP bound weak), so each of them is found by a local search guided by its LP
+    relaxation and stops once provably within ``diverse_gap`` of optimal (relative, on the
+    score above the sum of per-layer best scores) or after at most ``diverse_moves`` tabu
+    moves (a deterministic effort cap, unlike a time limit), keeping the best solution found.
+    Then ``diverse_node_limit`` branch-and-bound nodes of HiGHS may improve it (0, the
+    default: none; None: until ``diverse_gap`` is proven). Every diverse solution meets every
+    budget and the overlap bound either way; ``SearchResult.gaps`` says how near optimal
+    each one is proven to be. ``diverse_gap=0, diverse_node_limit=None`` makes them exact
+    (and slow). ``time_limit`` (seconds) caps the whole search: the solutions found so far
+    are returned with ``timed_out=True`` (a :class:`LanaError` if not even the first was
+    found).
 
     Raises :class:`InfeasibleBudgetError` if a budget is out of the library's reach (its
     ``minimum`` maps the cost key to the reachable bound: the minimum for ``<=``, the
