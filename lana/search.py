@@ -720,7 +720,7 @@ class _Problem:
 
         ``staged`` first finds a good solution on a shortlist of ops and then drops every op
         whose LP reduced cost proves it cannot beat that solution, so that HiGHS works on a
-        small model: much faster for the diverse re-solves, and still within ``gap``.
+        small model: much faster on large models, and still within ``gap``.
         ``staged=None`` stages only models above ``_STAGE_MIN_VARS`` variables, below which
         the extra LP and ILP cost more than they save.
         """
@@ -863,7 +863,7 @@ class _Problem:
                 better = [int(ops[i][t]) for i, t in enumerate(slots)]
                 if found is None or self.objective(better) < self.objective(found):
                     found = better
-            if found is not None and good_enough(self.objective(found)) or stop():
+            if (found is not None and good_enough(self.objective(found))) or stop():
                 break
         if found is not None:
             if good_enough(self.objective(found)):
@@ -925,12 +925,13 @@ class _Model:
 # Every diverse re-solve adds one overlap row per earlier solution. Those rows make the LP
 # bound weak (the LP spreads each layer over several ops), so proving even a 1% gap by branch
 # and bound took HiGHS seconds per solve at the paper's scale (K = 100 in 80 s) and minutes
-# on libraries whose scores and latencies are unrelated. Good diverse architectures are easy
-# to find, though; it is only the proof that is hard. So each diverse solve
+# on libraries whose scores and latencies are unrelated. Good diverse architectures are far
+# easier to find than to prove good. So each diverse solve
 #   1. solves the LP relaxation once: a valid lower bound on the score, and a guide;
 #   2. rounds the LP solution and improves it by local search (below);
-#   3. stops when the answer is provably within ``diverse_gap`` of the LP bound, or after a
-#      fixed number of local-search moves (deterministic effort, unlike a clock);
+#   3. stops when the answer is provably within ``diverse_gap`` of the LP bound, or after
+#      ``diverse_moves`` tabu moves, or ``_PATIENCE`` moves without a better answer
+#      (deterministic effort, unlike a clock);
 #   4. only if asked to (``diverse_node_limit``), lets HiGHS branch and bound over the ops
 #      whose LP reduced cost leaves room to beat the local search's answer.
 
