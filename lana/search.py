@@ -347,6 +347,10 @@ class SearchResult:
 
     ``timed_out`` is True when ``time_limit`` stopped the search before K solutions were
     found or infeasibility was proven (the last solution may then be unproven-optimal).
+    ``gaps[n]`` is what the search proved about solution ``n``: no architecture meeting the
+    budgets and the overlap bound against solutions ``0 .. n-1`` scores below
+    ``score - gap * (score - base)``, where ``base`` is the sum of every layer's best op
+    score (0 for a proven optimum; None when nothing was proven).
     """
 
     solutions: list[Solution]
@@ -355,6 +359,7 @@ class SearchResult:
     k_requested: int = 1
     log10_space_size: float = 0.0
     timed_out: bool = False
+    gaps: list[float | None] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form of the result (budgets as text such as ``"latency_ms<=5.0"``)."""
@@ -365,6 +370,7 @@ class SearchResult:
             "k_requested": self.k_requested,
             "log10_space_size": self.log10_space_size,
             "timed_out": self.timed_out,
+            "gaps": list(self.gaps),
         }
 
 
@@ -528,6 +534,9 @@ class _Problem:
 
     def __init__(self, library: Library, budgets: Sequence[Budget]) -> None:
         self.library = library
+        # The LP lower bound (scaled objective) behind the last diverse solve's answer, kept
+        # so that solve() can report the gap it proves; None when there is none.
+        self.last_bound: float | None = None
         self.budgets = list(budgets)
         self.n_layers = len(library.layers)
         scores = library.score_arrays()
@@ -593,8 +602,8 @@ class _Problem:
         tighten: Sequence[float],
     ) -> _Model:
         """The (I)LP over the ops in ``kept``: one op per layer, the binding budgets (moved in
-        by ``tighten``, in cost units) and one row per (choices, max shared layers) exclusion.
-        Every op named in ``exclusions`` must be in ``kept``."""
+        by ``tighten``, in cost units) and one row per (choices, max shared layers) exclusion
+        (over those of its ops that are in ``kept``)."""
         n = self.n_layers
         sizes = [len(k) for k in kept]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -622,9 +631,11 @@ class _Problem:
                 ub.append(np.inf)
             r += 1
         for choices, limit in exclusions:
-            rows_i.append(np.full(n, r))
-            cols_i.append(np.array([pos[i][int(ch)] for i, ch in enumerate(choices)]))
-            vals.append(np.ones(n))
+            # An op left out of the model is never chosen, so it cannot add to the overlap.
+            cols = [pos[i][int(ch)] for i, ch in enumerate(choices) if int(ch) in pos[i]]
+            rows_i.append(np.full(len(cols), r))
+            cols_i.append(np.array(cols, dtype=np.int64))
+            vals.append(np.ones(len(cols)))
             lb.append(-np.inf)
             ub.append(float(limit))
             r += 1
@@ -709,7 +720,7 @@ class _Problem:
 
         ``staged`` first finds a good solution on a shortlist of ops and then drops every op
         whose LP reduced cost proves it cannot beat that solution, so that HiGHS works on a
-        small model: much faster for the diverse re-solves, and still within ``gap``.
+        small model: much faster on large models, and still within ``gap``.
         ``staged=None`` stages only models above ``_STAGE_MIN_VARS`` variables, below which
         the extra LP and ILP cost more than they save.
         """
@@ -786,6 +797,105 @@ class _Problem:
             return self.run_milp(full, left(), gap)
         return choices, outcome
 
+    def solve_diverse(
+        self,
+        exclusions: Sequence[tuple[Sequence[int], int]],
+        tighten: Sequence[float],
+        time_limit: float | None,
+        gap: float,
+        node_limit: int | None,
+        moves: int,
+    ) -> tuple[list[int] | None, str]:
+        """One diverse solve (see the section comment above _Dense): (choices or None, outcome)
+        with outcome "optimal" (proven within ``gap`` of the LP bound), "limit" (best found
+        within ``moves`` local-search moves and ``node_limit`` branch-and-bound nodes),
+        "timeout" or "infeasible". ``node_limit=None`` runs HiGHS until the gap is proven."""
+        n = self.n_layers
+        protected: list[set[int]] = [set() for _ in range(n)]
+        for choices, _ in exclusions:
+            for i, c in enumerate(choices):
+                protected[i].add(int(c))
+        kept = self.kept(protected)
+        model = self.build(kept, exclusions, tighten)
+        start = time.perf_counter()
+
+        def left() -> float | None:
+            return None if time_limit is None else time_limit - (time.perf_counter() - start)
+
+        def stop() -> bool:
+            remaining = left()
+            return remaining is not None and remaining <= 0
+
+        self.last_bound = None
+        lp = self.run_lp(model, left())
+        if lp == "infeasible":
+            return None, "infeasible"
+        if lp is None or isinstance(lp, str):
+            return self._full(model, left, gap, node_limit)
+        bound, rc, x_lp = lp
+        # A tightened budget row excludes some feasible architectures, so its LP bound is
+        # not a bound on the real problem; only untightened ones are reported.
+        self.last_bound = None if any(tighten) else bound
+
+        def good_enough(f: float) -> bool:
+            return f - bound <= gap * abs(f)
+
+        # Any architecture using op j scores at least bound + rc[j], and one good enough to
+        # stop at scores at most bound / (1 - gap): only ops with rc[j] below the difference
+        # can be part of it. Searching among those first is several times faster; the full
+        # set is searched only when they do not reach the gap.
+        within = gap / (1.0 - gap) * max(bound, 0.0) + 1e-9 * (1.0 + abs(bound))
+        lp_pick = [int(kept[i][np.argmax(x_lp[model.offsets[i]:model.offsets[i + 1]])])
+                   for i in range(n)]
+        promising = [np.union1d(kept[i][rc[model.offsets[i]:model.offsets[i + 1]] <= within],
+                                [lp_pick[i]]).astype(np.int64) for i in range(n)]
+        if node_limit is None:
+            moves = 0  # HiGHS will prove the gap anyway; the descent only gives it a start
+        found: list[int] | None = None
+        for ops in (promising, kept):
+            stage = self.build(ops, exclusions, tighten) if ops is promising else model
+            begin = found if found is not None else lp_pick
+            slots = _local_search(
+                _Dense.of(stage),
+                np.array([int(np.searchsorted(ops[i], c)) for i, c in enumerate(begin)]),
+                moves, good_enough, stop)
+            if slots is not None:
+                better = [int(ops[i][t]) for i, t in enumerate(slots)]
+                if found is None or self.objective(better) < self.objective(found):
+                    found = better
+            if (found is not None and good_enough(self.objective(found))) or stop():
+                break
+        if found is not None:
+            if good_enough(self.objective(found)):
+                return found, "optimal"
+            if stop():
+                return found, "timeout"
+            if node_limit == 0:
+                return found, "limit"
+            # Only ops whose reduced cost leaves room below the local search's answer can
+            # improve on it (margin for LP tolerances), so HiGHS gets a much smaller model.
+            slack = self.objective(found) - bound + 1e-6 * (1.0 + abs(self.objective(found)))
+            reduced = []
+            for i in range(n):
+                r_i = rc[model.offsets[i]:model.offsets[i + 1]]
+                reduced.append(np.union1d(kept[i][r_i <= slack], [found[i]]).astype(np.int64))
+            model = self.build(reduced, exclusions, tighten)
+        elif stop():
+            return None, "timeout"
+        # Without a feasible point (rare) HiGHS must decide, whatever the node limit.
+        limit = None if found is None or node_limit == 0 else node_limit
+        better, outcome = self.run_milp(model, left(), gap, limit)
+        if found is None and better is None and outcome == "limit":
+            better, outcome = self.run_milp(model, left(), gap)
+        if better is None or (found is not None
+                              and self.objective(better) >= self.objective(found)):
+            if found is None:
+                return None, outcome
+            # HiGHS found nothing better; if it proved its gap, the local search's answer (no
+            # worse than HiGHS's) is within the gap too.
+            return found, outcome
+        return better, outcome
+
     def objective(self, choices: Sequence[int]) -> float:
         """Scaled objective of an architecture (what HiGHS minimises)."""
         return float(sum(self.obj[i][c] for i, c in enumerate(choices)))
@@ -808,6 +918,211 @@ class _Model:
         ]
 
 
+# ---------------------------------------------------------------------------------------------
+# Diverse solutions: LP bound + local search
+# ---------------------------------------------------------------------------------------------
+#
+# Every diverse re-solve adds one overlap row per earlier solution. Those rows make the LP
+# bound weak (the LP spreads each layer over several ops), so proving even a 1% gap by branch
+# and bound took HiGHS seconds per solve at the paper's scale (K = 100 in 80 s) and minutes
+# on libraries whose scores and latencies are unrelated. Good diverse architectures are far
+# easier to find than to prove good. So each diverse solve
+#   1. solves the LP relaxation once: a valid lower bound on the score, and a guide;
+#   2. rounds the LP solution and improves it by local search (below);
+#   3. stops when the answer is provably within ``diverse_gap`` of the LP bound, or after
+#      ``diverse_moves`` tabu moves, or ``_PATIENCE`` moves without a better answer
+#      (deterministic effort, unlike a clock);
+#   4. only if asked to (``diverse_node_limit``), lets HiGHS branch and bound over the ops
+#      whose LP reduced cost leaves room to beat the local search's answer.
+
+_TOL = 1e-9  # slack allowed on the scaled rows; the exact float check has the last word
+_PAIR_STARTS = 8  # one-layer moves tried as the first half of a two-layer move
+_TENURE = 7  # tabu search: moves before a layer may return to an op it just left
+_PENALTY_STEP = 1.5  # tabu search: growth (shrink) of a row's penalty while (not) violated
+_PATIENCE = 100  # tabu search: moves without a new best feasible point before giving up
+
+
+@dataclass
+class _Dense:
+    """A model as padded (layer, slot) arrays for the local search.
+
+    ``c[i, t]`` is the scaled score of layer ``i``'s ``t``-th kept op (``inf`` past its last
+    op, so padding is never chosen); side row ``r`` (a budget or an overlap row) requires
+    ``lo[r] <= sum_i a[r, i, x[i]] <= hi[r]``; ``span[r]`` bounds how far one layer's change
+    can move row ``r``, so rows far from their bounds can be skipped.
+    """
+
+    c: np.ndarray
+    a: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    span: np.ndarray
+
+    @classmethod
+    def of(cls, model: _Model) -> _Dense:
+        n = len(model.kept)
+        sizes = np.diff(model.offsets)
+        layer = np.repeat(np.arange(n), sizes)
+        slot = np.arange(len(model.c)) - model.offsets[layer]
+        c = np.full((n, int(sizes.max())), np.inf)
+        c[layer, slot] = model.c
+        side = model.a[n:].toarray()
+        a = np.zeros((side.shape[0], n, c.shape[1]))
+        a[:, layer, slot] = side
+        valid = np.isfinite(c)[None]
+        span = (np.where(valid, a, -np.inf).max(axis=2)
+                - np.where(valid, a, np.inf).min(axis=2)).max(axis=1, initial=0.0)
+        return cls(c, a, model.lb[n:], model.ub[n:], span)
+
+    def objective(self, x: np.ndarray) -> float:
+        return float(self.c[np.arange(len(x)), x].sum())
+
+    def violation(self, x: np.ndarray) -> float:
+        """Total excess of all side rows at ``x`` (0 when feasible)."""
+        return float(_excess(self.a[:, np.arange(len(x)), x].sum(axis=1), self.lo,
+                             self.hi).sum())
+
+    def rows_near_bounds(self, x: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of the rows that ``reach`` one-layer changes could leave violated, row sums)."""
+        sums = self.a[:, np.arange(len(x)), x].sum(axis=1)
+        near = (sums + reach * self.span > self.hi + _TOL) | (sums - reach * self.span
+                                                              < self.lo - _TOL)
+        return near, sums
+
+    def after_one_change(self, x: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of rows near their bounds, excess of each such row after changing layer ``i``
+        to slot ``t``, shape (rows, layers, slots)); rows not in the mask stay satisfied."""
+        near, sums = self.rows_near_bounds(x, reach)
+        a = self.a[near]
+        after = sums[near][:, None, None] + a - a[:, np.arange(len(x)), x][:, :, None]
+        return near, _excess(after, self.lo[near], self.hi[near])
+
+
+def _excess(sums: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How far row sums (rows on axis 0) lie outside [lo, hi], elementwise."""
+    shape = (-1,) + (1,) * (sums.ndim - 1)
+    return np.maximum(sums - hi.reshape(shape), 0.0) + np.maximum(lo.reshape(shape) - sums, 0.0)
+
+
+def _descend(d: _Dense, x: np.ndarray, good_enough: Callable[[float], bool],
+             stop: Callable[[], bool]) -> np.ndarray | None:
+    """Repair ``x`` and improve it until no one- or two-layer change helps.
+
+    Repair: while some row is violated, make the change that removes the most violation per
+    unit of score added (free when the score does not rise). Descent: the best change of one
+    layer that keeps every row satisfied; failing that, the best change of two layers, which
+    is how a tight budget is traded between layers (one gets faster, another better). The
+    two-layer moves cost most, so they are skipped once the point is ``good_enough``. Returns
+    a feasible slot vector or None when repair gets stuck.
+    """
+    n = len(x)
+    layers = np.arange(n)
+    x = x.copy()
+    while not stop():
+        now = d.violation(x)
+        exc = d.after_one_change(x, reach=1)[1].sum(axis=0)
+        df = d.c - d.c[layers, x][:, None]
+        if now > _TOL:
+            gain = now - exc
+            helps = (gain > _TOL) & np.isfinite(d.c)  # never into a padding slot
+            if not helps.any():
+                return None
+            free = helps & (df <= 0)
+            key = (np.where(free, -gain, np.inf) if free.any()
+                   else np.where(helps, df / np.where(helps, gain, 1.0), np.inf))
+            i, t = np.unravel_index(int(np.argmin(key)), key.shape)
+            x[i] = t
+            continue
+        one = np.where(exc <= _TOL, df, np.inf)
+        i, t = np.unravel_index(int(np.argmin(one)), one.shape)
+        if one[i, t] < -1e-12:
+            x[i] = t
+            continue
+        if good_enough(d.objective(x)):
+            return x
+        # Two-layer moves: complete each of the most improving (infeasible) one-layer changes
+        # with the best second change that makes the pair feasible.
+        best_gain, best_pair = -1e-12, None
+        for flat in np.argsort(df, axis=None, kind="stable")[:_PAIR_STARTS]:
+            i, t = np.unravel_index(int(flat), df.shape)
+            if not df[i, t] < 0:
+                break
+            y = x.copy()
+            y[i] = t
+            _, exc2 = d.after_one_change(y, reach=1)
+            total = df[i, t] + (d.c - d.c[layers, y][:, None])
+            total[i] = np.inf
+            total = np.where(exc2.sum(axis=0) <= _TOL, total, np.inf)
+            j, u = np.unravel_index(int(np.argmin(total)), total.shape)
+            if total[j, u] < best_gain:
+                best_gain, best_pair = total[j, u], (i, t, j, u)
+        if best_pair is None:
+            return x
+        i, t, j, u = best_pair
+        x[i], x[j] = t, u
+    return x if d.violation(x) <= _TOL else None
+
+
+def _tabu(d: _Dense, x: np.ndarray, moves: int, good_enough: Callable[[float], bool],
+          stop: Callable[[], bool]) -> np.ndarray | None:
+    """Tabu search from ``x`` for ``moves`` one-layer changes; the best feasible point seen.
+
+    Descent stops at the first local optimum. Here every move is the best one-layer change by
+    score plus penalised row excess, even when that is worse, and a layer may not return to an
+    op it left within ``_TENURE`` moves, so the search walks out of local optima. A row's
+    penalty weight grows while the row is violated and shrinks while it is not, so the walk
+    crosses briefly into infeasible space and back (strategic oscillation), which is how it
+    trades budget and overlap between layers.
+    """
+    n, slots = d.c.shape
+    layers = np.arange(n)
+    x = x.copy()
+    weight = np.ones(len(d.lo))
+    tabu_until = np.zeros((n, slots), dtype=np.int64)
+    best, best_f = None, math.inf
+    if d.violation(x) <= _TOL:
+        best, best_f = x.copy(), d.objective(x)
+    last_gain = 0
+    for move in range(1, moves + 1):
+        if stop() or best is not None and (good_enough(best_f) or move - last_gain > _PATIENCE):
+            break
+        near, exc = d.after_one_change(x, reach=1)
+        f_after = d.objective(x) + d.c - d.c[layers, x][:, None]
+        feasible_after = exc.sum(axis=0) <= _TOL
+        value = f_after + (weight[near][:, None, None] * exc).sum(axis=0)
+        value[layers, x] = np.inf
+        # Aspiration: a tabu move is still allowed if it gives a new best feasible point.
+        allowed = (tabu_until <= move) | (feasible_after & (f_after < best_f - 1e-12))
+        value = np.where(allowed, value, np.inf)
+        i, t = np.unravel_index(int(np.argmin(value)), value.shape)
+        if not np.isfinite(value[i, t]):
+            break
+        tabu_until[i, x[i]] = move + _TENURE
+        x[i] = t
+        violated = np.zeros(len(weight), dtype=bool)
+        violated[near] = exc[:, i, t] > _TOL
+        weight = np.clip(np.where(violated, weight * _PENALTY_STEP, weight / _PENALTY_STEP),
+                         1e-3, 1e3)
+        if feasible_after[i, t] and f_after[i, t] < best_f:
+            best, best_f, last_gain = x.copy(), float(f_after[i, t]), move
+    return best
+
+
+def _local_search(d: _Dense, x: np.ndarray, moves: int, good_enough: Callable[[float], bool],
+                  stop: Callable[[], bool]) -> np.ndarray | None:
+    """Descent from ``x``; if that is not good enough, tabu search and descent from its best.
+    Returns the best feasible slot vector found, or None."""
+    best = _descend(d, x, good_enough, stop)
+    if best is not None and good_enough(d.objective(best)):
+        return best
+    walked = _tabu(d, best if best is not None else x, moves, good_enough, stop)
+    if walked is not None:
+        walked = _descend(d, walked, good_enough, stop)
+    if walked is not None and (best is None or d.objective(walked) < d.objective(best)):
+        best = walked
+    return best
+
+
 _SHORTLIST = 3
 # Measured on 46-layer libraries: HiGHS alone wins below ~2000 variables, staging above.
 _STAGE_MIN_VARS = 2000
@@ -821,11 +1136,13 @@ def _solve_feasible(
     gap: float = 0.0,
     node_limit: int | None = None,
     staged: bool | None = False,
+    moves: int | None = None,
 ) -> tuple[list[int] | None, str]:
     """Solve until the answer meets every budget in exact float arithmetic.
 
-    ``deadline`` is the overall one (perf_counter time). Returns (choices or None, outcome)
-    with outcome "optimal", "limit", "infeasible" or "timeout" (see ``solve_once``).
+    ``deadline`` is the overall one (perf_counter time). With ``moves`` set this is a diverse
+    solve (``solve_diverse``), otherwise an exact one (``solve_once``). Returns (choices or
+    None, outcome) with outcome "optimal", "limit", "infeasible" or "timeout".
     """
     n = prob.n_layers
     cuts: list[tuple[list[int], int]] = []
@@ -835,8 +1152,12 @@ def _solve_feasible(
         remaining = None if deadline is None else deadline - time.perf_counter()
         if remaining is not None and remaining <= 0:
             return None, "timeout"
-        choices, outcome = prob.solve_once(exclusions + cuts, tighten, remaining, gap, staged,
-                                           node_limit)
+        if moves is None:
+            choices, outcome = prob.solve_once(exclusions + cuts, tighten, remaining, gap,
+                                               staged, node_limit)
+        else:
+            choices, outcome = prob.solve_diverse(exclusions + cuts, tighten, remaining, gap,
+                                                  node_limit, moves)
         if choices is None:
             return None, outcome
         bad = _violations(prob.library, choices, prob.budgets)
@@ -868,7 +1189,8 @@ def solve(
     time_limit: float | None = None,
     *,
     diverse_gap: float = 1e-2,
-    diverse_node_limit: int | None = 100,
+    diverse_node_limit: int | None = 0,
+    diverse_moves: int = 500,
 ) -> SearchResult:
     """Find up to ``k`` diverse architectures minimising the summed score under ``budgets``.
 
@@ -881,14 +1203,17 @@ def solve(
     floats (``sum`` or ``math.fsum``).
 
     Proving the diverse solves optimal can take HiGHS minutes each (the diversity rows make
-    the LP bound weak), so each of them stops once within ``diverse_gap`` of optimal
-    (relative, on the score above the sum of per-layer best scores) or after
-    ``diverse_node_limit`` branch-and-bound nodes per ILP, a deterministic effort cap
-    (unlike a time limit), keeping the best solution found; it is then near-optimal but
-    still meets every budget and diversity constraint. ``diverse_gap=0,
-    diverse_node_limit=None`` makes them exact. ``time_limit`` (seconds) caps the whole
-    search: the solutions found so far are returned with ``timed_out=True`` (a
-    :class:`LanaError` if not even the first was found).
+    the LP bound weak), so each of them is found by a local search guided by its LP
+    relaxation and stops once provably within ``diverse_gap`` of optimal (relative, on the
+    score above the sum of per-layer best scores) or after at most ``diverse_moves`` tabu
+    moves (a deterministic effort cap, unlike a time limit), keeping the best solution found.
+    Then ``diverse_node_limit`` branch-and-bound nodes of HiGHS may improve it (0, the
+    default: none; None: until ``diverse_gap`` is proven). Every diverse solution meets every
+    budget and the overlap bound either way; ``SearchResult.gaps`` says how near optimal
+    each one is proven to be. ``diverse_gap=0, diverse_node_limit=None`` makes them exact
+    (and slow). ``time_limit`` (seconds) caps the whole search: the solutions found so far
+    are returned with ``timed_out=True`` (a :class:`LanaError` if not even the first was
+    found).
 
     Raises :class:`InfeasibleBudgetError` if a budget is out of the library's reach (its
     ``minimum`` maps the cost key to the reachable bound: the minimum for ``<=``, the
@@ -909,11 +1234,14 @@ def solve(
     if diverse_node_limit is not None and (
         isinstance(diverse_node_limit, bool)
         or not isinstance(diverse_node_limit, numbers.Integral)
-        or diverse_node_limit < 1
+        or diverse_node_limit < 0
     ):
         raise ConfigError(
-            f"diverse_node_limit must be a positive integer or None, got {diverse_node_limit!r}"
+            f"diverse_node_limit must be an integer >= 0 or None, got {diverse_node_limit!r}"
         )
+    if (isinstance(diverse_moves, bool) or not isinstance(diverse_moves, numbers.Integral)
+            or diverse_moves < 0):
+        raise ConfigError(f"diverse_moves must be an integer >= 0, got {diverse_moves!r}")
     if not _is_real(diverse_gap) or not 0 <= diverse_gap < 1:
         raise ConfigError(f"diverse_gap must be in [0, 1), got {diverse_gap!r}")
     _check_reachable(library, blist)
@@ -926,12 +1254,13 @@ def solve(
     prob = _Problem(library, blist)
 
     solutions: list[Solution] = []
+    gaps: list[float | None] = []
     exclusions: list[tuple[list[int], int]] = []
     timed_out = False
     for _ in range(int(k)):
         if exclusions:
             choices, status = _solve_feasible(prob, exclusions, deadline, float(diverse_gap),
-                                              diverse_node_limit, staged=True)
+                                              diverse_node_limit, moves=int(diverse_moves))
         else:
             choices, status = _solve_feasible(prob, exclusions, deadline, staged=None)
         if choices is None:
@@ -946,6 +1275,13 @@ def solve(
                 raise _conflict_error(library, blist)
             break
         solutions.append(_solution(library, choices, keys))
+        if not exclusions:
+            gaps.append(0.0 if status == "optimal" else None)
+        elif prob.last_bound is None:
+            gaps.append(None)
+        else:
+            f = prob.objective(choices)
+            gaps.append(max(0.0, (f - prob.last_bound) / f) if f > 0 else 0.0)
         exclusions.append((choices, limit))
         if status == "timeout":
             timed_out = True
@@ -958,6 +1294,7 @@ def solve(
         k_requested=int(k),
         log10_space_size=library.log10_space_size(),
         timed_out=timed_out,
+        gaps=gaps,
     )
 
 

@@ -195,6 +195,131 @@ def test_diverse_solutions_respect_overlap_and_budgets_with_default_gap(case, ov
         assert best_diverse(lib, budgets, found, limit) is None
 
 
+def base_score(library: Library) -> float:
+    return sum(min(op.score for op in layer.ops) for layer in library.layers)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(library_and_budgets(), st.sampled_from([0.0, 0.5, 0.7]), st.sampled_from([0, 3]))
+def test_reported_gaps_are_proven(case, overlap, node_limit):
+    # gaps[n] promises: nothing meeting the budgets and the overlap bound against the earlier
+    # solutions scores below score - gap * (score - base). Check it against brute force,
+    # with and without the HiGHS branch and bound after the local search.
+    lib, budgets = case
+    if brute_force(lib, budgets) is None:
+        return
+    result = solve(lib, budgets, k=4, overlap=overlap, diverse_node_limit=node_limit)
+    limit = overlap_limit(len(lib.layers), overlap)
+    assert len(result.gaps) == len(result.solutions)
+    assert result.gaps[0] == 0.0
+    base = base_score(lib)
+    previous: list[list[int]] = []
+    for sol, gap in zip(result.solutions, result.gaps, strict=True):
+        assert meets(lib, sol.choices, budgets)
+        assert all(shared(sol.choices, p) <= limit for p in previous)
+        assert gap is not None and 0.0 <= gap < 1.0
+        expected = best_diverse(lib, budgets, previous, limit)
+        assert expected is not None
+        assert sol.score - expected <= gap * (sol.score - base) + tolerance(lib)
+        previous.append(sol.choices)
+
+
+def random_table(rng: random.Random, n_layers: int, n_ops: int, related: bool = True) -> list:
+    """Score falling with latency plus noise (or unrelated to it: the hard case for the
+    diverse search), and an unrelated parameter count."""
+    table = []
+    for _ in range(n_layers):
+        full = rng.uniform(0.5, 2.0)
+        ops = []
+        for _ in range(n_ops):
+            rel = rng.uniform(0.05, 1.0)
+            score = (1 - rel) ** 2 + rng.uniform(0, 0.3) if related else rng.random()
+            ops.append((score, {"latency_ms": full * rel,
+                                "params": float(rng.randrange(1, 10**6))}))
+        table.append(ops)
+    return table
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_diverse_solutions_match_exact_ilp_with_zero_gap(seed):
+    # Larger than brute force allows: each diverse solution with diverse_gap=0 must score
+    # what HiGHS alone (the plain ILP, no local search, no reduced model) proves optimal
+    # given the same earlier solutions.
+    rng = random.Random(seed)
+    lib = make_library(random_table(rng, 8, 10))
+    teacher = sum(max(op.cost["latency_ms"] for op in layer.ops) for layer in lib.layers)
+    budgets = [Budget("latency_ms", "<=", 0.5 * teacher), Budget("params", "<=", 5e6)]
+    result = solve(lib, budgets, k=5, overlap=0.7, diverse_gap=0.0, diverse_node_limit=None)
+    assert len(result.solutions) == 5
+    prob = search._Problem(lib, budgets)
+    every = [list(range(len(layer.ops))) for layer in lib.layers]
+    limit = overlap_limit(8, 0.7)
+    exclusions: list = []
+    for sol in result.solutions:
+        assert meets(lib, sol.choices, budgets)
+        model = prob.build([search.np.array(e) for e in every], exclusions,
+                           [0.0] * len(prob.rows))
+        ref, outcome = prob.run_milp(model, None, 0.0)
+        assert outcome == "optimal" and ref is not None
+        ref_score = score_of(lib, ref)
+        assert sol.score == pytest.approx(ref_score, rel=1e-7, abs=1e-9)
+        exclusions.append((sol.choices, limit))
+
+
+@pytest.mark.parametrize(("related", "node_limit"), [(True, 0), (False, 0), (False, 5)])
+def test_local_search_meets_budgets_and_overlap_at_moderate_scale(related, node_limit):
+    # Unrelated scores and latencies leave the LP bound far below what diversity costs, so
+    # the tabu search and (with a node limit) HiGHS's branch and bound both get to work.
+    rng = random.Random(7)
+    lib = make_library(random_table(rng, 20, 30, related))
+    teacher = sum(max(op.cost["latency_ms"] for op in layer.ops) for layer in lib.layers)
+    budgets = [Budget("latency_ms", "<=", 0.4 * teacher), Budget("params", "<=", 8e6)]
+    k = 4 if node_limit else 8  # HiGHS's root node alone takes a while on the hard case
+    result = solve(lib, budgets, k=k, overlap=0.5, diverse_node_limit=node_limit)
+    assert len(result.solutions) == k and not result.timed_out
+    limit = overlap_limit(20, 0.5)
+    for a, b in itertools.combinations([s.choices for s in result.solutions], 2):
+        assert shared(a, b) <= limit
+    for sol, gap in zip(result.solutions, result.gaps, strict=True):
+        assert meets(lib, sol.choices, budgets)
+        assert gap is not None and 0.0 <= gap < 0.5
+
+
+def test_descend_never_moves_into_padding():
+    # Layer 0 has one op, so its other slots are padding with zero cost coefficients, which
+    # would "repair" the budget row; the only real repair is layer 1's slot 2.
+    inf = math.inf
+    dense = search._Dense(
+        c=search.np.array([[0.0, inf, inf], [1.0, 0.0, 2.0]]),
+        a=search.np.array([[[1.0, 0.0, 0.0], [1.0, 2.0, 0.5]]]),
+        lo=search.np.array([-inf]),
+        hi=search.np.array([1.6]),
+        span=search.np.array([1.5]),
+    )
+    calls = iter(range(1000))
+    got = search._descend(dense, search.np.array([0, 1]), lambda f: False,
+                          lambda: next(calls) >= 999)
+    assert got is not None and got.tolist() == [0, 2]
+
+
+def test_tabu_finds_feasible_point_from_infeasible_start():
+    # Two layers, one row "shared with (0, 0) <= 0" and a budget: the walk from (0, 0) has
+    # to leave both layers' cheapest op and find the best feasible pair.
+    inf = math.inf
+    dense = search._Dense(
+        c=search.np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 2.5]]),
+        a=search.np.array([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]],
+                           [[0.0, 0.5, 1.0], [0.0, 1.0, 0.2]]]),
+        lo=search.np.array([-inf, -inf]),
+        hi=search.np.array([0.0, 1.2]),
+        span=search.np.array([1.0, 1.0]),
+    )
+    got = search._tabu(dense, search.np.array([0, 0]), 50, lambda f: False, lambda: False)
+    # Feasible: (1, 2) scoring 3.5 and (2, 2) scoring 5.5.
+    assert got is not None and got.tolist() == [1, 2]
+
+
 # --------------------------------------------------------------------------------------------
 # numerical safety
 # --------------------------------------------------------------------------------------------
@@ -502,12 +627,14 @@ def test_result_to_dict_format():
     assert d["solutions"][0]["cost"] == {"latency_ms": 3.5, "params": 1005.0}
     assert d["solutions"][1]["score"] == 0.7
     assert d["solve_seconds"] >= 0
+    assert len(d["gaps"]) == 2 and d["gaps"][0] == 0.0
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [{"k": 0}, {"k": 1.5}, {"overlap": -0.1}, {"overlap": float("nan")}, {"time_limit": 0},
-     {"diverse_gap": 1.0}, {"diverse_node_limit": 0}],
+     {"diverse_gap": 1.0}, {"diverse_node_limit": -1}, {"diverse_moves": -1},
+     {"diverse_moves": 2.5}],
 )
 def test_bad_arguments(kwargs):
     lib = make_library([[(0.0, {"latency_ms": 1.0})]])
