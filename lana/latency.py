@@ -9,21 +9,12 @@ Every time is in milliseconds.
 
 Backends
 --------
-A backend turns an ``nn.Module`` and an example input into a zero-argument *runner*
-that executes one inference. Registered in :data:`BACKENDS`:
-
-``"torch"``
-    PyTorch eager on the CPU, eval mode, ``torch.inference_mode``; torch's intra-op
-    thread count is pinned to ``Settings.threads`` while measuring and restored after.
-``"onnxruntime"``
-    The module is exported to ONNX in memory (:func:`export_onnx`) and run by an
-    onnxruntime ``CPUExecutionProvider`` session: ``intra_op_num_threads=threads``,
-    ``inter_op_num_threads=1``, ``ORT_SEQUENTIAL``, all graph optimisations enabled,
-    inputs and outputs bound once (I/O binding) so Python feed overhead stays small.
-``"torch-cuda"``
-    PyTorch eager on the current CUDA GPU, timed with CUDA events and synchronised
-    after every inference. On a machine without CUDA it raises
-    :class:`~lana.errors.BackendUnavailableError`; it never falls back to the CPU.
+A backend (:mod:`lana.backends`, registry :data:`BACKENDS`) turns an ``nn.Module`` and an
+example input into a zero-argument *runner* that executes one inference: ``torch``,
+``onnxruntime`` (the default), ``openvino`` and ``torch-compile`` on the CPU;
+``torch-cuda``, ``torch-cuda-graphs``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt`` and
+``tensorrt`` on a GPU. An unavailable backend raises
+:class:`~lana.errors.BackendUnavailableError`; none falls back to another.
 
 Stopping rule
 -------------
@@ -68,24 +59,30 @@ import copy
 import dataclasses
 import functools
 import gc
-import io
-import logging
 import math
 import os
 import platform
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lana.errors import ArtifactError, BackendUnavailableError, ConfigError, LanaError
+from lana.backends import (
+    BACKENDS,
+    Backend,
+    OnnxRuntimeBackend,
+    Runner,
+    TorchBackend,
+    TorchCudaBackend,
+    export_onnx,
+    get_backend,
+)
+from lana.errors import ArtifactError, ConfigError, LanaError
 from lana.io import read_json, write_json
 
 __all__ = [
@@ -116,11 +113,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-#: A runner executes one inference. It returns ``None`` when the caller should time it
-#: with the host clock, or the elapsed milliseconds when the device timed itself (CUDA
-#: events), because the host clock would then also count the synchronisation wait.
-Runner = Callable[[], float | None]
 
 # The clock is a module global so tests can swap in a deterministic fake.
 _clock: Callable[[], int] = time.perf_counter_ns
@@ -352,272 +344,6 @@ def time_runner(
             gc.enable()
     return Measurement.from_samples(samples, warmup=done_warmup)
 
-
-# -------------------------------------------------------------------------- export
-
-
-@contextlib.contextmanager
-def _quiet_fds() -> Iterator[None]:
-    # The legacy exporter dumps the whole TorchScript graph to fd 1 from C++ when an op
-    # fails to convert (its log switch is always on in torch 2.x), which Python-level
-    # redirection cannot catch; point fds 1 and 2 at /dev/null for the duration.
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            stream.flush()
-    saved: list[tuple[int, int]] = []
-    with contextlib.suppress(OSError):  # no /dev/null or a closed fd: stay noisy
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            for fd in (1, 2):
-                kept = os.dup(fd)
-                saved.append((fd, kept))
-                os.dup2(devnull, fd)
-        finally:
-            os.close(devnull)
-    try:
-        yield
-    finally:
-        for fd, kept in saved:
-            os.dup2(kept, fd)
-            os.close(kept)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # Both exporters chatter: the legacy one warns it is deprecated, the dynamo one
-    # prints progress lines and logs through several loggers. Hundreds of ops get
-    # exported, so all of that would drown the user's output.
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
-                                              "onnxscript", "onnx_ir", "torch.fx")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), _quiet_fds():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _export_legacy(module: nn.Module, example: torch.Tensor, opset: int) -> bytes:
-    buf = io.BytesIO()
-    torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset,
-                      input_names=["input"], output_names=["output"],
-                      do_constant_folding=True)
-    return buf.getvalue()
-
-
-def _export_dynamo(module: nn.Module, example: torch.Tensor, opset: int) -> bytes:
-    program = torch.onnx.export(module, (example,), dynamo=True, opset_version=max(opset, 18),
-                                input_names=["input"], output_names=["output"],
-                                optimize=True, verbose=False)
-    if program is None:  # only when f= is given, which we never do
-        raise LanaError("the dynamo ONNX exporter returned no program")
-    return program.model_proto.SerializeToString()
-
-
-def export_onnx(module: nn.Module, example: torch.Tensor, *, exporter: str = "auto",
-                opset: int = 17) -> bytes:
-    """Export ``module`` (in eval mode) for input ``example`` to an in-memory ONNX model.
-
-    The graph has one input named ``input`` (static shape, e.g. NCHW) and its first
-    output is named ``output`` (e.g. ``[N, classes]`` logits). ``exporter``:
-
-    * ``"legacy"`` -- TorchScript exporter (``dynamo=False``): ~1-100 ms per small op
-      on torch 2.14, against ~0.7-3.5 s for the dynamo exporter, so it is the default;
-    * ``"dynamo"`` -- the ``torch.export`` based exporter;
-    * ``"auto"`` -- legacy, falling back to dynamo when legacy fails (e.g. once torch
-      removes it).
-
-    The module's train/eval mode is restored afterwards. Exporter warnings and progress
-    output are silenced. Raises :class:`~lana.errors.LanaError` if export fails.
-    """
-    exporters: dict[str, Callable[[nn.Module, torch.Tensor, int], bytes]] = {
-        "legacy": _export_legacy, "dynamo": _export_dynamo}
-    if exporter == "auto":
-        order = ["legacy", "dynamo"]
-    elif exporter in exporters:
-        order = [exporter]
-    else:
-        raise ConfigError(f"exporter must be 'auto', 'legacy' or 'dynamo', got {exporter!r}")
-    was_training = module.training
-    errors: list[str] = []
-    module.eval()
-    try:
-        for name in order:
-            try:
-                with _quiet(), torch.no_grad():
-                    return exporters[name](module, example, opset)
-            except Exception as exc:  # exporters raise many unrelated exception types
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    finally:
-        module.train(was_training)
-    raise LanaError(f"cannot export {type(module).__name__} to ONNX for input shape "
-                    f"{tuple(example.shape)}; " + "; ".join(errors))
-
-
-# ------------------------------------------------------------------------- backends
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """A way of running a module on the target device."""
-
-    name: str
-    device_kind: str  # "cpu" or "cuda": selects the device fingerprint
-
-    def check_available(self) -> None:
-        """Raise BackendUnavailableError, saying how to fix it, if this cannot run here."""
-        ...
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Return a zero-argument runner that executes one inference on ``example``."""
-        ...
-
-
-def _frozen_copy(module: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
-    # Work on a copy so measuring never changes the caller's module (mode, dtype,
-    # device); no parameter needs grad, so no autograd graph even outside inference mode.
-    m = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
-
-
-class TorchBackend:
-    """PyTorch eager on the CPU (``"torch"``)."""
-
-    name = "torch"
-    device_kind = "cpu"
-
-    def check_available(self) -> None:
-        """Always available: torch is a dependency of lana."""
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Return a runner calling an eval-mode copy of ``module`` on ``example``.
-
-        :func:`measure` pins ``torch.set_num_threads(threads)`` and enters
-        ``torch.inference_mode`` around the timed loop (entering it per run costs ~2 us,
-        a sizeable share of a tiny op).
-        """
-        m = _frozen_copy(module, "cpu", example.dtype)
-        x = example.detach().to("cpu")
-
-        def run() -> None:
-            m(x)
-
-        return run
-
-
-class TorchCudaBackend:
-    """PyTorch eager on the current CUDA GPU, timed with CUDA events (``"torch-cuda"``)."""
-
-    name = "torch-cuda"
-    device_kind = "cuda"
-
-    def check_available(self) -> None:
-        """Raise unless a CUDA GPU is usable from this torch build."""
-        if not torch.cuda.is_available():
-            build = torch.version.cuda or "none (CPU-only build)"
-            raise BackendUnavailableError(
-                "backend 'torch-cuda' needs an NVIDIA GPU, but torch.cuda.is_available() is "
-                f"False here (torch {torch.__version__}, CUDA build: {build}). Run on a "
-                "machine with a GPU and a CUDA build of PyTorch (pip install torch from the "
-                "CUDA wheels), or measure the CPU with backend 'torch' or 'onnxruntime'.")
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Return a runner that times one inference with CUDA events and synchronises."""
-        self.check_available()
-        m = _frozen_copy(module, "cuda", example.dtype)
-        x = example.detach().to("cuda")
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-
-        def run() -> float:
-            start.record()
-            m(x)
-            end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end))
-
-        return run
-
-
-class OnnxRuntimeBackend:
-    """onnxruntime ``CPUExecutionProvider`` on an in-memory ONNX export (``"onnxruntime"``)."""
-
-    name = "onnxruntime"
-    device_kind = "cpu"
-
-    def check_available(self) -> None:
-        """Raise unless onnxruntime and an ONNX exporter can be imported."""
-        missing = []
-        for pkg in ("onnxruntime", "onnx"):
-            try:
-                __import__(pkg)
-            except ImportError:
-                missing.append(pkg)
-        if missing:
-            raise BackendUnavailableError(
-                f"backend 'onnxruntime' needs the Python package(s) {', '.join(missing)}: "
-                f"pip install {' '.join(missing)}  (or use backend 'torch')")
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Export ``module`` to ONNX and return a runner doing one ``run_with_iobinding``."""
-        self.check_available()
-        import onnxruntime as ort
-
-        if example.dtype != torch.float32:
-            raise BackendUnavailableError(
-                f"backend 'onnxruntime' measures float32 only, not {example.dtype}; use "
-                "dtype 'float32', or backend 'torch'/'torch-cuda' for reduced precision")
-        model = export_onnx(module, example.detach().cpu())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # errors only: ORT warns about unused initialisers
-        try:
-            session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise LanaError(f"onnxruntime cannot load the export of {type(module).__name__}: "
-                            f"{exc}") from exc
-        # Binding once keeps the per-run Python overhead at ~4 us instead of ~9 us with
-        # session.run(feed); per-op overhead adds up across a LUT-composed network.
-        x = np.ascontiguousarray(example.detach().cpu().numpy())
-        binding = session.io_binding()
-        binding.bind_cpu_input(session.get_inputs()[0].name, x)
-        for out in session.get_outputs():
-            binding.bind_output(out.name, "cpu")
-
-        def run() -> None:
-            session.run_with_iobinding(binding)
-
-        return run
-
-
-#: Registry of latency backends: name -> zero-argument factory returning a Backend.
-#: Other modules may register more (e.g. an OpenVINO or TensorRT backend).
-BACKENDS: dict[str, Callable[[], Backend]] = {
-    "torch": TorchBackend,
-    "onnxruntime": OnnxRuntimeBackend,
-    "torch-cuda": TorchCudaBackend,
-}
-
-
-def get_backend(name: str) -> Backend:
-    """Instantiate the backend registered as ``name`` (does not check availability)."""
-    try:
-        factory = BACKENDS[name]
-    except (KeyError, TypeError):
-        raise BackendUnavailableError(
-            f"unknown latency backend {name!r}; known backends: "
-            f"{', '.join(sorted(BACKENDS))}") from None
-    return factory()
 
 
 @contextlib.contextmanager

@@ -12,13 +12,77 @@ with fakes and independent of torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.progress import log
 from lana.search import Budget, Library, minimum_reachable, solve
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured end-to-end latency ~ ``alpha`` * LUT sum + ``beta`` (ms).
+
+    The LUT times every op alone, so its sum misses what the whole network does
+    differently: a per-network overhead (one session call instead of dozens, the input
+    copy, the head) that is constant, and a per-op speed factor (fused kernels, warm
+    caches between consecutive layers, or the opposite). ``alpha`` captures the factor,
+    ``beta`` the constant; ``points`` is how many (LUT sum, measured) pairs it was fit on.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    points: int = 0
+    method: str = "none"
+
+    def predict(self, lut_ms: float) -> float:
+        """The corrected prediction of a network whose LUT sum is ``lut_ms``."""
+        return self.alpha * lut_ms + self.beta
+
+    def invert(self, measured_ms: float) -> float:
+        """The LUT sum whose corrected prediction is ``measured_ms``."""
+        return (measured_ms - self.beta) / self.alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15
+                    ) -> Calibration:
+    """Fit measured ~ alpha * lut + beta to ``(lut_ms, measured_ms)`` pairs.
+
+    A line needs LUT sums that differ: when there are fewer than three points, or their
+    LUT sums span less than ``min_span`` of the largest one, the intercept is not
+    identifiable from noise and the fit falls back to a ratio through the origin (the
+    pooled measured/LUT ratio, ``beta = 0``). The line is also rejected in favour of the
+    ratio when it is implausible: a non-positive slope, or a prediction at or below zero
+    for one of the points.
+    """
+    pts = [(float(x), float(y)) for x, y in points
+           if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
+    if not pts:
+        return Calibration()
+    ratio = Calibration(alpha=sum(y for _, y in pts) / sum(x for x, _ in pts), beta=0.0,
+                        points=len(pts), method="ratio")
+    xs = [x for x, _ in pts]
+    if len(pts) < 3 or (max(xs) - min(xs)) < min_span * max(xs):
+        return ratio
+    n = len(pts)
+    mx = sum(xs) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    alpha = sxy / sxx
+    beta = my - alpha * mx
+    line = Calibration(alpha=alpha, beta=beta, points=n, method="line")
+    if alpha <= 0 or any(line.predict(x) <= 0 for x in xs):
+        return ratio
+    return line
 
 
 def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: float,
