@@ -83,6 +83,12 @@ class LatencyConfig(_Section):
     warmup: int = Field(10, ge=0)
     max_seconds: float = Field(0.3, gt=0, description="time cap per measured op")
     lut: str | None = Field(None, description="shared LUT file reused across runs")
+    drift_every: int = Field(25, ge=0, description="re-time a reference op after this many "
+                             "new LUT entries to detect a machine that speeds up or slows "
+                             "down (0 = off)")
+    drift_threshold: float = Field(0.10, gt=0, description="relative change of the "
+                                   "reference op that counts as drift: the entries since "
+                                   "the last check are re-measured, then flagged")
 
 
 class ScoreConfig(_Section):

@@ -221,6 +221,9 @@ class Measurement:
     count: int
     warmup: int
     rel_ci: float | None = None  # achieved CI half-width / median; None if n too small
+    #: Runs slower than p75 + 3 * IQR (Tukey's far-out fence): preemption, page faults.
+    #: They do not move the median, but many of them say the machine was busy.
+    outliers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The measurement as a plain JSON-ready dict."""
@@ -241,6 +244,7 @@ class Measurement:
                 count=int(data["count"]),
                 warmup=int(data.get("warmup", 0)),
                 rel_ci=None if data.get("rel_ci") is None else float(data["rel_ci"]),
+                outliers=int(data.get("outliers", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"not a latency measurement ({exc!r}): {data!r}") from None
@@ -263,6 +267,7 @@ class Measurement:
             count=int(x.size),
             warmup=int(warmup),
             rel_ci=None if half is None else (float(half / med) if med > 0 else 0.0),
+            outliers=int(np.count_nonzero(x > p75 + 3.0 * (p75 - p25))),
         )
 
 
@@ -431,6 +436,7 @@ class LatencyTable:
         """Open the LUT at ``path``, loading it if the file exists; ``None``: in memory."""
         self.path = Path(path) if path is not None else None
         self._entries: dict[str, dict[str, Any]] = {}
+        self._reference: dict[str, dict[str, Any]] = {}
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
@@ -449,6 +455,10 @@ class LatencyTable:
             except ArtifactError as exc:
                 raise ArtifactError(f"{path}: entry {key!r} is corrupt: {exc}") from None
         self._entries = dict(entries)
+        reference = data.get("reference", {})
+        if not isinstance(reference, dict):
+            raise ArtifactError(f"{path}: 'reference' must be an object; delete it")
+        self._reference = dict(reference)
 
     @staticmethod
     def key(op_key: str, input_shape: tuple[int, ...], settings: Settings) -> str:
@@ -476,7 +486,25 @@ class LatencyTable:
         """Atomically write the table to its path."""
         if self.path is None:
             raise LanaError("this LatencyTable has no path; pass one to LatencyTable(path)")
-        write_json(self.path, {"format": LUT_FORMAT, "entries": self._entries})
+        data: dict[str, Any] = {"format": LUT_FORMAT, "entries": self._entries}
+        if self._reference:
+            data["reference"] = self._reference
+        write_json(self.path, data)
+
+    def reference(self, settings: Settings) -> dict[str, Any] | None:
+        """The drift reference record of these settings (see :class:`DriftMonitor`)."""
+        ref = self._reference.get(settings.key())
+        return None if ref is None else copy.deepcopy(ref)
+
+    def set_reference(self, settings: Settings, record: dict[str, Any]) -> None:
+        """Store the drift reference record of these settings."""
+        self._reference[settings.key()] = copy.deepcopy(record)
+
+    def annotate(self, key: str, **fields: Any) -> None:
+        """Add fields (e.g. a drift flag) to the stored entry ``key``."""
+        if key not in self._entries:
+            raise LanaError(f"no LUT entry {key!r} to annotate")
+        self._entries[key].update(fields)
 
     def measure_or_get(self, op_key: str, module: nn.Module, input_shape: tuple[int, ...],
                        settings: Settings, **measure_kwargs: Any) -> Measurement:
@@ -497,3 +525,125 @@ class LatencyTable:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# -------------------------------------------------------------------------- drift
+
+
+def reference_module() -> nn.Module:
+    """The fixed reference op timed again and again to detect drift (seeded weights).
+
+    A 3x3 conv + BN + ReLU with 32 channels at 28x28 (~15 MFLOP): long enough (~1 ms on
+    one core) that the timer resolution does not matter, short enough to re-time often.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(32), nn.ReLU())
+
+
+REFERENCE_OP = "reference:conv3x3_c32"
+REFERENCE_SHAPE = (32, 28, 28)  # C, H, W; the batch size comes from the settings
+
+
+class DriftMonitor:
+    """Detect a machine that gets faster or slower while a LUT is being built.
+
+    The reference op (:func:`reference_module`) is timed once at the start (its
+    *baseline*, stored in the LUT's ``reference`` section, so that a later session on the
+    same LUT compares against the same baseline) and again after every ``every`` new
+    measurements. When the reference's median differs from the baseline by more than
+    ``threshold`` (relative), every entry measured since the last good check is measured
+    again and the reference re-checked; entries that still fall in a drifted window are
+    kept but annotated with ``"drift": <reference ratio>`` and ``"flagged": true``, and
+    the run says so. Every check is recorded with its ratio.
+
+    Use :meth:`measured` after each new LUT entry and :meth:`finish` at the end.
+    """
+
+    def __init__(self, lut: LatencyTable, settings: Settings, *, every: int = 25,
+                 threshold: float = 0.10, log: Callable[[str], None] | None = None,
+                 **measure_kwargs: Any) -> None:
+        if every < 0 or threshold <= 0:
+            raise ConfigError("drift check: every must be >= 0 and threshold > 0")
+        self.lut, self.settings = lut, settings
+        self.every, self.threshold = every, threshold
+        self.kwargs = measure_kwargs
+        self.log = log or (lambda msg: None)
+        self.shape = (settings.batch_size, *REFERENCE_SHAPE)
+        self.pending: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+        self.remeasured = 0
+        self.flagged: list[str] = []
+        record = lut.reference(settings) if every else None
+        self.record: dict[str, Any] = record or {"op": REFERENCE_OP,
+                                                 "input_shape": list(self.shape),
+                                                 "baseline_ms": None, "checks": []}
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``every == 0`` (drift detection off)."""
+        return self.every > 0
+
+    def _reference_ms(self) -> float:
+        return measure(reference_module(), self.shape, self.settings, **self.kwargs).median_ms
+
+    def _check(self, reason: str) -> float:
+        ms = self._reference_ms()
+        if self.record["baseline_ms"] is None:
+            self.record["baseline_ms"] = ms
+        ratio = ms / self.record["baseline_ms"]
+        self.record["checks"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                            time.gmtime()),
+                                      "median_ms": ms, "ratio": ratio, "reason": reason,
+                                      "entries": len(self.lut)})
+        self.lut.set_reference(self.settings, self.record)
+        return ratio
+
+    def _drifted(self, ratio: float) -> bool:
+        return abs(ratio - 1.0) > self.threshold
+
+    def start(self) -> None:
+        """Time the reference (sets the baseline on a LUT that has none)."""
+        if self.enabled:
+            ratio = self._check("start")
+            if self._drifted(ratio):
+                self.log(f"latency drift: the reference op runs at {ratio:.2f}x its "
+                         "baseline in this LUT; the machine differs from when the LUT was "
+                         "started (load, clock, thermal state); new entries are measured "
+                         "under these conditions")
+
+    def measured(self, op_key: str, module: nn.Module, input_shape: tuple[int, ...]) -> None:
+        """Record a new entry; every ``every`` entries the reference is re-checked."""
+        if not self.enabled:
+            return
+        self.pending.append((op_key, module, tuple(input_shape)))
+        if len(self.pending) >= self.every:
+            self._settle("periodic")
+
+    def finish(self) -> dict[str, Any]:
+        """Check the last entries and return a summary for ``latency.json``."""
+        if self.enabled and self.pending:
+            self._settle("final")
+        return {"enabled": self.enabled, "every": self.every, "threshold": self.threshold,
+                "baseline_ms": self.record["baseline_ms"], "checks": self.record["checks"],
+                "remeasured": self.remeasured, "flagged": list(self.flagged)}
+
+    def _settle(self, reason: str) -> None:
+        ratio = self._check(reason)
+        if self._drifted(ratio):
+            self.log(f"latency drift: reference op at {ratio:.2f}x its baseline; "
+                     f"re-measuring the last {len(self.pending)} entries")
+            for op_key, module, shape in self.pending:
+                m = measure(module, shape, self.settings, **self.kwargs)
+                self.lut.put(op_key, shape, self.settings, m)
+                self.remeasured += 1
+            ratio = self._check("after re-measure")
+            if self._drifted(ratio):
+                keys = [LatencyTable.key(k, s, self.settings) for k, _, s in self.pending]
+                for key in keys:
+                    self.lut.annotate(key, drift=ratio, flagged=True)
+                self.flagged.extend(keys)
+                self.log(f"latency drift persists (reference at {ratio:.2f}x baseline): "
+                         f"{len(keys)} entries flagged in the LUT; re-run on a quiet "
+                         "machine, or delete the LUT to start a new baseline")
+        self.pending.clear()

@@ -15,8 +15,8 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.decompose import Chain
-from lana.latency import LatencyTable, Settings, measure_interleaved
-from lana.progress import progress
+from lana.latency import DriftMonitor, LatencyTable, Settings, measure, measure_interleaved
+from lana.progress import log, progress
 
 
 def module_key(prefix: str, module: nn.Module) -> str:
@@ -56,10 +56,26 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
         head_in = (bs, *chain.stem(torch.zeros(1, *input_shape)).shape[1:])
         if chain.info:
             head_in = (bs, *chain.info[-1].out_shape)
-    stem_ms = lut.measure_or_get(module_key("stem", chain.stem), chain.stem, in_stem,
-                                 settings, **kw).median_ms
-    head_ms = lut.measure_or_get(module_key("head", chain.head), chain.head, head_in,
-                                 settings, **kw).median_ms
+    monitor = DriftMonitor(lut, settings, every=cfg.drift_every,
+                           threshold=cfg.drift_threshold,
+                           log=lambda msg: log(f"[yellow]{msg}[/yellow]"), **kw)
+    started = False
+
+    def ms(key: str, module: nn.Module, shape: tuple[int, ...]) -> float:
+        nonlocal started
+        found = lut.get(key, shape, settings)
+        if found is not None:
+            return found.median_ms
+        if not started:  # only a LUT that gets new entries needs the reference
+            monitor.start()
+            started = True
+        m = measure(module, shape, settings, **kw)
+        lut.put(key, shape, settings, m)
+        monitor.measured(key, module, shape)
+        return m.median_ms
+
+    stem_ms = ms(module_key("stem", chain.stem), chain.stem, in_stem)
+    head_ms = ms(module_key("head", chain.head), chain.head, head_in)
     layers: list[list[float]] = []
     total = sum(len(c) for c in candidates)
     with progress() as bar:
@@ -71,14 +87,24 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
                     row.append(0.0)
                 else:
                     module = chain.layers[i] if spec == "teacher" else build(i, spec)
-                    m = lut.measure_or_get(op_key(chain, i, spec), module,
-                                           (bs, *chain.info[i].in_shape), settings, **kw)
-                    row.append(m.median_ms)
+                    row.append(ms(op_key(chain, i, spec), module,
+                                  (bs, *chain.info[i].in_shape)))
                 bar.advance(task)
             layers.append(row)
             lut.save()  # keep what was measured if the run is interrupted
+    drift = monitor.finish() if started else {"enabled": monitor.enabled, "checks": [],
+                                              "remeasured": 0, "flagged": []}
+    lut.save()
+    # Re-read: a drift re-measurement may have replaced entries after they were read.
+    if drift["remeasured"]:
+        stem_ms = lut.get(module_key("stem", chain.stem), in_stem, settings).median_ms
+        head_ms = lut.get(module_key("head", chain.head), head_in, settings).median_ms
+        layers = [[0.0 if spec == "identity" else
+                   lut.get(op_key(chain, i, spec), (bs, *chain.info[i].in_shape),
+                           settings).median_ms for spec in specs]
+                  for i, specs in enumerate(candidates)]
     return {"settings": settings.to_dict(), "stem_ms": stem_ms, "head_ms": head_ms,
-            "layers": layers}
+            "layers": layers, "drift": drift}
 
 
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],
