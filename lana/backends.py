@@ -297,7 +297,9 @@ class TorchCompileBackend:
         x = example.detach().to("cpu")
         compiled = torch.compile(m, mode=self.mode, dynamic=False)
         try:
-            with torch.no_grad(), _quiet():
+            # Inference mode as in the timed loop: a grad-mode change would fail the
+            # compiled guards there and recompile inside the measurement.
+            with torch.inference_mode(), _quiet():
                 compiled(x)  # the slow first call: code generation happens here
         except Exception as exc:  # inductor raises many types (compiler missing, ...)
             raise BackendUnavailableError(

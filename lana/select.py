@@ -98,18 +98,24 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     """
     fixed = latency["stem_ms"] + latency["head_ms"]
     # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
-    # caches, per-call overhead). The teacher's measured/predicted ratio calibrates that.
-    ratio = latency["teacher_measured_ms"] / latency["teacher_predicted_ms"]
-    layer_budget = target_ms / ratio - fixed
+    # caches, per-call overhead). Measured ~ alpha * LUT sum + beta calibrates that: first
+    # from the teacher alone (a ratio), then refitted on every network measured here.
+    teacher_lut = latency["teacher_predicted_ms"]
+    points = [(teacher_lut, latency["teacher_measured_ms"])]
+    cal = fit_calibration(points)
+    goal = target_ms * (1 - cfg.margin)
+    layer_budget = cal.invert(goal) - fixed
     floor = minimum_reachable(library, "latency_ms")
     if layer_budget < floor:
         backend = latency.get("settings", {}).get("backend", "the backend")
+        minimum = cal.predict(floor + fixed)
         raise InfeasibleBudgetError(
             f"a budget of {target_ms:.4g} ms is below the minimum reachable latency "
-            f"{(floor + fixed) * ratio:.4g} ms of this candidate space on {backend} "
-            f"(stem+head alone: {fixed * ratio:.4g} ms). Raise the budget (or lower the "
-            "speed-up), or add cheaper candidate ops.",
-            minimum={"latency_ms": (floor + fixed) * ratio})
+            f"{minimum:.4g} ms of this candidate space on {backend} "
+            f"(stem+head alone: {cal.predict(fixed):.4g} ms"
+            + (f", {cfg.margin:.0%} safety margin" if cfg.margin else "") + "). Raise the "
+            "budget (or lower the speed-up), or add cheaper candidate ops.",
+            minimum={"latency_ms": minimum})
     attempts = []
     chosen = None
     solve_seconds = 0.0
@@ -125,25 +131,29 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         for n, sol in enumerate(result.solutions):
             ev = evaluate(students[f"s{n}"])
             ms = measured[f"s{n}"]
+            lut_ms = sol.cost["latency_ms"] + fixed
             rows.append({"choices": sol.specs, "score": sol.score,
-                         "latency_ms_lut": sol.cost["latency_ms"] + fixed,
-                         "latency_ms_predicted": (sol.cost["latency_ms"] + fixed) * ratio,
+                         "latency_ms_lut": lut_ms,
+                         "latency_ms_predicted": cal.predict(lut_ms),
                          "latency_ms_measured": ms,
                          "meets_budget": ms <= allowed * (1 - cfg.margin),
                          "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]})
+            points.append((lut_ms, ms))
+        points.append((teacher_lut, measured["teacher"]))
         attempts.append({"layer_budget_ms": layer_budget, "teacher_ms": measured["teacher"],
                          "allowed_ms": allowed, "solve_seconds": result.solve_seconds,
-                         "students": rows})
+                         "calibration": cal.to_dict(), "students": rows})
         ok = [r for r in rows if r["meets_budget"]]
         if ok:
             chosen = min(ok, key=lambda r: r["val_loss"])
             break
+        new_budget, cal, how = _next_budget(points, rows, layer_budget, fixed, cal,
+                                            min(allowed, target_ms) * (1 - cfg.margin))
+        new_budget = max(floor, new_budget)
         best = min(rows, key=lambda r: r["val_loss"])
-        shrink = min(0.97, allowed * (1 - cfg.margin) / best["latency_ms_measured"])
         log(f"[yellow]search: best student measured {best['latency_ms_measured']:.4g} ms > "
-            f"{allowed:.4g} ms allowed; tightening the LUT budget by {1 - shrink:.1%} and "
-            f"re-solving[/yellow]")
-        new_budget = max(floor, (layer_budget + fixed) * shrink - fixed)
+            f"{allowed * (1 - cfg.margin):.4g} ms allowed; {how}; LUT budget "
+            f"{layer_budget + fixed:.4g} -> {new_budget + fixed:.4g} ms, re-solving[/yellow]")
         if new_budget >= layer_budget:
             break  # already at the cheapest reachable architecture
         layer_budget = new_budget
@@ -152,10 +162,33 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
                      key=lambda r: r["latency_ms_measured"])
         log(f"[red]search: no student measurably met the budget after {len(attempts)} "
             "solve(s); keeping the fastest one (see meets_budget in summary.json)[/red]")
+    final = fit_calibration(points)
     return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target_ms,
-            "calibration": ratio, "fixed_ms": fixed, "k": cfg.k, "overlap": cfg.overlap,
-            "log10_space_size": library.log10_space_size(), "solve_seconds": solve_seconds,
-            "resolves": len(attempts) - 1, "attempts": attempts, "chosen": chosen}
+            "calibration": final.to_dict(), "fixed_ms": fixed, "k": cfg.k,
+            "overlap": cfg.overlap, "log10_space_size": library.log10_space_size(),
+            "solve_seconds": solve_seconds, "resolves": len(attempts) - 1,
+            "attempts": attempts, "chosen": chosen}
+
+
+def _next_budget(points: list[tuple[float, float]], rows: list[dict], layer_budget: float,
+                 fixed: float, cal: Calibration, goal: float
+                 ) -> tuple[float, Calibration, str]:
+    """The layer budget of the next solve after no student met ``goal`` (ms, measured).
+
+    First choice: refit the calibration on every network measured so far and invert it at
+    the goal. When the refit does not tighten the budget (the miss is noise rather than a
+    wrong calibration), shrink it by the best student's measured overshoot instead (at
+    least 3 %).
+    """
+    refit = fit_calibration(points)
+    by_fit = refit.invert(goal) - fixed
+    if by_fit < layer_budget:
+        return by_fit, refit, (f"refit measured ~ {refit.alpha:.3f} x LUT "
+                               f"{refit.beta:+.3g} ms on {refit.points} networks")
+    best = min(rows, key=lambda r: r["val_loss"])
+    shrink = min(0.97, goal / best["latency_ms_measured"])
+    return ((layer_budget + fixed) * shrink - fixed, cal,
+            f"calibration unchanged, tightening by {1 - shrink:.1%}")
 
 
 def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
