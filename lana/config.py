@@ -83,6 +83,10 @@ class LatencyConfig(_Section):
     warmup: int = Field(10, ge=0)
     max_seconds: float = Field(0.3, gt=0, description="time cap per measured op")
     lut: str | None = Field(None, description="shared LUT file reused across runs")
+    device: str | None = Field(None, description="device the LUT entries must come from: "
+                               "unset = this machine (missing entries are measured); "
+                               "'lut' = the one device in latency.lut, e.g. a target "
+                               "profiled with `lana profile BUNDLE` (nothing is timed here)")
     drift_every: int = Field(25, ge=0, description="re-time a reference op after this many "
                              "new LUT entries to detect a machine that speeds up or slows "
                              "down (0 = off)")

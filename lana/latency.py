@@ -101,6 +101,7 @@ __all__ = [
     "export_onnx",
     "get_backend",
     "measure",
+    "measure_onnx",
     "median_ci",
     "time_runner",
 ]
@@ -426,6 +427,30 @@ def measure_interleaved(
             for name in modules}
 
 
+def measure_onnx(model: bytes, input_shape: tuple[int, ...], settings: Settings,
+                 **measure_kwargs: Any) -> Measurement:
+    """Measure an ONNX model (one float input of ``input_shape``) on an ONNX backend.
+
+    This is how a candidate bundle is profiled on a target machine without the teacher's
+    code. Raises :class:`~lana.errors.ConfigError` for a backend that runs only PyTorch
+    modules.
+    """
+    backend = get_backend(settings.backend)
+    if not hasattr(backend, "prepare_onnx"):
+        onnx_ok = sorted(n for n in BACKENDS if hasattr(get_backend(n), "prepare_onnx"))
+        raise ConfigError(f"backend {settings.backend!r} runs PyTorch modules, but this "
+                          f"bundle holds ONNX models; use one of {', '.join(onnx_ok)}, or "
+                          "profile the run directory itself on the target")
+    backend.check_available()
+    if settings.dtype != "float32":
+        raise ConfigError("ONNX bundles are float32; use dtype 'float32'")
+    shape = tuple(int(s) for s in input_shape)
+    example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with _torch_threads(settings.threads):
+        runner = backend.prepare_onnx(model, example, settings.threads)
+        return time_runner(runner, **measure_kwargs)
+
+
 # ---------------------------------------------------------------------------- LUT
 
 
@@ -500,6 +525,18 @@ class LatencyTable:
         """Store the drift reference record of these settings."""
         self._reference[settings.key()] = copy.deepcopy(record)
 
+    def devices(self, settings: Settings) -> list[str]:
+        """Devices with entries measured like ``settings`` (same backend, batch, threads,
+        dtype), e.g. the target machine of a LUT built with ``lana profile BUNDLE``."""
+        want = {k: v for k, v in settings.to_dict().items() if k != "device"}
+        found = set()
+        for entry in self._entries.values():
+            got = dict(entry.get("settings", {}))
+            device = got.pop("device", None)
+            if got == want and device:
+                found.add(device)
+        return sorted(found)
+
     def annotate(self, key: str, **fields: Any) -> None:
         """Add fields (e.g. a drift flag) to the stored entry ``key``."""
         if key not in self._entries:
@@ -563,6 +600,7 @@ class DriftMonitor:
 
     def __init__(self, lut: LatencyTable, settings: Settings, *, every: int = 25,
                  threshold: float = 0.10, log: Callable[[str], None] | None = None,
+                 measure_fn: Callable[[Any, tuple[int, ...]], Measurement] | None = None,
                  **measure_kwargs: Any) -> None:
         if every < 0 or threshold <= 0:
             raise ConfigError("drift check: every must be >= 0 and threshold > 0")
@@ -570,8 +608,11 @@ class DriftMonitor:
         self.every, self.threshold = every, threshold
         self.kwargs = measure_kwargs
         self.log = log or (lambda msg: None)
+        # How an entry is re-measured: a module by default; an ONNX model for bundles.
+        self.measure_fn = measure_fn or (
+            lambda module, shape: measure(module, shape, settings, **measure_kwargs))
         self.shape = (settings.batch_size, *REFERENCE_SHAPE)
-        self.pending: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+        self.pending: list[tuple[str, Any, tuple[int, ...]]] = []
         self.remeasured = 0
         self.flagged: list[str] = []
         record = lut.reference(settings) if every else None
@@ -612,8 +653,9 @@ class DriftMonitor:
                          "started (load, clock, thermal state); new entries are measured "
                          "under these conditions")
 
-    def measured(self, op_key: str, module: nn.Module, input_shape: tuple[int, ...]) -> None:
-        """Record a new entry; every ``every`` entries the reference is re-checked."""
+    def measured(self, op_key: str, module: Any, input_shape: tuple[int, ...]) -> None:
+        """Record a new entry (``module`` as ``measure_fn`` takes it); every ``every``
+        entries the reference is re-checked."""
         if not self.enabled:
             return
         self.pending.append((op_key, module, tuple(input_shape)))
@@ -634,7 +676,7 @@ class DriftMonitor:
             self.log(f"latency drift: reference op at {ratio:.2f}x its baseline; "
                      f"re-measuring the last {len(self.pending)} entries")
             for op_key, module, shape in self.pending:
-                m = measure(module, shape, self.settings, **self.kwargs)
+                m = self.measure_fn(module, shape)
                 self.lut.put(op_key, shape, self.settings, m)
                 self.remeasured += 1
             ratio = self._check("after re-measure")

@@ -285,8 +285,11 @@ class Run:
         lut = LatencyTable(cfg.lut or self.dir / "lut.json")
         res = profile_candidates(self.chain, self.candidates, self._build, cfg, lut,
                                  self.input_shape)
-        res["teacher_measured_ms"] = measure_models({"teacher": self.teacher},
-                                                    self.input_shape, cfg)["teacher"]
+        if res.get("remote"):  # measured on the target from the bundle's teacher network
+            res["teacher_measured_ms"] = res["teacher_network_ms"]
+        else:
+            res["teacher_measured_ms"] = measure_models({"teacher": self.teacher},
+                                                        self.input_shape, cfg)["teacher"]
         res["teacher_predicted_ms"] = res["stem_ms"] + res["head_ms"] + sum(
             row[ops.index("teacher")] for row, ops in zip(res["layers"], self.candidates,
                                                           strict=True))
@@ -404,9 +407,23 @@ class Run:
         arch = arch_dict(self.config.model.name, self._model_kwargs(), self.input_shape,
                          student, chosen["choices"])
         files = save_student(sdir / "model", student, arch)
+        target = self.budget_ms(budget)
+        if self.profile().get("remote"):
+            # The target is another machine: time model/student.onnx there with
+            # `lana profile`; here only the prediction is known.
+            log("[yellow]export: latency.device is another machine; the student's latency "
+                "is predicted, not measured (measure model/student.onnx on the "
+                "target)[/yellow]")
+            return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
+                    "latency_ms_predicted": chosen["latency_ms_predicted"],
+                    "latency_ms_measured": None, "teacher_latency_ms":
+                    self.profile()["teacher_measured_ms"], "speedup": None,
+                    "meets_budget": None, "accuracy": ft["accuracy"],
+                    "accuracy_before_finetune": ft["accuracy_before"],
+                    "choices": chosen["choices"],
+                    "files": {k: str(Path("model") / v) for k, v in files.items()}}
         ms = measure_models({"teacher": self.teacher, "student": student}, self.input_shape,
                             self.config.latency)
-        target = self.budget_ms(budget)
         speedup = ms["teacher"] / ms["student"]
         # A speed-up budget is checked against the teacher measured in the same session, so
         # a machine that got slower since profiling does not fail a student unfairly.

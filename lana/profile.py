@@ -9,14 +9,31 @@ no node to the exported network.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from lana.config import LatencyConfig
 from lana.decompose import Chain
-from lana.latency import DriftMonitor, LatencyTable, Settings, measure, measure_interleaved
+from lana.errors import ArtifactError, ConfigError
+from lana.io import atomic_write_bytes, read_json, write_json
+from lana.latency import (
+    DriftMonitor,
+    LatencyTable,
+    Measurement,
+    Settings,
+    device_fingerprint,
+    export_onnx,
+    get_backend,
+    measure,
+    measure_interleaved,
+    measure_onnx,
+)
 from lana.progress import log, progress
+
+BUNDLE_FORMAT = "lana-bundle/1"
 
 
 def module_key(prefix: str, module: nn.Module) -> str:
@@ -33,9 +50,34 @@ def op_key(chain: Chain, layer: int, spec: str) -> str:
     return f"{spec}@{chain.info[layer].signature}"
 
 
-def settings_from(cfg: LatencyConfig) -> Settings:
-    """Latency settings (device fingerprint included) from the config section."""
-    return Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads)
+def settings_from(cfg: LatencyConfig, lut: LatencyTable | None = None) -> Settings:
+    """Latency settings (device fingerprint included) from the config section.
+
+    ``cfg.device`` unset: this machine. ``"lut"``: the one device the LUT holds entries
+    for with these settings (a LUT measured on the target with ``lana profile BUNDLE``);
+    any other string: that device fingerprint.
+    """
+    local = Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads)
+    if cfg.device is None:
+        return local
+    device = cfg.device
+    if device == "lut":
+        found = lut.devices(local) if lut is not None else []
+        if len(found) != 1:
+            raise ConfigError(
+                f"latency.device is 'lut', but the LUT {getattr(lut, 'path', None)} holds "
+                f"{'no' if not found else len(found)} device(s) measured with backend "
+                f"{cfg.backend}, batch {cfg.batch_size}, {cfg.threads} thread(s)"
+                + (f": {found}" if found else "") + "; set latency.lut to the LUT made by "
+                "`lana profile BUNDLE` with the same backend/threads, or name the device")
+        device = found[0]
+    return Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads,
+                    device=device)
+
+
+def is_remote(settings: Settings) -> bool:
+    """True when the settings name a device other than this machine (no local timing)."""
+    return settings.device != device_fingerprint(get_backend(settings.backend).device_kind)
 
 
 def _measure_kwargs(cfg: LatencyConfig, scale: float = 1.0) -> dict:
@@ -47,8 +89,17 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
     """Measure stem, head and every candidate; return per-layer milliseconds.
 
     ``build(i, spec)`` returns the candidate module (weights do not matter for latency).
+    When the settings name another machine (``latency.device``), nothing is measured:
+    every entry must be in the LUT, and a missing one is an error that says how to get it.
     """
-    settings = settings_from(cfg)
+    settings = settings_from(cfg, lut)
+    if is_remote(settings):
+        return _from_remote_lut(chain, candidates, lut, settings, input_shape)
+    others = [d for d in lut.devices(settings) if d != settings.device]
+    if others and len(lut) and lut.path is not None:
+        log(f"[yellow]{lut.path} also holds entries measured on {others}; they are not used "
+            "for this machine. To build the library from them, set latency.device: lut "
+            "(or that device string)[/yellow]")
     bs = cfg.batch_size
     kw = _measure_kwargs(cfg)
     in_stem = (bs, *input_shape)
@@ -105,6 +156,141 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
                   for i, specs in enumerate(candidates)]
     return {"settings": settings.to_dict(), "stem_ms": stem_ms, "head_ms": head_ms,
             "layers": layers, "drift": drift}
+
+
+def _layout(chain: Chain, candidates: list[list[str]], batch: int,
+            input_shape: tuple[int, ...]) -> list[tuple[str, str, Any, tuple[int, ...]]]:
+    """Every (kind, LUT op key, module, full input shape) a profile needs: stem, head, each
+    non-identity candidate at its layer, and the teacher end to end ("network")."""
+    with torch.no_grad():
+        head_in = (batch, *chain.stem(torch.zeros(1, *input_shape)).shape[1:])
+        if chain.info:
+            head_in = (batch, *chain.info[-1].out_shape)
+    items = [("stem", module_key("stem", chain.stem), chain.stem, (batch, *input_shape)),
+             ("head", module_key("head", chain.head), chain.head, head_in)]
+    for i, specs in enumerate(candidates):
+        for spec in specs:
+            if spec != "identity":
+                items.append(("op", op_key(chain, i, spec), (i, spec),
+                              (batch, *chain.info[i].in_shape)))
+    items.append(("network", module_key("network", chain), chain, (batch, *input_shape)))
+    return items
+
+
+def _from_remote_lut(chain: Chain, candidates: list[list[str]], lut: LatencyTable,
+                     settings: Settings, input_shape: tuple[int, ...]) -> dict:
+    got: dict[tuple[str, tuple[int, ...]], Measurement] = {}
+    missing = []
+    for _, key, _, shape in _layout(chain, candidates, settings.batch_size, input_shape):
+        m = lut.get(key, shape, settings)
+        if m is None:
+            missing.append(key)
+        else:
+            got[key, shape] = m
+    if missing:
+        raise ArtifactError(
+            f"the LUT {lut.path} lacks {len(missing)} of the entries this run needs for "
+            f"device {settings.device!r} ({settings.backend}, batch {settings.batch_size}, "
+            f"{settings.threads} thread(s)), e.g. {missing[:3]}. The candidates or the "
+            "settings changed since the bundle was exported: run `lana export-candidates "
+            "DIR --out BUNDLE` again and `lana profile BUNDLE --backend "
+            f"{settings.backend} --threads {settings.threads} --out LUT` on the target")
+    items = _layout(chain, candidates, settings.batch_size, input_shape)
+    ms = {key: got[key, shape].median_ms for _, key, _, shape in items}
+    layers = [[0.0 if spec == "identity" else ms[op_key(chain, i, spec)] for spec in specs]
+              for i, specs in enumerate(candidates)]
+    stem, head, network = items[0][1], items[1][1], items[-1][1]
+    log(f"latency: using the LUT measured on {settings.device} (no timing on this machine)")
+    return {"settings": settings.to_dict(), "stem_ms": ms[stem], "head_ms": ms[head],
+            "layers": layers, "remote": True, "teacher_network_ms": ms[network],
+            "drift": {"enabled": False, "checks": [], "remeasured": 0, "flagged": []}}
+
+
+def export_bundle(chain: Chain, candidates: list[list[str]], build, batch: int,
+                  input_shape: tuple[int, ...], out: str | Path, source: dict) -> dict:
+    """Write a self-contained candidate bundle: one ONNX model per unique (op, shape).
+
+    ``out/manifest.json`` (format ``lana-bundle/1``) lists every entry's LUT op key, full
+    input shape, kind (stem, head, op, network) and file; ``out/onnx/NNNN.onnx`` hold the
+    models (random or phase-1 weights: latency does not depend on them). The teacher is
+    included end to end so the target also measures the calibration point. Profiling the
+    bundle needs lana and an ONNX backend, but neither the teacher's code nor its weights.
+    """
+    out = Path(out)
+    (out / "onnx").mkdir(parents=True, exist_ok=True)
+    entries, seen = [], set()
+    items = _layout(chain, candidates, batch, input_shape)
+    with progress() as bar:
+        task = bar.add_task("export candidates", total=len(items), info=str(out))
+        for kind, key, module, shape in items:
+            bar.advance(task)
+            if (key, shape) in seen:
+                continue
+            seen.add((key, shape))
+            if kind == "op":
+                i, spec = module
+                module = chain.layers[i] if spec == "teacher" else build(i, spec)
+            name = f"onnx/{len(entries):04d}.onnx"
+            atomic_write_bytes(out / name, export_onnx(module, torch.zeros(shape)))
+            entries.append({"kind": kind, "op": key, "input_shape": list(shape), "file": name})
+    manifest = {"format": BUNDLE_FORMAT, "batch_size": batch, "dtype": "float32",
+                "input_shape": list(input_shape), "source": source, "entries": entries}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def is_bundle(path: str | Path) -> bool:
+    """True if ``path`` is a directory written by :func:`export_bundle`."""
+    return (Path(path) / "manifest.json").is_file()
+
+
+def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Path, *,
+                   warmup: int = 10, max_seconds: float = 0.3, drift_every: int = 25,
+                   drift_threshold: float = 0.10) -> dict:
+    """Measure every ONNX model of a bundle into the LUT ``out`` (resumable; cached).
+
+    Entries get this machine's device fingerprint; on the training machine the pipeline
+    finds them with ``latency.lut: <out>`` and ``latency.device: lut``.
+    """
+    bundle = Path(bundle)
+    manifest = read_json(bundle / "manifest.json")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise ArtifactError(f"{bundle} is not a lana candidate bundle (format "
+                            f"{manifest.get('format')!r}, expected {BUNDLE_FORMAT!r})")
+    settings = Settings(backend=backend, batch_size=int(manifest["batch_size"]),
+                        threads=threads)
+    lut = LatencyTable(out)
+    kw = {"warmup": warmup, "max_seconds": max_seconds}
+    monitor = DriftMonitor(lut, settings, every=drift_every, threshold=drift_threshold,
+                           log=lambda msg: log(f"[yellow]{msg}[/yellow]"),
+                           measure_fn=lambda model, shape: measure_onnx(model, shape,
+                                                                        settings, **kw),
+                           **kw)
+    started, new = False, 0
+    with progress() as bar:
+        entries = manifest["entries"]
+        task = bar.add_task("profile bundle", total=len(entries), info=backend)
+        for n, e in enumerate(entries):
+            shape = tuple(int(v) for v in e["input_shape"])
+            if lut.get(e["op"], shape, settings) is None:
+                if not started:
+                    monitor.start()
+                    started = True
+                model = (bundle / e["file"]).read_bytes()
+                # The network is timed with a longer cap: it is the calibration point.
+                scale = 4.0 if e["kind"] == "network" else 1.0
+                lut.put(e["op"], shape, settings,
+                        measure_onnx(model, shape, settings, warmup=warmup,
+                                     max_seconds=max_seconds * scale))
+                monitor.measured(e["op"], model, shape)
+                new += 1
+            bar.advance(task)
+            if n % 20 == 19:
+                lut.save()  # resumable
+    drift = monitor.finish() if started else {"checks": [], "remeasured": 0, "flagged": []}
+    lut.save()
+    return {"lut": str(out), "entries": len(manifest["entries"]), "measured": new,
+            "settings": settings.to_dict(), "drift": drift}
 
 
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],

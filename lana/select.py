@@ -87,7 +87,7 @@ def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 
 
 def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: float,
            cfg: SearchConfig, build: Callable[[list[str]], Any],
-           measure: Callable[[dict[str, Any]], dict[str, float]],
+           measure: Callable[[dict[str, Any]], dict[str, float]] | None,
            evaluate: Callable[[Any], dict[str, float]]) -> dict:
     """Search, verify and rank students; return the content of ``search.json``.
 
@@ -95,6 +95,9 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     ``teacher_predicted_ms`` (from the profile stage). ``build(specs)`` assembles a student,
     ``measure(students)`` returns end-to-end ms per name plus ``"teacher"`` (timed in the
     same session), ``evaluate(student)`` returns held-out ``loss`` and ``accuracy``.
+    ``measure=None`` (the LUT comes from another machine, ``latency.device``): nothing can
+    be timed here, so students are judged by the corrected prediction, marked
+    ``verified: false``, and there is no re-solve.
     """
     fixed = latency["stem_ms"] + latency["head_ms"]
     # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
@@ -124,22 +127,27 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
                        overlap=cfg.overlap)
         solve_seconds += result.solve_seconds
         students = {f"s{n}": build(sol.specs) for n, sol in enumerate(result.solutions)}
-        measured = measure(students)
+        measured = measure(students) if measure is not None else None
+        if measured is None:
+            measured = {"teacher": latency["teacher_measured_ms"]}
         allowed = (measured["teacher"] / budget.speedup if budget.speedup is not None
                    else target_ms)
         rows = []
         for n, sol in enumerate(result.solutions):
             ev = evaluate(students[f"s{n}"])
-            ms = measured[f"s{n}"]
+            ms = measured.get(f"s{n}")
             lut_ms = sol.cost["latency_ms"] + fixed
+            judged = ms if ms is not None else cal.predict(lut_ms)
             rows.append({"choices": sol.specs, "score": sol.score,
                          "latency_ms_lut": lut_ms,
                          "latency_ms_predicted": cal.predict(lut_ms),
-                         "latency_ms_measured": ms,
-                         "meets_budget": ms <= allowed * (1 - cfg.margin),
+                         "latency_ms_measured": ms, "verified": ms is not None,
+                         "meets_budget": judged <= allowed * (1 - cfg.margin) * (1 + 1e-9),
                          "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]})
-            points.append((lut_ms, ms))
-        points.append((teacher_lut, measured["teacher"]))
+            if ms is not None:
+                points.append((lut_ms, ms))
+        if measure is not None:
+            points.append((teacher_lut, measured["teacher"]))
         attempts.append({"layer_budget_ms": layer_budget, "teacher_ms": measured["teacher"],
                          "allowed_ms": allowed, "solve_seconds": result.solve_seconds,
                          "calibration": cal.to_dict(), "students": rows})
@@ -147,6 +155,8 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         if ok:
             chosen = min(ok, key=lambda r: r["val_loss"])
             break
+        if measure is None:
+            break  # nothing measured, nothing to learn from
         new_budget, cal, how = _next_budget(points, rows, layer_budget, fixed, cal,
                                             min(allowed, target_ms) * (1 - cfg.margin))
         new_budget = max(floor, new_budget)
@@ -159,7 +169,8 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         layer_budget = new_budget
     if chosen is None:
         chosen = min((r for a in attempts for r in a["students"]),
-                     key=lambda r: r["latency_ms_measured"])
+                     key=lambda r: (r["latency_ms_measured"] if r["verified"]
+                                    else r["latency_ms_predicted"]))
         log(f"[red]search: no student measurably met the budget after {len(attempts)} "
             "solve(s); keeping the fastest one (see meets_budget in summary.json)[/red]")
     final = fit_calibration(points)
@@ -202,7 +213,8 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
         Library.from_dict(lib), run.profile(), budget, run.budget_ms(budget),
         run.config.search,
         build=lambda specs: assemble(run.chain, specs, run._load),
-        measure=lambda students: measure_models({"teacher": run.teacher, **students},
-                                                run.input_shape, run.config.latency),
+        measure=None if run.profile().get("remote") else
+        lambda students: measure_models({"teacher": run.teacher, **students},
+                                        run.input_shape, run.config.latency),
         evaluate=lambda student: evaluate(student, val, batch_stats=True),
     )
