@@ -294,7 +294,23 @@ class Run:
             row[ops.index("teacher")] for row, ops in zip(res["layers"], self.candidates,
                                                           strict=True))
         res["specs"] = self.candidates
+        from lana.profile import extra_columns
+
+        res["extra"] = {}
+        for column, extra_cfg in extra_columns(cfg).items():
+            x = profile_candidates(self.chain, self.candidates, self._build, extra_cfg, lut,
+                                   self.input_shape)
+            res["extra"][column] = {k: x[k] for k in ("settings", "stem_ms", "head_ms",
+                                                      "layers")}
         return res
+
+    def costs(self) -> dict:
+        """Parameters and FLOPs of stem, head and every candidate (``costs.json``)."""
+        from lana.profile import static_costs
+
+        return self._stage("costs", self.dir / "costs.json", {"specs": self.candidates},
+                           lambda: static_costs(self.chain, self.candidates, self._build,
+                                                self.input_shape))
 
     def score(self) -> dict:
         """Phase 2a: replace-one scores on held-out data."""
@@ -324,15 +340,21 @@ class Run:
 
     def library(self) -> dict:
         """Write ``library.json``: per layer and op, its score and its cost (ms)."""
-        lat, sc = self.profile(), self.score()
+        lat, sc, costs = self.profile(), self.score(), self.costs()
+        # Every cost column: the configured latency, extra latency columns (other backends
+        # or batch sizes), parameters and FLOPs; the search can bound any of them.
+        columns = {"latency_ms": lat, **lat.get("extra", {})}
         layers = []
-        for name, specs, ms, scores in zip(self.chain.names, self.candidates, lat["layers"],
-                                           sc["scores"], strict=True):
+        for i, (name, specs, scores) in enumerate(zip(self.chain.names, self.candidates,
+                                                      sc["scores"], strict=True)):
             layers.append({"name": name, "ops": [
-                {"spec": s, "score": a, "cost": {"latency_ms": b}}
-                for s, a, b in zip(specs, scores, ms, strict=True)]})
-        lib = {"layers": layers, "fixed_cost": {"latency_ms": lat["stem_ms"] + lat["head_ms"]},
-               "latency": lat["settings"]}
+                {"spec": s, "score": a, "cost": {
+                    **{col: c["layers"][i][j] for col, c in columns.items()},
+                    **costs["layers"][i][j]}}
+                for j, (s, a) in enumerate(zip(specs, scores, strict=True))]})
+        fixed = {col: c["stem_ms"] + c["head_ms"] for col, c in columns.items()}
+        fixed.update({k: costs["stem"][k] + costs["head"][k] for k in ("params", "flops")})
+        lib = {"layers": layers, "fixed_cost": fixed, "latency": lat["settings"]}
         write_json(self.dir / "library.json", lib)
         return lib
 

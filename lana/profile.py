@@ -8,6 +8,7 @@ no node to the exported network.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,60 @@ def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Pa
     lut.save()
     return {"lut": str(out), "entries": len(manifest["entries"]), "measured": new,
             "settings": settings.to_dict(), "drift": drift}
+
+
+def extra_columns(cfg: LatencyConfig) -> dict[str, LatencyConfig]:
+    """``latency.extra`` as {column name: latency config}: ``"torch"`` -> column
+    ``latency_ms@torch`` measured with backend torch, ``"onnxruntime@b32"`` -> column
+    ``latency_ms@onnxruntime@b32`` at batch size 32 (other settings as ``cfg``)."""
+    out = {}
+    for entry in cfg.extra:
+        backend, _, batch = entry.partition("@")
+        if batch and not (batch.startswith("b") and batch[1:].isdigit() and int(batch[1:])):
+            raise ConfigError(f"latency.extra entry {entry!r}: write BACKEND or BACKEND@bN "
+                              "(N = batch size), e.g. 'torch' or 'onnxruntime@b32'")
+        get_backend(backend)  # an unknown name fails here, listing the known ones
+        out[f"latency_ms@{entry}"] = cfg.model_copy(update={
+            "backend": backend, "batch_size": int(batch[1:]) if batch else cfg.batch_size,
+            "extra": [], "device": None})
+    return out
+
+
+def static_costs(chain: Chain, candidates: list[list[str]], build,
+                 input_shape: tuple[int, ...]) -> dict:
+    """Parameters and FLOPs (batch 1, multiply-add = 2) of stem, head and every candidate.
+
+    Identity costs nothing. FLOPs are counted by ``torch.utils.flop_counter`` (convs and
+    matmuls; elementwise ops are not counted), once per run (``costs.json``).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def cost(module: nn.Module, shape: tuple[int, ...]) -> dict:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            module.eval()(torch.zeros(1, *shape))
+        return {"params": float(sum(p.numel() for p in module.parameters())),
+                "flops": float(counter.get_total_flops())}
+
+    with torch.no_grad():
+        head_in = tuple(chain.stem(torch.zeros(1, *input_shape)).shape[1:])
+    if chain.info:
+        head_in = tuple(chain.info[-1].out_shape)
+    layers = []
+    with progress() as bar:
+        task = bar.add_task("params and FLOPs", total=sum(map(len, candidates)))
+        for i, specs in enumerate(candidates):
+            row = []
+            for spec in specs:
+                if spec == "identity":
+                    row.append({"params": 0.0, "flops": 0.0})
+                else:
+                    module = chain.layers[i] if spec == "teacher" else build(i, spec)
+                    row.append(cost(copy.deepcopy(module), tuple(chain.info[i].in_shape)))
+                bar.advance(task)
+            layers.append(row)
+    return {"stem": cost(copy.deepcopy(chain.stem), tuple(input_shape)),
+            "head": cost(copy.deepcopy(chain.head), head_in), "layers": layers}
 
 
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],

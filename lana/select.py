@@ -88,7 +88,8 @@ def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 
 def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: float,
            cfg: SearchConfig, build: Callable[[list[str]], Any],
            measure: Callable[[dict[str, Any]], dict[str, float]] | None,
-           evaluate: Callable[[Any], dict[str, float]]) -> dict:
+           evaluate: Callable[[Any], dict[str, float]],
+           extra_budgets: Sequence[Budget] = ()) -> dict:
     """Search, verify and rank students; return the content of ``search.json``.
 
     ``latency`` holds ``stem_ms``, ``head_ms``, ``teacher_measured_ms``,
@@ -97,7 +98,8 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     same session), ``evaluate(student)`` returns held-out ``loss`` and ``accuracy``.
     ``measure=None`` (the LUT comes from another machine, ``latency.device``): nothing can
     be timed here, so students are judged by the corrected prediction, marked
-    ``verified: false``, and there is no re-solve.
+    ``verified: false``, and there is no re-solve. ``extra_budgets`` bound further cost
+    columns of the library (layer sums, i.e. without the fixed stem/head costs).
     """
     fixed = latency["stem_ms"] + latency["head_ms"]
     # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
@@ -123,8 +125,8 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     chosen = None
     solve_seconds = 0.0
     for _ in range(cfg.max_resolves + 1):
-        result = solve(library, [Budget("latency_ms", "<=", layer_budget)], k=cfg.k,
-                       overlap=cfg.overlap)
+        result = solve(library, [Budget("latency_ms", "<=", layer_budget),
+                                 *extra_budgets], k=cfg.k, overlap=cfg.overlap)
         solve_seconds += result.solve_seconds
         students = {f"s{n}": build(sol.specs) for n, sol in enumerate(result.solutions)}
         measured = measure(students) if measure is not None else None
@@ -209,6 +211,11 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
     from lana.train import evaluate
 
     val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
+    fixed = lib.get("fixed_cost", {})
+    extra = []
+    for text in run.config.search.extra_budgets:
+        b = Budget.parse(text)  # whole network -> the layers' share
+        extra.append(Budget(b.key, b.op, b.value - fixed.get(b.key, 0.0)))
     return select(
         Library.from_dict(lib), run.profile(), budget, run.budget_ms(budget),
         run.config.search,
@@ -217,4 +224,5 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
         lambda students: measure_models({"teacher": run.teacher, **students},
                                         run.input_shape, run.config.latency),
         evaluate=lambda student: evaluate(student, val, batch_stats=True),
+        extra_budgets=extra,
     )
