@@ -39,11 +39,18 @@ A JSON object::
                        "dtype": "float32", "device": "cpu:<model>|2 cores|x86_64"},
           "median_ms": 0.0123, "p25_ms": ..., "p75_ms": ..., "min_ms": ...,
           "mean_ms": ..., "std_ms": ..., "count": 57, "warmup": 10,
-          "rel_ci": 0.012
+          "rel_ci": 0.012, "outliers": 1
         },
         ...
-      }
+      },
+      "reference": {"<settings key>": {"op": "reference:conv3x3_c32",
+                    "input_shape": [1, 32, 28, 28], "baseline_ms": ...,
+                    "checks": [{"time", "median_ms", "ratio", "reason", "entries"}]}}
     }
+
+``outliers`` counts runs slower than p75 + 3 IQR. ``reference`` (optional) holds the drift
+checks of :class:`DriftMonitor` per settings key; an entry measured while the machine had
+drifted, and not recovered by re-measuring, also has ``"flagged": true, "drift": ratio``.
 
 The entry key is :meth:`LatencyTable.key`; the settings key
 (:meth:`Settings.key`) contains every setting including the device fingerprint, so a

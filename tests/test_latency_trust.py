@@ -196,3 +196,12 @@ def test_onnxruntime_prepare_onnx_runs_bytes() -> None:
     onnx = L.export_onnx(nn.Conv2d(3, 4, 3), x)
     run = get_backend("onnxruntime").prepare_onnx(onnx, x.numpy(), 1)
     assert run() is None
+
+
+@pytest.mark.skipif(os.environ.get("LANA_TEST_COMPILE") != "1",
+                    reason="torch.compile takes minutes on 2 cores; set LANA_TEST_COMPILE=1")
+def test_torch_compile_measures_tiny_conv() -> None:
+    conv = nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU())
+    m = L.measure(conv, (1, 4, 8, 8), L.Settings(backend="torch-compile"), warmup=3,
+                  min_repeats=10, max_seconds=0.2)
+    assert m.median_ms > 0 and m.warmup == 3
