@@ -20,7 +20,9 @@ For every model (timm, random weights, ``pretrained=False``, 1000 classes) at
    (c) the fitted line. Every measurement is cached in ``WORK/<model>_<backend>.json``.
 
 Reported: median and 90th percentile of |predicted - measured| / measured. Targets of
-the issue: median <= 5 %, p90 <= 10 % (for each backend). Rewrites the "latency
+the issue: median <= 5 %, p90 <= 10 % (for each backend). As a diagnostic for shared
+machines, the same errors are also given with every median replaced by the fastest run
+(LUT ``min_ms`` summed, networks' minimum). Rewrites the "latency
 additivity" section of benchmarks/RESULTS.md with the command, machine and load.
 """
 
@@ -41,8 +43,8 @@ from lana.decompose import decompose
 from lana.distill import build_candidate
 from lana.errors import ConfigError
 from lana.io import read_json, write_json
-from lana.latency import LatencyTable
-from lana.profile import measure_models, profile_candidates
+from lana.latency import LatencyTable, measure_interleaved
+from lana.profile import module_key, op_key, profile_candidates, settings_from
 from lana.select import fit_calibration
 from lana.space import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
 from lana.student import assemble
@@ -107,18 +109,39 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     choices = {"teacher": ["teacher"] * len(cands)}
     for n in range(n_total):
         choices[f"s{n}"] = [str(rng.choice(c)) for c in cands]
-    todo = [name for name in choices if name not in cache["measured"]]
+    cache.setdefault("measured_min", {})
+    todo = [name for name in choices if name not in cache["measured_min"]]
     for start in range(0, len(todo), args.group):
         group = todo[start:start + args.group]
         nets = {name: assemble(chain, choices[name], lambda i, s: (
             chain.layers[i] if s == "teacher" else build_candidate(chain, i, s)))
             for name in group}
-        res = measure_models(nets, shape, cfg, rounds=3)
-        cache["measured"].update(res)
+        # As lana.profile.measure_models (3 interleaved rounds, 4x the per-op time cap),
+        # keeping the minimum as well as the median.
+        res = measure_interleaved(nets, (cfg.batch_size, *shape), settings_from(cfg),
+                                  rounds=3, warmup=cfg.warmup, max_seconds=4 * cfg.max_seconds)
+        cache["measured"].update({k: m.median_ms for k, m in res.items()})
+        cache["measured_min"].update({k: m.min_ms for k, m in res.items()})
         write_json(cache_path, cache)  # resumable after every group
         print(f"  {model_name}/{backend}: measured {len(cache['measured'])}/{len(choices)}",
               flush=True)
     meas = cache["measured"]
+    settings = settings_from(cfg)
+    bs = cfg.batch_size
+    with torch.no_grad():
+        head_in = (bs, *chain.info[-1].out_shape)
+    stem_min = lut.get(module_key("stem", chain.stem), (bs, *shape), settings).min_ms
+    head_min = lut.get(module_key("head", chain.head), head_in, settings).min_ms
+
+    def lut_min_sum(choice: list[str]) -> float:
+        # The same sum over each op's fastest run: on a machine shared with other jobs the
+        # minimum is the closest a timing gets to the uncontended latency.
+        return stem_min + head_min + sum(
+            0.0 if s == "identity" else
+            lut.get(op_key(chain, i, s), (bs, *chain.info[i].in_shape), settings).min_ms
+            for i, s in enumerate(choice))
+
+    mins = cache["measured_min"]
     calib_names = ["teacher"] + [f"s{n}" for n in range(args.calib_students)]
     eval_names = [f"s{n}" for n in range(args.calib_students, n_total)]
     cal = fit_calibration([(lut_sum(choices[k]), meas[k]) for k in calib_names])
@@ -134,6 +157,12 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         "teacher_ratio": errors([ratio * s for s in sums], truth),
         "corrected": errors([cal.predict(s) for s in sums], truth),
         "measured_range": [min(truth), max(truth)],
+        "min_uncorrected": errors([lut_min_sum(choices[k]) for k in eval_names],
+                                  [mins[k] for k in eval_names]),
+        "min_corrected": errors(
+            [fit_calibration([(lut_min_sum(choices[k]), mins[k]) for k in calib_names])
+             .predict(lut_min_sum(choices[k])) for k in eval_names],
+            [mins[k] for k in eval_names]),
     }
 
 
@@ -175,8 +204,9 @@ def main() -> int:
 
     lines = ["| model | backend | layers/ops | teacher ms (LUT sum) | students | "
              "uncorrected median / p90 | teacher ratio median / p90 | "
-             "corrected median / p90 (alpha, beta) | targets (corrected / uncorrected) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "corrected median / p90 (alpha, beta) | targets (corrected / uncorrected) | "
+             "min-based uncorrected / corrected median (p90) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         u, t, c, cal = r["uncorrected"], r["teacher_ratio"], r["corrected"], r["calibration"]
         lines.append(
@@ -184,7 +214,9 @@ def main() -> int:
             f"{r['teacher_ms']:.2f} ({r['teacher_lut_ms']:.2f}) | {r['students']} | "
             f"{u['median']:.1%} / {u['p90']:.1%} | {t['median']:.1%} / {t['p90']:.1%} | "
             f"{c['median']:.1%} / {c['p90']:.1%} ({cal['alpha']:.3f}, {cal['beta']:.2f} ms, "
-            f"{cal['method']}) | {verdict(c)} / {verdict(u)} |")
+            f"{cal['method']}) | {verdict(c)} / {verdict(u)} | "
+            f"{r['min_uncorrected']['median']:.1%} ({r['min_uncorrected']['p90']:.1%}) / "
+            f"{r['min_corrected']['median']:.1%} ({r['min_corrected']['p90']:.1%}) |")
     table = "\n".join(lines)
     print(table)
     cmd = "python benchmarks/latency_additivity.py " + " ".join(sys.argv[1:])
