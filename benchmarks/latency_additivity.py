@@ -88,6 +88,9 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
 
     cache_path = work / f"{model_name}_{backend}_{args.image_size}px.json"
     cache = read_json(cache_path) if cache_path.exists() else {"measured": {}}
+    if args.report_only and len(cache.get("measured_min", {})) < (
+            1 + args.calib_students + args.students):
+        return None  # not measured yet (or still running elsewhere)
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False, num_classes=1000).eval()
     shape = (3, args.image_size, args.image_size)
@@ -97,7 +100,8 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     t0 = time.time()
     prof = profile_candidates(chain, cands, lambda i, s: build_candidate(chain, i, s), cfg,
                               lut, shape)
-    lut.save()
+    if not args.report_only:
+        lut.save()
     lut_s = time.time() - t0
     fixed = prof["stem_ms"] + prof["head_ms"]
 
@@ -186,19 +190,32 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(Path(__file__).parent / "work" / "latency_additivity"))
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: report the (model, backend) pairs whose students "
+                   "are all cached in WORK, list the others as pending")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     lut = LatencyTable(work / "lut.json")
+    if args.report_only:
+        # Never write the shared LUT: another process may be adding entries to it.
+        lut.path = work / f"lut.report-{os.getpid()}.json"
     load_before = os.getloadavg()
     t0 = time.time()
-    rows = []
+    rows: list[dict] = []
+    pending: list[str] = []
     for model_name in args.models:
         for backend in args.backends:
             print(f"{model_name} / {backend}", flush=True)
-            rows.append(run_one(model_name, backend, args, lut, work))
+            row = run_one(model_name, backend, args, lut, work)
+            if row is None:
+                pending.append(f"{model_name}/{backend}")
+            else:
+                rows.append(row)
     wall = time.time() - t0
+    if args.report_only and lut.path is not None:
+        lut.path.unlink(missing_ok=True)
     load_after = os.getloadavg()
     write_json(work / "summary.json", {"args": vars(args), "rows": rows})
 
@@ -221,17 +238,20 @@ def main() -> int:
     print(table)
     cmd = "python benchmarks/latency_additivity.py " + " ".join(sys.argv[1:])
     full = (set(args.models) >= set(DEFAULT_MODELS) and args.students >= 50
-            and args.image_size == 224)
+            and args.image_size == 224 and not pending)
     body = (
         f"{SECTION}\n\n"
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{wall / 60:.0f} min wall).\n"
+        + ("rendered from the cached measurements in the work directory" if args.report_only
+           else f"{wall / 60:.0f} min wall") + ").\n"
         f"Machine: {machine()}; load average {load_before[0]:.1f} before and "
         f"{load_after[0]:.1f} after (other jobs were sharing the cores, so timings are "
         f"noisy). Batch 1, {args.threads} thread(s), {args.image_size} px, random weights, "
         f"lana's default space. The correction is fitted on the teacher plus "
         f"{args.calib_students} random students; the errors are on {args.students} other "
-        f"random students per model. Targets: median <= {TARGET_MEDIAN:.0%} and p90 <= "
+        f"random students per model."
+        + (f" Not measured yet (pending): {', '.join(pending)}." if pending else "")
+        + " Targets: median <= {TARGET_MEDIAN:.0%} and p90 <= "
         f"{TARGET_P90:.0%} of |predicted - measured| / measured.\n\n{table}\n\n"
         + ("" if full else
            "This was a reduced run (not every model of the issue, fewer than 50 students "
