@@ -126,6 +126,7 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
                                   rounds=3, warmup=cfg.warmup, max_seconds=4 * cfg.max_seconds)
         cache["measured"].update({k: m.median_ms for k, m in res.items()})
         cache["measured_min"].update({k: m.min_ms for k, m in res.items()})
+        cache.setdefault("load", []).append(os.getloadavg()[0])
         write_json(cache_path, cache)  # resumable after every group
         print(f"  {model_name}/{backend}: measured {len(cache['measured'])}/{len(choices)}",
               flush=True)
@@ -153,6 +154,7 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     truth = [meas[k] for k in eval_names]
     sums = [lut_sum(choices[k]) for k in eval_names]
     return {
+        "load": cache.get("load", []),
         "model": model_name, "backend": backend, "layers": len(cands),
         "ops": sum(len(c) for c in cands), "lut_seconds": lut_s,
         "teacher_ms": meas["teacher"], "teacher_lut_ms": lut_sum(choices["teacher"]),
@@ -236,6 +238,21 @@ def main() -> int:
             f"{r['min_corrected']['median']:.1%} ({r['min_corrected']['p90']:.1%}) |")
     table = "\n".join(lines)
     print(table)
+    met_c = sum(verdict(r["corrected"]) == "met" for r in rows)
+    met_u = sum(verdict(r["uncorrected"]) == "met" for r in rows)
+    flagged = sum(1 for e in lut.entries().values() if e.get("flagged"))
+    verdicts = (f"Targets met on {met_c} of {len(rows)} (model, backend) pairs with the "
+                f"correction and on {met_u} of {len(rows)} without it. The drift monitor "
+                f"flagged {flagged} of {len(lut)} LUT entries (reference op more than 10 % "
+                "off its baseline even after re-measuring).")
+    loads = [x for r in rows for x in r["load"]]
+    if args.report_only:
+        load_text = (f"1-min load average while the students were measured: "
+                     f"{min(loads):.1f}-{max(loads):.1f}" if loads else
+                     "the load during the measurements was not recorded in the cache")
+    else:
+        load_text = (f"load average {load_before[0]:.1f} before and {load_after[0]:.1f} "
+                     "after")
     cmd = "python benchmarks/latency_additivity.py " + " ".join(sys.argv[1:])
     full = (set(args.models) >= set(DEFAULT_MODELS) and args.students >= 50
             and args.image_size == 224 and not pending)
@@ -244,15 +261,15 @@ def main() -> int:
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         + ("rendered from the cached measurements in the work directory" if args.report_only
            else f"{wall / 60:.0f} min wall") + ").\n"
-        f"Machine: {machine()}; load average {load_before[0]:.1f} before and "
-        f"{load_after[0]:.1f} after (other jobs were sharing the cores, so timings are "
+        f"Machine: {machine()}; {load_text} (other jobs were sharing the cores, so timings are "
         f"noisy). Batch 1, {args.threads} thread(s), {args.image_size} px, random weights, "
         f"lana's default space. The correction is fitted on the teacher plus "
         f"{args.calib_students} random students; the errors are on {args.students} other "
         f"random students per model."
         + (f" Not measured yet (pending): {', '.join(pending)}." if pending else "")
-        + " Targets: median <= {TARGET_MEDIAN:.0%} and p90 <= "
+        + f" Targets: median <= {TARGET_MEDIAN:.0%} and p90 <= "
         f"{TARGET_P90:.0%} of |predicted - measured| / measured.\n\n{table}\n\n"
+        f"{verdicts}\n\n"
         + ("" if full else
            "This was a reduced run (not every model of the issue, fewer than 50 students "
            "or another image size); the full run (4 models x 2 backends x 50 students at "
