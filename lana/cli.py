@@ -71,11 +71,24 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, help_ in [("prepare", "teacher, decomposition and candidate list"),
                         ("distill", "phase 1: layer-wise distillation of all candidates"),
-                        ("profile", "phase 2b: latency of every candidate (LUT)"),
+                        ("profile", "phase 2b: latency of every candidate (LUT); given a "
+                                    "bundle from export-candidates, measure it into --out"),
                         ("score", "phase 2a: replace-one scores")]:
         s = sub.add_parser(name, help=help_)
-        s.add_argument("dir", help="run directory")
         _run_dir_args(s)
+        if name == "profile":
+            s.add_argument("dir", metavar="DIR|BUNDLE", help="run directory or bundle")
+            g = s.add_argument_group("bundle profiling (on the target machine)")
+            g.add_argument("--backend", help="latency backend (default onnxruntime)")
+            g.add_argument("--threads", type=int, help="threads to pin (default 1)")
+            g.add_argument("--out", help="LUT file to write (default BUNDLE/lut.json)")
+            g.add_argument("--max-seconds", type=float, help="time cap per op (default 0.3)")
+        else:
+            s.add_argument("dir", help="run directory")
+    ec = sub.add_parser("export-candidates", help="write every candidate at its layer as "
+                        "ONNX plus a manifest: a bundle to profile on the target device")
+    ec.add_argument("dir", help="run directory")
+    ec.add_argument("--out", required=True, help="bundle directory to write")
     for name, help_ in [("search", "phase 2c: ILP search, K students ranked and measured; "
                                    "or, given a library JSON file, the search alone"),
                         ("finetune", "phase 3: fine-tune the selected student with KD"),
@@ -157,9 +170,32 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "not one; for a run directory give the budget as --speedup or --latency-ms"
             )
 
+    if args.cmd == "profile":
+        from lana.profile import is_bundle
+
+        if is_bundle(args.dir):
+            return _profile_bundle(args)
+        used = [f"--{n.replace('_', '-')}" for n in ("backend", "threads", "out", "max_seconds")
+                if getattr(args, n) is not None]
+        if used:
+            raise ConfigError(f"{', '.join(used)} apply to a candidate bundle, but {args.dir} "
+                              "is not one (no manifest.json); for a run directory set them "
+                              "in the latency section of its config")
+
     from lana import dist
     from lana.pipeline import Run
 
+    if args.cmd == "export-candidates":
+        from lana.profile import export_bundle
+
+        run = Run(Path(args.dir))
+        cfg = run.config
+        m = export_bundle(run.chain, run.candidates, run._build, cfg.latency.batch_size,
+                          run.input_shape, args.out,
+                          {"model": cfg.model.name, "run": str(Path(args.dir).resolve())})
+        print(f"wrote {len(m['entries'])} ONNX models and {Path(args.out) / 'manifest.json'}"
+              f"; on the target: lana profile {args.out} --backend BACKEND --out lut.json")
+        return 0
     if args.cmd == "list-models":
         from lana.report import print_families, print_model_space
 
@@ -235,6 +271,22 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
         if create or run_dir.is_dir():
             dist.on_main(lambda: (stack.enter_context(run_lock(run_dir)), check()))
         yield
+
+
+def _profile_bundle(args: argparse.Namespace) -> int:
+    from lana.profile import profile_bundle
+
+    out = args.out or str(Path(args.dir) / "lut.json")
+    res = profile_bundle(args.dir, args.backend or "onnxruntime", args.threads or 1, out,
+                         max_seconds=args.max_seconds or 0.3)
+    s = res["settings"]
+    flagged = len(res["drift"]["flagged"])
+    print(f"{res['lut']}: {res['entries']} entries ({res['measured']} measured now) on "
+          f"{s['device']} with {s['backend']}, {s['threads']} thread(s), batch "
+          f"{s['batch_size']}" + (f"; {flagged} flagged for drift" if flagged else ""))
+    print("on the training machine set, in the config's latency section: "
+          f"lut: <this file>, device: lut, backend: {s['backend']}, threads: {s['threads']}")
+    return 0
 
 
 def _is_library(path: Path) -> bool:

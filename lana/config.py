@@ -87,6 +87,19 @@ class LatencyConfig(_Section):
     warmup: int = Field(10, ge=0)
     max_seconds: float = Field(0.3, gt=0, description="time cap per measured op")
     lut: str | None = Field(None, description="shared LUT file reused across runs")
+    extra: list[str] = Field(default_factory=list, description="further latency columns "
+                             "for library.json, as BACKEND or BACKEND@bN (batch size N): "
+                             "each becomes a cost latency_ms@<entry> the search can bound")
+    device: str | None = Field(None, description="device the LUT entries must come from: "
+                               "unset = this machine (missing entries are measured); "
+                               "'lut' = the one device in latency.lut, e.g. a target "
+                               "profiled with `lana profile BUNDLE` (nothing is timed here)")
+    drift_every: int = Field(25, ge=0, description="re-time a reference op after this many "
+                             "new LUT entries to detect a machine that speeds up or slows "
+                             "down (0 = off)")
+    drift_threshold: float = Field(0.10, gt=0, description="relative change of the "
+                                   "reference op that counts as drift: the entries since "
+                                   "the last check are re-measured, then flagged")
 
 
 class ScoreConfig(_Section):
@@ -118,6 +131,9 @@ class SearchConfig(_Section):
     overlap: float = Field(0.7, gt=0, le=1)
     eval_samples: int = Field(1024, ge=8, description="held-out images to rank the K students")
     max_resolves: int = Field(4, ge=0, description="re-solves when a student misses its budget")
+    extra_budgets: list[str] = Field(default_factory=list, description="further bounds "
+                                     "on whole-network costs of library.json, e.g. "
+                                     "'params<=2e6' or 'latency_ms@torch<=5'")
     margin: float = Field(0.03, ge=0, lt=0.5, description="a student must measure this "
                           "fraction under the budget to be selected, so that measurement "
                           "noise does not push the exported student over it")
@@ -197,6 +213,13 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
 
     if isinstance(cfg.space.ops, list):
         space_specs(cfg.space.ops)
+    # Extra budgets and latency columns too: a typo must fail before the profile stage.
+    from lana.profile import extra_columns
+    from lana.search import Budget
+
+    for text in cfg.search.extra_budgets:
+        Budget.parse(text)
+    extra_columns(cfg.latency)
     return cfg
 
 

@@ -9,21 +9,12 @@ Every time is in milliseconds.
 
 Backends
 --------
-A backend turns an ``nn.Module`` and an example input into a zero-argument *runner*
-that executes one inference. Registered in :data:`BACKENDS`:
-
-``"torch"``
-    PyTorch eager on the CPU, eval mode, ``torch.inference_mode``; torch's intra-op
-    thread count is pinned to ``Settings.threads`` while measuring and restored after.
-``"onnxruntime"``
-    The module is exported to ONNX in memory (:func:`export_onnx`) and run by an
-    onnxruntime ``CPUExecutionProvider`` session: ``intra_op_num_threads=threads``,
-    ``inter_op_num_threads=1``, ``ORT_SEQUENTIAL``, all graph optimisations enabled,
-    inputs and outputs bound once (I/O binding) so Python feed overhead stays small.
-``"torch-cuda"``
-    PyTorch eager on the current CUDA GPU, timed with CUDA events and synchronised
-    after every inference. On a machine without CUDA it raises
-    :class:`~lana.errors.BackendUnavailableError`; it never falls back to the CPU.
+A backend (:mod:`lana.backends`, registry :data:`BACKENDS`) turns an ``nn.Module`` and an
+example input into a zero-argument *runner* that executes one inference: ``torch``,
+``onnxruntime`` (the default), ``openvino`` and ``torch-compile`` on the CPU;
+``torch-cuda``, ``torch-cuda-graphs``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt`` and
+``tensorrt`` on a GPU. An unavailable backend raises
+:class:`~lana.errors.BackendUnavailableError`; none falls back to another.
 
 Stopping rule
 -------------
@@ -48,11 +39,18 @@ A JSON object::
                        "dtype": "float32", "device": "cpu:<model>|2 cores|x86_64"},
           "median_ms": 0.0123, "p25_ms": ..., "p75_ms": ..., "min_ms": ...,
           "mean_ms": ..., "std_ms": ..., "count": 57, "warmup": 10,
-          "rel_ci": 0.012
+          "rel_ci": 0.012, "outliers": 1
         },
         ...
-      }
+      },
+      "reference": {"<settings key>": {"op": "reference:conv3x3_c32",
+                    "input_shape": [1, 32, 28, 28], "baseline_ms": ...,
+                    "checks": [{"time", "median_ms", "ratio", "reason", "entries"}]}}
     }
+
+``outliers`` counts runs slower than p75 + 3 IQR. ``reference`` (optional) holds the drift
+checks of :class:`DriftMonitor` per settings key; an entry measured while the machine had
+drifted, and not recovered by re-measuring, also has ``"flagged": true, "drift": ratio``.
 
 The entry key is :meth:`LatencyTable.key`; the settings key
 (:meth:`Settings.key`) contains every setting including the device fingerprint, so a
@@ -68,24 +66,31 @@ import copy
 import dataclasses
 import functools
 import gc
-import io
-import logging
 import math
 import os
 import platform
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lana.errors import ArtifactError, BackendUnavailableError, ConfigError, LanaError
+from lana.backends import (
+    BACKENDS,
+    Backend,
+    OnnxRuntimeBackend,
+    Runner,
+    TorchBackend,
+    TorchCudaBackend,
+    export_onnx,
+    get_backend,
+    inference_form,
+)
+from lana.errors import ArtifactError, ConfigError, LanaError
 from lana.io import read_json, write_json
 
 __all__ = [
@@ -105,6 +110,7 @@ __all__ = [
     "get_backend",
     "inference_form",
     "measure",
+    "measure_onnx",
     "median_ci",
     "time_runner",
 ]
@@ -117,11 +123,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-#: A runner executes one inference. It returns ``None`` when the caller should time it
-#: with the host clock, or the elapsed milliseconds when the device timed itself (CUDA
-#: events), because the host clock would then also count the synchronisation wait.
-Runner = Callable[[], float | None]
 
 # The clock is a module global so tests can swap in a deterministic fake.
 _clock: Callable[[], int] = time.perf_counter_ns
@@ -230,6 +231,9 @@ class Measurement:
     count: int
     warmup: int
     rel_ci: float | None = None  # achieved CI half-width / median; None if n too small
+    #: Runs slower than p75 + 3 * IQR (Tukey's far-out fence): preemption, page faults.
+    #: They do not move the median, but many of them say the machine was busy.
+    outliers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The measurement as a plain JSON-ready dict."""
@@ -250,6 +254,7 @@ class Measurement:
                 count=int(data["count"]),
                 warmup=int(data.get("warmup", 0)),
                 rel_ci=None if data.get("rel_ci") is None else float(data["rel_ci"]),
+                outliers=int(data.get("outliers", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"not a latency measurement ({exc!r}): {data!r}") from None
@@ -272,6 +277,7 @@ class Measurement:
             count=int(x.size),
             warmup=int(warmup),
             rel_ci=None if half is None else (float(half / med) if med > 0 else 0.0),
+            outliers=int(np.count_nonzero(x > p75 + 3.0 * (p75 - p25))),
         )
 
 
@@ -354,284 +360,6 @@ def time_runner(
     return Measurement.from_samples(samples, warmup=done_warmup)
 
 
-# -------------------------------------------------------------------------- export
-
-
-@contextlib.contextmanager
-def _quiet_fds() -> Iterator[None]:
-    # The legacy exporter dumps the whole TorchScript graph to fd 1 from C++ when an op
-    # fails to convert (its log switch is always on in torch 2.x), which Python-level
-    # redirection cannot catch; point fds 1 and 2 at /dev/null for the duration.
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            stream.flush()
-    saved: list[tuple[int, int]] = []
-    with contextlib.suppress(OSError):  # no /dev/null or a closed fd: stay noisy
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            for fd in (1, 2):
-                kept = os.dup(fd)
-                saved.append((fd, kept))
-                os.dup2(devnull, fd)
-        finally:
-            os.close(devnull)
-    try:
-        yield
-    finally:
-        for fd, kept in saved:
-            os.dup2(kept, fd)
-            os.close(kept)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # Both exporters chatter: the legacy one warns it is deprecated, the dynamo one
-    # prints progress lines and logs through several loggers. Hundreds of ops get
-    # exported, so all of that would drown the user's output.
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
-                                              "onnxscript", "onnx_ir", "torch.fx")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), _quiet_fds():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _export_legacy(module: nn.Module, example: torch.Tensor, opset: int) -> bytes:
-    buf = io.BytesIO()
-    torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset,
-                      input_names=["input"], output_names=["output"],
-                      do_constant_folding=True)
-    return buf.getvalue()
-
-
-def _export_dynamo(module: nn.Module, example: torch.Tensor, opset: int) -> bytes:
-    program = torch.onnx.export(module, (example,), dynamo=True, opset_version=max(opset, 18),
-                                input_names=["input"], output_names=["output"],
-                                optimize=True, verbose=False)
-    if program is None:  # only when f= is given, which we never do
-        raise LanaError("the dynamo ONNX exporter returned no program")
-    return program.model_proto.SerializeToString()
-
-
-def export_onnx(module: nn.Module, example: torch.Tensor, *, exporter: str = "auto",
-                opset: int = 17) -> bytes:
-    """Export ``module`` (in eval mode) for input ``example`` to an in-memory ONNX model.
-
-    The graph has one input named ``input`` (static shape, e.g. NCHW) and its first
-    output is named ``output`` (e.g. ``[N, classes]`` logits). ``exporter``:
-
-    * ``"legacy"`` -- TorchScript exporter (``dynamo=False``): ~1-100 ms per small op
-      on torch 2.14, against ~0.7-3.5 s for the dynamo exporter, so it is the default;
-    * ``"dynamo"`` -- the ``torch.export`` based exporter;
-    * ``"auto"`` -- legacy, falling back to dynamo when legacy fails (e.g. once torch
-      removes it).
-
-    The module's train/eval mode is restored afterwards. Exporter warnings and progress
-    output are silenced. Raises :class:`~lana.errors.LanaError` if export fails.
-    """
-    exporters: dict[str, Callable[[nn.Module, torch.Tensor, int], bytes]] = {
-        "legacy": _export_legacy, "dynamo": _export_dynamo}
-    if exporter == "auto":
-        order = ["legacy", "dynamo"]
-    elif exporter in exporters:
-        order = [exporter]
-    else:
-        raise ConfigError(f"exporter must be 'auto', 'legacy' or 'dynamo', got {exporter!r}")
-    was_training = module.training
-    errors: list[str] = []
-    module.eval()
-    deployed = inference_form(module)  # a folded copy, if anything folds
-    try:
-        for name in order:
-            try:
-                with _quiet(), torch.no_grad():
-                    return exporters[name](deployed, example, opset)
-            except Exception as exc:  # exporters raise many unrelated exception types
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    finally:
-        module.train(was_training)
-    raise LanaError(f"cannot export {type(module).__name__} to ONNX for input shape "
-                    f"{tuple(example.shape)}; " + "; ".join(errors))
-
-
-# ------------------------------------------------------------------------- backends
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """A way of running a module on the target device."""
-
-    name: str
-    device_kind: str  # "cpu" or "cuda": selects the device fingerprint
-
-    def check_available(self) -> None:
-        """Raise BackendUnavailableError, saying how to fix it, if this cannot run here."""
-        ...
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Return a zero-argument runner that executes one inference on ``example``."""
-        ...
-
-
-def inference_form(module: nn.Module) -> nn.Module:
-    """``module`` as it is deployed: blocks with a ``reparameterize()`` method (RepVGG-style
-    training-time branches) folded into their inference form. Returns ``module`` itself when
-    there is nothing to fold, else a folded deep copy (the caller's module is unchanged)."""
-    if not any(hasattr(m, "reparameterize") for m in module.modules()):
-        return module
-    from lana.space import reparameterize
-
-    return reparameterize(copy.deepcopy(module).eval())
-
-
-def _frozen_copy(module: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
-    # Work on a copy so measuring never changes the caller's module (mode, dtype,
-    # device); no parameter needs grad, so no autograd graph even outside inference mode.
-    m = inference_form(copy.deepcopy(module)).to(device=device, dtype=dtype).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
-
-
-class TorchBackend:
-    """PyTorch eager on the CPU (``"torch"``)."""
-
-    name = "torch"
-    device_kind = "cpu"
-
-    def check_available(self) -> None:
-        """Always available: torch is a dependency of lana."""
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Return a runner calling an eval-mode copy of ``module`` on ``example``.
-
-        :func:`measure` pins ``torch.set_num_threads(threads)`` and enters
-        ``torch.inference_mode`` around the timed loop (entering it per run costs ~2 us,
-        a sizeable share of a tiny op).
-        """
-        m = _frozen_copy(module, "cpu", example.dtype)
-        x = example.detach().to("cpu")
-
-        def run() -> None:
-            m(x)
-
-        return run
-
-
-class TorchCudaBackend:
-    """PyTorch eager on the current CUDA GPU, timed with CUDA events (``"torch-cuda"``)."""
-
-    name = "torch-cuda"
-    device_kind = "cuda"
-
-    def check_available(self) -> None:
-        """Raise unless a CUDA GPU is usable from this torch build."""
-        if not torch.cuda.is_available():
-            build = torch.version.cuda or "none (CPU-only build)"
-            raise BackendUnavailableError(
-                "backend 'torch-cuda' needs an NVIDIA GPU, but torch.cuda.is_available() is "
-                f"False here (torch {torch.__version__}, CUDA build: {build}). Run on a "
-                "machine with a GPU and a CUDA build of PyTorch (pip install torch from the "
-                "CUDA wheels), or measure the CPU with backend 'torch' or 'onnxruntime'.")
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Return a runner that times one inference with CUDA events and synchronises."""
-        self.check_available()
-        m = _frozen_copy(module, "cuda", example.dtype)
-        x = example.detach().to("cuda")
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-
-        def run() -> float:
-            start.record()
-            m(x)
-            end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end))
-
-        return run
-
-
-class OnnxRuntimeBackend:
-    """onnxruntime ``CPUExecutionProvider`` on an in-memory ONNX export (``"onnxruntime"``)."""
-
-    name = "onnxruntime"
-    device_kind = "cpu"
-
-    def check_available(self) -> None:
-        """Raise unless onnxruntime and an ONNX exporter can be imported."""
-        missing = []
-        for pkg in ("onnxruntime", "onnx"):
-            try:
-                __import__(pkg)
-            except ImportError:
-                missing.append(pkg)
-        if missing:
-            raise BackendUnavailableError(
-                f"backend 'onnxruntime' needs the Python package(s) {', '.join(missing)}: "
-                f"pip install {' '.join(missing)}  (or use backend 'torch')")
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Export ``module`` to ONNX and return a runner doing one ``run_with_iobinding``."""
-        self.check_available()
-        import onnxruntime as ort
-
-        if example.dtype != torch.float32:
-            raise BackendUnavailableError(
-                f"backend 'onnxruntime' measures float32 only, not {example.dtype}; use "
-                "dtype 'float32', or backend 'torch'/'torch-cuda' for reduced precision")
-        model = export_onnx(module, example.detach().cpu())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # errors only: ORT warns about unused initialisers
-        try:
-            session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise LanaError(f"onnxruntime cannot load the export of {type(module).__name__}: "
-                            f"{exc}") from exc
-        # Binding once keeps the per-run Python overhead at ~4 us instead of ~9 us with
-        # session.run(feed); per-op overhead adds up across a LUT-composed network.
-        x = np.ascontiguousarray(example.detach().cpu().numpy())
-        binding = session.io_binding()
-        binding.bind_cpu_input(session.get_inputs()[0].name, x)
-        for out in session.get_outputs():
-            binding.bind_output(out.name, "cpu")
-
-        def run() -> None:
-            session.run_with_iobinding(binding)
-
-        return run
-
-
-#: Registry of latency backends: name -> zero-argument factory returning a Backend.
-#: Other modules may register more (e.g. an OpenVINO or TensorRT backend).
-BACKENDS: dict[str, Callable[[], Backend]] = {
-    "torch": TorchBackend,
-    "onnxruntime": OnnxRuntimeBackend,
-    "torch-cuda": TorchCudaBackend,
-}
-
-
-def get_backend(name: str) -> Backend:
-    """Instantiate the backend registered as ``name`` (does not check availability)."""
-    try:
-        factory = BACKENDS[name]
-    except (KeyError, TypeError):
-        raise BackendUnavailableError(
-            f"unknown latency backend {name!r}; known backends: "
-            f"{', '.join(sorted(BACKENDS))}") from None
-    return factory()
-
 
 @contextlib.contextmanager
 def _torch_threads(threads: int) -> Iterator[None]:
@@ -708,6 +436,30 @@ def measure_interleaved(
             for name in modules}
 
 
+def measure_onnx(model: bytes, input_shape: tuple[int, ...], settings: Settings,
+                 **measure_kwargs: Any) -> Measurement:
+    """Measure an ONNX model (one float input of ``input_shape``) on an ONNX backend.
+
+    This is how a candidate bundle is profiled on a target machine without the teacher's
+    code. Raises :class:`~lana.errors.ConfigError` for a backend that runs only PyTorch
+    modules.
+    """
+    backend = get_backend(settings.backend)
+    if not hasattr(backend, "prepare_onnx"):
+        onnx_ok = sorted(n for n in BACKENDS if hasattr(get_backend(n), "prepare_onnx"))
+        raise ConfigError(f"backend {settings.backend!r} runs PyTorch modules, but this "
+                          f"bundle holds ONNX models; use one of {', '.join(onnx_ok)}, or "
+                          "profile the run directory itself on the target")
+    backend.check_available()
+    if settings.dtype != "float32":
+        raise ConfigError("ONNX bundles are float32; use dtype 'float32'")
+    shape = tuple(int(s) for s in input_shape)
+    example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with _torch_threads(settings.threads):
+        runner = backend.prepare_onnx(model, example, settings.threads)
+        return time_runner(runner, **measure_kwargs)
+
+
 # ---------------------------------------------------------------------------- LUT
 
 
@@ -718,6 +470,7 @@ class LatencyTable:
         """Open the LUT at ``path``, loading it if the file exists; ``None``: in memory."""
         self.path = Path(path) if path is not None else None
         self._entries: dict[str, dict[str, Any]] = {}
+        self._reference: dict[str, dict[str, Any]] = {}
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
@@ -736,6 +489,10 @@ class LatencyTable:
             except ArtifactError as exc:
                 raise ArtifactError(f"{path}: entry {key!r} is corrupt: {exc}") from None
         self._entries = dict(entries)
+        reference = data.get("reference", {})
+        if not isinstance(reference, dict):
+            raise ArtifactError(f"{path}: 'reference' must be an object; delete it")
+        self._reference = dict(reference)
 
     @staticmethod
     def key(op_key: str, input_shape: tuple[int, ...], settings: Settings) -> str:
@@ -763,7 +520,37 @@ class LatencyTable:
         """Atomically write the table to its path."""
         if self.path is None:
             raise LanaError("this LatencyTable has no path; pass one to LatencyTable(path)")
-        write_json(self.path, {"format": LUT_FORMAT, "entries": self._entries})
+        data: dict[str, Any] = {"format": LUT_FORMAT, "entries": self._entries}
+        if self._reference:
+            data["reference"] = self._reference
+        write_json(self.path, data)
+
+    def reference(self, settings: Settings) -> dict[str, Any] | None:
+        """The drift reference record of these settings (see :class:`DriftMonitor`)."""
+        ref = self._reference.get(settings.key())
+        return None if ref is None else copy.deepcopy(ref)
+
+    def set_reference(self, settings: Settings, record: dict[str, Any]) -> None:
+        """Store the drift reference record of these settings."""
+        self._reference[settings.key()] = copy.deepcopy(record)
+
+    def devices(self, settings: Settings) -> list[str]:
+        """Devices with entries measured like ``settings`` (same backend, batch, threads,
+        dtype), e.g. the target machine of a LUT built with ``lana profile BUNDLE``."""
+        want = {k: v for k, v in settings.to_dict().items() if k != "device"}
+        found = set()
+        for entry in self._entries.values():
+            got = dict(entry.get("settings", {}))
+            device = got.pop("device", None)
+            if got == want and device:
+                found.add(device)
+        return sorted(found)
+
+    def annotate(self, key: str, **fields: Any) -> None:
+        """Add fields (e.g. a drift flag) to the stored entry ``key``."""
+        if key not in self._entries:
+            raise LanaError(f"no LUT entry {key!r} to annotate")
+        self._entries[key].update(fields)
 
     def measure_or_get(self, op_key: str, module: nn.Module, input_shape: tuple[int, ...],
                        settings: Settings, **measure_kwargs: Any) -> Measurement:
@@ -784,3 +571,130 @@ class LatencyTable:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# -------------------------------------------------------------------------- drift
+
+
+def reference_module() -> nn.Module:
+    """The fixed reference op timed again and again to detect drift (seeded weights).
+
+    A 3x3 conv + BN + ReLU with 32 channels at 28x28 (~15 MFLOP): long enough (~1 ms on
+    one core) that the timer resolution does not matter, short enough to re-time often.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(32), nn.ReLU())
+
+
+REFERENCE_OP = "reference:conv3x3_c32"
+REFERENCE_SHAPE = (32, 28, 28)  # C, H, W; the batch size comes from the settings
+
+
+class DriftMonitor:
+    """Detect a machine that gets faster or slower while a LUT is being built.
+
+    The reference op (:func:`reference_module`) is timed once at the start (its
+    *baseline*, stored in the LUT's ``reference`` section, so that a later session on the
+    same LUT compares against the same baseline) and again after every ``every`` new
+    measurements. When the reference's median differs from the baseline by more than
+    ``threshold`` (relative), every entry measured since the last good check is measured
+    again and the reference re-checked; entries that still fall in a drifted window are
+    kept but annotated with ``"drift": <reference ratio>`` and ``"flagged": true``, and
+    the run says so. Every check is recorded with its ratio.
+
+    Use :meth:`measured` after each new LUT entry and :meth:`finish` at the end.
+    """
+
+    def __init__(self, lut: LatencyTable, settings: Settings, *, every: int = 25,
+                 threshold: float = 0.10, log: Callable[[str], None] | None = None,
+                 measure_fn: Callable[[Any, tuple[int, ...]], Measurement] | None = None,
+                 **measure_kwargs: Any) -> None:
+        if every < 0 or threshold <= 0:
+            raise ConfigError("drift check: every must be >= 0 and threshold > 0")
+        self.lut, self.settings = lut, settings
+        self.every, self.threshold = every, threshold
+        self.kwargs = measure_kwargs
+        self.log = log or (lambda msg: None)
+        # How an entry is re-measured: a module by default; an ONNX model for bundles.
+        self.measure_fn = measure_fn or (
+            lambda module, shape: measure(module, shape, settings, **measure_kwargs))
+        self.shape = (settings.batch_size, *REFERENCE_SHAPE)
+        self.pending: list[tuple[str, Any, tuple[int, ...]]] = []
+        self.remeasured = 0
+        self.flagged: list[str] = []
+        record = lut.reference(settings) if every else None
+        self.record: dict[str, Any] = record or {"op": REFERENCE_OP,
+                                                 "input_shape": list(self.shape),
+                                                 "baseline_ms": None, "checks": []}
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``every == 0`` (drift detection off)."""
+        return self.every > 0
+
+    def _reference_ms(self) -> float:
+        return measure(reference_module(), self.shape, self.settings, **self.kwargs).median_ms
+
+    def _check(self, reason: str) -> float:
+        ms = self._reference_ms()
+        if self.record["baseline_ms"] is None:
+            self.record["baseline_ms"] = ms
+        ratio = ms / self.record["baseline_ms"]
+        self.record["checks"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                            time.gmtime()),
+                                      "median_ms": ms, "ratio": ratio, "reason": reason,
+                                      "entries": len(self.lut)})
+        self.lut.set_reference(self.settings, self.record)
+        return ratio
+
+    def _drifted(self, ratio: float) -> bool:
+        return abs(ratio - 1.0) > self.threshold
+
+    def start(self) -> None:
+        """Time the reference (sets the baseline on a LUT that has none)."""
+        if self.enabled:
+            ratio = self._check("start")
+            if self._drifted(ratio):
+                self.log(f"latency drift: the reference op runs at {ratio:.2f}x its "
+                         "baseline in this LUT; the machine differs from when the LUT was "
+                         "started (load, clock, thermal state); new entries are measured "
+                         "under these conditions")
+
+    def measured(self, op_key: str, module: Any, input_shape: tuple[int, ...]) -> None:
+        """Record a new entry (``module`` as ``measure_fn`` takes it); every ``every``
+        entries the reference is re-checked."""
+        if not self.enabled:
+            return
+        self.pending.append((op_key, module, tuple(input_shape)))
+        if len(self.pending) >= self.every:
+            self._settle("periodic")
+
+    def finish(self) -> dict[str, Any]:
+        """Check the last entries and return a summary for ``latency.json``."""
+        if self.enabled and self.pending:
+            self._settle("final")
+        return {"enabled": self.enabled, "every": self.every, "threshold": self.threshold,
+                "baseline_ms": self.record["baseline_ms"], "checks": self.record["checks"],
+                "remeasured": self.remeasured, "flagged": list(self.flagged)}
+
+    def _settle(self, reason: str) -> None:
+        ratio = self._check(reason)
+        if self._drifted(ratio):
+            self.log(f"latency drift: reference op at {ratio:.2f}x its baseline; "
+                     f"re-measuring the last {len(self.pending)} entries")
+            for op_key, module, shape in self.pending:
+                m = self.measure_fn(module, shape)
+                self.lut.put(op_key, shape, self.settings, m)
+                self.remeasured += 1
+            ratio = self._check("after re-measure")
+            if self._drifted(ratio):
+                keys = [LatencyTable.key(k, s, self.settings) for k, _, s in self.pending]
+                for key in keys:
+                    self.lut.annotate(key, drift=ratio, flagged=True)
+                self.flagged.extend(keys)
+                self.log(f"latency drift persists (reference at {ratio:.2f}x baseline): "
+                         f"{len(keys)} entries flagged in the LUT; re-run on a quiet "
+                         "machine, or delete the LUT to start a new baseline")
+        self.pending.clear()

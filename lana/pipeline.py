@@ -326,13 +326,32 @@ class Run:
         lut = LatencyTable(cfg.lut or self.dir / "lut.json")
         res = profile_candidates(self.chain, self.candidates, self._build, cfg, lut,
                                  self.input_shape)
-        res["teacher_measured_ms"] = measure_models({"teacher": self.teacher},
-                                                    self.input_shape, cfg)["teacher"]
+        if res.get("remote"):  # measured on the target from the bundle's teacher network
+            res["teacher_measured_ms"] = res["teacher_network_ms"]
+        else:
+            res["teacher_measured_ms"] = measure_models({"teacher": self.teacher},
+                                                        self.input_shape, cfg)["teacher"]
         res["teacher_predicted_ms"] = res["stem_ms"] + res["head_ms"] + sum(
             row[ops.index("teacher")] for row, ops in zip(res["layers"], self.candidates,
                                                           strict=True))
         res["specs"] = self.candidates
+        from lana.profile import extra_columns
+
+        res["extra"] = {}
+        for column, extra_cfg in extra_columns(cfg).items():
+            x = profile_candidates(self.chain, self.candidates, self._build, extra_cfg, lut,
+                                   self.input_shape)
+            res["extra"][column] = {k: x[k] for k in ("settings", "stem_ms", "head_ms",
+                                                      "layers")}
         return res
+
+    def costs(self) -> dict:
+        """Parameters and FLOPs of stem, head and every candidate (``costs.json``)."""
+        from lana.profile import static_costs
+
+        return self._stage("costs", self.dir / "costs.json", {"specs": self.candidates},
+                           lambda: static_costs(self.chain, self.candidates, self._build,
+                                                self.input_shape))
 
     def score(self) -> dict:
         """Phase 2a: replace-one scores on held-out data."""
@@ -362,15 +381,21 @@ class Run:
 
     def library(self) -> dict:
         """Write ``library.json``: per layer and op, its score and its cost (ms)."""
-        lat, sc = self.profile(), self.score()
+        lat, sc, costs = self.profile(), self.score(), self.costs()
+        # Every cost column: the configured latency, extra latency columns (other backends
+        # or batch sizes), parameters and FLOPs; the search can bound any of them.
+        columns = {"latency_ms": lat, **lat.get("extra", {})}
         layers = []
-        for name, specs, ms, scores in zip(self.chain.names, self.candidates, lat["layers"],
-                                           sc["scores"], strict=True):
+        for i, (name, specs, scores) in enumerate(zip(self.chain.names, self.candidates,
+                                                      sc["scores"], strict=True)):
             layers.append({"name": name, "ops": [
-                {"spec": s, "score": a, "cost": {"latency_ms": b}}
-                for s, a, b in zip(specs, scores, ms, strict=True)]})
-        lib = {"layers": layers, "fixed_cost": {"latency_ms": lat["stem_ms"] + lat["head_ms"]},
-               "latency": lat["settings"]}
+                {"spec": s, "score": a, "cost": {
+                    **{col: c["layers"][i][j] for col, c in columns.items()},
+                    **costs["layers"][i][j]}}
+                for j, (s, a) in enumerate(zip(specs, scores, strict=True))]})
+        fixed = {col: c["stem_ms"] + c["head_ms"] for col, c in columns.items()}
+        fixed.update({k: costs["stem"][k] + costs["head"][k] for k in ("params", "flops")})
+        lib = {"layers": layers, "fixed_cost": fixed, "latency": lat["settings"]}
         write_json(self.dir / "library.json", lib)
         return lib
 
@@ -454,9 +479,23 @@ class Run:
         if self.config.model.layers is not None:  # a split by hand is part of the arch
             arch["model"]["layers"] = list(self.config.model.layers)
         files = save_student(sdir / "model", student, arch)
+        target = self.budget_ms(budget)
+        if self.profile().get("remote"):
+            # The target is another machine: time model/student.onnx there with
+            # `lana profile`; here only the prediction is known.
+            log("[yellow]export: latency.device is another machine; the student's latency "
+                "is predicted, not measured (measure model/student.onnx on the "
+                "target)[/yellow]")
+            return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
+                    "latency_ms_predicted": chosen["latency_ms_predicted"],
+                    "latency_ms_measured": None, "teacher_latency_ms":
+                    self.profile()["teacher_measured_ms"], "speedup": None,
+                    "meets_budget": None, "accuracy": ft["accuracy"],
+                    "accuracy_before_finetune": ft["accuracy_before"],
+                    "choices": chosen["choices"],
+                    "files": {k: str(Path("model") / v) for k, v in files.items()}}
         ms = measure_models({"teacher": self.teacher, "student": student}, self.input_shape,
                             self.config.latency)
-        target = self.budget_ms(budget)
         speedup = ms["teacher"] / ms["student"]
         # A speed-up budget is checked against the teacher measured in the same session, so
         # a machine that got slower since profiling does not fail a student unfairly.

@@ -8,15 +8,33 @@ no node to the exported network.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from lana.config import LatencyConfig
 from lana.decompose import Chain
-from lana.latency import LatencyTable, Settings, measure_interleaved
-from lana.progress import progress
+from lana.errors import ArtifactError, ConfigError
+from lana.io import atomic_write_bytes, read_json, write_json
+from lana.latency import (
+    DriftMonitor,
+    LatencyTable,
+    Measurement,
+    Settings,
+    device_fingerprint,
+    export_onnx,
+    get_backend,
+    measure,
+    measure_interleaved,
+    measure_onnx,
+)
+from lana.progress import log, progress
+
+BUNDLE_FORMAT = "lana-bundle/1"
 
 
 def module_key(prefix: str, module: nn.Module) -> str:
@@ -34,14 +52,43 @@ def op_key(chain: Chain, layer: int, spec: str, module: nn.Module | None = None)
     key = f"{spec}@{chain.info[layer].signature}"
     from lana.space import OP_TYPES, parse_spec
 
-    if module is not None and OP_TYPES[parse_spec(spec).kind].teacher_dependent:
+    if OP_TYPES[parse_spec(spec).kind].teacher_dependent:
+        if module is None:  # its structure (not its weights) is part of the key
+            from lana.space import build_op
+
+            module = build_op(spec, chain.info[layer], chain.layers[layer])
         key = module_key(key, module)
     return key
 
 
-def settings_from(cfg: LatencyConfig) -> Settings:
-    """Latency settings (device fingerprint included) from the config section."""
-    return Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads)
+def settings_from(cfg: LatencyConfig, lut: LatencyTable | None = None) -> Settings:
+    """Latency settings (device fingerprint included) from the config section.
+
+    ``cfg.device`` unset: this machine. ``"lut"``: the one device the LUT holds entries
+    for with these settings (a LUT measured on the target with ``lana profile BUNDLE``);
+    any other string: that device fingerprint.
+    """
+    local = Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads)
+    if cfg.device is None:
+        return local
+    device = cfg.device
+    if device == "lut":
+        found = lut.devices(local) if lut is not None else []
+        if len(found) != 1:
+            raise ConfigError(
+                f"latency.device is 'lut', but the LUT {getattr(lut, 'path', None)} holds "
+                f"{'no' if not found else len(found)} device(s) measured with backend "
+                f"{cfg.backend}, batch {cfg.batch_size}, {cfg.threads} thread(s)"
+                + (f": {found}" if found else "") + "; set latency.lut to the LUT made by "
+                "`lana profile BUNDLE` with the same backend/threads, or name the device")
+        device = found[0]
+    return Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads,
+                    device=device)
+
+
+def is_remote(settings: Settings) -> bool:
+    """True when the settings name a device other than this machine (no local timing)."""
+    return settings.device != device_fingerprint(get_backend(settings.backend).device_kind)
 
 
 def _measure_kwargs(cfg: LatencyConfig, scale: float = 1.0) -> dict:
@@ -53,8 +100,17 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
     """Measure stem, head and every candidate; return per-layer milliseconds.
 
     ``build(i, spec)`` returns the candidate module (weights do not matter for latency).
+    When the settings name another machine (``latency.device``), nothing is measured:
+    every entry must be in the LUT, and a missing one is an error that says how to get it.
     """
-    settings = settings_from(cfg)
+    settings = settings_from(cfg, lut)
+    if is_remote(settings):
+        return _from_remote_lut(chain, candidates, lut, settings, input_shape)
+    others = [d for d in lut.devices(settings) if d != settings.device]
+    if others and len(lut) and lut.path is not None:
+        log(f"[yellow]{lut.path} also holds entries measured on {others}; they are not used "
+            "for this machine. To build the library from them, set latency.device: lut "
+            "(or that device string)[/yellow]")
     bs = cfg.batch_size
     kw = _measure_kwargs(cfg)
     in_stem = (bs, *input_shape)
@@ -62,10 +118,26 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
         head_in = (bs, *chain.stem(torch.zeros(1, *input_shape)).shape[1:])
         if chain.info:
             head_in = (bs, *chain.info[-1].out_shape)
-    stem_ms = lut.measure_or_get(module_key("stem", chain.stem), chain.stem, in_stem,
-                                 settings, **kw).median_ms
-    head_ms = lut.measure_or_get(module_key("head", chain.head), chain.head, head_in,
-                                 settings, **kw).median_ms
+    monitor = DriftMonitor(lut, settings, every=cfg.drift_every,
+                           threshold=cfg.drift_threshold,
+                           log=lambda msg: log(f"[yellow]{msg}[/yellow]"), **kw)
+    started = False
+
+    def ms(key: str, module: nn.Module, shape: tuple[int, ...]) -> float:
+        nonlocal started
+        found = lut.get(key, shape, settings)
+        if found is not None:
+            return found.median_ms
+        if not started:  # only a LUT that gets new entries needs the reference
+            monitor.start()
+            started = True
+        m = measure(module, shape, settings, **kw)
+        lut.put(key, shape, settings, m)
+        monitor.measured(key, module, shape)
+        return m.median_ms
+
+    stem_ms = ms(module_key("stem", chain.stem), chain.stem, in_stem)
+    head_ms = ms(module_key("head", chain.head), chain.head, head_in)
     layers: list[list[float]] = []
     total = sum(len(c) for c in candidates)
     with progress() as bar:
@@ -77,14 +149,213 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
                     row.append(0.0)
                 else:
                     module = chain.layers[i] if spec == "teacher" else build(i, spec)
-                    m = lut.measure_or_get(op_key(chain, i, spec, module), module,
-                                           (bs, *chain.info[i].in_shape), settings, **kw)
-                    row.append(m.median_ms)
+                    row.append(ms(op_key(chain, i, spec, module), module,
+                                  (bs, *chain.info[i].in_shape)))
                 bar.advance(task)
             layers.append(row)
             lut.save()  # keep what was measured if the run is interrupted
+    drift = monitor.finish() if started else {"enabled": monitor.enabled, "checks": [],
+                                              "remeasured": 0, "flagged": []}
+    lut.save()
+    # Re-read: a drift re-measurement may have replaced entries after they were read.
+    if drift["remeasured"]:
+        stem_ms = lut.get(module_key("stem", chain.stem), in_stem, settings).median_ms
+        head_ms = lut.get(module_key("head", chain.head), head_in, settings).median_ms
+        layers = [[0.0 if spec == "identity" else
+                   lut.get(op_key(chain, i, spec), (bs, *chain.info[i].in_shape),
+                           settings).median_ms for spec in specs]
+                  for i, specs in enumerate(candidates)]
     return {"settings": settings.to_dict(), "stem_ms": stem_ms, "head_ms": head_ms,
-            "layers": layers}
+            "layers": layers, "drift": drift}
+
+
+def _layout(chain: Chain, candidates: list[list[str]], batch: int,
+            input_shape: tuple[int, ...]) -> list[tuple[str, str, Any, tuple[int, ...]]]:
+    """Every (kind, LUT op key, module, full input shape) a profile needs: stem, head, each
+    non-identity candidate at its layer, and the teacher end to end ("network")."""
+    with torch.no_grad():
+        head_in = (batch, *chain.stem(torch.zeros(1, *input_shape)).shape[1:])
+        if chain.info:
+            head_in = (batch, *chain.info[-1].out_shape)
+    items = [("stem", module_key("stem", chain.stem), chain.stem, (batch, *input_shape)),
+             ("head", module_key("head", chain.head), chain.head, head_in)]
+    for i, specs in enumerate(candidates):
+        for spec in specs:
+            if spec != "identity":
+                items.append(("op", op_key(chain, i, spec), (i, spec),
+                              (batch, *chain.info[i].in_shape)))
+    items.append(("network", module_key("network", chain), chain, (batch, *input_shape)))
+    return items
+
+
+def _from_remote_lut(chain: Chain, candidates: list[list[str]], lut: LatencyTable,
+                     settings: Settings, input_shape: tuple[int, ...]) -> dict:
+    got: dict[tuple[str, tuple[int, ...]], Measurement] = {}
+    missing = []
+    for _, key, _, shape in _layout(chain, candidates, settings.batch_size, input_shape):
+        m = lut.get(key, shape, settings)
+        if m is None:
+            missing.append(key)
+        else:
+            got[key, shape] = m
+    if missing:
+        raise ArtifactError(
+            f"the LUT {lut.path} lacks {len(missing)} of the entries this run needs for "
+            f"device {settings.device!r} ({settings.backend}, batch {settings.batch_size}, "
+            f"{settings.threads} thread(s)), e.g. {missing[:3]}. The candidates or the "
+            "settings changed since the bundle was exported: run `lana export-candidates "
+            "DIR --out BUNDLE` again and `lana profile BUNDLE --backend "
+            f"{settings.backend} --threads {settings.threads} --out LUT` on the target")
+    items = _layout(chain, candidates, settings.batch_size, input_shape)
+    ms = {key: got[key, shape].median_ms for _, key, _, shape in items}
+    layers = [[0.0 if spec == "identity" else ms[op_key(chain, i, spec)] for spec in specs]
+              for i, specs in enumerate(candidates)]
+    stem, head, network = items[0][1], items[1][1], items[-1][1]
+    log(f"latency: using the LUT measured on {settings.device} (no timing on this machine)")
+    return {"settings": settings.to_dict(), "stem_ms": ms[stem], "head_ms": ms[head],
+            "layers": layers, "remote": True, "teacher_network_ms": ms[network],
+            "drift": {"enabled": False, "checks": [], "remeasured": 0, "flagged": []}}
+
+
+def export_bundle(chain: Chain, candidates: list[list[str]], build, batch: int,
+                  input_shape: tuple[int, ...], out: str | Path, source: dict) -> dict:
+    """Write a self-contained candidate bundle: one ONNX model per unique (op, shape).
+
+    ``out/manifest.json`` (format ``lana-bundle/1``) lists every entry's LUT op key, full
+    input shape, kind (stem, head, op, network) and file; ``out/onnx/NNNN.onnx`` hold the
+    models (random or phase-1 weights: latency does not depend on them). The teacher is
+    included end to end so the target also measures the calibration point. Profiling the
+    bundle needs lana and an ONNX backend, but neither the teacher's code nor its weights.
+    """
+    out = Path(out)
+    (out / "onnx").mkdir(parents=True, exist_ok=True)
+    entries, seen = [], set()
+    items = _layout(chain, candidates, batch, input_shape)
+    with progress() as bar:
+        task = bar.add_task("export candidates", total=len(items), info=str(out))
+        for kind, key, module, shape in items:
+            bar.advance(task)
+            if (key, shape) in seen:
+                continue
+            seen.add((key, shape))
+            if kind == "op":
+                i, spec = module
+                module = chain.layers[i] if spec == "teacher" else build(i, spec)
+            name = f"onnx/{len(entries):04d}.onnx"
+            atomic_write_bytes(out / name, export_onnx(module, torch.zeros(shape)))
+            entries.append({"kind": kind, "op": key, "input_shape": list(shape), "file": name})
+    manifest = {"format": BUNDLE_FORMAT, "batch_size": batch, "dtype": "float32",
+                "input_shape": list(input_shape), "source": source, "entries": entries}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def is_bundle(path: str | Path) -> bool:
+    """True if ``path`` is a directory written by :func:`export_bundle`."""
+    return (Path(path) / "manifest.json").is_file()
+
+
+def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Path, *,
+                   warmup: int = 10, max_seconds: float = 0.3, drift_every: int = 25,
+                   drift_threshold: float = 0.10) -> dict:
+    """Measure every ONNX model of a bundle into the LUT ``out`` (resumable; cached).
+
+    Entries get this machine's device fingerprint; on the training machine the pipeline
+    finds them with ``latency.lut: <out>`` and ``latency.device: lut``.
+    """
+    bundle = Path(bundle)
+    manifest = read_json(bundle / "manifest.json")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise ArtifactError(f"{bundle} is not a lana candidate bundle (format "
+                            f"{manifest.get('format')!r}, expected {BUNDLE_FORMAT!r})")
+    settings = Settings(backend=backend, batch_size=int(manifest["batch_size"]),
+                        threads=threads)
+    lut = LatencyTable(out)
+    kw = {"warmup": warmup, "max_seconds": max_seconds}
+    monitor = DriftMonitor(lut, settings, every=drift_every, threshold=drift_threshold,
+                           log=lambda msg: log(f"[yellow]{msg}[/yellow]"),
+                           measure_fn=lambda model, shape: measure_onnx(model, shape,
+                                                                        settings, **kw),
+                           **kw)
+    started, new = False, 0
+    with progress() as bar:
+        entries = manifest["entries"]
+        task = bar.add_task("profile bundle", total=len(entries), info=backend)
+        for n, e in enumerate(entries):
+            shape = tuple(int(v) for v in e["input_shape"])
+            if lut.get(e["op"], shape, settings) is None:
+                if not started:
+                    monitor.start()
+                    started = True
+                model = (bundle / e["file"]).read_bytes()
+                # The network is timed with a longer cap: it is the calibration point.
+                scale = 4.0 if e["kind"] == "network" else 1.0
+                lut.put(e["op"], shape, settings,
+                        measure_onnx(model, shape, settings, warmup=warmup,
+                                     max_seconds=max_seconds * scale))
+                monitor.measured(e["op"], model, shape)
+                new += 1
+            bar.advance(task)
+            if n % 20 == 19:
+                lut.save()  # resumable
+    drift = monitor.finish() if started else {"checks": [], "remeasured": 0, "flagged": []}
+    lut.save()
+    return {"lut": str(out), "entries": len(manifest["entries"]), "measured": new,
+            "settings": settings.to_dict(), "drift": drift}
+
+
+def extra_columns(cfg: LatencyConfig) -> dict[str, LatencyConfig]:
+    """``latency.extra`` as {column name: latency config}: ``"torch"`` -> column
+    ``latency_ms@torch`` measured with backend torch, ``"onnxruntime@b32"`` -> column
+    ``latency_ms@onnxruntime@b32`` at batch size 32 (other settings as ``cfg``)."""
+    out = {}
+    for entry in cfg.extra:
+        backend, _, batch = entry.partition("@")
+        if batch and not (batch.startswith("b") and batch[1:].isdigit() and int(batch[1:])):
+            raise ConfigError(f"latency.extra entry {entry!r}: write BACKEND or BACKEND@bN "
+                              "(N = batch size), e.g. 'torch' or 'onnxruntime@b32'")
+        get_backend(backend)  # an unknown name fails here, listing the known ones
+        out[f"latency_ms@{entry}"] = cfg.model_copy(update={
+            "backend": backend, "batch_size": int(batch[1:]) if batch else cfg.batch_size,
+            "extra": [], "device": None})
+    return out
+
+
+def static_costs(chain: Chain, candidates: list[list[str]], build,
+                 input_shape: tuple[int, ...]) -> dict:
+    """Parameters and FLOPs (batch 1, multiply-add = 2) of stem, head and every candidate.
+
+    Identity costs nothing. FLOPs are counted by ``torch.utils.flop_counter`` (convs and
+    matmuls; elementwise ops are not counted), once per run (``costs.json``).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def cost(module: nn.Module, shape: tuple[int, ...]) -> dict:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            module.eval()(torch.zeros(1, *shape))
+        return {"params": float(sum(p.numel() for p in module.parameters())),
+                "flops": float(counter.get_total_flops())}
+
+    with torch.no_grad():
+        head_in = tuple(chain.stem(torch.zeros(1, *input_shape)).shape[1:])
+    if chain.info:
+        head_in = tuple(chain.info[-1].out_shape)
+    layers = []
+    with progress() as bar:
+        task = bar.add_task("params and FLOPs", total=sum(map(len, candidates)))
+        for i, specs in enumerate(candidates):
+            row = []
+            for spec in specs:
+                if spec == "identity":
+                    row.append({"params": 0.0, "flops": 0.0})
+                else:
+                    module = chain.layers[i] if spec == "teacher" else build(i, spec)
+                    row.append(cost(copy.deepcopy(module), tuple(chain.info[i].in_shape)))
+                bar.advance(task)
+            layers.append(row)
+    return {"stem": cost(copy.deepcopy(chain.stem), tuple(input_shape)),
+            "head": cost(copy.deepcopy(chain.head), head_in), "layers": layers}
 
 
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],

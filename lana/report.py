@@ -29,14 +29,21 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     for s in students:
         name = "student " + ", ".join(f"{v:g}x" if k == "speedup" else f"{v:g} ms"
                                       for k, v in s["budget"].items())
-        t.add_row(name, _pct(s["accuracy"]), f"{s['latency_ms_measured']:.4g}",
-                  f"{s['latency_ms_predicted']:.4g}", f"{s['speedup']:.2f}x",
-                  f"{s['budget_ms']:.4g}", "yes" if s["meets_budget"] else "[red]no[/red]")
+        # None: the LUT came from another machine, so nothing was measured here.
+        t.add_row(name, _pct(s["accuracy"]), _num(s["latency_ms_measured"]),
+                  f"{s['latency_ms_predicted']:.4g}",
+                  "-" if s["speedup"] is None else f"{s['speedup']:.2f}x",
+                  f"{s['budget_ms']:.4g}", "not measured" if s["meets_budget"] is None
+                  else "yes" if s["meets_budget"] else "[red]no[/red]")
     console.print(t)
     for s in summary["students"]:
         changed = sum(1 for c in s["choices"] if c != "teacher")
         console.print(f"  {s['path']}: {changed}/{len(s['choices'])} layers replaced: "
                       + " ".join(s["choices"]))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def print_search(result: dict, console: Console | None = None) -> None:
@@ -51,7 +58,7 @@ def print_search(result: dict, console: Console | None = None) -> None:
     for n, r in enumerate(last["students"]):
         mark = " *" if r["choices"] == result["chosen"]["choices"] else ""
         t.add_row(f"{n}{mark}", f"{r['score']:.4f}", f"{r['latency_ms_predicted']:.4g}",
-                  f"{r['latency_ms_measured']:.4g}", f"{r['val_loss']:.4f}",
+                  _num(r["latency_ms_measured"]), f"{r['val_loss']:.4f}",
                   _pct(r["val_accuracy"]), "yes" if r["meets_budget"] else "no")
     console.print(t)
 

@@ -266,7 +266,8 @@ def _nonfinite_word(x: float) -> str:
 # Budgets and results
 # ---------------------------------------------------------------------------------------------
 
-_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(<=|>=)\s*(\S+)\s*$")
+# "@" allows column names such as latency_ms@torch or latency_ms@onnxruntime@b32.
+_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-@]*)\s*(<=|>=)\s*(\S+)\s*$")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ with fakes and independent of torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lana.config import BudgetConfig, SearchConfig
@@ -21,77 +23,185 @@ from lana.progress import log
 from lana.search import Budget, Library, minimum_reachable, solve
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Measured end-to-end latency ~ ``alpha`` * LUT sum + ``beta`` (ms).
+
+    The LUT times every op alone, so its sum misses what the whole network does
+    differently: a per-network overhead (one session call instead of dozens, the input
+    copy, the head) that is constant, and a per-op speed factor (fused kernels, warm
+    caches between consecutive layers, or the opposite). ``alpha`` captures the factor,
+    ``beta`` the constant; ``points`` is how many (LUT sum, measured) pairs it was fit on.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    points: int = 0
+    method: str = "none"
+
+    def predict(self, lut_ms: float) -> float:
+        """The corrected prediction of a network whose LUT sum is ``lut_ms``."""
+        return self.alpha * lut_ms + self.beta
+
+    def invert(self, measured_ms: float) -> float:
+        """The LUT sum whose corrected prediction is ``measured_ms``."""
+        return (measured_ms - self.beta) / self.alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15
+                    ) -> Calibration:
+    """Fit measured ~ alpha * lut + beta to ``(lut_ms, measured_ms)`` pairs.
+
+    A line needs LUT sums that differ: when there are fewer than three points, or their
+    LUT sums span less than ``min_span`` of the largest one, the intercept is not
+    identifiable from noise and the fit falls back to a ratio through the origin (the
+    pooled measured/LUT ratio, ``beta = 0``). The line is also rejected in favour of the
+    ratio when it is implausible: a non-positive slope, or a prediction at or below zero
+    for one of the points.
+    """
+    pts = [(float(x), float(y)) for x, y in points
+           if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
+    if not pts:
+        return Calibration()
+    ratio = Calibration(alpha=sum(y for _, y in pts) / sum(x for x, _ in pts), beta=0.0,
+                        points=len(pts), method="ratio")
+    xs = [x for x, _ in pts]
+    if len(pts) < 3 or (max(xs) - min(xs)) < min_span * max(xs):
+        return ratio
+    n = len(pts)
+    mx = sum(xs) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    alpha = sxy / sxx
+    beta = my - alpha * mx
+    line = Calibration(alpha=alpha, beta=beta, points=n, method="line")
+    if alpha <= 0 or any(line.predict(x) <= 0 for x in xs):
+        return ratio
+    return line
+
+
 def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: float,
            cfg: SearchConfig, build: Callable[[list[str]], Any],
-           measure: Callable[[dict[str, Any]], dict[str, float]],
-           evaluate: Callable[[Any], dict[str, float]]) -> dict:
+           measure: Callable[[dict[str, Any]], dict[str, float]] | None,
+           evaluate: Callable[[Any], dict[str, float]],
+           extra_budgets: Sequence[Budget] = ()) -> dict:
     """Search, verify and rank students; return the content of ``search.json``.
 
     ``latency`` holds ``stem_ms``, ``head_ms``, ``teacher_measured_ms``,
     ``teacher_predicted_ms`` (from the profile stage). ``build(specs)`` assembles a student,
     ``measure(students)`` returns end-to-end ms per name plus ``"teacher"`` (timed in the
     same session), ``evaluate(student)`` returns held-out ``loss`` and ``accuracy``.
+    ``measure=None`` (the LUT comes from another machine, ``latency.device``): nothing can
+    be timed here, so students are judged by the corrected prediction, marked
+    ``verified: false``, and there is no re-solve. ``extra_budgets`` bound further cost
+    columns of the library (layer sums, i.e. without the fixed stem/head costs).
     """
     fixed = latency["stem_ms"] + latency["head_ms"]
     # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
-    # caches, per-call overhead). The teacher's measured/predicted ratio calibrates that.
-    ratio = latency["teacher_measured_ms"] / latency["teacher_predicted_ms"]
-    layer_budget = target_ms / ratio - fixed
+    # caches, per-call overhead). Measured ~ alpha * LUT sum + beta calibrates that: first
+    # from the teacher alone (a ratio), then refitted on every network measured here.
+    teacher_lut = latency["teacher_predicted_ms"]
+    points = [(teacher_lut, latency["teacher_measured_ms"])]
+    cal = fit_calibration(points)
+    goal = target_ms * (1 - cfg.margin)
+    layer_budget = cal.invert(goal) - fixed
     floor = minimum_reachable(library, "latency_ms")
     if layer_budget < floor:
         backend = latency.get("settings", {}).get("backend", "the backend")
+        minimum = cal.predict(floor + fixed)
         raise InfeasibleBudgetError(
             f"a budget of {target_ms:.4g} ms is below the minimum reachable latency "
-            f"{(floor + fixed) * ratio:.4g} ms of this candidate space on {backend} "
-            f"(stem+head alone: {fixed * ratio:.4g} ms). Raise the budget (or lower the "
-            "speed-up), or add cheaper candidate ops.",
-            minimum={"latency_ms": (floor + fixed) * ratio})
+            f"{minimum:.4g} ms of this candidate space on {backend} "
+            f"(stem+head alone: {cal.predict(fixed):.4g} ms"
+            + (f", {cfg.margin:.0%} safety margin" if cfg.margin else "") + "). Raise the "
+            "budget (or lower the speed-up), or add cheaper candidate ops.",
+            minimum={"latency_ms": minimum})
     attempts = []
     chosen = None
     solve_seconds = 0.0
     for _ in range(cfg.max_resolves + 1):
-        result = solve(library, [Budget("latency_ms", "<=", layer_budget)], k=cfg.k,
-                       overlap=cfg.overlap)
+        result = solve(library, [Budget("latency_ms", "<=", layer_budget),
+                                 *extra_budgets], k=cfg.k, overlap=cfg.overlap)
         solve_seconds += result.solve_seconds
         students = {f"s{n}": build(sol.specs) for n, sol in enumerate(result.solutions)}
-        measured = measure(students)
+        measured = measure(students) if measure is not None else None
+        if measured is None:
+            measured = {"teacher": latency["teacher_measured_ms"]}
         allowed = (measured["teacher"] / budget.speedup if budget.speedup is not None
                    else target_ms)
         rows = []
         for n, sol in enumerate(result.solutions):
             ev = evaluate(students[f"s{n}"])
-            ms = measured[f"s{n}"]
+            ms = measured.get(f"s{n}")
+            lut_ms = sol.cost["latency_ms"] + fixed
+            judged = ms if ms is not None else cal.predict(lut_ms)
             rows.append({"choices": sol.specs, "score": sol.score,
-                         "latency_ms_lut": sol.cost["latency_ms"] + fixed,
-                         "latency_ms_predicted": (sol.cost["latency_ms"] + fixed) * ratio,
-                         "latency_ms_measured": ms,
-                         "meets_budget": ms <= allowed * (1 - cfg.margin),
+                         "latency_ms_lut": lut_ms,
+                         "latency_ms_predicted": cal.predict(lut_ms),
+                         "latency_ms_measured": ms, "verified": ms is not None,
+                         "meets_budget": judged <= allowed * (1 - cfg.margin) * (1 + 1e-9),
                          "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]})
+            if ms is not None:
+                points.append((lut_ms, ms))
+        if measure is not None:
+            points.append((teacher_lut, measured["teacher"]))
         attempts.append({"layer_budget_ms": layer_budget, "teacher_ms": measured["teacher"],
                          "allowed_ms": allowed, "solve_seconds": result.solve_seconds,
-                         "students": rows})
+                         "calibration": cal.to_dict(), "students": rows})
         ok = [r for r in rows if r["meets_budget"]]
         if ok:
             chosen = min(ok, key=lambda r: r["val_loss"])
             break
+        if measure is None:
+            break  # nothing measured, nothing to learn from
+        new_budget, cal, how = _next_budget(points, rows, layer_budget, fixed, cal,
+                                            min(allowed, target_ms) * (1 - cfg.margin))
+        new_budget = max(floor, new_budget)
         best = min(rows, key=lambda r: r["val_loss"])
-        shrink = min(0.97, allowed * (1 - cfg.margin) / best["latency_ms_measured"])
         log(f"[yellow]search: best student measured {best['latency_ms_measured']:.4g} ms > "
-            f"{allowed:.4g} ms allowed; tightening the LUT budget by {1 - shrink:.1%} and "
-            f"re-solving[/yellow]")
-        new_budget = max(floor, (layer_budget + fixed) * shrink - fixed)
+            f"{allowed * (1 - cfg.margin):.4g} ms allowed; {how}; LUT budget "
+            f"{layer_budget + fixed:.4g} -> {new_budget + fixed:.4g} ms, re-solving[/yellow]")
         if new_budget >= layer_budget:
             break  # already at the cheapest reachable architecture
         layer_budget = new_budget
     if chosen is None:
         chosen = min((r for a in attempts for r in a["students"]),
-                     key=lambda r: r["latency_ms_measured"])
+                     key=lambda r: (r["latency_ms_measured"] if r["verified"]
+                                    else r["latency_ms_predicted"]))
         log(f"[red]search: no student measurably met the budget after {len(attempts)} "
             "solve(s); keeping the fastest one (see meets_budget in summary.json)[/red]")
+    final = fit_calibration(points)
     return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target_ms,
-            "calibration": ratio, "fixed_ms": fixed, "k": cfg.k, "overlap": cfg.overlap,
-            "log10_space_size": library.log10_space_size(), "solve_seconds": solve_seconds,
-            "resolves": len(attempts) - 1, "attempts": attempts, "chosen": chosen}
+            "calibration": final.to_dict(), "fixed_ms": fixed, "k": cfg.k,
+            "overlap": cfg.overlap, "log10_space_size": library.log10_space_size(),
+            "solve_seconds": solve_seconds, "resolves": len(attempts) - 1,
+            "attempts": attempts, "chosen": chosen}
+
+
+def _next_budget(points: list[tuple[float, float]], rows: list[dict], layer_budget: float,
+                 fixed: float, cal: Calibration, goal: float
+                 ) -> tuple[float, Calibration, str]:
+    """The layer budget of the next solve after no student met ``goal`` (ms, measured).
+
+    First choice: refit the calibration on every network measured so far and invert it at
+    the goal. When the refit does not tighten the budget (the miss is noise rather than a
+    wrong calibration), shrink it by the best student's measured overshoot instead (at
+    least 3 %).
+    """
+    refit = fit_calibration(points)
+    by_fit = refit.invert(goal) - fixed
+    if by_fit < layer_budget:
+        return by_fit, refit, (f"refit measured ~ {refit.alpha:.3f} x LUT "
+                               f"{refit.beta:+.3g} ms on {refit.points} networks")
+    best = min(rows, key=lambda r: r["val_loss"])
+    shrink = min(0.97, goal / best["latency_ms_measured"])
+    return ((layer_budget + fixed) * shrink - fixed, cal,
+            f"calibration unchanged, tightening by {1 - shrink:.1%}")
 
 
 def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
@@ -101,11 +211,18 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
     from lana.train import evaluate
 
     val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
+    fixed = lib.get("fixed_cost", {})
+    extra = []
+    for text in run.config.search.extra_budgets:
+        b = Budget.parse(text)  # whole network -> the layers' share
+        extra.append(Budget(b.key, b.op, b.value - fixed.get(b.key, 0.0)))
     return select(
         Library.from_dict(lib), run.profile(), budget, run.budget_ms(budget),
         run.config.search,
         build=lambda specs: assemble(run.chain, specs, run._load),
-        measure=lambda students: measure_models({"teacher": run.teacher, **students},
-                                                run.input_shape, run.config.latency),
+        measure=None if run.profile().get("remote") else
+        lambda students: measure_models({"teacher": run.teacher, **students},
+                                        run.input_shape, run.config.latency),
         evaluate=lambda student: evaluate(student, val, batch_stats=True),
+        extra_budgets=extra,
     )

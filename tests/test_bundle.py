@@ -1,0 +1,105 @@
+"""A LUT built on another machine: export-candidates -> profile BUNDLE -> the pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import lana.latency
+import lana.profile
+from lana.cli import main
+from lana.config import BudgetConfig, config_from_dict
+from lana.errors import ArtifactError, ConfigError
+from lana.io import read_json, write_json
+from lana.pipeline import Run
+
+
+def _forbid(name: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} must not be called: the target is another machine")
+
+    return fail
+
+
+def _move_to_target(lut_path: Path, device: str) -> None:
+    """Pretend the LUT was measured on another machine (rewrite its device strings)."""
+    data = read_json(lut_path)
+    local = next(iter(data["entries"].values()))["settings"]["device"]
+    text = json.dumps(data).replace(json.dumps(local)[1:-1], device)
+    write_json(lut_path, json.loads(text))
+
+
+def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypatch,
+                                             capsys) -> None:
+    run_dir, cfg = run_copy
+    bundle, lut = tmp_path / "bundle", tmp_path / "lut.json"
+    assert main(["export-candidates", str(run_dir), "--out", str(bundle)]) == 0
+    manifest = read_json(bundle / "manifest.json")
+    assert manifest["format"] == "lana-bundle/1"
+    kinds = [e["kind"] for e in manifest["entries"]]
+    assert kinds.count("stem") == kinds.count("head") == kinds.count("network") == 1
+    keys = [(e["op"], tuple(e["input_shape"])) for e in manifest["entries"]]
+    assert len(keys) == len(set(keys))  # one model per unique (op, shape)
+    assert all((bundle / e["file"]).stat().st_size > 0 for e in manifest["entries"])
+
+    assert main(["profile", str(bundle), "--out", str(lut), "--max-seconds", "0.02"]) == 0
+    assert "device: lut" in capsys.readouterr().out
+    table = lana.latency.LatencyTable(lut)
+    assert len(table) == len(keys)
+    for entry in table.entries().values():  # statistics stored with every entry
+        assert entry["count"] >= 1 and entry["p25_ms"] <= entry["p75_ms"]
+
+    _move_to_target(lut, "cpu:target-box|4 cores|aarch64")
+    cfg["latency"].update(lut=str(lut), device="lut", max_seconds=0.02)
+    # Nothing may be timed here: the numbers must come from the target's LUT.
+    monkeypatch.setattr(lana.profile, "measure", _forbid("measure"))
+    monkeypatch.setattr(lana.profile, "measure_models", _forbid("measure_models"))
+    monkeypatch.setattr(lana.latency, "time_runner", _forbid("time_runner"))
+    run = Run(run_dir, config_from_dict(cfg))
+    lat = run.profile()
+    assert lat["remote"] and lat["settings"]["device"].startswith("cpu:target-box")
+    got = lana.latency.LatencyTable(lut).entries()
+    network = next(e for e in manifest["entries"] if e["kind"] == "network")
+    assert lat["teacher_measured_ms"] == pytest.approx(next(
+        v["median_ms"] for v in got.values() if v["op"] == network["op"]))
+    res = run.search(BudgetConfig(speedup=1.2))
+    chosen = res["chosen"]
+    assert chosen["verified"] is False and chosen["latency_ms_measured"] is None
+    assert chosen["latency_ms_predicted"] <= res["budget_ms"] * 1.0001
+
+    # A LUT that lacks an entry is an error naming what to do.
+    data = read_json(lut)
+    data["entries"].pop(next(k for k, v in data["entries"].items() if v["op"].startswith(
+        "ir_")))
+    write_json(lut, data)
+    (run_dir / "latency.json").unlink()
+    with pytest.raises(ArtifactError, match="lacks 1 of the entries.*export-candidates"):
+        Run(run_dir, config_from_dict(cfg)).profile()
+
+
+def test_device_lut_without_matching_entries(run_copy, tmp_path: Path) -> None:
+    run_dir, cfg = run_copy
+    cfg["latency"].update(lut=str(tmp_path / "empty.json"), device="lut")
+    with pytest.raises(ConfigError, match="holds no device"):
+        Run(run_dir, config_from_dict(cfg)).profile()
+
+
+def test_profile_options_need_a_bundle(run_copy, capsys) -> None:
+    run_dir, _ = run_copy
+    assert main(["profile", str(run_dir), "--backend", "torch"]) == 2
+    assert "apply to a candidate bundle" in capsys.readouterr().err
+
+
+def test_bundle_with_a_torch_backend_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    write_json(tmp_path / "manifest.json", {"format": "lana-bundle/1", "batch_size": 1,
+                                            "entries": [{"kind": "op", "op": "x",
+                                                         "input_shape": [1, 2],
+                                                         "file": "a.onnx"}]})
+    onnx = lana.latency.export_onnx(torch.nn.ReLU(), torch.zeros(1, 2))
+    (tmp_path / "a.onnx").write_bytes(onnx)
+    with pytest.raises(ConfigError, match="runs PyTorch modules"):
+        lana.profile.profile_bundle(tmp_path, "torch", 1, tmp_path / "lut.json")

@@ -1,0 +1,68 @@
+"""The correction of LUT predictions: measured ~ alpha * LUT sum + beta, and the re-solve."""
+
+from __future__ import annotations
+
+import pytest
+
+from lana.config import BudgetConfig, SearchConfig
+from lana.select import Calibration, fit_calibration, select
+from tests.test_select import LATENCY, LIB, LUT, evaluate
+
+
+def test_fit_recovers_a_line() -> None:
+    pts = [(x, 1.2 * x + 0.5) for x in (2.0, 3.0, 4.0, 5.0)]
+    cal = fit_calibration(pts)
+    assert cal.method == "line" and cal.points == 4
+    assert cal.alpha == pytest.approx(1.2) and cal.beta == pytest.approx(0.5)
+    assert cal.invert(cal.predict(3.3)) == pytest.approx(3.3)
+
+
+@pytest.mark.parametrize("pts", [
+    [(5.0, 6.0)],                                   # one point: only a ratio is defined
+    [(5.0, 6.0), (2.0, 2.5)],                       # two points: too few for a line
+    [(5.0, 6.0), (4.9, 5.0), (5.05, 6.5)],          # LUT sums too close together
+    [(2.0, 6.0), (3.0, 5.0), (4.0, 4.0)],           # slower when cheaper: implausible
+])
+def test_fit_falls_back_to_ratio(pts) -> None:
+    cal = fit_calibration(pts)
+    assert cal.method == "ratio" and cal.beta == 0.0
+    assert cal.alpha == pytest.approx(sum(y for _, y in pts) / sum(x for x, _ in pts))
+
+
+def test_fit_ignores_bad_points_and_empty() -> None:
+    assert fit_calibration([]) == Calibration()
+    assert fit_calibration([(0.0, 1.0), (float("nan"), 2.0)]).method == "none"
+
+
+def overhead_device(per_network_ms: float):
+    """Whole-network latency = LUT sum + a constant overhead the LUT cannot see."""
+
+    def measure(students: dict) -> dict:
+        out = {"teacher": 5.0 + per_network_ms}
+        for name, specs in students.items():
+            out[name] = 1.0 + sum(LUT[s] for s in specs) + per_network_ms
+        return out
+
+    return measure
+
+
+def test_constant_overhead_is_learned_and_resolve_fits() -> None:
+    latency = {**LATENCY, "teacher_measured_ms": 6.0}
+    res = select(LIB, latency, BudgetConfig(latency_ms=3.0), 3.0,
+                 SearchConfig(k=1, max_resolves=4, margin=0.0), build=list,
+                 measure=overhead_device(1.0), evaluate=evaluate)
+    # The teacher's ratio (1.2) under-corrects small students: the first solve misses...
+    first = res["attempts"][0]
+    assert first["calibration"]["method"] == "ratio"
+    assert not any(r["meets_budget"] for r in first["students"])
+    # ...the refit on teacher + students finds the overhead, and the next solve fits.
+    assert res["resolves"] >= 1
+    second = res["attempts"][1]["calibration"]
+    assert second["method"] == "line"
+    assert second["alpha"] == pytest.approx(1.0) and second["beta"] == pytest.approx(1.0)
+    assert res["chosen"]["meets_budget"] and res["chosen"]["latency_ms_measured"] <= 3.0
+    # The corrected prediction is exact on this device.
+    assert res["chosen"]["latency_ms_predicted"] == pytest.approx(
+        res["chosen"]["latency_ms_measured"])
+    assert res["calibration"]["beta"] == pytest.approx(1.0)
+    assert res["resolves"] == 1  # one refit was enough
