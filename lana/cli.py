@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     lm.add_argument("--config", help="YAML config whose space.ops to use (default space if "
                     "omitted)")
 
+    rp = sub.add_parser("report", help="write DIR/report/report.html (self-contained, with "
+                        "plots) and report.md from a run directory")
+    rp.add_argument("dir", help="run directory")
+    rp.add_argument("--out", help="output folder (default DIR/report)")
+    rp.add_argument("--points", type=int, default=20,
+                    help="budgets in the report's Pareto sweep (default 20)")
+
     c = sub.add_parser("config", help="print the default configuration as YAML")
     c.add_argument("--defaults", action="store_true", help="(the only mode for now)")
     return p
@@ -124,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     # The standalone search and sweep need neither torch nor a run directory.
+    if args.cmd == "report":
+        from lana.report_html import write_report
+
+        print(f"report: {write_report(args.dir, args.out, sweep_points=args.points)}")
+        return 0
     if args.cmd == "sweep":
         return _sweep(args)
     if args.cmd == "search":
@@ -164,6 +176,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         summary = Run(args.out, load_config(args.config)).all(_budget(args))
         print_summary(summary)
+        _print_report(args.out)
         return 0
     run = Run(Path(args.dir))
     stage = getattr(run, args.cmd)
@@ -173,11 +186,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lana.report import print_summary
 
         print_summary(run.write_summary())
+        _print_report(run.dir)
     elif args.cmd == "search":
         from lana.report import print_search
 
         print_search(result)
     return 0
+
+
+def _print_report(run_dir: str | Path) -> None:
+    """Write the HTML/Markdown report of a finished run and say where it is."""
+    from lana.report_html import write_report
+
+    print(f"report: {write_report(run_dir)}")
 
 
 def _is_library(path: Path) -> bool:

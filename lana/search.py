@@ -869,6 +869,7 @@ def solve(
     *,
     diverse_gap: float = 1e-2,
     diverse_node_limit: int | None = 100,
+    on_solution: Callable[[int], None] | None = None,
 ) -> SearchResult:
     """Find up to ``k`` diverse architectures minimising the summed score under ``budgets``.
 
@@ -888,7 +889,8 @@ def solve(
     still meets every budget and diversity constraint. ``diverse_gap=0,
     diverse_node_limit=None`` makes them exact. ``time_limit`` (seconds) caps the whole
     search: the solutions found so far are returned with ``timed_out=True`` (a
-    :class:`LanaError` if not even the first was found).
+    :class:`LanaError` if not even the first was found). ``on_solution(n)`` is called after
+    the n-th solution is found (for progress bars).
 
     Raises :class:`InfeasibleBudgetError` if a budget is out of the library's reach (its
     ``minimum`` maps the cost key to the reachable bound: the minimum for ``<=``, the
@@ -947,6 +949,8 @@ def solve(
             break
         solutions.append(_solution(library, choices, keys))
         exclusions.append((choices, limit))
+        if on_solution is not None:
+            on_solution(len(solutions))
         if status == "timeout":
             timed_out = True
             break
