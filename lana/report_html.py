@@ -618,6 +618,9 @@ details{margin:.5em 0}nav a{margin-right:1em}
 """
 
 
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
 def _md_inline(text: str) -> str:
     # Sections use **bold** and `code` in their text; HTML gets the same emphasis.
     import re
@@ -645,6 +648,9 @@ def _html_table(t: TableData, collapsed: bool = False) -> str:
 def render_html(sections: Sequence[Section], title: str, subtitle: str) -> str:
     """The whole report as one HTML page; plots inline as data: URIs."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             # The page needs nothing but itself: the browser refuses any network fetch or
+             # script, so a report can be opened (and mailed) safely.
+             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>", f'<p class="sub">{html.escape(subtitle)}</p>',
