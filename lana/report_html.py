@@ -193,7 +193,9 @@ def _overview(run: RunFiles) -> Section:
                      f"{len(teacher.get('layers', []))} replaceable layers")
     data = cfg.get("data", {})
     if data:
-        facts.append(f"data {data.get('name', '?')} at {data.get('image_size', '?')} px")
+        # teacher.json names the data actually used (the Python API passes its own).
+        name = (teacher or {}).get("data") or data.get("name", "?")
+        facts.append(f"data {name} at {data.get('image_size', '?')} px")
     if lat:
         s = lat.get("settings", {})
         facts.append(f"latency on {s.get('backend', '?')}, batch {s.get('batch_size', '?')}, "
