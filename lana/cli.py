@@ -111,7 +111,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="budgets in the report's Pareto sweep (default 20)")
 
     c = sub.add_parser("config", help="print the default configuration as YAML")
-    c.add_argument("--defaults", action="store_true", help="(the only mode for now)")
+    c.add_argument("--defaults", action="store_true", help="every option with its default, "
+                   "as YAML (the default mode)")
+    c.add_argument("--reference", action="store_true", help="the configuration reference "
+                   "as Markdown (docs/config.md): type, default, bounds, description")
     return p
 
 
@@ -163,6 +166,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "config":
         from lana.config import Config
 
+        if args.reference:
+            from lana.config_doc import config_reference
+
+            print(config_reference(), end="")
+            return 0
         print(Config().to_yaml(), end="")
         return 0
     if args.cmd == "demo":
