@@ -68,9 +68,11 @@ class Section:
     id: str
     title: str
     text: str = ""
+    nav: str = ""  # short name in the page's table of contents (default: the title)
     tables: list[TableData] = field(default_factory=list)
     plots: list[Plot] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)  # the result, in a sentence each
 
 
 class RunFiles:
@@ -168,6 +170,17 @@ def _color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
 
+def _teacher_ms(run: RunFiles) -> float | None:
+    """The teacher's measured ms: from the same session as a student's (a fair ratio) when
+    one was exported, else the profile stage's."""
+    for tag in run.budgets():
+        exp = run.student(tag, "export.json")
+        if exp:
+            return exp["teacher_latency_ms"]
+    lat = run.json("latency.json")
+    return lat["teacher_measured_ms"] if lat else None
+
+
 def _calibration(lat: dict | None) -> tuple[float, float]:
     """(fixed stem+head LUT ms, measured/predicted ratio) from latency.json."""
     if not lat:
@@ -208,14 +221,7 @@ def _overview(run: RunFiles) -> Section:
                "predicted ms", "speed-up", "budget ms", "met?"]
     rows = []
     tags = run.budgets()
-    # The teacher timing taken in the same session as a student's (a fair ratio), else the
-    # profile stage's.
-    t_ms = lat["teacher_measured_ms"] if lat else None
-    for tag in tags:
-        exp = run.student(tag, "export.json")
-        if exp:
-            t_ms = exp["teacher_latency_ms"]
-            break
+    t_ms = _teacher_ms(run)
     rows.append(["teacher", "-", _pct(teacher.get("accuracy")), "-", _ms(t_ms), "-", "1.00x",
                  "-", "-"])
     for tag in tags:
@@ -224,6 +230,12 @@ def _overview(run: RunFiles) -> Section:
         ft = run.student(tag, "finetune.json")
         budget = _budget_label(search.get("budget"), tag)
         if exp:
+            acc, t_acc = exp["accuracy"], teacher.get("accuracy")
+            drop = "" if t_acc is None else f" ({100 * (acc - t_acc):+.2f} points)"
+            sec.headline.append(f"**{tag}**: {exp['speedup']:.2f}x faster than the teacher "
+                                f"(measured end to end), accuracy {_pct(acc)} vs "
+                                f"{_pct(t_acc)}{drop}; budget "
+                                + ("met." if exp["meets_budget"] else "**missed**."))
             rows.append([f"student {tag}", budget, _pct(exp["accuracy"]),
                          _pct(exp.get("accuracy_before_finetune")),
                          _ms(exp["latency_ms_measured"]), _ms(exp["latency_ms_predicted"]),
@@ -255,7 +267,6 @@ def _accuracy_latency(run: RunFiles) -> Section:
                   "students after fine-tuning (test accuracy; the arrow starts at their test "
                   "accuracy before fine-tuning) and the teacher. Dashed lines: budgets.")
     teacher = run.json("teacher.json")
-    lat = run.json("latency.json")
     tags = run.budgets()
     if not tags:
         sec.notes.append(f"No search results yet: run `lana search {run.dir}`.")
@@ -281,8 +292,9 @@ def _accuracy_latency(run: RunFiles) -> Section:
                             arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.7})
             ax.scatter([x], [exp["accuracy"]], s=180, marker="*", color=color,
                        edgecolor="black", zorder=4, label=f"{tag}: fine-tuned student (test)")
-    if teacher and lat:
-        ax.scatter([lat["teacher_measured_ms"]], [teacher["accuracy"]], s=120, marker="D",
+    t_ms = _teacher_ms(run)
+    if teacher and t_ms is not None:
+        ax.scatter([t_ms], [teacher["accuracy"]], s=120, marker="D",
                    color="black", zorder=4, label="teacher (test)")
     ax.set_xlabel("measured latency, ms (end to end)")
     ax.set_ylabel("accuracy")
@@ -591,12 +603,14 @@ def build_sections(run_dir: str | os.PathLike[str], *, sweep_points: int = 20,
     sections = []
     for sid, title, build in builders:
         try:
-            sections.append(build())
+            sec = build()
+            sec.nav = sec.nav or title
+            sections.append(sec)
         except (LanaError, KeyError, ValueError, TypeError, IndexError, ZeroDivisionError,
                 AttributeError) as exc:
             # A file from an older lana or a half-written run must not stop the report: the
             # section says what it could not read and the rest is still written.
-            sections.append(Section(sid, title, notes=[
+            sections.append(Section(sid, title, nav=title, notes=[
                 f"This section could not be drawn from the files in {run.dir}: "
                 f"{type(exc).__name__}: {exc}"]))
     if run.problems:
@@ -616,6 +630,7 @@ caption{caption-side:bottom;color:#666;font-size:.85em;text-align:left;padding-t
 img{max-width:100%;height:auto;display:block;margin:.8em 0}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em;margin:.5em 0}
 details{margin:.5em 0}nav a{margin-right:1em}
+.headline{font-size:1.15em}
 .yes{color:#1a7f37;font-weight:600}.no{color:#c62828;font-weight:600}
 """
 
@@ -656,10 +671,12 @@ def render_html(sections: Sequence[Section], title: str, subtitle: str) -> str:
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>", f'<p class="sub">{html.escape(subtitle)}</p>',
-             "<nav>" + "".join(f'<a href="#{s.id}">{html.escape(s.title.split(":")[0])}</a>'
+             "<nav>" + "".join(f'<a href="#{s.id}">{html.escape(s.nav or s.title)}</a>'
                                for s in sections) + "</nav>"]
     for s in sections:
         parts.append(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>')
+        for line in s.headline:
+            parts.append(f'<p class="headline">{_md_inline(line)}</p>')
         if s.text:
             parts.append(f"<p>{_md_inline(s.text)}</p>")
         for note in s.notes:
@@ -693,6 +710,8 @@ def render_markdown(sections: Sequence[Section], title: str, subtitle: str) -> s
     parts = [f"# {title}", "", f"*{subtitle}*", ""]
     for s in sections:
         parts += [f"## {s.title}", ""]
+        for line in s.headline:
+            parts += [line, ""]
         if s.text:
             parts += [s.text, ""]
         for note in s.notes:

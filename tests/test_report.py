@@ -190,3 +190,18 @@ def test_cli_report_and_bad_directory(run_copy, tmp_path: Path, capsys) -> None:
     assert "not a lana run directory" in capsys.readouterr().err
     with pytest.raises(ArtifactError):
         write_report(tmp_path)
+
+
+def test_cli_export_prints_the_table_and_writes_the_report(run_copy, capsys) -> None:
+    run_dir, _ = run_copy
+    assert main(["export", str(run_dir)]) == 0  # every stage cached: only the report is new
+    out = capsys.readouterr().out
+    assert "teacher" in out and "in budget" in out
+    assert f"report: {run_dir / 'report' / 'report.html'}" in out
+    assert (run_dir / "report" / "report.html").exists()
+    (run_dir / "report" / "report.html").unlink()
+    cfg = run_dir.parent / "cfg.yaml"
+    shutil.copy(run_dir / "config.yaml", cfg)
+    assert main(["run", str(cfg), "--out", str(run_dir)]) == 0  # resumes: nothing to do
+    assert f"report: {run_dir / 'report' / 'report.html'}" in capsys.readouterr().out
+    assert (run_dir / "report" / "report.html").exists()
