@@ -526,9 +526,13 @@ def _score_loss(run: RunFiles) -> Section:
         if not math.isfinite(tau):
             sec.notes.append(f"{tag}: Kendall tau needs at least two students with different "
                              "scores and losses.")
-    if scores:
-        ax.axhline(scores["teacher_loss"], color="black", linestyle=":", linewidth=1,
-                   label="teacher loss (scoring set)")
+    if scores and rows:
+        # What the additive model predicts: the teacher's loss plus the summed score.
+        lo, hi = ax.get_xlim()
+        t_loss = scores["teacher_loss"]
+        ax.plot([lo, hi], [t_loss + lo, t_loss + hi], color="black", linestyle=":",
+                linewidth=1, label="additive prediction: teacher loss + score")
+        ax.set_xlim(lo, hi)
     ax.set_xlabel("predicted score (sum of replace-one loss changes)")
     ax.set_ylabel("held-out loss (cross-entropy)")
     ax.grid(True, alpha=0.3)
