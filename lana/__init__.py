@@ -6,6 +6,7 @@ Public API::
     lana.run(config_or_yaml, out_dir) -> summary dict  # the whole pipeline, resumable
     lana.Run(out_dir, config)                          # stage by stage
     lana.load_student(path) -> nn.Module               # a saved student, rebuilt
+    lana.accelerate(model, train_ds, val_ds, budget=2) # one call: .student .summary .report
     lana.search.solve(library, budgets, k=...)          # the ILP alone (no torch needed)
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from lana.api import AccelerateResult, accelerate
     from lana.config import Config, load_config
     from lana.decompose import Chain, decompose
     from lana.errors import LanaError
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Imported lazily so that `import lana.search` (the ILP) needs neither torch nor timm.
 _LAZY = {
+    "accelerate": "lana.api", "AccelerateResult": "lana.api",
     "Config": "lana.config", "load_config": "lana.config",
     "Chain": "lana.decompose", "decompose": "lana.decompose",
     "LanaError": "lana.errors", "Run": "lana.pipeline", "run": "lana.pipeline",
@@ -39,5 +42,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lana' has no attribute {name!r}")
 
 
-__all__ = ["Chain", "Config", "LanaError", "Run", "decompose", "load_config", "load_student",
-           "run", "__version__"]
+__all__ = ["AccelerateResult", "Chain", "Config", "LanaError", "Run", "accelerate", "decompose",
+           "load_config", "load_student", "run", "__version__"]

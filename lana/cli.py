@@ -127,8 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     lm.add_argument("--config", help="YAML config whose space.ops to use (default space if "
                     "omitted)")
 
+    rp = sub.add_parser("report", help="write DIR/report/report.html (self-contained, with "
+                        "plots) and report.md from a run directory")
+    rp.add_argument("dir", help="run directory")
+    rp.add_argument("--out", help="output folder (default DIR/report)")
+    rp.add_argument("--points", type=int, default=20,
+                    help="budgets in the report's Pareto sweep (default 20)")
+
     c = sub.add_parser("config", help="print the default configuration as YAML")
-    c.add_argument("--defaults", action="store_true", help="(the only mode for now)")
+    c.add_argument("--defaults", action="store_true", help="every option with its default, "
+                   "as YAML (the default mode)")
+    c.add_argument("--reference", action="store_true", help="the configuration reference "
+                   "as Markdown (docs/config.md): type, default, bounds, description")
     return p
 
 
@@ -156,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     # The standalone search and sweep need neither torch nor a run directory.
+    if args.cmd == "report":
+        from lana.report_html import write_report
+
+        print(f"report: {write_report(args.dir, args.out, sweep_points=args.points)}")
+        return 0
     if args.cmd == "sweep":
         return _sweep(args)
     if args.cmd == "search":
@@ -207,6 +222,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "config":
         from lana.config import Config
 
+        if args.reference:
+            from lana.config_doc import config_reference
+
+            print(config_reference(), end="")
+            return 0
         print(Config().to_yaml(), end="")
         return 0
     if args.cmd == "demo":
@@ -224,6 +244,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             summary = Run(args.out, config).all(_budget(args))
         if dist.is_main():
             print_summary(summary)
+            _print_report(args.out)
         return 0
     with _dir_lock(Path(args.dir), args.recompute_corrupt):
         run = Run(Path(args.dir))
@@ -243,6 +264,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lana.report import print_summary
 
         print_summary(run.write_summary())
+        _print_report(run.dir)
     elif args.cmd == "search":
         from lana.report import print_search
 
@@ -287,6 +309,13 @@ def _profile_bundle(args: argparse.Namespace) -> int:
     print("on the training machine set, in the config's latency section: "
           f"lut: <this file>, device: lut, backend: {s['backend']}, threads: {s['threads']}")
     return 0
+
+
+def _print_report(run_dir: str | Path) -> None:
+    """Write the HTML/Markdown report of a finished run and say where it is."""
+    from lana.report_html import write_report
+
+    print(f"report: {write_report(run_dir)}")
 
 
 def _is_library(path: Path) -> bool:

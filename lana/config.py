@@ -35,22 +35,27 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Dataset and splits. ``val`` is held out from the training data (for scoring/search)."""
 
-    name: Literal["fashion-mnist", "image-folder", "synthetic"] = "fashion-mnist"
+    name: Literal["fashion-mnist", "image-folder", "synthetic"] = Field(
+        "fashion-mnist", description="fashion-mnist (Debian package dataset-fashion-mnist), "
+        "image-folder (data.path with train/ and val/ class folders) or synthetic (a toy "
+        "set for tests)")
     path: str | None = Field(None, description="dataset folder (default: the Debian "
                              "package's /usr/share/datasets/fashion-mnist)")
-    image_size: int = Field(32, ge=8, le=1024)
+    image_size: int = Field(32, ge=8, le=1024, description="square input size in pixels "
+                            "(images are resized to it)")
     train_samples: int | None = Field(None, ge=16, description="subset of the training split")
     val_samples: int = Field(2000, ge=16, description="held out from training data")
-    test_samples: int | None = Field(None, ge=16)
-    workers: int = Field(0, ge=0)
+    test_samples: int | None = Field(None, ge=16, description="subset of the test split "
+                                     "(default: all of it)")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
 
 class TeacherTrainingConfig(_Section):
     """How lana trains the teacher when no weights are given."""
 
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    epochs: float = Field(2.0, gt=0, description="passes over the training split")
+    batch_size: int = Field(128, ge=1, description="images per training step")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW, cosine schedule)")
     cache_dir: str | None = Field(None, description="default: ~/.cache/lana/teachers")
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable "
                                   "checkpoints (does not change the result)")
@@ -67,9 +72,10 @@ class SpaceConfig(_Section):
 class DistillConfig(_Section):
     """Phase 1: layer-wise distillation of every candidate."""
 
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    steps: int = Field(300, ge=1, description="optimiser steps per candidate")
+    batch_size: int = Field(64, ge=1, description="images per step (one teacher pass feeds "
+                            "all candidates)")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW, cosine schedule)")
     group_size: int = Field(0, ge=0, description="candidates trained together per pass over "
                             "the data (0 = all: one teacher pass feeds every candidate)")
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
@@ -81,10 +87,11 @@ class DistillConfig(_Section):
 class LatencyConfig(_Section):
     """Phase 2b: where and how latency is measured."""
 
-    backend: str = "onnxruntime"
-    batch_size: int = Field(1, ge=1)
-    threads: int = Field(1, ge=1)
-    warmup: int = Field(10, ge=0)
+    backend: str = Field("onnxruntime", description="a name in lana.latency.BACKENDS: "
+                         "onnxruntime, torch, torch-cuda")
+    batch_size: int = Field(1, ge=1, description="batch size latency is measured at")
+    threads: int = Field(1, ge=1, description="intra-op threads of the backend")
+    warmup: int = Field(10, ge=0, description="untimed runs before timing")
     max_seconds: float = Field(0.3, gt=0, description="time cap per measured op")
     lut: str | None = Field(None, description="shared LUT file reused across runs")
     extra: list[str] = Field(default_factory=list, description="further latency columns "
@@ -105,16 +112,19 @@ class LatencyConfig(_Section):
 class ScoreConfig(_Section):
     """Phase 2a: replace-one scoring."""
 
-    metric: Literal["ce", "kl"] = "ce"
-    samples: int = Field(512, ge=8)
-    batch_size: int = Field(256, ge=1)
+    metric: Literal["ce", "kl"] = Field("ce", description="replace-one loss: ce "
+                                        "(cross-entropy on labels, the paper) or kl (KL to "
+                                        "the teacher's outputs)")
+    samples: int = Field(512, ge=8, description="held-out images used for scoring")
+    batch_size: int = Field(256, ge=1, description="images per forward pass")
 
 
 class BudgetConfig(_Section):
     """Latency budget: absolute milliseconds or a speed-up over the measured teacher."""
 
-    latency_ms: float | None = Field(None, gt=0)
-    speedup: float | None = Field(None, gt=0)
+    latency_ms: float | None = Field(None, gt=0, description="end-to-end milliseconds")
+    speedup: float | None = Field(None, gt=0, description="teacher ms / student ms, both "
+                                  "measured")
 
     @model_validator(mode="after")
     def _one_of(self) -> BudgetConfig:
@@ -126,9 +136,11 @@ class BudgetConfig(_Section):
 class SearchConfig(_Section):
     """Phase 2c: ILP search and selection among K diverse solutions."""
 
-    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(speedup=2.0))
-    k: int = Field(8, ge=1)
-    overlap: float = Field(0.7, gt=0, le=1)
+    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig(speedup=2.0),
+                                 description="the latency budget (one of its two keys)")
+    k: int = Field(8, ge=1, description="diverse architectures solved, assembled and measured")
+    overlap: float = Field(0.7, gt=0, le=1, description="fraction of layers a solution may "
+                           "share with each earlier one")
     eval_samples: int = Field(1024, ge=8, description="held-out images to rank the K students")
     max_resolves: int = Field(4, ge=0, description="re-solves when a student misses its budget")
     extra_budgets: list[str] = Field(default_factory=list, description="further bounds "
@@ -142,11 +154,12 @@ class SearchConfig(_Section):
 class FinetuneConfig(_Section):
     """Phase 3: fine-tuning with cross-entropy plus KD from the teacher."""
 
-    epochs: float = Field(1.0, ge=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    kd_weight: float = Field(1.0, ge=0)
-    temperature: float = Field(2.0, gt=0)
+    epochs: float = Field(1.0, ge=0, description="passes over the training split (0: none)")
+    batch_size: int = Field(128, ge=1, description="images per training step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW, cosine schedule)")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the KD loss next to "
+                             "cross-entropy")
+    temperature: float = Field(2.0, gt=0, description="KD softmax temperature")
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable "
                                   "checkpoints (does not change the result)")
 
@@ -154,7 +167,7 @@ class FinetuneConfig(_Section):
 class Config(_Section):
     """A whole lana run."""
 
-    seed: int = 0
+    seed: int = Field(0, description="seed of every random choice (splits, init, order)")
     threads: int | None = Field(None, ge=1, description="torch threads for training")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

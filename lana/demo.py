@@ -33,10 +33,12 @@ def demo_config() -> Config:
 
 
 def demo(out: str | Path = "lana-demo", budget: BudgetConfig | None = None) -> dict:
-    """Run the demo into ``out`` (resumable) and print teacher vs student."""
+    """Run the demo into ``out`` (resumable), print teacher vs student and write the report."""
     from lana.pipeline import Run
     from lana.report import print_summary
+    from lana.report_html import write_report
 
     summary = Run(out, demo_config()).all(budget)
     print_summary(summary)
+    print(f"report: {write_report(out)}")
     return summary

@@ -401,6 +401,7 @@ def measure_interleaved(
     settings: Settings,
     *,
     rounds: int = 3,
+    description: str | None = None,
     **measure_kwargs: Any,
 ) -> dict[str, Measurement]:
     """Measure several modules in interleaved rounds; each result pools its rounds' medians.
@@ -408,7 +409,8 @@ def measure_interleaved(
     Every module is prepared once (one ONNX export each), then timed once per round in
     turn, so a machine that speeds up or slows down during the measurement affects all of
     them alike and their ratios stay fair. The reported median is the median of the
-    per-round medians; the other statistics come from the last round.
+    per-round medians; the other statistics come from the last round. With a
+    ``description``, a progress bar of that name follows the exports and the rounds.
     """
     shape = tuple(int(s) for s in input_shape)
     if not shape or shape[0] != settings.batch_size:
@@ -420,18 +422,31 @@ def measure_interleaved(
     example = torch.randn(shape, generator=gen).to(DTYPES[settings.dtype])
     medians: dict[str, list[float]] = {name: [] for name in modules}
     last: dict[str, Measurement] = {}
+    from lana.progress import progress
+
+    bars = progress() if description else contextlib.nullcontext()
     # torch's thread pool is pinned even for non-torch backends: it is idle then, and
     # pinning keeps a stray torch op from taking every core.
-    with _torch_threads(settings.threads):
+    with _torch_threads(settings.threads), bars as bar:
+        task = bar.add_task(description, total=len(modules) * (1 + max(1, rounds)),
+                            info=settings.backend) if bar is not None else None
+
+        def step() -> None:
+            if bar is not None:
+                bar.advance(task)
+
         # Preparing happens outside inference mode: ONNX export traces the module, and
         # tracing inference tensors fails.
-        runners = {name: backend.prepare(m, example, settings.threads)
-                   for name, m in modules.items()}
+        runners = {}
+        for name, m in modules.items():
+            runners[name] = backend.prepare(m, example, settings.threads)
+            step()
         with torch.inference_mode():
             for _ in range(max(1, rounds)):
                 for name, runner in runners.items():
                     last[name] = time_runner(runner, **measure_kwargs)
                     medians[name].append(last[name].median_ms)
+                    step()
     return {name: dataclasses.replace(last[name], median_ms=float(np.median(medians[name])))
             for name in modules}
 

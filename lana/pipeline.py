@@ -263,7 +263,8 @@ class Run:
 
         res = evaluate(self.teacher, self.splits.test)
         data = {"name": self.config.model.name, "accuracy": res["accuracy"],
-                "loss": res["loss"], "layers": [i.to_dict() for i in self.chain.info],
+                "loss": res["loss"], "data": self.splits.name,
+                "layers": [i.to_dict() for i in self.chain.info],
                 "params": sum(p.numel() for p in self.teacher.parameters())}
         write_json(path, data)
         return data

@@ -361,6 +361,9 @@ def static_costs(chain: Chain, candidates: list[list[str]], build,
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],
                    cfg: LatencyConfig, rounds: int = 3) -> dict[str, float]:
     """End-to-end median ms of each model, measured in interleaved rounds (fair ratios)."""
+    # A bar only for the K students of a search: a teacher/student pair is over quickly.
     res = measure_interleaved(models, (cfg.batch_size, *input_shape), settings_from(cfg),
-                              rounds=rounds, **_measure_kwargs(cfg, scale=4.0))
+                              rounds=rounds, description=("measure end to end"
+                                                          if len(models) > 2 else None),
+                              **_measure_kwargs(cfg, scale=4.0))
     return {name: m.median_ms for name, m in res.items()}

@@ -41,8 +41,10 @@ class _LineProgress:
         return tid
 
     def update(self, task: int, advance: float = 0, completed: float | None = None,
-               info: str | None = None, **_: object) -> None:
+               info: str | None = None, total: float | None = None, **_: object) -> None:
         t = self.tasks[task]
+        if total is not None:
+            t["total"] = total
         t["completed"] = completed if completed is not None else t["completed"] + advance
         if info is not None:
             t["info"] = info

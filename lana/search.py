@@ -1192,6 +1192,7 @@ def solve(
     diverse_gap: float = 1e-2,
     diverse_node_limit: int | None = 0,
     diverse_moves: int = 500,
+    on_solution: Callable[[int], None] | None = None,
 ) -> SearchResult:
     """Find up to ``k`` diverse architectures minimising the summed score under ``budgets``.
 
@@ -1214,7 +1215,7 @@ def solve(
     each one is proven to be. ``diverse_gap=0, diverse_node_limit=None`` makes them exact
     (and slow). ``time_limit`` (seconds) caps the whole search: the solutions found so far
     are returned with ``timed_out=True`` (a :class:`LanaError` if not even the first was
-    found).
+    found). ``on_solution(n)`` is called after the n-th solution is found (progress bars).
 
     Raises :class:`InfeasibleBudgetError` if a budget is out of the library's reach (its
     ``minimum`` maps the cost key to the reachable bound: the minimum for ``<=``, the
@@ -1284,6 +1285,8 @@ def solve(
             f = prob.objective(choices)
             gaps.append(max(0.0, (f - prob.last_bound) / f) if f > 0 else 0.0)
         exclusions.append((choices, limit))
+        if on_solution is not None:
+            on_solution(len(solutions))
         if status == "timeout":
             timed_out = True
             break

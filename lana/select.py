@@ -19,7 +19,7 @@ from typing import Any
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
-from lana.progress import log
+from lana.progress import log, progress
 from lana.search import Budget, Library, minimum_reachable, solve
 
 
@@ -125,8 +125,13 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     chosen = None
     solve_seconds = 0.0
     for _ in range(cfg.max_resolves + 1):
-        result = solve(library, [Budget("latency_ms", "<=", layer_budget),
-                                 *extra_budgets], k=cfg.k, overlap=cfg.overlap)
+        with progress() as bar:
+            task = bar.add_task("phase 2c ILP", total=cfg.k, info="diverse solutions")
+            result = solve(library, [Budget("latency_ms", "<=", layer_budget),
+                                     *extra_budgets], k=cfg.k, overlap=cfg.overlap,
+                           on_solution=lambda n, b=bar, t=task: b.update(t, completed=n))
+            # Fewer than K diverse architectures may exist; the bar ends where the ILP did.
+            bar.update(task, total=len(result.solutions), completed=len(result.solutions))
         solve_seconds += result.solve_seconds
         students = {f"s{n}": build(sol.specs) for n, sol in enumerate(result.solutions)}
         measured = measure(students) if measure is not None else None
@@ -135,8 +140,15 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         allowed = (measured["teacher"] / budget.speedup if budget.speedup is not None
                    else target_ms)
         rows = []
+        with progress() as bar:
+            task = bar.add_task("phase 2c evaluate", total=len(result.solutions),
+                                info="K students on held-out data")
+            evals = []
+            for n in range(len(result.solutions)):
+                evals.append(evaluate(students[f"s{n}"]))
+                bar.advance(task)
         for n, sol in enumerate(result.solutions):
-            ev = evaluate(students[f"s{n}"])
+            ev = evals[n]
             ms = measured.get(f"s{n}")
             lut_ms = sol.cost["latency_ms"] + fixed
             judged = ms if ms is not None else cal.predict(lut_ms)

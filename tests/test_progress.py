@@ -1,0 +1,31 @@
+"""Progress reporting: log-mode lines, and the ILP's per-solution callback."""
+
+from __future__ import annotations
+
+from lana import progress as progress_mod
+from lana.search import Library, solve
+
+
+def test_line_progress_total_can_shrink(capsys, monkeypatch) -> None:
+    from rich.console import Console
+
+    monkeypatch.setattr(progress_mod, "console", Console(stderr=True, width=200))
+    with progress_mod._LineProgress() as bar:
+        task = bar.add_task("phase 2c ILP", total=8, info="")
+        bar.update(task, completed=2)
+        # fewer diverse solutions than K exist: the bar ends where the search did
+        bar.update(task, total=3, completed=3)
+    err = capsys.readouterr().err
+    assert "phase 2c ILP: 100% (3/3)" in err
+    assert "stopped" not in err
+
+
+def test_solve_reports_each_solution() -> None:
+    lib = Library.from_dict({"layers": [
+        {"name": f"l{i}", "ops": [
+            {"spec": "teacher", "score": 0.0, "cost": {"latency_ms": 1.0}},
+            {"spec": "a", "score": 0.1 + i / 100, "cost": {"latency_ms": 0.5}},
+            {"spec": "b", "score": 0.2, "cost": {"latency_ms": 0.2}}]} for i in range(4)]})
+    seen: list[int] = []
+    res = solve(lib, ["latency_ms<=3.0"], k=3, overlap=0.5, on_solution=seen.append)
+    assert seen == list(range(1, len(res.solutions) + 1)) and seen
