@@ -87,8 +87,10 @@ class DistillConfig(_Section):
 class LatencyConfig(_Section):
     """Phase 2b: where and how latency is measured."""
 
-    backend: str = Field("onnxruntime", description="a name in lana.latency.BACKENDS: "
-                         "onnxruntime, torch, torch-cuda")
+    backend: str = Field("onnxruntime", description="a name in lana.backends.BACKENDS: "
+                         "onnxruntime, torch, openvino, torch-compile (CPU); torch-cuda, "
+                         "torch-cuda-graphs, onnxruntime-cuda, onnxruntime-tensorrt, "
+                         "tensorrt (GPU)")
     batch_size: int = Field(1, ge=1, description="batch size latency is measured at")
     threads: int = Field(1, ge=1, description="intra-op threads of the backend")
     warmup: int = Field(10, ge=0, description="untimed runs before timing")
