@@ -191,6 +191,14 @@ def _calibration(lat: dict | None) -> tuple[float, float]:
     return fixed, ratio
 
 
+def _calibration_text(cal: dict | float | None) -> str:
+    """The search's LUT correction: ``α·LUT + β`` (a dict from lana.select) or an older
+    run's plain measured/LUT ratio."""
+    if isinstance(cal, dict):
+        return f"α={cal.get('alpha', math.nan):.3f}, β={cal.get('beta', math.nan):.3g} ms"
+    return "-" if cal is None else f"α={float(cal):.3f}"
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -463,7 +471,7 @@ def _predicted_measured(run: RunFiles) -> Section:
             allx.append(exp["latency_ms_predicted"])
             ally.append(exp["latency_ms_measured"])
         errs = [abs(m / p - 1) for p, m in pts if p > 0]
-        rows.append([tag, str(len(pts)), f"{search.get('calibration', math.nan):.3f}",
+        rows.append([tag, str(len(pts)), _calibration_text(search.get("calibration")),
                      f"{100 * _median(errs):.1f}%", f"{100 * max(errs):.1f}%",
                      str(search.get("resolves", 0))])
     lo = min(allx + ally) * 0.9
@@ -478,7 +486,7 @@ def _predicted_measured(run: RunFiles) -> Section:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     sec.plots.append(_png(fig, "predicted_measured.png", "predicted vs measured latency"))
-    sec.tables.append(TableData(["budget", "students", "calibration (measured/LUT)",
+    sec.tables.append(TableData(["budget", "students", "correction (measured ≈ α·LUT + β)",
                                  "median |error|", "max |error|", "re-solves"], rows))
     return sec
 
