@@ -41,12 +41,11 @@ from _results import machine, write_section
 from lana.config import LatencyConfig
 from lana.decompose import decompose
 from lana.distill import build_candidate
-from lana.errors import ConfigError
 from lana.io import read_json, write_json
 from lana.latency import LatencyTable, measure_interleaved
 from lana.profile import module_key, op_key, profile_candidates, settings_from
 from lana.select import fit_calibration
-from lana.space import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
+from lana.space import fitting_candidates, resolve_space, space_specs
 from lana.student import assemble
 
 SECTION = "## Latency additivity (latency issue acceptance)"
@@ -55,22 +54,9 @@ TARGET_MEDIAN, TARGET_P90 = 0.05, 0.10
 
 
 def candidates_of(chain) -> list[list[str]]:
-    """Default-space candidates per layer whose shapes fit (as ``Run.candidates``)."""
-    specs = space_specs(list(DEFAULT_SPACE))
-    out = []
-    for i, info in enumerate(chain.info):
-        ok = []
-        for spec in layer_candidates(info, specs):
-            if spec == "teacher":
-                ok.append(spec)
-                continue
-            try:
-                check_shapes(build_candidate(chain, i, spec), info)
-                ok.append(spec)
-            except ConfigError:
-                pass
-        out.append(ok)
-    return out
+    """The teacher family's default-space candidates per layer, as ``Run.candidates``."""
+    specs = space_specs(resolve_space("auto", chain.family))
+    return fitting_candidates(chain.info, specs, lambda i, s: build_candidate(chain, i, s))
 
 
 def errors(pred: list[float], meas: list[float]) -> dict[str, float]:

@@ -217,25 +217,15 @@ class Run:
         if path.exists():
             data = read_json(path)
             return [layer["ops"] for layer in data["layers"]]
-        from lana.space import check_shapes, layer_candidates, resolve_space, space_specs
+        from lana.space import fitting_candidates, resolve_space, space_specs
 
         # space.ops 'auto' resolves to the teacher family's default space; the resolved
         # patterns are recorded next to the per-layer specs.
         patterns = resolve_space(self.config.space.ops, self.chain.family)
-        specs = space_specs(patterns)
-        out: list[list[str]] = []
-        for i, info in enumerate(self.chain.info):
-            ok = []
-            for spec in layer_candidates(info, specs):
-                if spec == "teacher":
-                    ok.append(spec)
-                    continue
-                try:
-                    check_shapes(self._build(i, spec), info)
-                    ok.append(spec)
-                except ConfigError as exc:
-                    log(f"[yellow]skipping {spec} at {info.name}: {exc}[/yellow]")
-            out.append(ok)
+        out = fitting_candidates(
+            self.chain.info, space_specs(patterns), self._build,
+            on_skip=lambda info, spec, exc: log(f"[yellow]skipping {spec} at {info.name}: "
+                                                f"{exc}[/yellow]"))
         write_json(path, {"space": {"family": self.chain.family, "ops": patterns},
                           "layers": [{"name": n, **info.to_dict(), "ops": ops} for n, info, ops
                                      in zip(self.chain.names, self.chain.info, out,

@@ -530,6 +530,16 @@ def _conflict_error(library: Library, budgets: Sequence[Budget]) -> InfeasibleBu
 # ---------------------------------------------------------------------------------------------
 
 
+def _countdown(time_limit: float | None) -> Callable[[], float | None]:
+    """A clock of the seconds left of ``time_limit`` from now (None: no limit)."""
+    start = time.perf_counter()
+
+    def left() -> float | None:
+        return None if time_limit is None else time_limit - (time.perf_counter() - start)
+
+    return left
+
+
 class _Problem:
     """Scaled, pruned numeric view of a library + budgets, shared by the K re-solves."""
 
@@ -706,6 +716,20 @@ class _Problem:
             return None
         return float(res.fun), np.asarray(res.lower.marginals, dtype=np.float64), res.x
 
+    def _restricted(
+        self,
+        exclusions: Sequence[tuple[Sequence[int], int]],
+        tighten: Sequence[float],
+    ) -> tuple[list[set[int]], list[np.ndarray], _Model]:
+        """(ops each layer's earlier solutions chose, ops kept after dominance, the model
+        over the kept ops): the ops an exclusion row names must stay in the model."""
+        protected: list[set[int]] = [set() for _ in range(self.n_layers)]
+        for choices, _ in exclusions:
+            for i, c in enumerate(choices):
+                protected[i].add(int(c))
+        kept = self.kept(protected)
+        return protected, kept, self.build(kept, exclusions, tighten)
+
     def solve_once(
         self,
         exclusions: Sequence[tuple[Sequence[int], int]],
@@ -726,16 +750,8 @@ class _Problem:
         the extra LP and ILP cost more than they save.
         """
         n = self.n_layers
-        protected: list[set[int]] = [set() for _ in range(n)]
-        for choices, _ in exclusions:
-            for i, c in enumerate(choices):
-                protected[i].add(int(c))
-        kept = self.kept(protected)
-        full = self.build(kept, exclusions, tighten)
-        start = time.perf_counter()
-
-        def left() -> float | None:
-            return None if time_limit is None else time_limit - (time.perf_counter() - start)
+        protected, kept, full = self._restricted(exclusions, tighten)
+        left = _countdown(time_limit)
 
         if staged is None:
             staged = len(full.c) > _STAGE_MIN_VARS
@@ -812,16 +828,8 @@ class _Problem:
         within ``moves`` local-search moves and ``node_limit`` branch-and-bound nodes),
         "timeout" or "infeasible". ``node_limit=None`` runs HiGHS until the gap is proven."""
         n = self.n_layers
-        protected: list[set[int]] = [set() for _ in range(n)]
-        for choices, _ in exclusions:
-            for i, c in enumerate(choices):
-                protected[i].add(int(c))
-        kept = self.kept(protected)
-        model = self.build(kept, exclusions, tighten)
-        start = time.perf_counter()
-
-        def left() -> float | None:
-            return None if time_limit is None else time_limit - (time.perf_counter() - start)
+        protected, kept, model = self._restricted(exclusions, tighten)
+        left = _countdown(time_limit)
 
         def stop() -> bool:
             remaining = left()

@@ -534,6 +534,33 @@ def layer_candidates(info: LayerInfo, specs: list[str]) -> list[str]:
     return ["teacher", *out]
 
 
+def fitting_candidates(infos: list[LayerInfo], specs: list[str],
+                       build: Callable[[int, str], nn.Module],
+                       on_skip: Callable[[LayerInfo, str, ConfigError], None] | None = None,
+                       ) -> list[list[str]]:
+    """Per layer, the ``specs`` that apply (teacher first) and whose module, built by
+    ``build(i, spec)``, really maps the layer's input shape to its output shape.
+
+    A spec that fails the shape check is dropped (``on_skip`` is told why), so one odd layer
+    never stops a run; the teacher op always fits.
+    """
+    out: list[list[str]] = []
+    for i, info in enumerate(infos):
+        ok = []
+        for spec in layer_candidates(info, specs):
+            if spec == "teacher":
+                ok.append(spec)
+                continue
+            try:
+                check_shapes(build(i, spec), info)
+                ok.append(spec)
+            except ConfigError as exc:
+                if on_skip is not None:
+                    on_skip(info, spec, exc)
+        out.append(ok)
+    return out
+
+
 def log10_space_size(candidates: list[list[str]]) -> float:
     """log10 of the number of architectures: the product of per-layer choice counts."""
     import math
