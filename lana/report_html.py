@@ -261,8 +261,9 @@ def _overview(run: RunFiles) -> Section:
                          "latency is the search stage's measurement"
                          + ("" if ft else " and it is not fine-tuned yet") + ".")
     sec.tables.append(TableData(headers, rows, "Accuracy on the test split; latency end to "
-                                "end in ms (median); predicted = LUT sum calibrated by the "
-                                "teacher's measured/predicted ratio."))
+                                "end in ms (median); predicted = LUT sum corrected as measured "
+                                "≈ α·LUT + β (fitted on the teacher and the measured "
+                                "students, see search.json)."))
     if not tags:
         sec.notes.append(f"No student yet: run `lana search {run.dir}` (or `lana run`).")
     return sec
@@ -330,9 +331,15 @@ def _sweep(run: RunFiles, points: int, baselines: Sequence[str]) -> Section:
     rows = sweep(library, "latency_ms", points=points, baselines=list(baselines),
                  baseline_time_limit=0.05 if baselines else None)
     fixed, ratio = _calibration(run.json("latency.json"))
+    alpha, beta = ratio, 0.0
+    for tag in run.budgets():  # the search's own correction, when a search has run
+        cal = (run.student(tag, "search.json") or {}).get("calibration")
+        if isinstance(cal, dict):
+            alpha, beta = float(cal.get("alpha", ratio)), float(cal.get("beta", 0.0))
+            break
 
     def pred(layer_ms: float) -> float:
-        return (layer_ms + fixed) * ratio
+        return alpha * (layer_ms + fixed) + beta
 
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
