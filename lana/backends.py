@@ -374,7 +374,21 @@ class TorchCudaBackend:
         return run
 
 
-class OnnxRuntimeBackend:
+class _ExportsOnnx:
+    """Shared ``prepare`` of the ONNX backends: export the module (float32) to ONNX, then
+    hand it to the backend's own ``prepare_onnx`` (which a bundle's ONNX files use too)."""
+
+    name: str
+
+    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
+        """Export ``module`` to ONNX and return ``prepare_onnx``'s runner for ``example``."""
+        self.check_available()
+        _float32_only(self.name, example.dtype)
+        model = export_onnx(module, example.detach().cpu())
+        return self.prepare_onnx(model, example.detach().cpu().numpy(), threads)
+
+
+class OnnxRuntimeBackend(_ExportsOnnx):
     """onnxruntime on an in-memory ONNX export (``"onnxruntime"`` and its GPU variants)."""
 
     def __init__(self, provider: str = "CPUExecutionProvider",
@@ -397,13 +411,6 @@ class OnnxRuntimeBackend:
                 "pip uninstall onnxruntime && pip install onnxruntime-gpu (with CUDA/cuDNN"
                 + (" and TensorRT" if "Tensorrt" in self.provider else "")
                 + " libraries) on a GPU machine. " + GPU_HINT)
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Export ``module`` to ONNX and return a runner doing one ``run_with_iobinding``."""
-        self.check_available()
-        _float32_only(self.name, example.dtype)
-        model = export_onnx(module, example.detach().cpu())
-        return self.prepare_onnx(model, example.detach().cpu().numpy(), threads)
 
     def prepare_onnx(self, model: bytes, example: np.ndarray, threads: int) -> Runner:
         """Load the ONNX ``model`` into a session and return a runner for ``example``."""
@@ -448,7 +455,7 @@ class OnnxRuntimeBackend:
         return run_sync
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(_ExportsOnnx):
     """OpenVINO on the CPU from an in-memory ONNX export (``"openvino"``)."""
 
     name = "openvino"
@@ -458,13 +465,6 @@ class OpenVinoBackend:
         """Raise unless the optional ``openvino`` package is installed."""
         _require({"openvino": "openvino", "onnx": "onnx"}, self.name,
                  "  (or pip install 'lana[openvino]')")
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Export ``module`` to ONNX and compile it with OpenVINO for the CPU."""
-        self.check_available()
-        _float32_only(self.name, example.dtype)
-        model = export_onnx(module, example.detach().cpu())
-        return self.prepare_onnx(model, example.detach().cpu().numpy(), threads)
 
     def prepare_onnx(self, model: bytes, example: np.ndarray, threads: int) -> Runner:
         """Compile the ONNX ``model`` (threads pinned, latency hint) and bind ``example``."""
@@ -490,7 +490,7 @@ class OpenVinoBackend:
         return run
 
 
-class TensorRtBackend:
+class TensorRtBackend(_ExportsOnnx):
     """A TensorRT engine built from the ONNX export, timed with CUDA events (``"tensorrt"``)."""
 
     name = "tensorrt"
@@ -500,13 +500,6 @@ class TensorRtBackend:
         """Raise unless a GPU and the ``tensorrt`` package are present."""
         _require_cuda(self.name)
         _require({"tensorrt": "tensorrt", "onnx": "onnx"}, self.name)
-
-    def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
-        """Export ``module`` to ONNX and build a TensorRT engine for it."""
-        self.check_available()
-        _float32_only(self.name, example.dtype)
-        model = export_onnx(module, example.detach().cpu())
-        return self.prepare_onnx(model, example.detach().cpu().numpy(), threads)
 
     def prepare_onnx(self, model: bytes, example: np.ndarray, threads: int) -> Runner:
         """Build an fp32 engine for the ONNX ``model`` and return a runner for ``example``."""
