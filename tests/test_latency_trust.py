@@ -88,7 +88,7 @@ def test_steady_machine_no_remeasure_and_reference_stored(machine, tmp_path) -> 
     machine([1.0])
     settings = L.Settings(backend="fake")
     lut = L.LatencyTable(tmp_path / "lut.json")
-    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, **FAST)
+    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, **FAST)
     build_lut(lut, mon, 4)
     info = mon.finish()
     lut.save()
@@ -107,7 +107,7 @@ def test_transient_slowdown_is_remeasured(machine) -> None:
     machine([1.0, 1.0, 1.0, 1.0, 1.5, 1.5, 1.5, 1.0])
     lut = L.LatencyTable()
     settings = L.Settings(backend="fake")
-    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, **FAST)
+    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, **FAST)
     keys = build_lut(lut, mon, 4)
     info = mon.finish()
     assert info["remeasured"] == 2
@@ -123,7 +123,8 @@ def test_persistent_drift_flags_entries(machine) -> None:
     lut = L.LatencyTable()
     settings = L.Settings(backend="fake")
     logs: list[str] = []
-    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, log=logs.append, **FAST)
+    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, log=logs.append,
+                        **FAST)
     keys = build_lut(lut, mon, 4)
     info = mon.finish()
     assert info["remeasured"] == 2
@@ -132,6 +133,26 @@ def test_persistent_drift_flags_entries(machine) -> None:
     assert entries[keys[3]]["flagged"] and entries[keys[3]]["drift"] == pytest.approx(1.5)
     assert "flagged" not in entries[keys[0]]
     assert any("persists" in line for line in logs)
+
+
+def test_one_odd_reference_session_is_not_drift(machine) -> None:
+    # prepares: 0-2 reference(start) -> median 1.0; 3-4 ops; 5-7 reference with one slow
+    # session (1.0, 1.3, 1.0): the median of the three is 1.0, so nothing is re-measured.
+    machine([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0])
+    lut = L.LatencyTable()
+    settings = L.Settings(backend="fake")
+    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, **FAST)
+    build_lut(lut, mon, 2)
+    info = mon.finish()
+    assert mon.repeats == 3
+    assert info["remeasured"] == 0
+    assert [round(c["ratio"], 2) for c in info["checks"]] == [1.0, 1.0]
+    # With a single session per check the same machine is reported as drifting.
+    machine([1.0, 1.0, 1.0, 1.3, 1.3, 1.3, 1.3])
+    mon1 = L.DriftMonitor(L.LatencyTable(), settings, every=2, threshold=0.1, repeats=1,
+                          **FAST)
+    build_lut(mon1.lut, mon1, 2)
+    assert mon1.finish()["remeasured"] == 2
 
 
 def test_drift_detection_off() -> None:
