@@ -24,32 +24,12 @@ from _results import machine, write_section  # noqa: E402
 
 import lana.distill as D  # noqa: E402
 from lana.config import DataConfig, DistillConfig  # noqa: E402
-from lana.data import load_data, synthetic_dataset  # noqa: E402
-from lana.decompose import decompose  # noqa: E402
+from lana.data import load_data  # noqa: E402
+from lana.toys import calibrated_resnet_chain  # noqa: E402
 
 CANDIDATES = [["rb_w0.5_g1_r1", "rb_w0.25_g1_r1"],
               ["rb_w0.5_g1_r1", "rb_w0.5_g2_r1", "rb_w1_g1_r2"],
               ["rb_w0.5_g1_r1"]]
-
-
-def teacher_chain():
-    """The teacher of tests/test_distill.py::resnet_chain."""
-    from timm.models.resnet import Bottleneck, ResNet
-
-    torch.manual_seed(0)
-    model = ResNet(Bottleneck, (2, 1, 1, 1), num_classes=4, in_chans=1, stem_width=16,
-                   channels=(16, 32, 64, 128), zero_init_last=False)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(0.5 + 0.5 * torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(synthetic_dataset(256, 16, seed=99).tensors[0])
-    return decompose(model.eval(), torch.zeros(2, 1, 16, 16)).eval()
 
 
 def nmse(chain, module, i: int, x: torch.Tensor, train: bool) -> float:
@@ -64,7 +44,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[0, 25, 100])
     args = p.parse_args()
     torch.set_num_threads(1)
-    chain = teacher_chain()
+    chain = calibrated_resnet_chain()  # also the teacher of tests/test_distill.py
     splits = load_data(DataConfig(name="synthetic", image_size=16, train_samples=512,
                                   val_samples=64, test_samples=32), seed=0)
     x = next(splits.val.batches(64))[0]

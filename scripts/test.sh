@@ -10,4 +10,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   $SUDO apt-get install -y -qq chromium
 fi
 .venv/bin/ruff check lana tests benchmarks
-OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests
+# Two worker processes (pytest-xdist), one per core of the 2-core reference machine: every
+# test runs single-threaded, so one process leaves a core idle. LANA_TEST_WORKERS=0 runs
+# the suite in this process.
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n "${LANA_TEST_WORKERS:-2}" tests

@@ -28,7 +28,9 @@ TINY_CONFIG: dict = {
     "teacher_training": {"epochs": 1, "batch_size": 32, "cache_dir": None},
     "space": {"ops": ["teacher", "identity", "ir_k3_e{1,3}", "cb_k3"]},
     "distill": {"steps": 5, "batch_size": 16},
-    "latency": {"backend": "onnxruntime", "max_seconds": 0.02, "warmup": 2},
+    # Drift detection off: on a busy machine it re-measures at random (tested on its own in
+    # test_profile_drift.py and test_latency_trust.py).
+    "latency": {"backend": "onnxruntime", "max_seconds": 0.02, "warmup": 2, "drift_every": 0},
     "score": {"samples": 32},
     "search": {"k": 2, "eval_samples": 32, "budget": {"speedup": 1.5}},
     "finetune": {"epochs": 1, "batch_size": 32},

@@ -22,7 +22,7 @@ FAST = {
     "seed": 0, "threads": 1,
     "space": {"ops": ["teacher", "identity", "cb_k{1,3}"]},
     "distill": {"steps": 3, "batch_size": 16},
-    "latency": {"max_seconds": 0.02, "warmup": 2},
+    "latency": {"max_seconds": 0.02, "warmup": 2, "drift_every": 0},
     "score": {"samples": 32},
     "search": {"k": 2, "eval_samples": 32},
     "finetune": {"epochs": 1, "batch_size": 32},

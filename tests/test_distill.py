@@ -255,28 +255,9 @@ RESNET_CANDIDATES = [["teacher", "rb_w1_g1_r1", "rb_w0.5_g1_r1", "cb_k3"],
 def resnet_chain():
     """A small Bottleneck ResNet on 1x16x16 inputs with BN statistics calibrated on data,
     as a trained teacher has them (layers: 16->64 ch, 64->64, 64->128 stride 2, ...)."""
-    from timm.models.resnet import Bottleneck, ResNet
+    from lana.toys import calibrated_resnet_chain
 
-    from lana.data import synthetic_dataset
-    from lana.decompose import decompose
-
-    torch.manual_seed(0)
-    model = ResNet(Bottleneck, (2, 1, 1, 1), num_classes=4, in_chans=1, stem_width=16,
-                   channels=(16, 32, 64, 128), zero_init_last=False)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(0.5 + 0.5 * torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the calibration batch
-        model.train()
-        model(synthetic_dataset(256, 16, seed=99).tensors[0])
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = 0.1
-    return decompose(model.eval(), torch.zeros(2, 1, 16, 16)).eval()
+    return calibrated_resnet_chain()
 
 
 def _phase1_loss(module, chain, i: int, x: torch.Tensor) -> float:

@@ -314,7 +314,7 @@ def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_spl
         "seed": 0, "threads": 1, "model": {"name": "my-own-model"},
         "space": {"ops": ["teacher", "identity", "cb_k{1,3}"]},
         "distill": {"steps": 3, "batch_size": 16},
-        "latency": {"backend": "torch", "max_seconds": 0.02, "warmup": 2},
+        "latency": {"backend": "torch", "max_seconds": 0.02, "warmup": 2, "drift_every": 0},
         "score": {"samples": 32}, "search": {"k": 2, "eval_samples": 32,
                                              "budget": {"speedup": 1.1}},
         "finetune": {"epochs": 1, "batch_size": 32}})
@@ -343,7 +343,8 @@ def test_tiny_end_to_end_per_family(model_name: str, ops: list[str], tmp_path: P
                              "cache_dir": str(tmp_path / "cache")},
         "space": {"ops": ops},
         "distill": {"steps": 2, "batch_size": 16},
-        "latency": {"backend": "onnxruntime", "max_seconds": 0.01, "warmup": 1},
+        "latency": {"backend": "onnxruntime", "max_seconds": 0.01, "warmup": 1,
+                    "drift_every": 0},
         # A loose budget: on these tiny inputs the candidates of a 4-layer ResNeSt are not
         # reliably faster than its blocks, and this test is about the pipeline, not speed.
         "score": {"samples": 16}, "search": {"k": 2, "eval_samples": 16,
@@ -433,7 +434,7 @@ def test_layers_named_by_hand_through_the_config(tmp_path: Path, synthetic_split
         "seed": 0, "threads": 1, "model": {"name": "skipnet", "layers": ["stage.0", "stage.1"]},
         "space": {"ops": ["teacher", "identity", "cb_k3", "rep_k3"]},
         "distill": {"steps": 2, "batch_size": 16},
-        "latency": {"backend": "torch", "max_seconds": 0.01, "warmup": 1},
+        "latency": {"backend": "torch", "max_seconds": 0.01, "warmup": 1, "drift_every": 0},
         "score": {"samples": 16}, "search": {"k": 1, "eval_samples": 16,
                                              "budget": {"latency_ms": 1000.0}},
         "finetune": {"epochs": 0}})

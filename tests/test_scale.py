@@ -182,7 +182,7 @@ MICRO = {
     "teacher_training": {"epochs": 1, "batch_size": 32, "checkpoint_every": 2},
     "space": {"ops": ["teacher", "identity", "cb_k3"]},
     "distill": {"steps": 4, "batch_size": 16, "checkpoint_every": 2},
-    "latency": {"backend": "torch", "max_seconds": 0.005, "warmup": 1},
+    "latency": {"backend": "torch", "max_seconds": 0.005, "warmup": 1, "drift_every": 0},
     "score": {"samples": 16},
     # A budget every architecture meets: the choice then depends on scores only, not on
     # latency timings that differ between the two runs.
