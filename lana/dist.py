@@ -72,6 +72,17 @@ def all_ok(ok: bool) -> bool:
     return int(flag.item()) == 0
 
 
+def share(value):
+    """Rank 0's ``value`` on every rank (``value`` itself without a process group); every
+    rank must call it. For small plain values (it pickles them between the job's own
+    processes)."""
+    if world() <= 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shutdown() -> None:
     """Leave the process group (at the end of a torchrun command)."""
     if dist.is_initialized():
