@@ -145,11 +145,12 @@ def _batch_stats_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor
 def test_torchrun_run_matches_one_process(run_copy) -> None:
     """`lana run` under torchrun (2 ranks, gloo) redoes phase 1 (after one rank was killed
     mid-phase) and phase 3 of a finished one-process run: the candidate weights are bit-identical (per-candidate seeds, the
-    same batches on every rank) and the index complete. Phase 3 (DDP) is close but not
-    equal: on CPUs BatchNorm normalises each rank's half batch (there is no CPU
-    SyncBatchNorm), which changes the gradients of every layer; so the check is on the
-    fine-tuning update as a whole (same direction: cosine > 0.3; size within 25%). The exact DDP check, on a model
-    without BatchNorm, is test_ddp_training_matches_one_process."""
+    same batches on every rank) and the index complete. Phase 3 (DDP, BatchNorm over the
+    global batch by lana.sync_bn) equals the one-process fine-tuning up to float rounding,
+    which Adam blows up in the few weights whose exact gradient is zero (see
+    _batch_stats_logits); so the checks are on the update as a whole (direction and size)
+    and on the fine-tuned network's outputs. The weight-by-weight check (1e-5), on a model
+    without such weights, is test_ddp_training_matches_one_process."""
     run_dir, cfg = run_copy
     ref_weights = {key: load_tensors(D.weight_path(run_dir, *key))
                    for key in _trained(run_dir)}
@@ -189,8 +190,7 @@ def test_torchrun_run_matches_one_process(run_copy) -> None:
     ft = load_tensors(sdir / "finetuned.safetensors")
     assert ft.keys() == ref_ft.keys()
     # Phase 3 moved the weights from their phase-1 values the same way in both runs:
-    # the two updates point the same way and have the same size (parameters only; the
-    # BatchNorm running statistics come from rank 0's half batches).
+    # the two updates point the same way and have the same size.
     run = Run(run_dir)
     init = assemble(run.chain, ref_summary["students"][0]["choices"], run._load).state_dict()
     keys = [k for k in ft if ft[k].is_floating_point() and "running_" not in k]
@@ -198,9 +198,15 @@ def test_torchrun_run_matches_one_process(run_copy) -> None:
     d_ddp = torch.cat([(ft[k] - init[k]).flatten() for k in keys])
     cos = torch.nn.functional.cosine_similarity(d_ref, d_ddp, dim=0).item()
     ratio = (d_ddp.norm() / d_ref.norm()).item()
-    # Observed: cosine ~0.6 and size ratio ~1.0 with batches of 32 split in two; two
-    # unrelated updates of this many weights have a cosine near 0.
-    assert cos > 0.3 and 0.8 < ratio < 1.25, (cos, ratio)
+    assert cos > 0.99 and 0.99 < ratio < 1.01, (cos, ratio)  # observed 0.9995, 1.00003
+    # The fine-tuned networks compute the same function (observed: 4e-4 on logits up to 4).
+    student = assemble(run.chain, ref_summary["students"][0]["choices"], run._load)
+    ref_student = copy.deepcopy(student)
+    student.load_state_dict(ft)
+    ref_student.load_state_dict(ref_ft)
+    x = next(run.splits.test.batches(32))[0]
+    a, b = _batch_stats_logits(ref_student, x), _batch_stats_logits(student, x)
+    assert (a - b).abs().max() < 1e-3 * a.abs().max(), (a - b).abs().max()
     summary = read_json(run_dir / "summary.json")
     assert summary["students"][0]["choices"] == ref_summary["students"][0]["choices"]
     assert abs(summary["students"][0]["accuracy"] - ref_summary["students"][0]["accuracy"]) \
