@@ -231,16 +231,18 @@ class Run:
         p = self.dir / "timings.json"
         return read_json(p) if p.exists() else {}
 
-    def _timed(self, name: str, start: float) -> None:
+    def _timed(self, name: str, start: float, memory_plan: dict | None = None) -> None:
         """Record a stage's duration (timings.json) and peak resident memory since
-        ``D.reset_peak_rss()`` (memory.json, MiB); rank 0 writes."""
+        ``D.reset_peak_rss()`` (memory.json, MiB), plus ``memory_plan`` (e.g. phase 1's
+        groups and their estimated memory) in memory.json; rank 0 writes."""
         if not D.is_main():
             return
         write_json(self.dir / "timings.json", {**self._timings(), f"{name}_s":
                                                time.time() - start})
         mem_path = self.dir / "memory.json"
         memory = read_json(mem_path) if mem_path.exists() else {}
-        write_json(mem_path, {**memory, f"{name}_peak_rss_mb": round(D.peak_rss_mb(), 1)})
+        write_json(mem_path, {**memory, f"{name}_peak_rss_mb": round(D.peak_rss_mb(), 1),
+                              **(memory_plan or {})})
 
     @cached_property
     def chain(self) -> Chain:
@@ -318,12 +320,13 @@ class Run:
         index_path = self.dir / "distill" / "index.json"
         todo = pending(self.candidates, self.dir, rank, world)
         start = time.time()
+        plan: dict = {}  # groups and their estimated memory (rank 0's, under torchrun)
         if todo:
             D.reset_peak_rss()
             distill(self.chain, self.candidates, self.splits.train, self.config.distill,
-                    self.dir, self.config.seed, rank, world)
+                    self.dir, self.config.seed, rank, world, report=plan)
         if not D.all_ok(not todo):  # also the barrier after which every shard is saved
-            self._timed("distill", start)
+            self._timed("distill", start, plan)
         return read_json(index_path) if index_path.exists() else {}
 
     def _stage(self, name: str, path: Path, inputs: dict, compute) -> dict:

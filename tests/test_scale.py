@@ -386,3 +386,33 @@ def test_concurrent_index_updates_lose_nothing(tmp_path: Path) -> None:
     index = read_json(tmp_path / "distill" / "index.json")
     assert {(int(i), s) for i, row in index.items() for s in row} == {
         (r, f"op{k}") for r in range(4) for k in range(25)}
+
+
+# ------------------------------------------------------------------ phase-1 memory plan
+
+def test_automatic_groups_stay_within_the_memory_budget(seq_chain) -> None:
+    from lana.config import DistillConfig
+
+    todo = [(i, s) for i in range(4) for s in ("cb_k3", "cb_k5", "ir_k3_e1", "ir_k3_e6")]
+    one = {key: D.candidate_memory_mb(seq_chain, *key, batch_size=64) for key in todo}
+    # Activations scale with the batch; the weights' share does not.
+    assert all(0 < one[k] < D.candidate_memory_mb(seq_chain, *k, batch_size=128)
+               < 2 * one[k] for k in todo)
+    budget = 3 * max(one.values())
+    groups, est = D.plan_groups(seq_chain, todo, DistillConfig(batch_size=64,
+                                                               max_memory_mb=budget))
+    assert [c for g in groups for c in g] == todo and len(groups) > 1
+    for g, mb in zip(groups, est, strict=True):
+        assert mb == pytest.approx(sum(one[k] for k in g)) and mb <= budget
+    for g, nxt in zip(groups[:-1], groups[1:], strict=True):  # as full as the budget allows
+        assert sum(one[k] for k in g) + one[nxt[0]] > budget
+    # A resumed run (the first group done) forms the same remaining groups.
+    rest, _ = D.plan_groups(seq_chain, todo[len(groups[0]):],
+                            DistillConfig(batch_size=64, max_memory_mb=budget))
+    assert rest == groups[1:]
+    # A candidate over the budget trains alone; a fixed group_size ignores the budget.
+    tiny, _ = D.plan_groups(seq_chain, todo, DistillConfig(batch_size=64, max_memory_mb=1e-6))
+    assert tiny == [[k] for k in todo]
+    fixed, _ = D.plan_groups(seq_chain, todo, DistillConfig(batch_size=64, group_size=5,
+                                                            max_memory_mb=1e-6))
+    assert [len(g) for g in fixed] == [5, 5, 5, 1]
