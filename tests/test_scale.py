@@ -46,13 +46,6 @@ def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return res
 
 
-def _lana(*args: str, kill_at: str | None = None, timeout: float = 300
-          ) -> subprocess.CompletedProcess:
-    extra = {"LANA_TEST_KILL_AT": kill_at} if kill_at else {}
-    return subprocess.run([sys.executable, "-m", "lana.cli", *args], env=_env(**extra),
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
 def _equal_states(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -230,7 +223,8 @@ MICRO = {
     "teacher_training": {"epochs": 1, "batch_size": 32, "checkpoint_every": 2},
     "space": {"ops": ["teacher", "identity", "cb_k3"]},
     "distill": {"steps": 4, "batch_size": 16, "checkpoint_every": 2},
-    "latency": {"backend": "torch", "max_seconds": 0.005, "warmup": 1},
+    # No drift checks: they could re-time LUT entries, which the kill test expects kept.
+    "latency": {"backend": "torch", "max_seconds": 0.005, "warmup": 1, "drift_every": 0},
     "score": {"samples": 16},
     # A budget every architecture meets: the choice then depends on scores only, not on
     # latency timings that differ between the two runs.
@@ -241,19 +235,49 @@ MICRO = {
 # Each kill point, and the sign that the re-run resumed there instead of starting over.
 KILLS = [("teacher:3", "teacher-checkpoint.pt: resuming at step 2"),
          ("distill:3", "phase 1: resuming a group"),
+         ("profile:layer0", None),  # the LUT entries measured before the kill are kept
          ("score:computed", None),
-         ("finetune:3", "finetune-checkpoint.pt: resuming at step 2")]
+         ("search:computed", None),
+         ("finetune:3", "finetune-checkpoint.pt: resuming at step 2"),
+         ("export:saved", None)]
 # Phase 1 killed between two saved candidates: test_sigkill_one_torchrun_rank_in_phase1.
-# Every stage without a step loop (profile, score, search, export) is killed by the same
-# hook in Run._stage; score stands for them (a process start costs ~10 s here).
-
-
+# Stages without a step loop are killed once computed, before their file is written
+# (<stage>:computed, Run._stage); profile between two layers, export after writing the
+# student's files.
 def _micro(tmp_path: Path, name: str) -> Path:
     cfg = {**MICRO, "teacher_training": {**MICRO["teacher_training"],
                                          "cache_dir": str(tmp_path / f"cache-{name}")}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def _lana_forked(log: Path, *args: str, kill_at: str | None = None) -> tuple[int, str]:
+    """``lana ARGS`` in a child forked from this process; returns (exit code, its output).
+
+    The child is a real process that SIGKILL ends as it would end a fresh `lana`, but it
+    inherits the imported torch and lana, which saves ~10 s of start-up per attempt."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 70
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = sys.stderr = open(fd, "w", buffering=1, closefd=False)
+            os.environ.update(_env(**({"LANA_TEST_KILL_AT": kill_at} if kill_at else {})))
+            if not kill_at:
+                os.environ.pop("LANA_TEST_KILL_AT", None)
+            code = main(list(args))
+        except BaseException:  # noqa: BLE001 - reported through the log and exit code
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), log.read_text()
 
 
 def test_sigkill_in_every_phase_then_resume_gives_the_same_result(tmp_path: Path) -> None:
@@ -265,17 +289,24 @@ def test_sigkill_in_every_phase_then_resume_gives_the_same_result(tmp_path: Path
     cfg = str(_micro(tmp_path, "run"))
     saved: dict[str, int] = {}
     expect = None
+    lut: dict = {}
     for point, resumed in [*KILLS, (None, None)]:
-        res = _lana("run", cfg, "--out", str(run_dir), kill_at=point)
-        assert res.returncode == (-signal.SIGKILL if point else 0), (point, res.stderr[-3000:])
+        code, out = _lana_forked(tmp_path / "attempt.log", "run", cfg, "--out", str(run_dir),
+                                 kill_at=point)
+        assert code == (-signal.SIGKILL if point else 0), (point, out[-3000:])
         if expect:  # the run after a kill resumed from the killed one's checkpoint
-            assert expect in res.stderr, (point, expect, res.stderr[-3000:])
+            assert expect in out, (point, expect, out[-3000:])
         expect = resumed
         # work saved by earlier attempts is never redone
         for rel, mtime in saved.items():
             assert (run_dir / rel).stat().st_mtime_ns == mtime, (point, rel)
         saved = {str(p.relative_to(run_dir)): p.stat().st_mtime_ns
                  for p in run_dir.rglob("*") if p.is_file() and _is_result(p)}
+        for key, entry in lut.items():  # latencies measured before a kill are kept
+            assert read_json(run_dir / "lut.json")["entries"][key] == entry, (point, key)
+        if point == "profile:layer0":
+            lut = read_json(run_dir / "lut.json")["entries"]
+            assert lut and not (run_dir / "latency.json").exists()
 
     for rel in ["teacher.safetensors", "students/ms10000/finetuned.safetensors",
                 *(str(D.weight_path(Path(), *k)) for k in _trained(ref_dir))]:
@@ -290,13 +321,18 @@ def test_sigkill_in_every_phase_then_resume_gives_the_same_result(tmp_path: Path
     assert verify_tree(run_dir) == []
     memory = read_json(run_dir / "memory.json")
     assert memory["distill_peak_rss_mb"] > 50 and b["peak_rss_mb"] == memory
+    # phase 1's automatic grouping and its estimate are reported
+    assert memory["distill_groups"] >= 1 and memory["distill_max_memory_mb"] == 1024
+    assert 0 < memory["distill_group_estimate_mb"] <= 1024
 
 
 def _is_result(p: Path) -> bool:
-    # Files a later attempt may legitimately rewrite: bookkeeping, not results.
+    # Files a later attempt may legitimately rewrite: bookkeeping, not results. (The
+    # search stage writes library.json, its input, first; killed before search.json, it
+    # writes it again. lut.json entries are checked one by one.)
     return not (p.name.startswith(".") or "checkpoint" in p.name or p.name in (
         "timings.json", "memory.json", "config.yaml", "lana.lock", "index.json", "index.lock",
-        "lut.json", "summary.json") or p.name.endswith((".sha256", ".tmp"))
+        "lut.json", "summary.json", "library.json") or p.name.endswith((".sha256", ".tmp"))
         or p.parent.name == "model")  # files of the exported student, the last stage
 
 
