@@ -1,8 +1,7 @@
 """Run by tests/test_scale.py under ``torch.distributed.run``: phase-3 style training of a
 small classifier with BatchNorm (torch's and timm's BatchNormAct2d) by
-:func:`lana.train.train_classifier` (DDP), written by rank 0 to ``OUT/ddp.safetensors``;
-then, given a config, phase 1 of a new run in ``OUT/run`` (its teacher trained by both
-ranks together). Not a test module itself."""
+:func:`lana.train.train_classifier` (DDP), written by rank 0 to ``OUT/ddp.safetensors``.
+Not a test module itself."""
 
 from __future__ import annotations
 
@@ -55,9 +54,4 @@ if __name__ == "__main__":
     if rank == 0:
         save_tensors(f"{sys.argv[1]}/ddp.safetensors", net.state_dict())
         write_json(f"{sys.argv[1]}/ddp.json", {**stats, "world": world})
-    if len(sys.argv) > 2:
-        from lana.config import load_config
-        from lana.pipeline import Run
-
-        Run(f"{sys.argv[1]}/run", load_config(sys.argv[2])).distill()
     dist.shutdown()
