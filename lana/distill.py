@@ -128,7 +128,9 @@ def candidate_memory_mb(chain: Chain, layer: int, spec: str, batch_size: int) ->
     weights, gradients and two Adam moments, plus the activations autograd keeps for the
     backward pass at ``batch_size`` (counted on a forward of 2 images, then scaled). The
     teacher's input and target features are shared by the group and not counted."""
-    module = build_op(spec, chain.info[layer], chain.layers[layer]).train()
+    # A throwaway copy: its random init must not move the global RNG.
+    with torch.random.fork_rng(devices=[]):
+        module = build_op(spec, chain.info[layer], chain.layers[layer]).train()
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     state = 4 * sum(p.numel() * p.element_size() for p in module.parameters())
     x = torch.zeros(2, *chain.info[layer].in_shape)
@@ -140,7 +142,7 @@ def candidate_memory_mb(chain: Chain, layer: int, spec: str, batch_size: int) ->
             saved[ptr] = max(saved.get(ptr, 0), t.untyped_storage().nbytes())
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = module(x)
         _nmse(out, torch.ones_like(out))
     activations = (sum(saved.values()) + out.numel() * out.element_size()) * batch_size / 2
