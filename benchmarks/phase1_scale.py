@@ -190,7 +190,7 @@ With torchrun each rank trains half of the candidates but runs its own teacher f
 passes, so the teacher's share of the work is duplicated. The 2-process weights are
 bit-identical to the 1-process ones: {identical}. Memory: a batch's teacher features for
 all layers are held (one batch at a time) plus the candidates of the group being trained
-(`distill.group_size` bounds them); the resident set before phase 1 is mostly torch itself.
+(`distill.max_memory_mb` bounds them by default); the resident set before phase 1 is mostly torch itself.
 Per-stage peak memory of a run is in `DIR/memory.json` (and `summary.json`, `peak_rss_mb`).
 """
     write_section(SECTION, body)

@@ -77,7 +77,14 @@ class DistillConfig(_Section):
                             "all candidates)")
     lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW, cosine schedule)")
     group_size: int = Field(0, ge=0, description="candidates trained together per pass over "
-                            "the data (0 = all: one teacher pass feeds every candidate)")
+                            "the data; 0 = automatic: as many consecutive candidates as fit "
+                            "in max_memory_mb (one teacher pass feeds a whole group)")
+    max_memory_mb: float = Field(1024, gt=0, description="memory budget of one group when "
+                                 "group_size is 0, in MiB: each candidate's weights, "
+                                 "gradients, Adam state and saved activations at batch_size, "
+                                 "estimated from a 2-image forward pass (the teacher's "
+                                 "features and torch itself come on top); the plan is "
+                                 "in DIR/memory.json")
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
     inherit: bool = Field(True, description="initialise candidates from the teacher's layer "
                           "where the family allows (copies, most important channels); "

@@ -72,6 +72,17 @@ def all_ok(ok: bool) -> bool:
     return int(flag.item()) == 0
 
 
+def share(value):
+    """Rank 0's ``value`` on every rank (``value`` itself without a process group); every
+    rank must call it. For small plain values (it pickles them between the job's own
+    processes)."""
+    if world() <= 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shutdown() -> None:
     """Leave the process group (at the end of a torchrun command)."""
     if dist.is_initialized():
@@ -84,9 +95,12 @@ def maybe_kill(stage: str, step: int | str) -> None:
     """Test hook: SIGKILL this process when ``LANA_TEST_KILL_AT`` is ``stage:step``.
 
     The crash-safety tests set e.g. ``LANA_TEST_KILL_AT=distill:3`` (after phase-1 step 3
-    of a group), ``finetune:2``, ``teacher:1`` or ``score:computed`` (a stage computed but
-    not yet written) to kill a run at a deterministic point and check that re-running the
-    same command resumes and ends with the same result. ``LANA_TEST_KILL_RANK`` limits the
+    of a group), ``finetune:2``, ``teacher:1``, ``profile:layer0`` (latency of layer 0's
+    candidates measured and saved in the LUT), ``export:saved`` (student files written,
+    latency not yet verified) or ``<stage>:computed`` (``profile``, ``costs``, ``score``,
+    ``search``, ``finetune``, ``export``: computed but not yet written) to kill a run at a
+    deterministic point and check that re-running the same command resumes and ends with
+    the same result. ``LANA_TEST_KILL_RANK`` limits the
     kill to one rank. Unset in normal use; costs one dict lookup.
     """
     target = os.environ.get("LANA_TEST_KILL_AT")

@@ -93,25 +93,86 @@ def _group_id(members: list[tuple[int, str]]) -> str:
 
 
 def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillConfig,
-            run_dir: str | Path, seed: int = 0, rank: int = 0, world: int = 1) -> dict:
+            run_dir: str | Path, seed: int = 0, rank: int = 0, world: int = 1,
+            report: dict | None = None) -> dict:
     """Train all candidates that ``run_dir`` does not hold yet; return the index.
 
     ``candidates[i]`` lists the specs of layer ``i``. With ``world > 1`` this process trains
-    only its share (every ``world``-th pending candidate, from ``rank``).
+    only its share (every ``world``-th pending candidate, from ``rank``). Candidates train
+    in groups (see :func:`plan_groups`); ``report``, if given, receives the number of
+    groups, the largest group and its estimated memory (MiB).
     """
     run_dir = Path(run_dir)
     todo = pending(candidates, run_dir, rank, world)
     if not todo:
         return _update_index(run_dir, candidates, {}, cfg.steps)
-    size = cfg.group_size or len(todo)
-    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
-    log(f"phase 1: distilling {len(todo)} candidates in {len(groups)} group(s), "
+    groups, estimates = plan_groups(chain, todo, cfg)
+    if report is not None:
+        report.update({"distill_groups": len(groups),
+                       "distill_largest_group": max(len(g) for g in groups),
+                       "distill_group_estimate_mb": round(max(estimates), 1),
+                       "distill_max_memory_mb": None if cfg.group_size else
+                       cfg.max_memory_mb})
+    log(f"phase 1: distilling {len(todo)} candidates in {len(groups)} group(s) "
+        f"(largest: {max(len(g) for g in groups)} candidates, ~{max(estimates):.0f} MiB), "
         f"{cfg.steps} steps of {cfg.batch_size} images each")
     chain.eval()
     for members in groups:
         results = _train_group(chain, members, data, cfg, run_dir, seed)
         index = _update_index(run_dir, candidates, results, cfg.steps)
     return index
+
+
+def candidate_memory_mb(chain: Chain, layer: int, spec: str, batch_size: int) -> float:
+    """Estimated memory (MiB) of training candidate ``spec`` of ``layer`` in phase 1: its
+    weights, gradients and two Adam moments, plus the activations autograd keeps for the
+    backward pass at ``batch_size`` (counted on a forward of 2 images, then scaled). The
+    teacher's input and target features are shared by the group and not counted."""
+    # A throwaway copy: its random init must not move the global RNG.
+    with torch.random.fork_rng(devices=[]):
+        module = build_op(spec, chain.info[layer], chain.layers[layer]).train()
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    state = 4 * sum(p.numel() * p.element_size() for p in module.parameters())
+    x = torch.zeros(2, *chain.info[layer].in_shape)
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr != x.untyped_storage().data_ptr():
+            saved[ptr] = max(saved.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+        _nmse(out, torch.ones_like(out))
+    activations = (sum(saved.values()) + out.numel() * out.element_size()) * batch_size / 2
+    return (state + activations) / 2**20
+
+
+def plan_groups(chain: Chain, todo: list[tuple[int, str]], cfg: DistillConfig
+                ) -> tuple[list[list[tuple[int, str]]], list[float]]:
+    """Split ``todo`` into groups trained together; return them and their estimated memory
+    (MiB, :func:`candidate_memory_mb` summed).
+
+    ``cfg.group_size > 0`` fixes the group size. 0 (the default) packs consecutive
+    candidates while their estimate stays within ``cfg.max_memory_mb`` (a candidate larger
+    than that trains alone). Groups are consecutive runs of ``todo``, so a resumed run,
+    whose ``todo`` lacks the finished groups, forms the same remaining groups and finds
+    the checkpoint of the group it was training. Grouping never changes a result.
+    """
+    mb = [candidate_memory_mb(chain, i, s, cfg.batch_size) for i, s in todo]
+    if cfg.group_size:
+        cuts = list(range(0, len(todo), cfg.group_size)) + [len(todo)]
+    else:
+        cuts, total = [0], 0.0
+        for k, m in enumerate(mb):
+            if k > cuts[-1] and total + m > cfg.max_memory_mb:
+                cuts.append(k)
+                total = 0.0
+            total += m
+        cuts.append(len(todo))
+    pairs = list(zip(cuts[:-1], cuts[1:], strict=True))
+    return [todo[a:b] for a, b in pairs], [sum(mb[a:b]) for a, b in pairs]
 
 
 def _update_index(run_dir: Path, candidates: list[list[str]],

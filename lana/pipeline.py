@@ -128,49 +128,85 @@ class Run:
         return model.eval()
 
     def _obtain_teacher(self, model: nn.Module, path: Path) -> None:
-        cfg = self.config
-        if cfg.model.weights:
-            state = load_tensors(cfg.model.weights)
-            _load_state(model, state, Path(cfg.model.weights))
-            save_tensors(path, model.state_dict())
-            return
-        if self._teacher_override is not None:
-            # A model handed over through the Python API is the trained teacher as it is.
-            save_tensors(path, model.state_dict())
-            return
-        from lana.train import train_classifier
+        if not self._teacher_from_files(model, path):
+            # Reached on one process (under torchrun: rank 0 inside on_main); the ranks
+            # train a missing teacher together in _teacher_on_every_rank.
+            self._train_teacher(model, path, distributed=False)
 
+    def _teacher_cache(self) -> tuple[str, Path]:
+        """The teacher's training key (its settings) and its file in the teacher cache."""
+        cfg = self.config
         key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
                      "data": cfg.data.model_dump(), "train": cfg.teacher_training.model_dump(
                          exclude={"cache_dir", "checkpoint_every"}), "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
                      ) / f"{key}.safetensors"
+        return key, cache
+
+    def _teacher_from_files(self, model: nn.Module, path: Path) -> bool:
+        """Write ``path`` from given weights, the Python API's model or the teacher cache;
+        False when none applies and the teacher must be trained."""
+        cfg = self.config
+        if cfg.model.weights:
+            state = load_tensors(cfg.model.weights)
+            _load_state(model, state, Path(cfg.model.weights))
+            save_tensors(path, model.state_dict())
+            return True
+        if self._teacher_override is not None:
+            # A model handed over through the Python API is the trained teacher as it is.
+            save_tensors(path, model.state_dict())
+            return True
+        _, cache = self._teacher_cache()
         if cache.exists():
             try:
                 state = load_tensors(cache)
                 _load_state(model, state, cache)
                 log(f"teacher: using cached weights {cache}")
                 save_tensors(path, model.state_dict())
-                return
+                return True
             except ArtifactError as exc:
                 log(f"[yellow]teacher cache unusable ({exc}); training again[/yellow]")
+        return False
+
+    def _train_teacher(self, model: nn.Module, path: Path, distributed: bool) -> None:
+        """Train the teacher from scratch (with every rank under torchrun when
+        ``distributed``: DDP, as phase 3) and write it to ``path`` and the cache."""
+        from lana.train import train_classifier
+
+        cfg = self.config
+        key, cache = self._teacher_cache()
         t = cfg.teacher_training
         log(f"teacher: training {cfg.model.name} for {t.epochs:g} epochs on "
             f"{len(self.splits.train)} images")
         start = time.time()
         torch.manual_seed(cfg.seed)
         D.reset_peak_rss()
-        # Under torchrun, prepare() runs on rank 0 alone, so the teacher trains there
-        # (distributed=False); give trained weights (model.weights) for big teachers.
         train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
                          lr=t.lr, seed=cfg.seed, description="teacher",
                          checkpoint=self.dir / "teacher-checkpoint.pt", checkpoint_key=key,
                          checkpoint_every=t.checkpoint_every,
-                         kill_tag="teacher", distributed=False)
+                         kill_tag="teacher", distributed=distributed)
         self._timed("teacher_train", start)
-        save_tensors(cache, model.state_dict())
-        save_tensors(path, model.state_dict())
+        if D.is_main() or not distributed:  # under DDP every rank holds the same weights
+            save_tensors(cache, model.state_dict())
+            save_tensors(path, model.state_dict())
+
+    def _teacher_on_every_rank(self) -> None:
+        """Under torchrun: make ``teacher.safetensors`` exist before any rank needs it.
+        Rank 0 copies given or cached weights; a teacher that must be trained is trained
+        by every rank together (DDP + sharded batches, resumable from its checkpoint:
+        rank 0 writes it, every rank resumes from it). No-op in one process."""
+        if D.world() <= 1 or "teacher" in self.__dict__:
+            return
+        path = self.dir / "teacher.safetensors"
+        model = self._build_teacher()
+        # Rank 0 decides for everyone: the others must not look at files it is writing.
+        found = D.share(D.on_main(lambda: path.exists()
+                                  or self._teacher_from_files(model, path)))
+        if not found:
+            self._train_teacher(model, path, distributed=True)
+        D.barrier()  # rank 0 has written the weights
 
     def _cached(self, path: Path, inputs: dict) -> dict | None:
         """A stage's stored output if it was computed from the same ``inputs``."""
@@ -195,16 +231,18 @@ class Run:
         p = self.dir / "timings.json"
         return read_json(p) if p.exists() else {}
 
-    def _timed(self, name: str, start: float) -> None:
+    def _timed(self, name: str, start: float, memory_plan: dict | None = None) -> None:
         """Record a stage's duration (timings.json) and peak resident memory since
-        ``D.reset_peak_rss()`` (memory.json, MiB); rank 0 writes."""
+        ``D.reset_peak_rss()`` (memory.json, MiB), plus ``memory_plan`` (e.g. phase 1's
+        groups and their estimated memory) in memory.json; rank 0 writes."""
         if not D.is_main():
             return
         write_json(self.dir / "timings.json", {**self._timings(), f"{name}_s":
                                                time.time() - start})
         mem_path = self.dir / "memory.json"
         memory = read_json(mem_path) if mem_path.exists() else {}
-        write_json(mem_path, {**memory, f"{name}_peak_rss_mb": round(D.peak_rss_mb(), 1)})
+        write_json(mem_path, {**memory, f"{name}_peak_rss_mb": round(D.peak_rss_mb(), 1),
+                              **(memory_plan or {})})
 
     @cached_property
     def chain(self) -> Chain:
@@ -275,18 +313,20 @@ class Run:
         from lana.distill import distill, pending
 
         if D.world() > 1:
-            D.on_main(self.prepare)  # one rank trains the teacher and lists candidates
+            self._teacher_on_every_rank()  # a teacher to train is trained by every rank
+            D.on_main(self.prepare)  # one rank evaluates it and lists candidates
         rank = D.rank() if rank is None else rank
         world = D.world() if world is None else world
         index_path = self.dir / "distill" / "index.json"
         todo = pending(self.candidates, self.dir, rank, world)
         start = time.time()
+        plan: dict = {}  # groups and their estimated memory (rank 0's, under torchrun)
         if todo:
             D.reset_peak_rss()
             distill(self.chain, self.candidates, self.splits.train, self.config.distill,
-                    self.dir, self.config.seed, rank, world)
+                    self.dir, self.config.seed, rank, world, report=plan)
         if not D.all_ok(not todo):  # also the barrier after which every shard is saved
-            self._timed("distill", start)
+            self._timed("distill", start, plan)
         return read_json(index_path) if index_path.exists() else {}
 
     def _stage(self, name: str, path: Path, inputs: dict, compute) -> dict:
@@ -470,6 +510,7 @@ class Run:
         if self.config.model.layers is not None:  # a split by hand is part of the arch
             arch["model"]["layers"] = list(self.config.model.layers)
         files = save_student(sdir / "model", student, arch)
+        D.maybe_kill("export", "saved")  # crash-safety tests: files written, not verified
         target = self.budget_ms(budget)
         if self.profile().get("remote"):
             # The target is another machine: time model/student.onnx there with

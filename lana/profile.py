@@ -18,6 +18,7 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.decompose import Chain
+from lana.dist import maybe_kill
 from lana.errors import ArtifactError, ConfigError
 from lana.io import atomic_write_bytes, read_json, write_json
 from lana.latency import (
@@ -154,6 +155,7 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
                 bar.advance(task)
             layers.append(row)
             lut.save()  # keep what was measured if the run is interrupted
+            maybe_kill("profile", f"layer{i}")  # crash-safety tests: killed mid-profile
     drift = monitor.finish() if started else {"enabled": monitor.enabled, "checks": [],
                                               "remeasured": 0, "flagged": []}
     lut.save()

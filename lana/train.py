@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from pathlib import Path
@@ -83,9 +84,11 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
     Returns the mean training loss of the last 10% of steps. Under torchrun (a process
     group of ``world`` ranks) the model is wrapped in DistributedDataParallel and every
     global batch of ``batch_size`` is split across ranks (``Data.stream(rank, world)``), so
-    the gradient equals the single-process one up to float rounding; BatchNorm layers see
-    only their rank's share (SyncBatchNorm on GPUs; CPUs have none). With ``checkpoint``
-    the state is saved every ``checkpoint_every`` steps (rank 0 writes) and a killed run
+    the gradient equals the single-process one up to float rounding. BatchNorm layers
+    normalise over the global batch too (lana.sync_bn: torch's SyncBatchNorm on GPUs, an
+    all-reduce of the statistics elsewhere) and are plain BatchNorm again afterwards; a
+    global batch that does not split evenly is weighted per item, as in one process. With
+    ``checkpoint`` the state is saved every ``checkpoint_every`` steps (rank 0 writes) and a killed run
     resumes from it; ``checkpoint_key`` ties it to its settings. ``kill_tag`` names the
     test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see lana.dist.maybe_kill).
     ``distributed=False`` trains in this process alone even under torchrun.
@@ -102,16 +105,28 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
     device = D.device() if distributed else torch.device("cpu")
     torch.manual_seed(seed)
     model.to(device)
+    # Every rank's BatchNorm layers see the global batch (back to plain ones afterwards).
+    from lana.sync_bn import synced_batchnorm
+
+    with synced_batchnorm(model) if world > 1 else contextlib.nullcontext():
+        return _train(model, data, steps, rank, world, device, batch_size=batch_size, lr=lr,
+                      seed=seed, teacher=teacher, kd_weight=kd_weight,
+                      temperature=temperature, description=description,
+                      checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                      checkpoint_key=checkpoint_key, kill_tag=kill_tag)
+
+
+def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, device, *,
+           batch_size: int, lr: float, seed: int, teacher: nn.Module | None,
+           kd_weight: float, temperature: float, description: str,
+           checkpoint: str | Path | None, checkpoint_every: int, checkpoint_key: str,
+           kill_tag: str) -> dict[str, float]:
+    from lana import dist as D
+
     net: nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        if device.type == "cuda":
-            # timm's converter also handles its BatchNormAct2d (norm + activation), which
-            # torch's would turn into a plain SyncBatchNorm without the activation.
-            from timm.layers import convert_sync_batchnorm
-
-            model = convert_sync_batchnorm(model)
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                       else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -139,6 +154,13 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
                 with torch.no_grad():
                     t_out = teacher(x)
                 loss = loss + kd_weight * kd_loss(out, t_out, temperature)
+            if world > 1:
+                # DDP averages the ranks' gradients; weighting each rank's mean by its share
+                # of the global batch makes that the global batch's mean when the batch
+                # does not split evenly (e.g. 11 items: 6 + 5).
+                n = torch.tensor([len(y)], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(n)
+                loss = loss * (len(y) * world / n.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

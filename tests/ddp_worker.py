@@ -1,26 +1,33 @@
 """Run by tests/test_scale.py under ``torch.distributed.run``: phase-3 style training of a
-small BatchNorm-free classifier with :func:`lana.train.train_classifier` (DDP), written by
-rank 0 to ``OUT/ddp.safetensors``. Not a test module itself."""
+small classifier with BatchNorm (torch's and timm's BatchNormAct2d) by
+:func:`lana.train.train_classifier` (DDP), written by rank 0 to ``OUT/ddp.safetensors``.
+Not a test module itself."""
 
 from __future__ import annotations
 
 import sys
 
 import torch
+from timm.layers import BatchNormAct2d
 from torch import nn
 
 
 def model() -> nn.Module:
-    """A tiny conv classifier without BatchNorm (BN statistics are per rank on CPUs)."""
+    """A tiny conv classifier with both kinds of BatchNorm a lana student holds."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, 2, 1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    # No conv bias before a norm (as in real networks): its exact gradient is zero, and
+    # Adam would blow the rounding noise of that zero up to full-size steps.
+    return nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 8, 3, 2, 1, bias=False),
+                         BatchNormAct2d(8, act_layer=nn.ReLU),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
 
 
 def data():
     from lana.data import Data, synthetic_dataset
 
-    return Data(synthetic_dataset(96, 16, seed=5))
+    # 91 images in batches of 16: every epoch ends with a batch of 11, split 6 + 5.
+    return Data(synthetic_dataset(91, 16, seed=5))
 
 
 def train(net: nn.Module) -> dict:
@@ -41,6 +48,9 @@ if __name__ == "__main__":
     net.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
     stats = train(net)
     write_json(f"{sys.argv[1]}/seen{rank}.json", seen)
+    # the trained model is a plain one again (no synchronised norms left in it)
+    write_json(f"{sys.argv[1]}/types{rank}.json", sorted({type(m).__name__
+                                                         for m in net.modules()}))
     if rank == 0:
         save_tensors(f"{sys.argv[1]}/ddp.safetensors", net.state_dict())
         write_json(f"{sys.argv[1]}/ddp.json", {**stats, "world": world})
