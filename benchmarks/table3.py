@@ -81,33 +81,36 @@ SCALES: dict[str, dict[str, Any]] = {
         "distill": {"steps": 40, "batch_size": 32, "checkpoint_every": 10},
         "score": {"samples": 256},
         "search": {"k": 3, "eval_samples": 256},
-        "finetune": {"epochs": 0.5, "batch_size": 64, "checkpoint_every": 10},
-        "kendall": {"archs": 30, "eval_samples": 500},
+        "finetune": {"epochs": 0.25, "batch_size": 64, "checkpoint_every": 5},
+        "kendall": {"archs": 30, "eval_samples": 256},
         "seeds": 1,
     },
     "full": {
+        # Full Fashion-MNIST (55k train after the 5k val split, all 10k test). Epochs are
+        # sized for a CPU: ~0.7 epoch of phase 1 per candidate (the paper: about one).
         "data": {"train_samples": None, "val_samples": 5000, "test_samples": None},
-        "teacher_training": {"epochs": 30.0, "batch_size": 128, "lr": 3e-3,
-                             "checkpoint_every": 200},
+        "teacher_training": {"epochs": 5.0, "batch_size": 128, "lr": 3e-3,
+                             "checkpoint_every": 100},
         "space": "auto",
-        "distill": {"steps": 2000, "batch_size": 64, "checkpoint_every": 100},
+        "distill": {"steps": 600, "batch_size": 64, "checkpoint_every": 50},
         "score": {"samples": 2000},
         "search": {"k": 8, "eval_samples": 2000},
-        "finetune": {"epochs": 10.0, "batch_size": 128, "checkpoint_every": 200},
-        "kendall": {"archs": 40, "eval_samples": 10000},
-        "seeds": 3,
+        "finetune": {"epochs": 1.0, "batch_size": 128, "checkpoint_every": 100},
+        "kendall": {"archs": 40, "eval_samples": 2000},
+        "seeds": 1,
     },
 }
 
 PRUNE_TOLERANCE = 0.05  # the issue: baselines at equal measured latency, +-5%
 
 
-def run_config(family: str, scale: str, work: Path) -> dict:
-    """The lana configuration (a plain dict) of one family at one scale."""
+def run_config(family: str, scale: str, work: Path, threads: int = 1) -> dict:
+    """The lana configuration (a plain dict) of one family at one scale; ``threads``: torch
+    threads for training (latency is always timed with one thread)."""
     fam, sc = FAMILIES[family], SCALES[scale]
     return {
         "seed": 0,
-        "threads": 1,
+        "threads": threads,
         "model": {"name": f"timm:{fam['teacher']}"},
         "data": {"name": "fashion-mnist", "image_size": 32, **sc["data"]},
         # The teacher cache lives in the work dir, so the teacher's training time is
@@ -159,6 +162,23 @@ class Steps:
         from lana.io import read_json
 
         return {p.stem: read_json(p) for p in sorted(self.root.glob("*.json"))}
+
+
+def check_settings(work: Path, settings: dict) -> None:
+    """Tie a work directory to the settings that made it: cached steps are only reused by
+    the same settings (``WORK/bench.json``); other settings need another ``--work``."""
+    from lana.errors import ConfigError
+    from lana.io import read_json, write_json
+
+    path = Path(work) / "bench.json"
+    settings = json.loads(json.dumps(settings))
+    if path.exists():
+        if read_json(path) != settings:
+            raise ConfigError(f"{work} holds results made with other benchmark settings; "
+                              "re-use it only with the same --family and --scale (and "
+                              "code defaults), or give a new --work directory")
+        return
+    write_json(path, settings)
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -224,17 +244,22 @@ def budget_label(speedup: float, member: str, member_ratio: float) -> str:
 class Table3:
     """One family at one scale in one work directory."""
 
-    def __init__(self, family: str, scale: str, work: Path, seeds: int) -> None:
+    def __init__(self, family: str, scale: str, work: Path, seeds: int,
+                 threads: int = 1) -> None:
         from lana.config import config_from_dict
         from lana.pipeline import Run
 
         self.family, self.scale, self.work, self.seeds = family, scale, work, seeds
         self.fam = FAMILIES[family]
         self.work.mkdir(parents=True, exist_ok=True)
-        self.cfg = config_from_dict(run_config(family, scale, work), "table3")
+        self.cfg = config_from_dict(run_config(family, scale, work, threads), "table3")
         self.run = Run(work / "run", self.cfg)
         self.steps = Steps(work / "steps")
         (work / "models").mkdir(exist_ok=True)
+        # Threads change speed, not results: a run may resume with another count.
+        check_settings(work, {"config": run_config(family, scale, work),
+                              "scale": {k: v for k, v in SCALES[scale].items()
+                                        if k != "seeds"}})
 
     # ---------------------------------------------------------- small utilities
     def model_path(self, name: str) -> Path:
@@ -749,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmarks/work/table3-<family>-<scale>); re-use it to resume")
     ap.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds per method "
                     "(default: 1 reduced, 3 full)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training "
+                    "(latency is timed with 1 thread)")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = ap.parse_args(argv)
     seeds = args.seeds or SCALES[args.scale]["seeds"]
@@ -763,12 +790,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = f"python benchmarks/table3.py --family {args.family} --scale {args.scale}" + \
         (f" --work {args.work}" if args.work else "") + \
-        (f" --seeds {args.seeds}" if args.seeds else "")
+        (f" --seeds {args.seeds}" if args.seeds else "") + \
+        (f" --threads {args.threads}" if args.threads != 1 else "")
     start = time.time()
     try:
         work.mkdir(parents=True, exist_ok=True)
         with run_lock(work):
-            bench = Table3(args.family, args.scale, work, seeds)
+            bench = Table3(args.family, args.scale, work, seeds, args.threads)
             res = bench.execute()
             if not args.no_write:
                 print(report(bench, res, cmd, time.time() - start))
