@@ -119,3 +119,12 @@ def test_spread_and_budget_label():
     assert mean == 2.0 and sd == pytest.approx(2 ** 0.5)
     assert table3.budget_label(2.0, "b0", 1.7) == "2x"
     assert table3.budget_label(1.7, "b0", 1.7).startswith("b0 latency")
+
+
+def test_work_dir_is_tied_to_its_settings(tmp_path):
+    from lana.errors import ConfigError
+
+    table3.check_settings(tmp_path, {"a": 1, "b": None})
+    table3.check_settings(tmp_path, {"a": 1, "b": None})  # same settings: resumes
+    with pytest.raises(ConfigError, match="other benchmark settings"):
+        table3.check_settings(tmp_path, {"a": 2, "b": None})
