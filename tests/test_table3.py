@@ -1,0 +1,130 @@
+"""The pure parts of benchmarks/table3.py (issue 6): pruning to a latency, Kendall tau, the
+resumable step cache and the per-family configurations. The benchmark's quality is not
+tested here; it is measured by running it (benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import table3  # noqa: E402
+
+
+def test_prune_to_latency_reaches_the_target_within_tolerance():
+    # Latency falls as the ratio grows, like a pruned network's (quadratic in the width).
+    def latency(ratio: float) -> float:
+        return 0.2 + 0.8 * (1 - ratio) ** 2
+
+    for target in (0.9, 0.5, 0.3):
+        res = table3.prune_to_latency(lambda r: r, latency, target)
+        assert res["within"], res
+        assert abs(res["latency"] - target) <= 0.05 * target
+        assert res["model"] == res["ratio"]
+        assert len(res["history"]) <= 10
+        # Every step moved toward the target: the ratios bracket the answer.
+        assert all(0.0 < r < 0.95 for r, _ in res["history"])
+
+
+def test_prune_to_latency_reports_an_unreachable_target():
+    res = table3.prune_to_latency(lambda r: r, lambda r: 1.0 - 0.5 * r, 0.1, max_iter=6)
+    assert not res["within"]
+    # The closest one tried is returned: the largest ratio the bisection reached.
+    assert res["ratio"] == max(r for r, _ in res["history"])
+    with pytest.raises(ValueError):
+        table3.prune_to_latency(lambda r: r, lambda m: 1.0, 0.0)
+
+
+def test_prune_to_latency_with_torch_pruning_on_a_tiny_model():
+    tp = pytest.importorskip("torch_pruning")
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+    example = torch.zeros(1, 1, 8, 8)
+
+    def make(ratio: float) -> nn.Module:
+        import copy
+
+        m = copy.deepcopy(base)
+        tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(),
+                                  pruning_ratio=ratio, ignored_layers=[m[-1]]).step()
+        return m
+
+    def fake_latency(m: nn.Module) -> float:  # stands in for a measured time
+        return float(sum(p.numel() for p in m.parameters()))
+
+    full = fake_latency(base)
+    res = table3.prune_to_latency(make, fake_latency, 0.4 * full, tol=0.1)
+    assert res["within"]
+    assert res["model"](example).shape == (1, 4)
+    assert abs(fake_latency(res["model"]) - 0.4 * full) <= 0.1 * 0.4 * full
+
+
+def test_kendall_tau_sign_and_size():
+    scores = [0.1, 0.2, 0.3, 0.4]
+    assert table3.kendall(scores, [0.9, 0.8, 0.7, 0.6])["tau"] == pytest.approx(1.0)
+    assert table3.kendall(scores, [0.6, 0.7, 0.8, 0.9])["tau"] == pytest.approx(-1.0)
+    assert table3.kendall(scores, [0.9, 0.7, 0.8, 0.6])["n"] == 4
+    with pytest.raises(ValueError):
+        table3.kendall([0.1], [0.5])
+
+
+def test_steps_cache_resumes_after_an_interruption(tmp_path):
+    calls = []
+
+    def step(name):
+        def fn():
+            calls.append(name)
+            return {"value": len(calls)}
+        return fn
+
+    def crash():
+        raise KeyboardInterrupt
+
+    steps = table3.Steps(tmp_path, say=lambda _: None)
+    assert steps.get("a", step("a"))["value"] == 1
+    with pytest.raises(KeyboardInterrupt):
+        steps.get("b", crash)
+    assert not steps.done("b")  # nothing half-written for the step that was cut off
+    again = table3.Steps(tmp_path, say=lambda _: None)
+    assert again.get("a", step("a"))["value"] == 1  # cached: not run again
+    assert again.get("b", step("b"))["value"] == 2
+    assert calls == ["a", "b"]
+    assert set(again.all()) == {"a", "b"}
+    assert "seconds" in again.all()["a"]
+
+
+@pytest.mark.parametrize("family", sorted(table3.FAMILIES))
+@pytest.mark.parametrize("scale", sorted(table3.SCALES))
+def test_every_family_and_scale_is_a_valid_lana_config(family, scale, tmp_path):
+    from lana.config import config_from_dict
+
+    cfg = config_from_dict(table3.run_config(family, scale, tmp_path), "table3")
+    assert cfg.model.name == f"timm:{table3.FAMILIES[family]['teacher']}"
+    assert cfg.data.name == "fashion-mnist" and cfg.data.image_size == 32
+    assert cfg.latency.backend == "onnxruntime"
+    assert cfg.teacher_training.cache_dir == str(tmp_path / "teacher-cache")
+
+
+def test_spread_and_budget_label():
+    assert table3.spread([1.0]) == (1.0, None)
+    mean, sd = table3.spread([1.0, 3.0])
+    assert mean == 2.0 and sd == pytest.approx(2 ** 0.5)
+    assert table3.budget_label(2.0, "b0", 1.7) == "2x"
+    assert table3.budget_label(1.7, "b0", 1.7).startswith("b0 latency")
+
+
+def test_work_dir_is_tied_to_its_settings(tmp_path):
+    from lana.errors import ConfigError
+
+    table3.check_settings(tmp_path, {"a": 1, "b": None})
+    table3.check_settings(tmp_path, {"a": 1, "b": None})  # same settings: resumes
+    with pytest.raises(ConfigError, match="other benchmark settings"):
+        table3.check_settings(tmp_path, {"a": 2, "b": None})
