@@ -475,6 +475,7 @@ def _fork_gloo_ranks(log_dir: Path, target, **env: str) -> list[tuple[int, str]]
     return [(c, (log_dir / f"rank{r}.log").read_text()) for r, c in enumerate(codes)]
 
 
+@pytest.mark.serial
 def test_ddp_teacher_killed_resumes_on_every_rank(tmp_path: Path) -> None:
     """A run's teacher trained by 2 ranks together (DDP, Run._teacher_on_every_rank as
     `lana run`/`distill` under torchrun do) computes what the one-process teacher does;
