@@ -13,7 +13,4 @@ fi
 # Two worker processes (pytest-xdist), one per core of the 2-core reference machine: every
 # test runs single-threaded, so one process leaves a core idle. LANA_TEST_WORKERS=0 runs
 # the suite in this process.
-# Tests marked serial fork gloo process groups of their own; beside another xdist worker
-# a forked rank lost its peer, so they run afterwards in one process.
-OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n "${LANA_TEST_WORKERS:-2}" -m "not serial" tests
-OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -m serial tests
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n "${LANA_TEST_WORKERS:-2}" tests
