@@ -42,7 +42,7 @@ from lana.config import LatencyConfig
 from lana.decompose import decompose
 from lana.distill import build_candidate
 from lana.io import read_json, write_json
-from lana.latency import LatencyTable, measure_interleaved
+from lana.latency import LatencyTable, Settings, measure_interleaved, reference_baseline
 from lana.profile import module_key, op_key, profile_candidates, settings_from
 from lana.select import fit_calibration
 from lana.space import fitting_candidates, resolve_space, space_specs
@@ -72,7 +72,8 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     """LUT, calibration and evaluation students for one model and backend (cached)."""
     import timm
 
-    cache_path = work / f"{model_name}_{backend}_{args.image_size}px.json"
+    norm = "_norm" if args.normalize else ""
+    cache_path = work / f"{model_name}_{backend}_{args.image_size}px{norm}.json"
     cache = read_json(cache_path) if cache_path.exists() else {"measured": {}}
     if args.report_only and len(cache.get("measured_min", {})) < (
             1 + args.calib_students + args.students):
@@ -82,7 +83,8 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     shape = (3, args.image_size, args.image_size)
     chain = decompose(model, torch.zeros(2, *shape))
     cands = candidates_of(chain)
-    cfg = LatencyConfig(backend=backend, threads=args.threads, max_seconds=args.max_seconds)
+    cfg = LatencyConfig(backend=backend, threads=args.threads, max_seconds=args.max_seconds,
+                        normalize=args.normalize)
     t0 = time.time()
     prof = profile_candidates(chain, cands, lambda i, s: build_candidate(chain, i, s), cfg,
                               lut, shape)
@@ -108,8 +110,13 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
             for name in group}
         # As lana.profile.measure_models (3 interleaved rounds, 4x the per-op time cap),
         # keeping the minimum as well as the median.
+        # Normalised, in the LUT's units (its reference baseline), as measure_models.
+        base = ({"baseline_ms": reference_baseline(lut, settings_from(cfg), warmup=cfg.warmup,
+                                                   max_seconds=cfg.max_seconds)}
+                if args.normalize else {})
         res = measure_interleaved(nets, (cfg.batch_size, *shape), settings_from(cfg),
-                                  rounds=3, warmup=cfg.warmup, max_seconds=4 * cfg.max_seconds)
+                                  rounds=3, warmup=cfg.warmup, max_seconds=4 * cfg.max_seconds,
+                                  **base)
         cache["measured"].update({k: m.median_ms for k, m in res.items()})
         cache["measured_min"].update({k: m.min_ms for k, m in res.items()})
         cache.setdefault("load", []).append(os.getloadavg()[0])
@@ -176,6 +183,9 @@ def main() -> int:
     p.add_argument("--group", type=int, default=4,
                    help="students measured interleaved together (and cached) per group")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="raw timings (latency.normalize: false) instead of scaled by the "
+                   "reference op timed alongside")
     p.add_argument("--work", default=str(Path(__file__).parent / "work" / "latency_additivity"))
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     p.add_argument("--report-only", action="store_true",
@@ -226,11 +236,26 @@ def main() -> int:
     print(table)
     met_c = sum(verdict(r["corrected"]) == "met" for r in rows)
     met_u = sum(verdict(r["uncorrected"]) == "met" for r in rows)
-    flagged = sum(1 for e in lut.entries().values() if e.get("flagged"))
     verdicts = (f"Targets met on {met_c} of {len(rows)} (model, backend) pairs with the "
-                f"correction and on {met_u} of {len(rows)} without it. The drift monitor "
-                f"flagged {flagged} of {len(lut)} LUT entries (reference op more than 10 % "
-                "off its baseline even after re-measuring).")
+                f"correction and on {met_u} of {len(rows)} without it.")
+    if args.normalize:
+        # How far the machine's own speed moved while the LUT was built: the reference's
+        # median beside each entry over its baseline (what normalisation cancelled).
+        speed = [e["ref_ms"] / lut.reference(Settings.from_dict(e["settings"]))["baseline_ms"]
+                 for e in lut.entries().values()
+                 if e.get("ref_ms") and e["settings"].get("normalize")
+                 and lut.reference(Settings.from_dict(e["settings"]))]
+        if speed:
+            q = np.percentile(speed, [5, 50, 95])
+            verdicts += (f" Timings are normalised (latency.normalize, the default): beside "
+                         f"the {len(speed)} LUT entries the reference op ran at {q[0]:.2f}x / "
+                         f"{q[1]:.2f}x / {q[2]:.2f}x (5th / 50th / 95th percentile) of its "
+                         "baseline; that drift is scaled out of every entry and network.")
+    else:
+        flagged = sum(1 for e in lut.entries().values() if e.get("flagged"))
+        verdicts += (f" Raw timings (--no-normalize); the drift monitor flagged {flagged} "
+                     f"of {len(lut)} LUT entries (reference op more than 10 % off its "
+                     "baseline even after re-measuring).")
     loads = [x for r in rows for x in r["load"]]
     if args.report_only:
         load_text = (f"1-min load average while the students were measured: "
@@ -247,8 +272,9 @@ def main() -> int:
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         + ("rendered from the cached measurements in the work directory" if args.report_only
            else f"{wall / 60:.0f} min wall") + ").\n"
-        f"Machine: {machine()}; {load_text} (other jobs were sharing the cores, so timings are "
-        f"noisy). Batch 1, {args.threads} thread(s), {args.image_size} px, random weights, "
+        f"Machine: {machine()}; {load_text}"
+        + (" (other jobs were sharing the cores, so timings are noisy)"
+           if max(loads or [0.0]) > 1.5 else " (nothing else running)") + ". Batch 1, {args.threads} thread(s), {args.image_size} px, random weights, "
         f"lana's default space. The correction is fitted on the teacher plus "
         f"{args.calib_students} random students; the errors are on {args.students} other "
         f"random students per model."

@@ -110,9 +110,14 @@ class LatencyConfig(_Section):
                                "unset = this machine (missing entries are measured); "
                                "'lut' = the one device in latency.lut, e.g. a target "
                                "profiled with `lana profile BUNDLE` (nothing is timed here)")
+    normalize: bool = Field(True, description="time a fixed reference op alongside every "
+                            "measurement and scale by it, so that the machine speeding up "
+                            "or slowing down (other tenants of a VM, clocks) cancels out "
+                            "between the LUT and end-to-end timings; the raw median is "
+                            "kept in the LUT (false = raw stopwatch)")
     drift_every: int = Field(25, ge=0, description="re-time a reference op after this many "
                              "new LUT entries to detect a machine that speeds up or slows "
-                             "down (0 = off)")
+                             "down (0 = off; not needed with normalize, which it skips)")
     drift_threshold: float = Field(0.10, gt=0, description="relative change of the "
                                    "reference op that counts as drift: the entries since "
                                    "the last check are re-measured, then flagged")

@@ -25,6 +25,20 @@ most ``rel_ci`` times the median; or until ``max_repeats`` runs or ``max_seconds
 timing have been spent, but never fewer than ``min_repeats`` runs. The median is the
 reported latency.
 
+Normalisation
+-------------
+A shared or virtual machine changes speed by itself: on the 2-core reference VM the
+same op runs up to 1.5x slower for seconds to minutes at a time (the host's other
+tenants), so an op timed now and a network timed ten minutes later disagree by more than
+any model of additivity can fix. With ``Settings.normalize`` (``latency.normalize``, on by
+default) a fixed reference op (:func:`reference_module`) is timed *alongside* every
+measurement, between its runs, and the result is scaled by ``baseline / reference``:
+the latency the op would have at the machine speed of the LUT's baseline
+(:func:`reference_baseline`, stored in the LUT). A slow phase slows both and cancels; on
+that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
+variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
+(``ref_ms``). Normalised entries have their own settings key (suffix ``|norm``).
+
 LUT file format (``lana-lut/1``)
 --------------------------------
 A JSON object::
@@ -36,20 +50,22 @@ A JSON object::
           "op": "<op key>",
           "input_shape": [N, C, H, W],
           "settings": {"backend": "onnxruntime", "batch_size": 1, "threads": 1,
-                       "dtype": "float32", "device": "cpu:<model>|2 cores|x86_64"},
+                       "dtype": "float32", "device": "cpu:<model>|2 cores|x86_64",
+                       "normalize": true},
           "median_ms": 0.0123, "p25_ms": ..., "p75_ms": ..., "min_ms": ...,
           "mean_ms": ..., "std_ms": ..., "count": 57, "warmup": 10,
-          "rel_ci": 0.012, "outliers": 1
+          "rel_ci": 0.012, "outliers": 1, "ref_ms": 0.71, "raw_median_ms": 0.0131
         },
         ...
       },
       "reference": {"<settings key>": {"op": "reference:conv3x3_c32",
-                    "input_shape": [1, 32, 28, 28], "baseline_ms": ...,
+                    "input_shape": [1, 32, 56, 56], "baseline_ms": ...,
                     "checks": [{"time", "median_ms", "ratio", "reason", "entries"}]}}
     }
 
-``outliers`` counts runs slower than p75 + 3 IQR. ``reference`` (optional) holds the drift
-checks of :class:`DriftMonitor` per settings key; an entry measured while the machine had
+``outliers`` counts runs slower than p75 + 3 IQR. ``reference`` (optional) holds, per
+settings key, the reference op's baseline (normalisation scales to it) and the drift
+checks of :class:`DriftMonitor`; an entry measured while the machine had
 drifted, and not recovered by re-measuring, also has ``"flagged": true, "drift": ratio``.
 
 The entry key is :meth:`LatencyTable.key`; the settings key
@@ -184,6 +200,9 @@ class Settings:
     threads: int = 1
     dtype: str = "float32"
     device: str = field(default="")
+    #: Time the reference op alongside every measurement and scale by it (see
+    #: "Normalisation" in the module docstring). Off for a raw stopwatch.
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -205,14 +224,14 @@ class Settings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
         """Rebuild settings written by :meth:`to_dict`, keeping the recorded device."""
-        known = {k: data[k] for k in ("backend", "batch_size", "threads", "dtype", "device")
-                 if k in data}
+        known = {k: data[k] for k in ("backend", "batch_size", "threads", "dtype", "device",
+                                      "normalize") if k in data}
         return cls(**known)
 
     def key(self) -> str:
         """A string that differs whenever any setting (device included) differs."""
         return (f"{self.backend}|b{self.batch_size}|t{self.threads}|{self.dtype}"
-                f"|{self.device}")
+                f"|{self.device}" + ("|norm" if self.normalize else ""))
 
 
 # ---------------------------------------------------------------------- measurement
@@ -234,6 +253,10 @@ class Measurement:
     #: Runs slower than p75 + 3 * IQR (Tukey's far-out fence): preemption, page faults.
     #: They do not move the median, but many of them say the machine was busy.
     outliers: int = 0
+    #: With normalisation: the reference op's median during this measurement (raw ms) and
+    #: this op's raw median before scaling by ``baseline / ref_ms``.
+    ref_ms: float | None = None
+    raw_median_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The measurement as a plain JSON-ready dict."""
@@ -255,6 +278,9 @@ class Measurement:
                 warmup=int(data.get("warmup", 0)),
                 rel_ci=None if data.get("rel_ci") is None else float(data["rel_ci"]),
                 outliers=int(data.get("outliers", 0)),
+                ref_ms=None if data.get("ref_ms") is None else float(data["ref_ms"]),
+                raw_median_ms=None if data.get("raw_median_ms") is None
+                else float(data["raw_median_ms"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"not a latency measurement ({exc!r}): {data!r}") from None
@@ -279,6 +305,15 @@ class Measurement:
             rel_ci=None if half is None else (float(half / med) if med > 0 else 0.0),
             outliers=int(np.count_nonzero(x > p75 + 3.0 * (p75 - p25))),
         )
+
+    def scaled(self, factor: float) -> Measurement:
+        """Every time multiplied by ``factor`` (normalisation); the raw median is kept."""
+        return dataclasses.replace(
+            self, median_ms=self.median_ms * factor, p25_ms=self.p25_ms * factor,
+            p75_ms=self.p75_ms * factor, min_ms=self.min_ms * factor,
+            mean_ms=self.mean_ms * factor, std_ms=self.std_ms * factor,
+            raw_median_ms=self.median_ms if self.raw_median_ms is None
+            else self.raw_median_ms)
 
 
 def median_ci(samples: list[float] | np.ndarray, z: float = 1.96) -> float | None:
@@ -307,8 +342,14 @@ def time_runner(
     max_repeats: int = 1000,
     max_seconds: float = 1.0,
     rel_ci: float = 0.02,
+    reference: Runner | None = None,
 ) -> Measurement:
     """Time ``runner`` with the stopping rule described in the module docstring.
+
+    With a ``reference`` runner, the reference is timed between runs, whenever the runs
+    since its last timing took as long as it does (so it costs at most about half of the
+    loop, and a tiny op is not swamped by it); its median goes to ``ref_ms`` of the
+    result, which is otherwise the raw timing of ``runner`` (see "Normalisation").
 
     The garbage collector is off while timing so a collection never lands inside a run.
     ``max_seconds`` bounds the timed loop (and, separately, the warm-up) but never cuts
@@ -321,6 +362,9 @@ def time_runner(
         raise ConfigError("warmup must be >= 0 and max_seconds, rel_ci must be > 0")
     budget_ns = max_seconds * 1e9
     samples: list[float] = []
+    ref_samples: list[float] = []
+    since_ref_ns = 0  # runner time since the reference last ran
+    ref_ns = 0  # the reference's last timing
     done_warmup = 0
     # Collect the young generations only: the garbage of the previous measurement (an
     # export, a session) lives there. A full collection walks every object of the process
@@ -334,6 +378,8 @@ def time_runner(
         start = _clock()
         while done_warmup < warmup:
             runner()
+            if reference is not None and done_warmup < 3:
+                reference()
             done_warmup += 1
             # A whole network can take seconds per run; never let warm-up eat hours.
             if _clock() - start >= budget_ns:
@@ -347,6 +393,16 @@ def time_runner(
             device_ms = runner()
             t1 = _clock()
             samples.append(device_ms if device_ms is not None else (t1 - t0) / 1e6)
+            if reference is not None:
+                since_ref_ns += t1 - t0
+                if since_ref_ns >= ref_ns:
+                    ref_device_ms = reference()
+                    t2 = _clock()
+                    ref_ns = t2 - t1
+                    ref_samples.append(ref_device_ms if ref_device_ms is not None
+                                       else ref_ns / 1e6)
+                    since_ref_ns = 0
+                    t1 = t2  # the time cap counts the reference's runs too
             n = len(samples)
             if n >= max_repeats:
                 break
@@ -362,7 +418,10 @@ def time_runner(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Measurement.from_samples(samples, warmup=done_warmup)
+    m = Measurement.from_samples(samples, warmup=done_warmup)
+    if ref_samples:
+        m.ref_ms = float(np.median(ref_samples))
+    return m
 
 
 
@@ -386,18 +445,21 @@ def measure(
     max_repeats: int = 1000,
     max_seconds: float = 1.0,
     rel_ci: float = 0.02,
+    baseline_ms: float | None = None,
 ) -> Measurement:
     """Measure the latency of one inference of ``module`` at ``input_shape``.
 
     ``input_shape`` is the full shape including the batch dimension, which must equal
     ``settings.batch_size``. The input is random (seeded) data of ``settings.dtype``.
     Raises :class:`~lana.errors.BackendUnavailableError` if the backend cannot run here.
-    See the module docstring for the stopping rule; the median is the latency.
+    See the module docstring for the stopping rule; the median is the latency. With
+    ``settings.normalize``, ``baseline_ms`` is the reference's baseline to scale to (see
+    :func:`reference_baseline`; measured here when omitted).
     """
     return measure_interleaved({"module": module}, input_shape, settings, rounds=1,
                                warmup=warmup, min_repeats=min_repeats,
                                max_repeats=max_repeats, max_seconds=max_seconds,
-                               rel_ci=rel_ci)["module"]
+                               rel_ci=rel_ci, baseline_ms=baseline_ms)["module"]
 
 
 def measure_interleaved(
@@ -407,6 +469,7 @@ def measure_interleaved(
     *,
     rounds: int = 3,
     description: str | None = None,
+    baseline_ms: float | None = None,
     **measure_kwargs: Any,
 ) -> dict[str, Measurement]:
     """Measure several modules in interleaved rounds; each result pools its rounds' medians.
@@ -416,6 +479,11 @@ def measure_interleaved(
     them alike and their ratios stay fair. The reported median is the median of the
     per-round medians; the other statistics come from the last round. With a
     ``description``, a progress bar of that name follows the exports and the rounds.
+
+    With ``settings.normalize`` every timing is scaled by ``baseline_ms`` over the
+    reference op's median timed alongside it (module docstring, "Normalisation"); without
+    a ``baseline_ms`` the reference is timed here first (median of 3 sessions), which
+    keeps this call's results comparable with each other but not with a LUT's.
     """
     shape = tuple(int(s) for s in input_shape)
     if not shape or shape[0] != settings.batch_size:
@@ -446,22 +514,38 @@ def measure_interleaved(
         for name, m in modules.items():
             runners[name] = backend.prepare(m, example, settings.threads)
             step()
+        ref = None
+        if settings.normalize:
+            ref_example = torch.randn((settings.batch_size, *REFERENCE_SHAPE), generator=gen)
+            ref = backend.prepare(reference_module(), ref_example.to(example.dtype),
+                                  settings.threads)
+        raw: dict[str, list[float]] = {name: [] for name in modules}
         with torch.inference_mode():
+            if ref is not None and baseline_ms is None:
+                baseline_ms = float(np.median([time_runner(ref, **measure_kwargs).median_ms
+                                               for _ in range(3)]))
             for _ in range(max(1, rounds)):
                 for name, runner in runners.items():
-                    last[name] = time_runner(runner, **measure_kwargs)
-                    medians[name].append(last[name].median_ms)
+                    m = time_runner(runner, reference=ref, **measure_kwargs)
+                    raw[name].append(m.median_ms)
+                    if ref is not None:
+                        m = m.scaled(baseline_ms / m.ref_ms)
+                    last[name] = m
+                    medians[name].append(m.median_ms)
                     step()
-    return {name: dataclasses.replace(last[name], median_ms=float(np.median(medians[name])))
-            for name in modules}
+    return {name: dataclasses.replace(
+        last[name], median_ms=float(np.median(medians[name])),
+        raw_median_ms=float(np.median(raw[name])) if ref is not None else None)
+        for name in modules}
 
 
 def measure_onnx(model: bytes, input_shape: tuple[int, ...], settings: Settings,
-                 **measure_kwargs: Any) -> Measurement:
+                 baseline_ms: float | None = None, **measure_kwargs: Any) -> Measurement:
     """Measure an ONNX model (one float input of ``input_shape``) on an ONNX backend.
 
     This is how a candidate bundle is profiled on a target machine without the teacher's
-    code. Raises :class:`~lana.errors.ConfigError` for a backend that runs only PyTorch
+    code. With ``settings.normalize`` the timing is scaled to ``baseline_ms`` (required
+    then) by the reference op timed alongside. Raises :class:`~lana.errors.ConfigError` for a backend that runs only PyTorch
     modules.
     """
     backend = get_backend(settings.backend)
@@ -477,7 +561,17 @@ def measure_onnx(model: bytes, input_shape: tuple[int, ...], settings: Settings,
     example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with _torch_threads(settings.threads):
         runner = backend.prepare_onnx(model, example, settings.threads)
-        return time_runner(runner, **measure_kwargs)
+        ref = None
+        if settings.normalize:
+            if baseline_ms is None:
+                raise LanaError("a normalised ONNX measurement needs the reference "
+                                "baseline (reference_baseline)")
+            ref_x = torch.randn(settings.batch_size, *REFERENCE_SHAPE,
+                                generator=torch.Generator().manual_seed(0))
+            ref = backend.prepare(reference_module(), ref_x, settings.threads)
+        with torch.inference_mode():
+            m = time_runner(runner, reference=ref, **measure_kwargs)
+        return m.scaled(baseline_ms / m.ref_ms) if ref is not None else m
 
 
 # ---------------------------------------------------------------------------- LUT
@@ -560,7 +654,7 @@ class LatencyTable:
         want = {k: v for k, v in settings.to_dict().items() if k != "device"}
         found = set()
         for entry in self._entries.values():
-            got = dict(entry.get("settings", {}))
+            got = {"normalize": False, **entry.get("settings", {})}  # older files lack it
             device = got.pop("device", None)
             if got == want and device:
                 found.add(device)
@@ -613,6 +707,37 @@ REFERENCE_OP = "reference:conv3x3_c32"
 REFERENCE_SHAPE = (32, 56, 56)  # C, H, W; the batch size comes from the settings
 
 
+def reference_ms(settings: Settings, repeats: int = 3, **measure_kwargs: Any) -> float:
+    """The reference op's raw median ms: the median of ``repeats`` separately prepared
+    timings (one session's speed differs from the next by a few percent)."""
+    raw = dataclasses.replace(settings, normalize=False)
+    shape = (settings.batch_size, *REFERENCE_SHAPE)
+    measure_kwargs.pop("baseline_ms", None)
+    return float(np.median([measure(reference_module(), shape, raw, **measure_kwargs).median_ms
+                            for _ in range(repeats)]))
+
+
+def reference_baseline(lut: LatencyTable, settings: Settings, **measure_kwargs: Any) -> float:
+    """The reference op's baseline ms for ``settings``, kept in the LUT's ``reference``
+    section (the drift monitor's baseline): read, or measured once and stored.
+
+    Normalised timings are scaled to it, so every entry of a LUT and every end-to-end
+    timing checked against that LUT are in the same units however the machine's speed
+    moved in between. Delete the LUT's ``reference`` section to start a new baseline.
+    """
+    record = lut.reference(settings)
+    if record is not None and record.get("baseline_ms"):
+        return float(record["baseline_ms"])
+    record = record or {"op": REFERENCE_OP,
+                        "input_shape": [settings.batch_size, *REFERENCE_SHAPE],
+                        "checks": []}
+    record["baseline_ms"] = reference_ms(settings, **measure_kwargs)
+    lut.set_reference(settings, record)
+    if lut.path is not None:
+        lut.save()
+    return float(record["baseline_ms"])
+
+
 class DriftMonitor:
     """Detect a machine that gets faster or slower while a LUT is being built.
 
@@ -663,9 +788,7 @@ class DriftMonitor:
         return self.every > 0
 
     def _reference_ms(self) -> float:
-        return float(np.median([
-            measure(reference_module(), self.shape, self.settings, **self.kwargs).median_ms
-            for _ in range(self.repeats)]))
+        return reference_ms(self.settings, self.repeats, **self.kwargs)
 
     def _check(self, reason: str) -> float:
         ms = self._reference_ms()

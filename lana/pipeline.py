@@ -94,6 +94,13 @@ class Run:
     def splits(self) -> Splits:
         return self._splits or load_data(self.config.data, self.config.seed)
 
+    def lut(self):
+        """The latency LUT this run reads and extends (``latency.lut`` or ``DIR/lut.json``);
+        its reference baseline is the unit of every normalised timing of the run."""
+        from lana.latency import LatencyTable
+
+        return LatencyTable(self.config.latency.lut or self.dir / "lut.json")
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         s = self.splits
@@ -350,18 +357,18 @@ class Run:
                            self._stage_inputs("profile"), self._profile)
 
     def _profile(self) -> dict:
-        from lana.latency import LatencyTable
         from lana.profile import measure_models, profile_candidates
 
         cfg = self.config.latency
-        lut = LatencyTable(cfg.lut or self.dir / "lut.json")
+        lut = self.lut()
         res = profile_candidates(self.chain, self.candidates, self._build, cfg, lut,
                                  self.input_shape)
         if res.get("remote"):  # measured on the target from the bundle's teacher network
             res["teacher_measured_ms"] = res["teacher_network_ms"]
         else:
             res["teacher_measured_ms"] = measure_models({"teacher": self.teacher},
-                                                        self.input_shape, cfg)["teacher"]
+                                                        self.input_shape, cfg,
+                                                        lut=lut)["teacher"]
         res["teacher_predicted_ms"] = res["stem_ms"] + res["head_ms"] + sum(
             row[ops.index("teacher")] for row, ops in zip(res["layers"], self.candidates,
                                                           strict=True))
@@ -527,7 +534,7 @@ class Run:
                     "choices": chosen["choices"],
                     "files": {k: str(Path("model") / v) for k, v in files.items()}}
         ms = measure_models({"teacher": self.teacher, "student": student}, self.input_shape,
-                            self.config.latency)
+                            self.config.latency, lut=self.lut())
         speedup = ms["teacher"] / ms["student"]
         # A speed-up budget is checked against the teacher measured in the same session, so
         # a machine that got slower since profiling does not fail a student unfairly.

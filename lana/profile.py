@@ -32,6 +32,7 @@ from lana.latency import (
     measure,
     measure_interleaved,
     measure_onnx,
+    reference_baseline,
 )
 from lana.progress import log, progress
 
@@ -69,7 +70,8 @@ def settings_from(cfg: LatencyConfig, lut: LatencyTable | None = None) -> Settin
     for with these settings (a LUT measured on the target with ``lana profile BUNDLE``);
     any other string: that device fingerprint.
     """
-    local = Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads)
+    local = Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads,
+                     normalize=cfg.normalize)
     if cfg.device is None:
         return local
     device = cfg.device
@@ -79,12 +81,14 @@ def settings_from(cfg: LatencyConfig, lut: LatencyTable | None = None) -> Settin
             raise ConfigError(
                 f"latency.device is 'lut', but the LUT {getattr(lut, 'path', None)} holds "
                 f"{'no' if not found else len(found)} device(s) measured with backend "
-                f"{cfg.backend}, batch {cfg.batch_size}, {cfg.threads} thread(s)"
+                f"{cfg.backend}, batch {cfg.batch_size}, {cfg.threads} thread(s), "
+                f"normalize {str(cfg.normalize).lower()}"
                 + (f": {found}" if found else "") + "; set latency.lut to the LUT made by "
-                "`lana profile BUNDLE` with the same backend/threads, or name the device")
+                "`lana profile BUNDLE` with the same backend/threads/normalize, or name the "
+                "device")
         device = found[0]
     return Settings(backend=cfg.backend, batch_size=cfg.batch_size, threads=cfg.threads,
-                    device=device)
+                    device=device, normalize=cfg.normalize)
 
 
 def is_remote(settings: Settings) -> bool:
@@ -115,11 +119,13 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
     bs = cfg.batch_size
     kw = _measure_kwargs(cfg)
     in_stem = (bs, *input_shape)
+    # Normalised timings cancel drift as they go; the periodic drift check is then moot.
+    drift_every = 0 if settings.normalize else cfg.drift_every
     with torch.no_grad():
         head_in = (bs, *chain.stem(torch.zeros(1, *input_shape)).shape[1:])
         if chain.info:
             head_in = (bs, *chain.info[-1].out_shape)
-    monitor = DriftMonitor(lut, settings, every=cfg.drift_every,
+    monitor = DriftMonitor(lut, settings, every=drift_every,
                            threshold=cfg.drift_threshold,
                            log=lambda msg: log(f"[yellow]{msg}[/yellow]"), **kw)
     started = False
@@ -130,6 +136,8 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
         if found is not None:
             return found.median_ms
         if not started:  # only a LUT that gets new entries needs the reference
+            if settings.normalize:
+                kw["baseline_ms"] = reference_baseline(lut, settings, **kw)
             monitor.start()
             started = True
         m = measure(module, shape, settings, **kw)
@@ -259,11 +267,13 @@ def is_bundle(path: str | Path) -> bool:
 
 def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Path, *,
                    warmup: int = 10, max_seconds: float = 0.3, drift_every: int = 25,
-                   drift_threshold: float = 0.10) -> dict:
+                   drift_threshold: float = 0.10, normalize: bool = True) -> dict:
     """Measure every ONNX model of a bundle into the LUT ``out`` (resumable; cached).
 
     Entries get this machine's device fingerprint; on the training machine the pipeline
-    finds them with ``latency.lut: <out>`` and ``latency.device: lut``.
+    finds them with ``latency.lut: <out>`` and ``latency.device: lut`` (and the same
+    ``latency.normalize``). With ``normalize`` every timing is scaled by a reference op
+    timed alongside (see :mod:`lana.latency`), and the periodic drift check is skipped.
     """
     bundle = Path(bundle)
     manifest = read_json(bundle / "manifest.json")
@@ -271,9 +281,11 @@ def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Pa
         raise ArtifactError(f"{bundle} is not a lana candidate bundle (format "
                             f"{manifest.get('format')!r}, expected {BUNDLE_FORMAT!r})")
     settings = Settings(backend=backend, batch_size=int(manifest["batch_size"]),
-                        threads=threads)
+                        threads=threads, normalize=normalize)
     lut = LatencyTable(out)
     kw = {"warmup": warmup, "max_seconds": max_seconds}
+    if normalize:
+        drift_every = 0
     monitor = DriftMonitor(lut, settings, every=drift_every, threshold=drift_threshold,
                            log=lambda msg: log(f"[yellow]{msg}[/yellow]"),
                            measure_fn=lambda model, shape: measure_onnx(model, shape,
@@ -287,6 +299,8 @@ def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Pa
             shape = tuple(int(v) for v in e["input_shape"])
             if lut.get(e["op"], shape, settings) is None:
                 if not started:
+                    if normalize:
+                        kw["baseline_ms"] = reference_baseline(lut, settings, **kw)
                     monitor.start()
                     started = True
                 model = (bundle / e["file"]).read_bytes()
@@ -294,7 +308,8 @@ def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Pa
                 scale = 4.0 if e["kind"] == "network" else 1.0
                 lut.put(e["op"], shape, settings,
                         measure_onnx(model, shape, settings, warmup=warmup,
-                                     max_seconds=max_seconds * scale))
+                                     max_seconds=max_seconds * scale,
+                                     baseline_ms=kw.get("baseline_ms")))
                 monitor.measured(e["op"], model, shape)
                 new += 1
             bar.advance(task)
@@ -361,11 +376,21 @@ def static_costs(chain: Chain, candidates: list[list[str]], build,
 
 
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],
-                   cfg: LatencyConfig, rounds: int = 3) -> dict[str, float]:
-    """End-to-end median ms of each model, measured in interleaved rounds (fair ratios)."""
+                   cfg: LatencyConfig, rounds: int = 3,
+                   lut: LatencyTable | None = None) -> dict[str, float]:
+    """End-to-end median ms of each model, measured in interleaved rounds (fair ratios).
+
+    With ``latency.normalize``, pass the run's ``lut``: the timings are then scaled to its
+    reference baseline, the units its entries are in, so that a student's measured
+    latency is comparable with the LUT's prediction and a budget in ms.
+    """
+    settings = settings_from(cfg)
+    kw = _measure_kwargs(cfg, scale=4.0)
+    if settings.normalize and lut is not None:
+        kw["baseline_ms"] = reference_baseline(lut, settings, **_measure_kwargs(cfg))
     # A bar only for the K students of a search: a teacher/student pair is over quickly.
-    res = measure_interleaved(models, (cfg.batch_size, *input_shape), settings_from(cfg),
+    res = measure_interleaved(models, (cfg.batch_size, *input_shape), settings,
                               rounds=rounds, description=("measure end to end"
                                                           if len(models) > 2 else None),
-                              **_measure_kwargs(cfg, scale=4.0))
+                              **kw)
     return {name: m.median_ms for name, m in res.items()}

@@ -234,7 +234,7 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
         build=lambda specs: assemble(run.chain, specs, run._load),
         measure=None if run.profile().get("remote") else
         lambda students: measure_models({"teacher": run.teacher, **students},
-                                        run.input_shape, run.config.latency),
+                                        run.input_shape, run.config.latency, lut=run.lut()),
         evaluate=lambda student: evaluate(student, val, batch_stats=True),
         extra_budgets=extra,
     )

@@ -210,7 +210,7 @@ def test_key_includes_every_setting() -> None:
     base = L.Settings(backend="onnxruntime", batch_size=1, threads=1, dtype="float32",
                       device="cpu:A")
     changed = {"backend": "torch", "batch_size": 2, "threads": 2, "dtype": "float16",
-               "device": "cpu:B"}
+               "device": "cpu:B", "normalize": True}
     assert set(changed) == {f.name for f in dataclasses.fields(L.Settings)}
     keys = {L.LatencyTable.key("op", (1, 3, 8, 8), base)}
     for name, value in changed.items():
@@ -300,7 +300,8 @@ def test_settings_validation() -> None:
     s = L.Settings()
     assert s.device.startswith("cpu:") and "cores" in s.device
     assert s.to_dict() == {"backend": "onnxruntime", "batch_size": 1, "threads": 1,
-                           "dtype": "float32", "device": L.device_fingerprint()}
+                           "dtype": "float32", "device": L.device_fingerprint(),
+                           "normalize": False}
 
 
 def test_onnxruntime_rejects_half_precision() -> None:
