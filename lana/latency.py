@@ -514,11 +514,7 @@ def measure_interleaved(
         for name, m in modules.items():
             runners[name] = backend.prepare(m, example, settings.threads)
             step()
-        ref = None
-        if settings.normalize:
-            ref_example = torch.randn((settings.batch_size, *REFERENCE_SHAPE), generator=gen)
-            ref = backend.prepare(reference_module(), ref_example.to(example.dtype),
-                                  settings.threads)
+        ref = _reference_runner(backend, settings) if settings.normalize else None
         raw: dict[str, list[float]] = {name: [] for name in modules}
         with torch.inference_mode():
             if ref is not None and baseline_ms is None:
@@ -537,6 +533,15 @@ def measure_interleaved(
         last[name], median_ms=float(np.median(medians[name])),
         raw_median_ms=float(np.median(raw[name])) if ref is not None else None)
         for name in modules}
+
+
+def _reference_runner(backend: Backend, settings: Settings) -> Runner:
+    """The reference op prepared for one measurement. Prepared afresh each time, like
+    the op it is timed beside: a runtime's speed differs a little from one session to the
+    next, and a session kept for a whole process would skew all of its timings alike."""
+    x = torch.randn((settings.batch_size, *REFERENCE_SHAPE),
+                    generator=torch.Generator().manual_seed(0))
+    return backend.prepare(reference_module(), x.to(DTYPES[settings.dtype]), settings.threads)
 
 
 def measure_onnx(model: bytes, input_shape: tuple[int, ...], settings: Settings,
@@ -566,9 +571,7 @@ def measure_onnx(model: bytes, input_shape: tuple[int, ...], settings: Settings,
             if baseline_ms is None:
                 raise LanaError("a normalised ONNX measurement needs the reference "
                                 "baseline (reference_baseline)")
-            ref_x = torch.randn(settings.batch_size, *REFERENCE_SHAPE,
-                                generator=torch.Generator().manual_seed(0))
-            ref = backend.prepare(reference_module(), ref_x, settings.threads)
+            ref = _reference_runner(backend, settings)
         with torch.inference_mode():
             m = time_runner(runner, reference=ref, **measure_kwargs)
         return m.scaled(baseline_ms / m.ref_ms) if ref is not None else m
