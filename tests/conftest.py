@@ -37,6 +37,23 @@ TINY_CONFIG: dict = {
 }
 
 
+def fake_backend(prepare, name: str = "fake") -> type:
+    """A latency backend class for tests: ``prepare(module, example)`` returns the runner
+    (register it with ``monkeypatch.setitem(lana.backends.BACKENDS, name, cls)``)."""
+
+    class FakeBackend:
+        device_kind = "cpu"
+
+        def check_available(self) -> None:
+            pass
+
+        def prepare(self, module: nn.Module, example: torch.Tensor, threads: int):
+            return prepare(module, example)
+
+    FakeBackend.name = name
+    return FakeBackend
+
+
 def tiny_config_dict(cache_dir: str | Path) -> dict:
     """A deep copy of :data:`TINY_CONFIG` whose teacher cache lives in ``cache_dir``."""
     d = copy.deepcopy(TINY_CONFIG)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_backend
 from torch import nn
 
 import lana.latency as L
@@ -35,28 +36,19 @@ class Phased:
         return self.slow if self.now < self.slow_until else 1.0
 
     def backend(self):
-        machine = self
+        def prepare(module: nn.Module, example: torch.Tensor):
+            is_ref = (isinstance(module, nn.Sequential) and isinstance(module[0], nn.Conv2d)
+                      and module[0].in_channels == 32)
+            base = REF_MS if is_ref else getattr(module, "fake_ms", 3.0)
+            name = "ref" if is_ref else "op"
 
-        class FakeBackend:
-            name = "fake"
-            device_kind = "cpu"
+            def run() -> None:
+                self.runs[name] = self.runs.get(name, 0) + 1
+                self.now += int(base * self.factor() * 1e6)
 
-            def check_available(self) -> None:
-                pass
+            return run
 
-            def prepare(self, module: nn.Module, example: torch.Tensor, threads: int):
-                is_ref = (isinstance(module, nn.Sequential) and
-                          isinstance(module[0], nn.Conv2d) and module[0].in_channels == 32)
-                base = REF_MS if is_ref else getattr(module, "fake_ms", 3.0)
-                name = "ref" if is_ref else "op"
-
-                def run() -> None:
-                    machine.runs[name] = machine.runs.get(name, 0) + 1
-                    machine.now += int(base * machine.factor() * 1e6)
-
-                return run
-
-        return FakeBackend
+        return fake_backend(prepare)
 
 
 @pytest.fixture

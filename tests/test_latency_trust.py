@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from conftest import fake_backend
 from torch import nn
 
 import lana.latency as L
@@ -31,26 +32,16 @@ class Machine:
         return self.now
 
     def backend(self):
-        machine = self
+        def prepare(module: nn.Module, example: torch.Tensor):
+            ms = self.speeds[min(self.prepared, len(self.speeds) - 1)]
+            self.prepared += 1
 
-        class FakeBackend:
-            name = "fake"
-            device_kind = "cpu"
+            def run() -> None:
+                self.now += int(ms * 1e6)
 
-            def check_available(self) -> None:
-                pass
+            return run
 
-            def prepare(self, module: nn.Module, example: torch.Tensor, threads: int):
-                k = min(machine.prepared, len(machine.speeds) - 1)
-                ms = machine.speeds[k]
-                machine.prepared += 1
-
-                def run() -> None:
-                    machine.now += int(ms * 1e6)
-
-                return run
-
-        return FakeBackend
+        return fake_backend(prepare)
 
 
 @pytest.fixture
