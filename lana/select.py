@@ -52,8 +52,8 @@ class Calibration:
         return asdict(self)
 
 
-def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15
-                    ) -> Calibration:
+def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15,
+                    loo: bool = True) -> Calibration:
     """Fit measured ~ alpha * lut + beta to ``(lut_ms, measured_ms)`` pairs.
 
     A line needs LUT sums that differ: when there are fewer than three points, or their
@@ -61,17 +61,43 @@ def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 
     identifiable from noise and the fit falls back to a ratio through the origin (the
     pooled measured/LUT ratio, ``beta = 0``). The line is also rejected in favour of the
     ratio when it is implausible: a non-positive slope, or a prediction at or below zero
-    for one of the points.
+    for one of the points. From four points on, the line must also predict the points
+    better than the ratio does when each point is left out of the fit in turn
+    (leave-one-out): with a handful of noisy timings a line's two parameters can fit the
+    noise, and then the one-parameter ratio generalises better (``loo=False`` skips
+    this test).
     """
     pts = [(float(x), float(y)) for x, y in points
            if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
     if not pts:
         return Calibration()
-    ratio = Calibration(alpha=sum(y for _, y in pts) / sum(x for x, _ in pts), beta=0.0,
-                        points=len(pts), method="ratio")
+    ratio = _fit_ratio(pts)
+    line = _fit_line(pts, min_span)
+    if line is None:
+        return ratio
+    if loo and len(pts) >= 4:
+        def loo_error(fit) -> float:  # mean relative error of the left-out point's prediction
+            errs = []
+            for k, (x, y) in enumerate(pts):
+                cal = fit(pts[:k] + pts[k + 1:]) or _fit_ratio(pts[:k] + pts[k + 1:])
+                errs.append(abs(cal.predict(x) - y) / y)
+            return sum(errs) / len(errs)
+
+        if loo_error(lambda p: _fit_line(p, min_span)) >= loo_error(_fit_ratio):
+            return ratio
+    return line
+
+
+def _fit_ratio(pts: list[tuple[float, float]]) -> Calibration:
+    return Calibration(alpha=sum(y for _, y in pts) / sum(x for x, _ in pts), beta=0.0,
+                       points=len(pts), method="ratio")
+
+
+def _fit_line(pts: list[tuple[float, float]], min_span: float) -> Calibration | None:
+    """The least-squares line, or None where it is not identifiable or implausible."""
     xs = [x for x, _ in pts]
     if len(pts) < 3 or (max(xs) - min(xs)) < min_span * max(xs):
-        return ratio
+        return None
     n = len(pts)
     mx = sum(xs) / n
     my = sum(y for _, y in pts) / n
@@ -81,7 +107,7 @@ def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 
     beta = my - alpha * mx
     line = Calibration(alpha=alpha, beta=beta, points=n, method="line")
     if alpha <= 0 or any(line.predict(x) <= 0 for x in xs):
-        return ratio
+        return None
     return line
 
 

@@ -29,6 +29,18 @@ def test_fit_falls_back_to_ratio(pts) -> None:
     assert cal.alpha == pytest.approx(sum(y for _, y in pts) / sum(x for x, _ in pts))
 
 
+def test_fit_keeps_the_ratio_when_a_line_only_fits_noise() -> None:
+    """Nine noisy points of a pure ratio (measured = 1.1 x LUT, +-4% noise): the line's
+    intercept would fit the noise; leave-one-out prefers the ratio. A real overhead
+    (measured = LUT + 3 ms) with the same noise keeps the line."""
+    noise = [1.04, 0.97, 1.0, 1.03, 0.96, 1.02, 0.99, 1.04, 0.96]
+    xs = [10.0, 12.0, 14.0, 15.0, 17.0, 19.0, 21.0, 23.0, 25.0]
+    cal = fit_calibration([(x, 1.1 * x * e) for x, e in zip(xs, noise, strict=True)])
+    assert cal.method == "ratio" and cal.alpha == pytest.approx(1.1, rel=0.02)
+    cal = fit_calibration([(x, (x + 3.0) * e) for x, e in zip(xs, noise, strict=True)])
+    assert cal.method == "line" and cal.beta == pytest.approx(3.0, abs=1.5)
+
+
 def test_fit_ignores_bad_points_and_empty() -> None:
     assert fit_calibration([]) == Calibration()
     assert fit_calibration([(0.0, 1.0), (float("nan"), 2.0)]).method == "none"
