@@ -281,8 +281,10 @@ def main() -> int:
         + ("rendered from the cached measurements in the work directory" if args.report_only
            else f"{wall / 60:.0f} min wall") + ").\n"
         f"Machine: {machine()}; {load_text}"
-        + (" (other jobs were sharing the cores, so timings are noisy)"
-           if max(loads or [0.0]) > 1.5 else " (nothing else running)") + ". Batch 1, {args.threads} thread(s), {args.image_size} px, random weights, "
+        # The benchmark's own process is a load of 1.0 on its own.
+        + (f" (other work ran beside it at times: load up to {max(loads):.1f})"
+           if max(loads or [0.0]) > 1.3 else " (nothing else running)")
+        + f". Batch 1, {args.threads} thread(s), {args.image_size} px, random weights, "
         f"lana's default space. The correction is fitted on the teacher plus "
         f"{args.calib_students} random students; the errors are on {args.students} other "
         f"random students per model."
