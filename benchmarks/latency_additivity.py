@@ -255,7 +255,7 @@ def main() -> int:
                  and lut.reference(Settings.from_dict(e["settings"]))]
         if speed:
             q = np.percentile(speed, [5, 50, 95])
-            verdicts += (f" Timings are normalised (latency.normalize, the default): beside "
+            verdicts += (f" Timings are normalised (latency.normalize: true): beside "
                          f"the {len(speed)} LUT entries the reference op ran at {q[0]:.2f}x / "
                          f"{q[1]:.2f}x / {q[2]:.2f}x (5th / 50th / 95th percentile) of its "
                          "baseline; that drift is scaled out of every entry and network.")

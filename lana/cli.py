@@ -83,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--threads", type=int, help="threads to pin (default 1)")
             g.add_argument("--out", help="LUT file to write (default BUNDLE/lut.json)")
             g.add_argument("--max-seconds", type=float, help="time cap per op (default 0.3)")
-            g.add_argument("--no-normalize", dest="normalize", action="store_false",
-                           help="raw timings, not scaled by a reference op timed alongside "
+            g.add_argument("--normalize", action="store_true",
+                           help="scale every timing by a reference op timed alongside "
                            "(match the run's latency.normalize)")
         else:
             s.add_argument("dir", help="run directory")
@@ -304,7 +304,7 @@ def _profile_bundle(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.dir) / "lut.json")
     res = profile_bundle(args.dir, args.backend or "onnxruntime", args.threads or 1, out,
                          max_seconds=args.max_seconds or 0.3,
-                         normalize=getattr(args, "normalize", True))
+                         normalize=getattr(args, "normalize", False))
     s = res["settings"]
     flagged = len(res["drift"]["flagged"])
     print(f"{res['lut']}: {res['entries']} entries ({res['measured']} measured now) on "

@@ -30,14 +30,16 @@ Normalisation
 A shared or virtual machine changes speed by itself: on the 2-core reference VM the
 same op runs up to 1.5x slower for seconds to minutes at a time (the host's other
 tenants), so an op timed now and a network timed ten minutes later disagree by more than
-any model of additivity can fix. With ``Settings.normalize`` (``latency.normalize``, on by
-default) a fixed reference op (:func:`reference_module`) is timed *alongside* every
+any model of additivity can fix. With ``Settings.normalize`` (``latency.normalize``,
+opt-in) a fixed reference op (:func:`reference_module`) is timed *alongside* every
 measurement, between its runs, and the result is scaled by ``baseline / reference``:
 the latency the op would have at the machine speed of the LUT's baseline
 (:func:`reference_baseline`, stored in the LUT). A slow phase slows both and cancels; on
 that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
 variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
-(``ref_ms``). Normalised entries have their own settings key (suffix ``|norm``).
+(``ref_ms``). Normalised entries have their own settings key (suffix ``|norm``). Known
+flaw, the reason it is opt-in: the reference evicts a runner small enough to live in the
+cache (a 0.3 ms network), whose next run is then up to 30 % slower.
 
 LUT file format (``lana-lut/1``)
 --------------------------------

@@ -267,7 +267,7 @@ def is_bundle(path: str | Path) -> bool:
 
 def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Path, *,
                    warmup: int = 10, max_seconds: float = 0.3, drift_every: int = 25,
-                   drift_threshold: float = 0.10, normalize: bool = True) -> dict:
+                   drift_threshold: float = 0.10, normalize: bool = False) -> dict:
     """Measure every ONNX model of a bundle into the LUT ``out`` (resumable; cached).
 
     Entries get this machine's device fingerprint; on the training machine the pipeline

@@ -105,8 +105,8 @@ def test_lut_and_network_share_the_baseline(phased, seq_chain, tmp_path: Path) -
     """Profile at full speed, then time the network while the machine is 2x slower: with
     normalisation the network's time still equals the LUT sum; raw, it would double."""
     phased()
-    cfg = LatencyConfig(backend="fake", warmup=1, max_seconds=0.05)
-    assert cfg.normalize and settings_from(cfg).normalize
+    cfg = LatencyConfig(backend="fake", warmup=1, max_seconds=0.05, normalize=True)
+    assert settings_from(cfg).normalize and not LatencyConfig().normalize  # opt-in
     lut = L.LatencyTable(tmp_path / "lut.json")
     got = profile_candidates(seq_chain, [["teacher"]] * len(seq_chain.layers), None, cfg,
                              lut, (1, 16, 16))
