@@ -249,10 +249,12 @@ def main() -> int:
     if args.normalize:
         # How far the machine's own speed moved while the LUT was built: the reference's
         # median beside each entry over its baseline (what normalisation cancelled).
-        speed = [e["ref_ms"] / lut.reference(Settings.from_dict(e["settings"]))["baseline_ms"]
-                 for e in lut.entries().values()
-                 if e.get("ref_ms") and e["settings"].get("normalize")
-                 and lut.reference(Settings.from_dict(e["settings"]))]
+        speed = []
+        for e in lut.entries().values():
+            record = (lut.reference(Settings.from_dict(e["settings"]))
+                      if e.get("ref_ms") and e["settings"].get("normalize") else None)
+            if record:
+                speed.append(e["ref_ms"] / record["baseline_ms"])
         if speed:
             q = np.percentile(speed, [5, 50, 95])
             verdicts += (f" Timings are normalised (latency.normalize: true): beside "

@@ -517,11 +517,10 @@ def measure_interleaved(
             runners[name] = backend.prepare(m, example, settings.threads)
             step()
         ref = _reference_runner(backend, settings) if settings.normalize else None
+        if ref is not None and baseline_ms is None:
+            baseline_ms = reference_ms(settings, **measure_kwargs)
         raw: dict[str, list[float]] = {name: [] for name in modules}
         with torch.inference_mode():
-            if ref is not None and baseline_ms is None:
-                baseline_ms = float(np.median([time_runner(ref, **measure_kwargs).median_ms
-                                               for _ in range(3)]))
             for _ in range(max(1, rounds)):
                 for name, runner in runners.items():
                     m = time_runner(runner, reference=ref, **measure_kwargs)
@@ -717,7 +716,6 @@ def reference_ms(settings: Settings, repeats: int = 3, **measure_kwargs: Any) ->
     timings (one session's speed differs from the next by a few percent)."""
     raw = dataclasses.replace(settings, normalize=False)
     shape = (settings.batch_size, *REFERENCE_SHAPE)
-    measure_kwargs.pop("baseline_ms", None)
     return float(np.median([measure(reference_module(), shape, raw, **measure_kwargs).median_ms
                             for _ in range(repeats)]))
 
@@ -759,6 +757,9 @@ class DriftMonitor:
     a runtime's speed differs from one session to the next (buffer placement, allocator
     state), and a single session would report that as drift.
 
+    With ``settings.normalize`` the monitor is off (``every`` is taken as 0): normalised
+    timings cancel drift as they are taken.
+
     Use :meth:`measured` after each new LUT entry and :meth:`finish` at the end.
     """
 
@@ -772,6 +773,8 @@ class DriftMonitor:
                               "repeats >= 1")
         self.repeats = repeats
         self.lut, self.settings = lut, settings
+        if settings.normalize:  # normalised timings cancel drift as they go: no check
+            every = 0
         self.every, self.threshold = every, threshold
         self.kwargs = measure_kwargs
         self.log = log or (lambda msg: None)

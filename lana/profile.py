@@ -119,13 +119,11 @@ def profile_candidates(chain: Chain, candidates: list[list[str]], build, cfg: La
     bs = cfg.batch_size
     kw = _measure_kwargs(cfg)
     in_stem = (bs, *input_shape)
-    # Normalised timings cancel drift as they go; the periodic drift check is then moot.
-    drift_every = 0 if settings.normalize else cfg.drift_every
     with torch.no_grad():
         head_in = (bs, *chain.stem(torch.zeros(1, *input_shape)).shape[1:])
         if chain.info:
             head_in = (bs, *chain.info[-1].out_shape)
-    monitor = DriftMonitor(lut, settings, every=drift_every,
+    monitor = DriftMonitor(lut, settings, every=cfg.drift_every,
                            threshold=cfg.drift_threshold,
                            log=lambda msg: log(f"[yellow]{msg}[/yellow]"), **kw)
     started = False
@@ -284,8 +282,6 @@ def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Pa
                         threads=threads, normalize=normalize)
     lut = LatencyTable(out)
     kw = {"warmup": warmup, "max_seconds": max_seconds}
-    if normalize:
-        drift_every = 0
     monitor = DriftMonitor(lut, settings, every=drift_every, threshold=drift_threshold,
                            log=lambda msg: log(f"[yellow]{msg}[/yellow]"),
                            measure_fn=lambda model, shape: measure_onnx(model, shape,
