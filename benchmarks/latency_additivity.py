@@ -49,6 +49,8 @@ from lana.space import fitting_candidates, resolve_space, space_specs
 from lana.student import assemble
 
 SECTION = "## Latency additivity (latency issue acceptance)"
+# GPU backends (torch-cuda, ...) report in a section of their own, beside the CPU one.
+GPU_SECTION = "## Latency additivity on a GPU"
 DEFAULT_MODELS = ["efficientnet_b0", "efficientnet_b2", "tf_efficientnetv2_b0", "resnest26d"]
 TARGET_MEDIAN, TARGET_P90 = 0.05, 0.10
 
@@ -198,6 +200,14 @@ def main() -> int:
                    help="measure nothing: report the (model, backend) pairs whose students "
                    "are all cached in WORK, list the others as pending")
     args = p.parse_args()
+    from lana.backends import get_backend
+
+    kinds = {get_backend(b).device_kind for b in args.backends}
+    if len(kinds) > 1:
+        p.error("give CPU backends and GPU backends in separate runs (they report in "
+                "separate sections of RESULTS.md)")
+    gpu = kinds == {"cuda"}
+    section = GPU_SECTION if gpu else SECTION
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -277,12 +287,16 @@ def main() -> int:
     cmd = "python benchmarks/latency_additivity.py " + " ".join(sys.argv[1:])
     full = (set(args.models) >= set(DEFAULT_MODELS) and args.students >= 50
             and args.image_size == 224 and not pending)
+    where = machine()
+    if gpu:
+        where += (f"; GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+                  f"CUDA {torch.version.cuda}")
     body = (
-        f"{SECTION}\n\n"
+        f"{section}\n\n"
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         + ("rendered from the cached measurements in the work directory" if args.report_only
            else f"{wall / 60:.0f} min wall") + ").\n"
-        f"Machine: {machine()}; {load_text}"
+        f"Machine: {where}; {load_text}"
         # The benchmark's own process is a load of 1.0 on its own.
         + (f" (other work ran beside it at times: load up to {max(loads):.1f})"
            if max(loads or [0.0]) > 1.3 else " (nothing else running)")
@@ -294,12 +308,12 @@ def main() -> int:
         + f" Targets: median <= {TARGET_MEDIAN:.0%} and p90 <= "
         f"{TARGET_P90:.0%} of |predicted - measured| / measured.\n\n{table}\n\n"
         f"{verdicts}\n\n"
-        + ("" if full else
+        + ("" if full or gpu else
            "This was a reduced run (not every model of the issue, fewer than 50 students "
            "or another image size); the full run (4 models x 2 backends x 50 students at "
            "224 px) is pending.\n"))
     if not args.no_write:
-        write_section(SECTION, body)
+        write_section(section, body)
         print("updated benchmarks/RESULTS.md")
     return 0
 

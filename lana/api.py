@@ -133,7 +133,9 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
         if data is not None and _sample_shape(data, what) != shape:
             raise ConfigError(f"{what} images have a different shape than train_data's "
                               f"{shape}")
-    teacher = copy.deepcopy(model).eval()
+    # lana keeps the teacher on the CPU between stages and moves it to config.device to
+    # train; a model handed over on a GPU is copied to the CPU first.
+    teacher = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         logits = teacher(train_data[0][0].unsqueeze(0))
     if logits.dim() != 2:

@@ -48,7 +48,21 @@ def _library_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="baseline random seed (default 0)")
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="where training and evaluation run: auto, cpu, cuda or "
+                   "cuda:N (overrides the config's device; latency is measured where "
+                   "latency.backend says)")
+
+
+def _with_device(config, device: str | None):
+    """``config`` with its ``device`` replaced by the command line's, validated."""
+    from lana.config import with_changes
+
+    return config if device is None else with_changes(config, "--device", device=device)
+
+
 def _run_dir_args(p: argparse.ArgumentParser) -> None:
+    _device_arg(p)
     p.add_argument("--recompute-corrupt", action="store_true",
                    help="move files whose checksum fails aside (NAME.corrupt) and recompute "
                    "them; without it a corrupt file is an error naming it")
@@ -68,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole method on Fashion-MNIST with a 2x budget")
     d.add_argument("--out", default=DEMO_DIR, help=f"run directory (default {DEMO_DIR})")
     _budget_args(d)
+    _device_arg(d)
 
     for name, help_ in [("prepare", "teacher, decomposition and candidate list"),
                         ("distill", "phase 1: layer-wise distillation of all candidates"),
@@ -236,13 +251,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lana.demo import demo
 
         with _dir_lock(Path(args.out), False, create=True):
-            demo(args.out, _budget(args))
+            demo(args.out, _budget(args), device=args.device)
         return 0
     if args.cmd == "run":
         from lana.config import load_config
         from lana.report import print_summary
 
-        config = load_config(args.config)
+        config = _with_device(load_config(args.config), args.device)
         with _dir_lock(Path(args.out), args.recompute_corrupt, create=True):
             summary = Run(args.out, config).all(_budget(args))
         if dist.is_main():
@@ -250,7 +265,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             _print_report(args.out)
         return 0
     with _dir_lock(Path(args.dir), args.recompute_corrupt):
-        run = Run(Path(args.dir))
+        config = None
+        if args.device is not None:
+            from lana.config import load_config
+
+            if (Path(args.dir) / "config.yaml").exists():
+                config = _with_device(load_config(Path(args.dir) / "config.yaml"), args.device)
+        run = Run(Path(args.dir), config)
         stage = getattr(run, args.cmd)
         budget = _budget(args)
         if args.cmd == "distill":

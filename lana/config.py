@@ -185,6 +185,13 @@ class Config(_Section):
 
     seed: int = Field(0, description="seed of every random choice (splits, init, order)")
     threads: int | None = Field(None, ge=1, description="torch threads for training")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="where the teacher, the candidates (phase 1), scoring "
+                        "and fine-tuning run: auto (a GPU when CUDA is available, under "
+                        "torchrun the one of each process's LOCAL_RANK; else the CPU), cpu, "
+                        "cuda or cuda:N. Results on a GPU differ from the CPU's by float "
+                        "rounding; changing it never invalidates finished stages. Latency "
+                        "is measured where latency.backend says")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher_training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
@@ -250,6 +257,12 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
         Budget.parse(text)
     extra_columns(cfg.latency)
     return cfg
+
+
+def with_changes(config: Config, source: str, **changes: Any) -> Config:
+    """A validated copy of ``config`` with top-level keys replaced (e.g. ``device``);
+    ``source`` names where the changes came from in error messages."""
+    return config_from_dict({**config.model_dump(mode="json"), **changes}, source)
 
 
 def load_config(path: str | Path) -> Config:

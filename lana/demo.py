@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lana.config import BudgetConfig, Config, config_from_dict
+from lana.config import BudgetConfig, Config, config_from_dict, with_changes
 
 DEMO_CONFIG: dict = {
     "seed": 0,
@@ -32,13 +32,20 @@ def demo_config() -> Config:
     return config_from_dict(DEMO_CONFIG, "demo config")
 
 
-def demo(out: str | Path = "lana-demo", budget: BudgetConfig | None = None) -> dict:
-    """Run the demo into ``out`` (resumable), print teacher vs student and write the report."""
+def demo(out: str | Path = "lana-demo", budget: BudgetConfig | None = None,
+         device: str | None = None) -> dict:
+    """Run the demo into ``out`` (resumable), print teacher vs student and write the report.
+
+    ``device`` (auto, cpu, cuda, cuda:N) is where it trains; default: the config's (auto).
+    """
     from lana.pipeline import Run
     from lana.report import print_summary
     from lana.report_html import write_report
 
-    summary = Run(out, demo_config()).all(budget)
+    cfg = demo_config()
+    if device is not None:
+        cfg = with_changes(cfg, "--device", device=device)
+    summary = Run(out, cfg).all(budget)
     print_summary(summary)
     print(f"report: {write_report(out)}")
     return summary

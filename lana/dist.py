@@ -1,8 +1,10 @@
 """Running under ``torchrun``: process group, rank/world, barriers, and the test kill hook.
 
 lana reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) and joins
-one process group per job: gloo on CPUs, NCCL when every rank has a GPU. Without torchrun
-everything here is a no-op (rank 0 of 1), so single-process code paths stay unchanged.
+one process group per job: gloo for CPU tensors, plus NCCL for GPU tensors where GPUs
+are. :func:`resolve_device` turns the config's ``device`` into this process's device.
+Without torchrun everything here is a no-op (rank 0 of 1), so single-process code paths
+stay unchanged.
 """
 
 from __future__ import annotations
@@ -22,20 +24,84 @@ def env_world() -> int:
 def init_from_env() -> tuple[int, int]:
     """Join the job's process group if started by torchrun; return ``(rank, world)``.
 
-    The barrier timeout is long (``LANA_DIST_TIMEOUT_S``, default 24 h) because ranks wait
-    at barriers while rank 0 alone runs single-process stages such as latency profiling.
+    On a machine with GPUs the group is ``cpu:gloo,cuda:nccl``: collectives on GPU tensors
+    go through NCCL, those on CPU tensors through gloo, so the same group serves training
+    on the GPUs (``device: cuda``) and on the CPUs (``device: cpu``). The NCCL
+    communicator is made lazily, at the first collective on a GPU tensor. The barrier
+    timeout is long (``LANA_DIST_TIMEOUT_S``, default 24 h) because ranks wait at barriers
+    while rank 0 alone runs single-process stages such as latency profiling.
     """
     if env_world() <= 1:
         return 0, 1
     if not dist.is_initialized():
         import torch
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         timeout = timedelta(seconds=float(os.environ.get("LANA_DIST_TIMEOUT_S", 86400)))
         dist.init_process_group(backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
+
+
+def resolve_device(spec: str = "auto"):
+    """The device this process trains and evaluates on, from the config's ``device``.
+
+    ``auto``: a GPU when CUDA is available (under torchrun, the one of this process's
+    ``LOCAL_RANK``, when every process of the node has its own), else the CPU. ``cuda``
+    asks for that GPU and fails clearly without one; ``cuda:N`` picks GPU ``N`` of a single
+    process; ``cpu`` stays on the CPU even where GPUs are. Every rank of a job resolves the
+    same kind of device, so the processes agree on how they communicate.
+    """
+    import torch
+
+    from lana.errors import ConfigError
+
+    spec = (spec or "auto").strip().lower()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if env_world() > 1 else 1
+    if spec == "cpu":
+        return torch.device("cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec == "auto":
+        if gpus == 0:
+            return torch.device("cpu")
+        if gpus < per_node:
+            from lana.progress import log
+
+            log(f"[yellow]device auto: {per_node} processes on this node but {gpus} "
+                "GPU(s); training on the CPUs (start at most one process per GPU, or set "
+                "device: cpu to silence this)[/yellow]")
+            return torch.device("cpu")
+        spec = "cuda"
+    if not spec.startswith("cuda"):
+        raise ConfigError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+    if gpus == 0:
+        build = torch.version.cuda or "none (a CPU-only build)"
+        raise ConfigError(f"device {spec!r} asks for an NVIDIA GPU, but "
+                          f"torch.cuda.is_available() is False (torch's CUDA version: "
+                          f"{build}); use device: cpu or auto, or install a CUDA build of "
+                          "torch on a machine with a GPU")
+    if spec == "cuda":
+        index = local_rank if env_world() > 1 else torch.cuda.current_device()
+        if env_world() > 1 and gpus < per_node:
+            raise ConfigError(f"device 'cuda': torchrun started {per_node} processes on this "
+                              f"node but it has {gpus} GPU(s), and NCCL needs one GPU per "
+                              f"process; use --nproc-per-node {gpus} (or fewer), or "
+                              "device: cpu")
+    else:
+        if env_world() > 1:
+            raise ConfigError(f"device {spec!r}: under torchrun every process uses the GPU "
+                              "of its LOCAL_RANK; write device: cuda (choose the GPUs with "
+                              "CUDA_VISIBLE_DEVICES)")
+        try:
+            index = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N"
+                              ) from None
+        if not 0 <= index < gpus:
+            raise ConfigError(f"device {spec!r}: this machine has {gpus} GPU(s), numbered "
+                              f"0 to {gpus - 1}")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def rank() -> int:
@@ -66,9 +132,7 @@ def all_ok(ok: bool) -> bool:
     import torch
 
     flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag)
+    dist.all_reduce(flag)  # gloo (CPU tensor) also in a group that has NCCL for GPUs
     return int(flag.item()) == 0
 
 
@@ -110,15 +174,6 @@ def maybe_kill(stage: str, step: int | str) -> None:
     if only is not None and int(only) != rank():
         return
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def device():
-    """Where data-parallel training runs: this rank's GPU under NCCL, else the CPU."""
-    import torch
-
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def on_main(fn):

@@ -13,10 +13,12 @@ a group in progress is checkpointed, so an interrupted run resumes where it stop
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,7 +32,7 @@ from lana.errors import ArtifactError
 from lana.io import checksum_path, file_lock, load_tensors, read_json, save_tensors, write_json
 from lana.progress import log, progress
 from lana.space import build_op
-from lana.train import cosine_lr
+from lana.train import cosine_lr, placed
 
 # Ops whose weights are not learned in phase 1: the teacher's own layer and identity.
 UNTRAINED = ("teacher", "identity")
@@ -88,19 +90,35 @@ def _nmse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-8)
 
 
+@contextlib.contextmanager
+def _on_cpu(module: nn.Module) -> Iterator[None]:
+    """Within the block ``module`` is on the CPU; afterwards back where it was."""
+    where = next(module.parameters(), torch.empty(0)).device
+    if where.type == "cpu":
+        yield
+        return
+    module.cpu()
+    try:
+        yield
+    finally:
+        module.to(where)
+
+
 def _group_id(members: list[tuple[int, str]]) -> str:
     return hashlib.sha256(repr(members).encode()).hexdigest()[:12]
 
 
 def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillConfig,
             run_dir: str | Path, seed: int = 0, rank: int = 0, world: int = 1,
-            report: dict | None = None) -> dict:
+            report: dict | None = None, device: torch.device | str | None = None) -> dict:
     """Train all candidates that ``run_dir`` does not hold yet; return the index.
 
     ``candidates[i]`` lists the specs of layer ``i``. With ``world > 1`` this process trains
     only its share (every ``world``-th pending candidate, from ``rank``). Candidates train
     in groups (see :func:`plan_groups`); ``report``, if given, receives the number of
-    groups, the largest group and its estimated memory (MiB).
+    groups, the largest group and its estimated memory (MiB). ``device`` (default the
+    CPU; e.g. a GPU) runs the teacher's passes and the candidates' training; candidates
+    are built on the CPU first, so their initial weights do not depend on it.
     """
     run_dir = Path(run_dir)
     todo = pending(candidates, run_dir, rank, world)
@@ -117,9 +135,11 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
         f"(largest: {max(len(g) for g in groups)} candidates, ~{max(estimates):.0f} MiB), "
         f"{cfg.steps} steps of {cfg.batch_size} images each")
     chain.eval()
-    for members in groups:
-        results = _train_group(chain, members, data, cfg, run_dir, seed)
-        index = _update_index(run_dir, candidates, results, cfg.steps)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    with placed(dev, chain):
+        for members in groups:
+            results = _train_group(chain, members, data, cfg, run_dir, seed, dev)
+            index = _update_index(run_dir, candidates, results, cfg.steps)
     return index
 
 
@@ -238,8 +258,13 @@ def _done(index: dict, run_dir: Path, layer: int, spec: str) -> bool:
 
 
 def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: DistillConfig,
-                 run_dir: Path, seed: int) -> dict[tuple[int, str], float]:
-    modules = nn.ModuleList(build_candidate(chain, i, s, seed, cfg.inherit) for i, s in members)
+                 run_dir: Path, seed: int, device: torch.device) -> dict[tuple[int, str], float]:
+    # Built (and inherited from the teacher's layers) on the CPU, so the initial weights
+    # are the same whatever the device; the chain is on ``device`` while training.
+    with _on_cpu(chain):
+        modules = nn.ModuleList(build_candidate(chain, i, s, seed, cfg.inherit)
+                                for i, s in members)
+    modules.to(device)
     # The fused kernel updates thousands of small candidate tensors in one call; the
     # default per-tensor loop would dominate the step time on a CPU.
     opt = torch.optim.Adam(modules.parameters(), lr=cfg.lr, fused=True)
@@ -262,6 +287,7 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
         task = bar.add_task("phase 1 distill", total=cfg.steps, completed=start, info="")
         for step in range(start, cfg.steps):
             x, _ = next(stream)
+            x = x.to(device, non_blocking=True)
             with torch.no_grad():
                 feats = [chain.stem(x)]
                 for layer in chain.layers[:last_layer + 1]:
@@ -274,14 +300,16 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
             total.backward()
             opt.step()
             sched.step()
-            for c, loss in enumerate(losses):
-                v = loss.item()
+            # One transfer per step (not one per candidate): a GPU waits only once.
+            values = torch.stack(losses).detach().cpu().tolist()
+            for c, v in enumerate(values):
                 ema[c] = v if math.isnan(ema[c]) else 0.9 * ema[c] + 0.1 * v
-            bar.update(task, advance=1, info=f"mean nmse {total.item() / len(members):.3f}")
+            bar.update(task, advance=1, info=f"mean nmse {sum(values) / len(members):.3f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 _save_checkpoint(ckpt, step + 1, ema, modules, opt, sched, members)
             maybe_kill("distill", step + 1)
     modules.eval()
+    modules.cpu()
     for c, (m, (i, spec)) in enumerate(zip(modules, members, strict=True)):
         save_tensors(weight_path(run_dir, i, spec), m.state_dict(),
                      metadata={"spec": spec, "layer": chain.names[i], "nmse": repr(ema[c]),

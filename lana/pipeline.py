@@ -94,6 +94,15 @@ class Run:
     def splits(self) -> Splits:
         return self._splits or load_data(self.config.data, self.config.seed)
 
+    @cached_property
+    def device(self) -> torch.device:
+        """Where this process trains and evaluates (the config's ``device``, resolved once:
+        see :func:`lana.dist.resolve_device`)."""
+        dev = D.resolve_device(self.config.device)
+        if dev.type == "cuda" and D.is_main():
+            log(f"training and evaluation on {dev} ({torch.cuda.get_device_name(dev)})")
+        return dev
+
     def lut(self):
         """The latency LUT this run reads and extends (``latency.lut`` or ``DIR/lut.json``);
         its reference baseline is the unit of every normalised timing of the run."""
@@ -193,7 +202,7 @@ class Run:
                          lr=t.lr, seed=cfg.seed, description="teacher",
                          checkpoint=self.dir / "teacher-checkpoint.pt", checkpoint_key=key,
                          checkpoint_every=t.checkpoint_every,
-                         kill_tag="teacher", distributed=distributed)
+                         kill_tag="teacher", distributed=distributed, device=self.device)
         self._timed("teacher_train", start)
         if D.is_main() or not distributed:  # under DDP every rank holds the same weights
             save_tensors(cache, model.state_dict())
@@ -248,8 +257,13 @@ class Run:
                                                time.time() - start})
         mem_path = self.dir / "memory.json"
         memory = read_json(mem_path) if mem_path.exists() else {}
+        gpu = {}
+        if "device" in self.__dict__ and self.device.type == "cuda":
+            gpu = {f"{name}_gpu_peak_mb": round(
+                torch.cuda.max_memory_allocated(self.device) / 2**20, 1)}
+            torch.cuda.reset_peak_memory_stats(self.device)
         write_json(mem_path, {**memory, f"{name}_peak_rss_mb": round(D.peak_rss_mb(), 1),
-                              **(memory_plan or {})})
+                              **gpu, **(memory_plan or {})})
 
     @cached_property
     def chain(self) -> Chain:
@@ -296,7 +310,7 @@ class Run:
             return read_json(path)
         from lana.train import evaluate
 
-        res = evaluate(self.teacher, self.splits.test)
+        res = evaluate(self.teacher, self.splits.test, device=self.device)
         data = {"name": self.config.model.name, "accuracy": res["accuracy"],
                 "loss": res["loss"], "data": self.splits.name,
                 "layers": [i.to_dict() for i in self.chain.info],
@@ -319,6 +333,7 @@ class Run:
         """
         from lana.distill import distill, pending
 
+        _ = self.device  # every rank checks its device before any of them waits for another
         if D.world() > 1:
             self._teacher_on_every_rank()  # a teacher to train is trained by every rank
             D.on_main(self.prepare)  # one rank evaluates it and lists candidates
@@ -331,7 +346,7 @@ class Run:
         if todo:
             D.reset_peak_rss()
             distill(self.chain, self.candidates, self.splits.train, self.config.distill,
-                    self.dir, self.config.seed, rank, world, report=plan)
+                    self.dir, self.config.seed, rank, world, report=plan, device=self.device)
         if not D.all_ok(not todo):  # also the barrier after which every shard is saved
             self._timed("distill", start, plan)
         return read_json(index_path) if index_path.exists() else {}
@@ -403,7 +418,7 @@ class Run:
         cfg = self.config.score
         res = replace_one_scores(self.chain, self.candidates, self._load,
                                  self.splits.val.subset(cfg.samples, self.config.seed),
-                                 cfg.metric, cfg.batch_size)
+                                 cfg.metric, cfg.batch_size, device=self.device)
         res["specs"] = self.candidates
         return res
 
@@ -470,7 +485,7 @@ class Run:
         from lana.train import evaluate, train_classifier
 
         student = assemble(self.chain, chosen["choices"], self._load)
-        before = evaluate(student, self.splits.test)
+        before = evaluate(student, self.splits.test, device=self.device)
         cfg = self.config.finetune
         start = time.time()
         stats = {"steps": 0, "train_loss": math.nan}
@@ -484,8 +499,9 @@ class Run:
                                      description="phase 3 finetune",
                                      checkpoint=self.student_dir(budget) / "finetune-checkpoint.pt",
                                      checkpoint_key=key, kill_tag="finetune",
-                                     checkpoint_every=cfg.checkpoint_every)
-        after = evaluate(student, self.splits.test)
+                                     checkpoint_every=cfg.checkpoint_every,
+                                     device=self.device)
+        after = evaluate(student, self.splits.test, device=self.device)
         if D.is_main():
             save_tensors(self.student_dir(budget) / "finetuned.safetensors",
                          student.state_dict())

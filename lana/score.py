@@ -19,46 +19,53 @@ from torch import nn
 from lana.data import Data
 from lana.decompose import Chain
 from lana.progress import progress
+from lana.train import placed
 
 LoadFn = Callable[[int, str], nn.Module]
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor,
-          metric: str) -> float:
+          metric: str) -> torch.Tensor:
+    # A float64 scalar on the logits' device: sums stay there (no GPU sync per candidate).
     if metric == "kl":
         return F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1),
-                        log_target=True, reduction="sum").item()
-    return F.cross_entropy(logits, y, reduction="sum").item()
+                        log_target=True, reduction="sum").double()
+    return F.cross_entropy(logits, y, reduction="sum").double()
 
 
 @torch.no_grad()
 def replace_one_scores(chain: Chain, candidates: list[list[str]], load: LoadFn, data: Data,
-                       metric: str = "ce", batch_size: int = 256) -> dict:
+                       metric: str = "ce", batch_size: int = 256,
+                       device: torch.device | str | None = None) -> dict:
     """Score every candidate; returns ``{"teacher_loss", "scores": [[a_ij]], ...}``.
 
     ``load(i, spec)`` returns candidate ``spec`` of layer ``i`` with its phase-1 weights.
+    ``device`` (default the CPU) runs the passes there; the chain is back on the CPU after.
     """
     chain.eval()
+    dev = torch.device(device) if device is not None else torch.device("cpu")
     mods: list[list[nn.Module | None]] = []
     for i, specs in enumerate(candidates):
         row: list[nn.Module | None] = []
         for spec in specs:
             m = None if spec == "teacher" else load(i, spec)
             if m is not None:
-                m.eval()
+                m.eval().to(dev)
             row.append(m)
         mods.append(row)
     n_cands = sum(len(r) for r in mods)
-    sums = [[0.0] * len(r) for r in mods]
-    teacher_sum, teacher_correct, count = 0.0, 0, 0
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    sums = [[zero.clone() for _ in r] for r in mods]
+    teacher_sum, teacher_correct, count = zero.clone(), zero.clone(), 0
     n_batches = -(-len(data) // batch_size)
-    with progress() as bar:
+    with progress() as bar, placed(dev, chain):
         task = bar.add_task("phase 2a score", total=n_batches * n_cands, info="")
         for x, y in data.batches(batch_size):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             feats = chain.features(x)
             t_logits = chain.head(feats[-1])
             teacher_sum += _loss(t_logits, y, t_logits, metric)
-            teacher_correct += (t_logits.argmax(1) == y).sum().item()
+            teacher_correct += (t_logits.argmax(1) == y).sum()
             count += len(y)
             for i, row in enumerate(mods):
                 for j, m in enumerate(row):
@@ -68,11 +75,11 @@ def replace_one_scores(chain: Chain, candidates: list[list[str]], load: LoadFn, 
                         out = chain.forward_from(i + 1, m(feats[i]))
                         sums[i][j] += _loss(out, y, t_logits, metric)
                     bar.advance(task)
-    teacher_loss = teacher_sum / count
-    scores = [[s / count - teacher_loss for s in row] for row in sums]
+    teacher_loss = teacher_sum.item() / count
+    scores = [[s.item() / count - teacher_loss for s in row] for row in sums]
     for i, specs in enumerate(candidates):
         for j, spec in enumerate(specs):
             if spec == "teacher":
                 scores[i][j] = 0.0  # exact by definition; avoids float noise
     return {"metric": metric, "samples": count, "teacher_loss": teacher_loss,
-            "teacher_accuracy": teacher_correct / count, "scores": scores}
+            "teacher_accuracy": int(teacher_correct.item()) / count, "scores": scores}

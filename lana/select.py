@@ -261,6 +261,6 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
         measure=None if run.profile().get("remote") else
         lambda students: measure_models({"teacher": run.teacher, **students},
                                         run.input_shape, run.config.latency, lut=run.lut()),
-        evaluate=lambda student: evaluate(student, val, batch_stats=True),
+        evaluate=lambda student: evaluate(student, val, batch_stats=True, device=run.device),
         extra_budgets=extra,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -16,33 +17,60 @@ from lana.io import atomic_write_bytes, checksum_path, verify_bytes
 from lana.progress import log, progress
 
 
+@contextlib.contextmanager
+def placed(device: torch.device | str | None, *modules: nn.Module | None) -> Iterator[None]:
+    """Within the block, ``modules`` live on ``device`` (None: where they are); afterwards
+    they are back on the CPU, where the other stages (latency, export) expect them."""
+    if device is None or torch.device(device).type == "cpu":
+        yield
+        return
+    for m in modules:
+        if m is not None:
+            m.to(device)
+    try:
+        yield
+    finally:
+        for m in modules:
+            if m is not None:
+                m.cpu()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, batch_size: int = 256,
-             batch_stats: bool = False) -> dict[str, float]:
+             batch_stats: bool = False,
+             device: torch.device | str | None = None) -> dict[str, float]:
     """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` on ``data``.
 
     ``batch_stats=True`` evaluates with BatchNorm in batch-statistics mode (as LANA does to
     rank freshly assembled students) without changing the stored running statistics.
+    ``device`` runs it there (a GPU); the model is back on the CPU afterwards.
     """
     was = model.training
     model.eval()
     saved = None
     if batch_stats:
         saved = _bn_batch_stats(model)
-    correct, total, loss = 0, 0, 0.0
+    # Sums stay on the device: one transfer at the end instead of two per batch.
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    loss = torch.zeros((), dtype=torch.float64, device=dev)
+    total = 0
     try:
-        for x, y in data.batches(batch_size):
-            out = model(x)
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-            total += len(y)
+        with placed(device, model):
+            for x, y in data.batches(batch_size):
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                out = model(x)
+                loss += F.cross_entropy(out, y, reduction="sum").double()
+                correct += (out.argmax(1) == y).sum()
+                total += len(y)
     finally:
         if saved is not None:
             for m, state in saved:
                 m.train(False)
                 m.track_running_stats = state
         model.train(was)
-    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+    return {"accuracy": int(correct.item()) / max(total, 1),
+            "loss": float(loss.item()) / max(total, 1)}
 
 
 def _bn_batch_stats(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -78,7 +106,8 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
                      kd_weight: float = 0.0, temperature: float = 2.0,
                      description: str = "train", checkpoint: str | Path | None = None,
                      checkpoint_every: int = 100, checkpoint_key: str = "",
-                     kill_tag: str = "", distributed: bool = True) -> dict[str, float]:
+                     kill_tag: str = "", distributed: bool = True,
+                     device: torch.device | str | None = None) -> dict[str, float]:
     """Train ``model`` with cross-entropy (+ KD from ``teacher``); AdamW, cosine schedule.
 
     Returns the mean training loss of the last 10% of steps. Under torchrun (a process
@@ -91,7 +120,9 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
     ``checkpoint`` the state is saved every ``checkpoint_every`` steps (rank 0 writes) and a killed run
     resumes from it; ``checkpoint_key`` ties it to its settings. ``kill_tag`` names the
     test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see lana.dist.maybe_kill).
-    ``distributed=False`` trains in this process alone even under torchrun.
+    ``distributed=False`` trains in this process alone even under torchrun. ``device``
+    (default the CPU) is where this process trains, e.g. its GPU from
+    :func:`lana.dist.resolve_device`; model and teacher are back on the CPU afterwards.
     """
     from lana import dist as D
 
@@ -102,7 +133,7 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
 
         raise ConfigError(f"{description}: batch size {batch_size} is smaller than the "
                           f"{world} processes it is split over; raise the batch size")
-    device = D.device() if distributed else torch.device("cpu")
+    device = torch.device(device) if device is not None else torch.device("cpu")
     torch.manual_seed(seed)
     model.to(device)
     # Every rank's BatchNorm layers see the global batch (back to plain ones afterwards).

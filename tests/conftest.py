@@ -22,6 +22,8 @@ torch.set_num_threads(1)
 TINY_CONFIG: dict = {
     "seed": 0,
     "threads": 1,
+    # The CPU, also where a GPU is: the tests compare exact results (GPU runs: test_gpu.py).
+    "device": "cpu",
     "model": {"name": "lana:tiny_effnet"},
     "data": {"name": "synthetic", "image_size": 16, "train_samples": 256, "val_samples": 64,
              "test_samples": 64},

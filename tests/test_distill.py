@@ -159,9 +159,9 @@ def test_resume_after_crash_matches_uninterrupted_run(
     calls: list[tuple[list, int]] = []
     real_train_group = D._train_group
 
-    def spy(chain, members, data, cfg_, run_dir_, seed):
+    def spy(chain, members, data, cfg_, run_dir_, seed, device):
         calls.append((list(members), data.drawn))
-        return real_train_group(chain, members, data, cfg_, run_dir_, seed)
+        return real_train_group(chain, members, data, cfg_, run_dir_, seed, device)
 
     monkeypatch.setattr(D, "_train_group", spy)
     trained_steps = []  # one teacher pass (stem call) per trained step
