@@ -61,6 +61,24 @@ def candidates_of(chain) -> list[list[str]]:
     return fitting_candidates(chain.info, specs, lambda i, s: build_candidate(chain, i, s))
 
 
+def lut_profile(chain, cands: list[list[str]], lut: LatencyTable, settings: Settings,
+                shape: tuple[int, ...]) -> dict:
+    """Stem, head and per-candidate ms read from the LUT alone (``--report-only``): the
+    entries profile_candidates wrote, without timing anything here."""
+    def ms(key: str, in_shape: tuple[int, ...]) -> float:
+        m = lut.get(key, (1, *in_shape), settings)
+        if m is None:
+            raise SystemExit(f"--report-only: the LUT has no {key} at {in_shape} for "
+                             f"{settings.backend} on {settings.device}; measure it first")
+        return m.median_ms
+
+    return {"stem_ms": ms(module_key("stem", chain.stem), shape),
+            "head_ms": ms(module_key("head", chain.head), chain.info[-1].out_shape),
+            "layers": [[0.0 if s == "identity" else ms(op_key(chain, i, s),
+                                                        chain.info[i].in_shape)
+                        for s in specs] for i, specs in enumerate(cands)]}
+
+
 def errors(pred: list[float], meas: list[float]) -> dict[str, float]:
     """Median and p90 of the relative absolute error, plus the mean signed error."""
     rel = np.abs(np.asarray(pred) - np.asarray(meas)) / np.asarray(meas)
@@ -86,10 +104,13 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     chain = decompose(model, torch.zeros(2, *shape))
     cands = candidates_of(chain)
     cfg = LatencyConfig(backend=backend, threads=args.threads, max_seconds=args.max_seconds,
-                        normalize=args.normalize)
+                        normalize=args.normalize, device="lut" if args.report_only else None)
     t0 = time.time()
-    prof = profile_candidates(chain, cands, lambda i, s: build_candidate(chain, i, s), cfg,
-                              lut, shape)
+    if args.report_only:  # times nothing: reads the LUT's own device (e.g. a GPU)
+        prof = lut_profile(chain, cands, lut, settings_from(cfg, lut), shape)
+    else:
+        prof = profile_candidates(chain, cands, lambda i, s: build_candidate(chain, i, s),
+                                  cfg, lut, shape)
     if not args.report_only:
         lut.save()
     lut_s = time.time() - t0
@@ -113,10 +134,10 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         # As lana.profile.measure_models (3 interleaved rounds, 4x the per-op time cap),
         # keeping the minimum as well as the median.
         # Normalised, in the LUT's units (its reference baseline), as measure_models.
-        base = ({"baseline_ms": reference_baseline(lut, settings_from(cfg), warmup=cfg.warmup,
+        base = ({"baseline_ms": reference_baseline(lut, settings_from(cfg, lut), warmup=cfg.warmup,
                                                    max_seconds=cfg.max_seconds)}
                 if args.normalize else {})
-        res = measure_interleaved(nets, (cfg.batch_size, *shape), settings_from(cfg),
+        res = measure_interleaved(nets, (cfg.batch_size, *shape), settings_from(cfg, lut),
                                   rounds=3, warmup=cfg.warmup, max_seconds=4 * cfg.max_seconds,
                                   **base)
         cache["measured"].update({k: m.median_ms for k, m in res.items()})
@@ -126,7 +147,7 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         print(f"  {model_name}/{backend}: measured {len(cache['measured'])}/{len(choices)}",
               flush=True)
     meas = cache["measured"]
-    settings = settings_from(cfg)
+    settings = settings_from(cfg, lut)
     bs = cfg.batch_size
     with torch.no_grad():
         head_in = (bs, *chain.info[-1].out_shape)
@@ -288,9 +309,13 @@ def main() -> int:
     full = (set(args.models) >= set(DEFAULT_MODELS) and args.students >= 50
             and args.image_size == 224 and not pending)
     where = machine()
-    if gpu:
+    if gpu and torch.cuda.is_available():
         where += (f"; GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
                   f"CUDA {torch.version.cuda}")
+    elif gpu:  # --report-only on a machine without the GPU: name the LUT's device
+        devices = sorted({e["settings"]["device"] for e in lut.entries().values()
+                          if e["settings"]["backend"] in args.backends})
+        where = f"timed on {', '.join(devices)}; rendered on {where}"
     body = (
         f"{section}\n\n"
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "

@@ -349,6 +349,7 @@ class TorchCudaBackend:
         m = _frozen_copy(module, "cuda", example.dtype)
         x = example.detach().to("cuda")
         call: Callable[[], object] = lambda: m(x)  # noqa: E731
+        out = None
         if self.graphs:
             # Warm up on a side stream before capture, as torch's CUDA graph docs require.
             side = torch.cuda.Stream()
@@ -359,7 +360,7 @@ class TorchCudaBackend:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph), torch.no_grad():
-                m(x)
+                out = m(x)
             call = graph.replay
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -371,6 +372,11 @@ class TorchCudaBackend:
             end.synchronize()
             return float(start.elapsed_time(end))
 
+        # A replayed graph reads the weights and input and writes the output at the
+        # addresses of its capture: once ``call`` is graph.replay nothing else refers to
+        # them, and freed, their memory would be reused by the next network's tensors
+        # (an illegal memory access, seen on an H200, or silently wrong timings).
+        run.keep_alive = (m, x, out, graph if self.graphs else None)  # type: ignore[attr-defined]
         return run
 
 

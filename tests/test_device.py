@@ -118,30 +118,33 @@ def test_placed_moves_back_to_the_cpu() -> None:
 # ------------------------------------------------------------------ on a GPU
 
 @needs_gpu
-def test_gpu_phase1_matches_cpu_up_to_rounding(seq_chain, synthetic_splits, tmp_path) -> None:
+def test_gpu_phase1_matches_cpu(seq_chain, synthetic_splits, tmp_path) -> None:
     """Phase 1 on the GPU: same candidates, same initial weights (built on the CPU), the
-    same data; the trained weights agree with the CPU's to float rounding, and the chain
-    is back on the CPU afterwards."""
+    same data. The GPU computes in other orders (and its convolutions in TF32), and Adam
+    turns tiny gradient differences into step-sized ones, so the weights are compared by
+    how far training moved them: the CPU/GPU difference is a small part of that, and the
+    distillation losses agree. The chain is back on the CPU afterwards."""
     from lana.config import DistillConfig
-    from lana.distill import distill, weight_path
+    from lana.distill import build_candidate, distill, weight_path
     from lana.io import load_tensors
 
-    cfg = DistillConfig(steps=6, batch_size=16, checkpoint_every=4)
+    cfg = DistillConfig(steps=20, batch_size=16, checkpoint_every=8)
     cands = [["teacher", "identity", "ir_k3_e1"] for _ in seq_chain.layers]
     cpu = distill(seq_chain, cands, synthetic_splits.train, cfg, tmp_path / "cpu")
     gpu = distill(seq_chain, cands, synthetic_splits.train, cfg, tmp_path / "gpu",
                   device="cuda")
     assert all(p.device.type == "cpu" for p in seq_chain.parameters())
-    for i, specs in enumerate(cands):
-        for s in specs:
-            if s in ("teacher", "identity"):
-                continue
-            a = load_tensors(weight_path(tmp_path / "cpu", i, s))
-            b = load_tensors(weight_path(tmp_path / "gpu", i, s))
-            for k in a:
-                assert b[k].device.type == "cpu"
-                torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-3)
     assert gpu.keys() == cpu.keys()
+    for i, specs in enumerate(cands):
+        s = specs[-1]
+        a = load_tensors(weight_path(tmp_path / "cpu", i, s))
+        b = load_tensors(weight_path(tmp_path / "gpu", i, s))
+        init = build_candidate(seq_chain, i, s).state_dict()
+        moved = sum((a[k].double() - init[k].double()).norm() ** 2 for k in a) ** 0.5
+        apart = sum((b[k].double() - a[k].double()).norm() ** 2 for k in a) ** 0.5
+        assert all(b[k].device.type == "cpu" for k in b)
+        assert apart < 0.25 * moved, (i, float(apart), float(moved))
+        assert gpu[str(i)][s]["nmse"] == pytest.approx(cpu[str(i)][s]["nmse"], rel=0.05)
 
 
 @needs_gpu
@@ -167,12 +170,32 @@ def test_gpu_pipeline_end_to_end(tmp_path: Path, tiny_config: dict) -> None:
 def test_cuda_latency_backends_time_real_ops(name: str) -> None:
     from lana import latency as L
 
-    settings = L.Settings(backend=name, warmup=3, max_seconds=0.2)
+    settings = L.Settings(backend=name)
     conv = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU())
-    small = L.measure(conv, (16, 28, 28), settings)
-    big = L.measure(torch.nn.Conv2d(16, 256, 7, padding=3), (16, 112, 112), settings)
+    small = L.measure(conv, (1, 16, 28, 28), settings, warmup=3, max_seconds=0.2)
+    big = L.measure(torch.nn.Conv2d(16, 256, 7, padding=3), (1, 16, 112, 112), settings,
+                    warmup=3, max_seconds=0.2)
     assert 0 < small.median_ms < 5 and small.count >= 5
     assert big.median_ms > small.median_ms  # times the GPU's work, not only the launch
+
+
+@needs_gpu
+def test_cuda_graph_runner_owns_the_memory_it_replays() -> None:
+    """A graph replays at the addresses of its capture: the runner must keep the weights
+    and input alive, or their memory is freed and reused (an illegal memory access in the
+    latency benchmark on an H200 before this was fixed)."""
+    import gc
+
+    from lana.backends import get_backend
+
+    run = get_backend("torch-cuda-graphs").prepare(
+        torch.nn.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 256, 256), 1)
+    gc.collect()
+    torch.cuda.empty_cache()  # freed blocks go back to the driver: reading them faults
+    junk = torch.full((64 << 20,), 7.0, device="cuda")  # and new tensors take their place
+    assert all(run() > 0 for _ in range(3))
+    torch.cuda.synchronize()
+    assert bool((junk == 7).all())
 
 
 @needs_gpu
@@ -186,8 +209,8 @@ def test_optional_gpu_backends_work_or_say_how_to_install(name: str) -> None:
     except LanaError as exc:
         assert "install" in str(exc) or "provider" in str(exc), exc
         return
-    m = L.measure(torch.nn.Conv2d(8, 8, 3, padding=1), (8, 32, 32),
-                  L.Settings(backend=name, warmup=3, max_seconds=0.2))
+    m = L.measure(torch.nn.Conv2d(8, 8, 3, padding=1), (1, 8, 32, 32), L.Settings(backend=name),
+                  warmup=3, max_seconds=0.2)
     assert m.median_ms > 0
 
 
