@@ -94,13 +94,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "profile":
             s.add_argument("dir", metavar="DIR|BUNDLE", help="run directory or bundle")
             g = s.add_argument_group("bundle profiling (on the target machine)")
-            g.add_argument("--backend", help="latency backend (default onnxruntime)")
-            g.add_argument("--threads", type=int, help="threads to pin (default 1)")
+            g.add_argument("--backend", help="latency backend (default: the run's, as "
+                           "recorded in the bundle; else onnxruntime)")
+            g.add_argument("--threads", type=int, help="threads to pin (default: the run's; "
+                           "else 1)")
             g.add_argument("--out", help="LUT file to write (default BUNDLE/lut.json)")
             g.add_argument("--max-seconds", type=float, help="time cap per op (default 0.3)")
-            g.add_argument("--normalize", action="store_true",
-                           help="scale every timing by a reference op timed alongside "
-                           "(match the run's latency.normalize)")
+            g.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                           default=None, help="scale every timing by a reference op timed "
+                           "alongside (default: the run's latency.normalize, as recorded "
+                           "in the bundle)")
         else:
             s.add_argument("dir", help="run directory")
     ec = sub.add_parser("export-candidates", help="write every candidate at its layer as "
@@ -208,7 +211,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if is_bundle(args.dir):
             return _profile_bundle(args)
-        used = [f"--{n.replace('_', '-')}" for n in ("backend", "threads", "out", "max_seconds")
+        used = [f"--{n.replace('_', '-')}" for n in ("backend", "threads", "out", "max_seconds",
+                                                    "normalize")
                 if getattr(args, n) is not None]
         if used:
             raise ConfigError(f"{', '.join(used)} apply to a candidate bundle, but {args.dir} "
@@ -225,9 +229,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = run.config
         m = export_bundle(run.chain, run.candidates, run._build, cfg.latency.batch_size,
                           run.input_shape, args.out,
-                          {"model": cfg.model.name, "run": str(Path(args.dir).resolve())})
+                          {"model": cfg.model.name, "run": str(Path(args.dir).resolve()),
+                           "latency": cfg.latency.model_dump(include={"backend", "threads",
+                                                                      "normalize"})})
         print(f"wrote {len(m['entries'])} ONNX models and {Path(args.out) / 'manifest.json'}"
-              f"; on the target: lana profile {args.out} --backend BACKEND --out lut.json")
+              f"; on the target: lana profile {args.out} --out lut.json (backend "
+              f"{cfg.latency.backend}, {cfg.latency.threads} thread(s), normalize "
+              f"{str(cfg.latency.normalize).lower()}, as this run; --backend etc. to change)")
         return 0
     if args.cmd == "list-models":
         from lana.report import print_families, print_model_space
@@ -320,12 +328,18 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
 
 
 def _profile_bundle(args: argparse.Namespace) -> int:
+    from lana.io import read_json
     from lana.profile import profile_bundle
 
     out = args.out or str(Path(args.dir) / "lut.json")
-    res = profile_bundle(args.dir, args.backend or "onnxruntime", args.threads or 1, out,
-                         max_seconds=args.max_seconds or 0.3,
-                         normalize=getattr(args, "normalize", False))
+    # The run's latency settings travel in the bundle, so that by default the target
+    # measures what the run's search will look up; a bundle without them is from before
+    # they were recorded (then raw timings were the only kind).
+    run = read_json(Path(args.dir) / "manifest.json").get("source", {}).get("latency", {})
+    normalize = args.normalize if args.normalize is not None else run.get("normalize", False)
+    res = profile_bundle(args.dir, args.backend or run.get("backend", "onnxruntime"),
+                         args.threads or run.get("threads", 1), out,
+                         max_seconds=args.max_seconds or 0.3, normalize=normalize)
     s = res["settings"]
     flagged = len(res["drift"]["flagged"])
     print(f"{res['lut']}: {res['entries']} entries ({res['measured']} measured now) on "

@@ -110,16 +110,16 @@ class LatencyConfig(_Section):
                                "unset = this machine (missing entries are measured); "
                                "'lut' = the one device in latency.lut, e.g. a target "
                                "profiled with `lana profile BUNDLE` (nothing is timed here)")
-    normalize: bool = Field(False, description="time a fixed reference op alongside every "
+    normalize: bool = Field(True, description="time a fixed reference op alongside every "
                             "measurement and scale by it, so that the machine speeding up "
                             "or slowing down (other tenants of a VM, clocks) cancels out "
                             "between the LUT and end-to-end timings; the raw median is "
-                            "kept in the LUT. For networks of several ms on a shared "
-                            "machine; a network small enough to live in the cache is "
-                            "timed too slow by it (see README)")
-    drift_every: int = Field(25, ge=0, description="re-time a reference op after this many "
-                             "new LUT entries to detect a machine that speeds up or slows "
-                             "down (0 = off; not needed with normalize, which it skips)")
+                            "kept in the LUT. false: a raw stopwatch, with periodic drift "
+                            "checks instead (drift_every)")
+    drift_every: int = Field(25, ge=0, description="with normalize false: re-time a "
+                             "reference op after this many new LUT entries to detect a "
+                             "machine that speeds up or slows down (0 = off; normalised "
+                             "timings cancel drift as they go and skip it)")
     drift_threshold: float = Field(0.10, gt=0, description="relative change of the "
                                    "reference op that counts as drift: the entries since "
                                    "the last check are re-measured, then flagged")

@@ -31,15 +31,17 @@ A shared or virtual machine changes speed by itself: on the 2-core reference VM 
 same op runs up to 1.5x slower for seconds to minutes at a time (the host's other
 tenants), so an op timed now and a network timed ten minutes later disagree by more than
 any model of additivity can fix. With ``Settings.normalize`` (``latency.normalize``,
-opt-in) a fixed reference op (:func:`reference_module`) is timed *alongside* every
-measurement, between its runs, and the result is scaled by ``baseline / reference``:
+the pipeline's default) a fixed reference op (:func:`reference_module`) is timed
+*alongside* every measurement, between its runs, and the result is scaled by ``baseline / reference``:
 the latency the op would have at the machine speed of the LUT's baseline
 (:func:`reference_baseline`, stored in the LUT). A slow phase slows both and cancels; on
 that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
 variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
-(``ref_ms``). Normalised entries have their own settings key (suffix ``|norm``). Known
-flaw, the reason it is opt-in: the reference evicts a runner small enough to live in the
-cache (a 0.3 ms network), whose next run is then up to 30 % slower.
+(``ref_ms``). Normalised entries have their own settings key (suffix ``|norm``). The
+reference evicts a runner small enough to live in the cache (a 0.3 ms network), whose
+next run would then be up to 30 % slower: such a runner runs once untimed after every
+reference run (:data:`COLD_RERUN_FACTOR`). :class:`Settings` itself defaults to a raw
+stopwatch; the pipeline's ``latency.normalize`` defaults to normalised timings.
 
 LUT file format (``lana-lut/1``)
 --------------------------------
@@ -336,6 +338,11 @@ def median_ci(samples: list[float] | np.ndarray, z: float = 1.96) -> float | Non
     return float(x[hi - 1] - x[lo - 1]) / 2.0
 
 
+# After a reference run, a runner faster than this many reference timings runs once
+# untimed (see time_runner): slower ones barely notice the reference in their caches.
+COLD_RERUN_FACTOR = 4.0
+
+
 def time_runner(
     runner: Runner,
     *,
@@ -351,7 +358,9 @@ def time_runner(
     With a ``reference`` runner, the reference is timed between runs, whenever the runs
     since its last timing took as long as it does (so it costs at most about half of the
     loop, and a tiny op is not swamped by it); its median goes to ``ref_ms`` of the
-    result, which is otherwise the raw timing of ``runner`` (see "Normalisation").
+    result, which is otherwise the raw timing of ``runner`` (see "Normalisation"). A
+    runner faster than ``COLD_RERUN_FACTOR`` reference timings runs once untimed after
+    each reference run, so that no timed run starts from caches the reference evicted.
 
     The garbage collector is off while timing so a collection never lands inside a run.
     ``max_seconds`` bounds the timed loop (and, separately, the warm-up) but never cuts
@@ -379,9 +388,9 @@ def time_runner(
     try:
         start = _clock()
         while done_warmup < warmup:
-            runner()
             if reference is not None and done_warmup < 3:
-                reference()
+                reference()  # before the runner: warm-up ends warm, not after a reference
+            runner()
             done_warmup += 1
             # A whole network can take seconds per run; never let warm-up eat hours.
             if _clock() - start >= budget_ns:
@@ -404,7 +413,13 @@ def time_runner(
                     ref_samples.append(ref_device_ms if ref_device_ms is not None
                                        else ref_ns / 1e6)
                     since_ref_ns = 0
-                    t1 = t2  # the time cap counts the reference's runs too
+                    if t1 - t0 < COLD_RERUN_FACTOR * ref_ns:
+                        # The reference evicted whatever of the runner the cache held: its
+                        # next run would be cold (a network of 0.3 ms measured ~30 % slow).
+                        # One untimed run restores the state of back-to-back runs, which
+                        # every timed run (and every LUT entry) then starts from.
+                        runner()
+                    t1 = _clock()  # the time cap counts the reference's runs too
             n = len(samples)
             if n >= max_repeats:
                 break

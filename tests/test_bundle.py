@@ -44,12 +44,19 @@ def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypat
     assert len(keys) == len(set(keys))  # one model per unique (op, shape)
     assert all((bundle / e["file"]).stat().st_size > 0 for e in manifest["entries"])
 
+    # The run's latency settings travel in the bundle and are what the target measures.
+    run_latency = Run(run_dir).config.latency
+    assert manifest["source"]["latency"] == {"backend": run_latency.backend,
+                                             "threads": run_latency.threads,
+                                             "normalize": run_latency.normalize}
     assert main(["profile", str(bundle), "--out", str(lut), "--max-seconds", "0.02"]) == 0
     assert "device: lut" in capsys.readouterr().out
     table = lana.latency.LatencyTable(lut)
     assert len(table) == len(keys)
     for entry in table.entries().values():  # statistics stored with every entry
         assert entry["count"] >= 1 and entry["p25_ms"] <= entry["p75_ms"]
+        assert entry["settings"]["normalize"] == run_latency.normalize
+        assert entry["settings"]["backend"] == run_latency.backend
 
     _move_to_target(lut, "cpu:target-box|4 cores|aarch64")
     cfg["latency"].update(lut=str(lut), device="lut", max_seconds=0.02)
@@ -103,3 +110,16 @@ def test_bundle_with_a_torch_backend_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a.onnx").write_bytes(onnx)
     with pytest.raises(ConfigError, match="runs PyTorch modules"):
         lana.profile.profile_bundle(tmp_path, "torch", 1, tmp_path / "lut.json")
+
+
+def test_profile_flags_override_the_runs_settings(run_copy, tmp_path: Path) -> None:
+    run_dir, _ = run_copy
+    bundle = tmp_path / "bundle"
+    assert main(["export-candidates", str(run_dir), "--out", str(bundle)]) == 0
+    normalize = read_json(bundle / "manifest.json")["source"]["latency"]["normalize"]
+    flag = "--no-normalize" if normalize else "--normalize"
+    lut = tmp_path / "lut.json"
+    assert main(["profile", str(bundle), "--out", str(lut), "--max-seconds", "0.01",
+                 flag]) == 0
+    entries = lana.latency.LatencyTable(lut).entries().values()
+    assert entries and all(e["settings"]["normalize"] is (not normalize) for e in entries)
