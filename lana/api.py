@@ -121,7 +121,8 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     (``onnxruntime``, ``torch``, ``torch-cuda``; default the config's). ``config`` is a base
     configuration (a :class:`Config`, dict or YAML path; default lana's defaults) and
     ``overrides`` replace parts of it by section, e.g. ``distill={"steps": 100},
-    search={"k": 4}, seed=1``. Everything is written to ``out`` and resumes from there.
+    search={"k": 4}, seed=1, device="cuda"`` (where training runs; default ``auto``: a GPU
+    when there is one). Everything is written to ``out`` and resumes from there.
     """
     from lana.data import Data, Splits
     from lana.pipeline import Run
