@@ -19,7 +19,7 @@ from lana.errors import ConfigError
 from lana.student import load_student
 
 FAST = {
-    "seed": 0, "threads": 1,
+    "seed": 0, "threads": 1, "device": "cpu",  # a top-level override, as a user passes it
     "space": {"ops": ["teacher", "identity", "cb_k{1,3}"]},
     "distill": {"steps": 3, "batch_size": 16},
     "latency": {"max_seconds": 0.02, "warmup": 2, "drift_every": 0},
@@ -64,6 +64,7 @@ def test_accelerate_end_to_end_and_resume(tmp_path: Path, monkeypatch) -> None:
     (s,) = res.summary["students"]
     assert s["budget"] == {"speedup": 1.1} and res.export["budget"] == {"speedup": 1.1}
     assert res.summary["latency"]["backend"] == "torch"
+    assert res.run.config.device == "cpu" and res.run.device.type == "cpu"
     assert res.summary["teacher"]["name"] == "python:Sequential"
     assert res.report.name == "report.html" and res.report.exists()
     assert "data Pairs at 16 px" in res.report.with_name("report.md").read_text()
