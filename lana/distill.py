@@ -13,12 +13,10 @@ a group in progress is checkpointed, so an interrupted run resumes where it stop
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -90,20 +88,6 @@ def _nmse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-8)
 
 
-@contextlib.contextmanager
-def _on_cpu(module: nn.Module) -> Iterator[None]:
-    """Within the block ``module`` is on the CPU; afterwards back where it was."""
-    where = next(module.parameters(), torch.empty(0)).device
-    if where.type == "cpu":
-        yield
-        return
-    module.cpu()
-    try:
-        yield
-    finally:
-        module.to(where)
-
-
 def _group_id(members: list[tuple[int, str]]) -> str:
     return hashlib.sha256(repr(members).encode()).hexdigest()[:12]
 
@@ -135,7 +119,7 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
         f"(largest: {max(len(g) for g in groups)} candidates, ~{max(estimates):.0f} MiB), "
         f"{cfg.steps} steps of {cfg.batch_size} images each")
     chain.eval()
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = torch.device(device or "cpu")
     with placed(dev, chain):
         for members in groups:
             results = _train_group(chain, members, data, cfg, run_dir, seed, dev)
@@ -261,7 +245,7 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
                  run_dir: Path, seed: int, device: torch.device) -> dict[tuple[int, str], float]:
     # Built (and inherited from the teacher's layers) on the CPU, so the initial weights
     # are the same whatever the device; the chain is on ``device`` while training.
-    with _on_cpu(chain):
+    with placed("cpu", chain):
         modules = nn.ModuleList(build_candidate(chain, i, s, seed, cfg.inherit)
                                 for i, s in members)
     modules.to(device)

@@ -43,7 +43,7 @@ def replace_one_scores(chain: Chain, candidates: list[list[str]], load: LoadFn, 
     ``device`` (default the CPU) runs the passes there; the chain is back on the CPU after.
     """
     chain.eval()
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = torch.device(device or "cpu")
     mods: list[list[nn.Module | None]] = []
     for i, specs in enumerate(candidates):
         row: list[nn.Module | None] = []

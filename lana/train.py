@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +21,21 @@ from lana.progress import log, progress
 @contextlib.contextmanager
 def placed(device: torch.device | str | None, *modules: nn.Module | None) -> Iterator[None]:
     """Within the block, ``modules`` live on ``device`` (None: where they are); afterwards
-    they are back on the CPU, where the other stages (latency, export) expect them."""
-    if device is None or torch.device(device).type == "cpu":
-        yield
-        return
-    for m in modules:
-        if m is not None:
-            m.to(device)
+    each is back where it was (between stages: the CPU, where latency and export expect
+    it). Modules already there are not touched."""
+    moved = []
+    if device is not None:
+        target = torch.device(device)
+        for m in filter(None, modules):
+            where = next(itertools.chain(m.parameters(), m.buffers()), torch.empty(0)).device
+            if where != target:
+                m.to(target)
+                moved.append((m, where))
     try:
         yield
     finally:
-        for m in modules:
-            if m is not None:
-                m.cpu()
+        for m, where in moved:
+            m.to(where)
 
 
 @torch.no_grad()
@@ -51,7 +54,7 @@ def evaluate(model: nn.Module, data: Data, batch_size: int = 256,
     if batch_stats:
         saved = _bn_batch_stats(model)
     # Sums stay on the device: one transfer at the end instead of two per batch.
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = torch.device(device or "cpu")
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     loss = torch.zeros((), dtype=torch.float64, device=dev)
     total = 0
@@ -133,7 +136,7 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
 
         raise ConfigError(f"{description}: batch size {batch_size} is smaller than the "
                           f"{world} processes it is split over; raise the batch size")
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = torch.device(device or "cpu")
     torch.manual_seed(seed)
     model.to(device)
     # Every rank's BatchNorm layers see the global batch (back to plain ones afterwards).
