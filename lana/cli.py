@@ -328,18 +328,11 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
 
 
 def _profile_bundle(args: argparse.Namespace) -> int:
-    from lana.io import read_json
     from lana.profile import profile_bundle
 
-    out = args.out or str(Path(args.dir) / "lut.json")
-    # The run's latency settings travel in the bundle, so that by default the target
-    # measures what the run's search will look up; a bundle without them is from before
-    # they were recorded (then raw timings were the only kind).
-    run = read_json(Path(args.dir) / "manifest.json").get("source", {}).get("latency", {})
-    normalize = args.normalize if args.normalize is not None else run.get("normalize", False)
-    res = profile_bundle(args.dir, args.backend or run.get("backend", "onnxruntime"),
-                         args.threads or run.get("threads", 1), out,
-                         max_seconds=args.max_seconds or 0.3, normalize=normalize)
+    # Unset options take the run's latency settings, which the bundle records.
+    res = profile_bundle(args.dir, args.backend, args.threads, args.out,
+                         max_seconds=args.max_seconds or 0.3, normalize=args.normalize)
     s = res["settings"]
     flagged = len(res["drift"]["flagged"])
     print(f"{res['lut']}: {res['entries']} entries ({res['measured']} measured now) on "

@@ -263,23 +263,33 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Path, *,
-                   warmup: int = 10, max_seconds: float = 0.3, drift_every: int = 25,
-                   drift_threshold: float = 0.10, normalize: bool = False) -> dict:
-    """Measure every ONNX model of a bundle into the LUT ``out`` (resumable; cached).
+def profile_bundle(bundle: str | Path, backend: str | None = None, threads: int | None = None,
+                   out: str | Path | None = None, *, warmup: int = 10,
+                   max_seconds: float = 0.3, drift_every: int = 25,
+                   drift_threshold: float = 0.10, normalize: bool | None = None) -> dict:
+    """Measure every ONNX model of a bundle into the LUT ``out`` (default
+    ``BUNDLE/lut.json``; resumable, cached).
 
-    Entries get this machine's device fingerprint; on the training machine the pipeline
-    finds them with ``latency.lut: <out>`` and ``latency.device: lut`` (and the same
-    ``latency.normalize``). With ``normalize`` every timing is scaled by a reference op
-    timed alongside (see :mod:`lana.latency`), and the periodic drift check is skipped.
+    ``backend``, ``threads`` and ``normalize`` default to the run's latency settings, which
+    the bundle records, so that the target measures what the run's search looks up (a
+    bundle from before they were recorded: onnxruntime, 1 thread, raw timings). Entries
+    get this machine's device fingerprint; on the training machine the pipeline finds them
+    with ``latency.lut: <out>`` and ``latency.device: lut``. With ``normalize`` every
+    timing is scaled by a reference op timed alongside (see :mod:`lana.latency`), and the
+    periodic drift check is skipped.
     """
     bundle = Path(bundle)
     manifest = read_json(bundle / "manifest.json")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise ArtifactError(f"{bundle} is not a lana candidate bundle (format "
                             f"{manifest.get('format')!r}, expected {BUNDLE_FORMAT!r})")
-    settings = Settings(backend=backend, batch_size=int(manifest["batch_size"]),
-                        threads=threads, normalize=normalize)
+    run = manifest.get("source", {}).get("latency", {})
+    settings = Settings(backend=backend or run.get("backend", "onnxruntime"),
+                        batch_size=int(manifest["batch_size"]),
+                        threads=threads or run.get("threads", 1),
+                        normalize=run.get("normalize", False) if normalize is None
+                        else normalize)
+    out = out or bundle / "lut.json"
     lut = LatencyTable(out)
     kw = {"warmup": warmup, "max_seconds": max_seconds}
     monitor = DriftMonitor(lut, settings, every=drift_every, threshold=drift_threshold,
@@ -290,12 +300,12 @@ def profile_bundle(bundle: str | Path, backend: str, threads: int, out: str | Pa
     started, new = False, 0
     with progress() as bar:
         entries = manifest["entries"]
-        task = bar.add_task("profile bundle", total=len(entries), info=backend)
+        task = bar.add_task("profile bundle", total=len(entries), info=settings.backend)
         for n, e in enumerate(entries):
             shape = tuple(int(v) for v in e["input_shape"])
             if lut.get(e["op"], shape, settings) is None:
                 if not started:
-                    if normalize:
+                    if settings.normalize:
                         kw["baseline_ms"] = reference_baseline(lut, settings, **kw)
                     monitor.start()
                     started = True
