@@ -43,7 +43,7 @@ from lana.decompose import decompose
 from lana.distill import build_candidate
 from lana.io import read_json, write_json
 from lana.latency import LatencyTable, Settings, measure_interleaved, reference_baseline
-from lana.profile import module_key, op_key, profile_candidates, settings_from
+from lana.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
 from lana.select import fit_calibration
 from lana.space import fitting_candidates, resolve_space, space_specs
 from lana.student import assemble
@@ -59,24 +59,6 @@ def candidates_of(chain) -> list[list[str]]:
     """The teacher family's default-space candidates per layer, as ``Run.candidates``."""
     specs = space_specs(resolve_space("auto", chain.family))
     return fitting_candidates(chain.info, specs, lambda i, s: build_candidate(chain, i, s))
-
-
-def lut_profile(chain, cands: list[list[str]], lut: LatencyTable, settings: Settings,
-                shape: tuple[int, ...]) -> dict:
-    """Stem, head and per-candidate ms read from the LUT alone (``--report-only``): the
-    entries profile_candidates wrote, without timing anything here."""
-    def ms(key: str, in_shape: tuple[int, ...]) -> float:
-        m = lut.get(key, (1, *in_shape), settings)
-        if m is None:
-            raise SystemExit(f"--report-only: the LUT has no {key} at {in_shape} for "
-                             f"{settings.backend} on {settings.device}; measure it first")
-        return m.median_ms
-
-    return {"stem_ms": ms(module_key("stem", chain.stem), shape),
-            "head_ms": ms(module_key("head", chain.head), chain.info[-1].out_shape),
-            "layers": [[0.0 if s == "identity" else ms(op_key(chain, i, s),
-                                                        chain.info[i].in_shape)
-                        for s in specs] for i, specs in enumerate(cands)]}
 
 
 def errors(pred: list[float], meas: list[float]) -> dict[str, float]:
@@ -105,13 +87,13 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     cands = candidates_of(chain)
     cfg = LatencyConfig(backend=backend, threads=args.threads, max_seconds=args.max_seconds,
                         normalize=args.normalize, device="lut" if args.report_only else None)
+    settings = settings_from(cfg, lut)
     t0 = time.time()
     if args.report_only:  # times nothing: reads the LUT's own device (e.g. a GPU)
-        prof = lut_profile(chain, cands, lut, settings_from(cfg, lut), shape)
+        prof = lut_profile(chain, cands, lut, settings, shape, network=False)
     else:
         prof = profile_candidates(chain, cands, lambda i, s: build_candidate(chain, i, s),
                                   cfg, lut, shape)
-    if not args.report_only:
         lut.save()
     lut_s = time.time() - t0
     fixed = prof["stem_ms"] + prof["head_ms"]
@@ -134,10 +116,10 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         # As lana.profile.measure_models (3 interleaved rounds, 4x the per-op time cap),
         # keeping the minimum as well as the median.
         # Normalised, in the LUT's units (its reference baseline), as measure_models.
-        base = ({"baseline_ms": reference_baseline(lut, settings_from(cfg, lut), warmup=cfg.warmup,
+        base = ({"baseline_ms": reference_baseline(lut, settings, warmup=cfg.warmup,
                                                    max_seconds=cfg.max_seconds)}
                 if args.normalize else {})
-        res = measure_interleaved(nets, (cfg.batch_size, *shape), settings_from(cfg, lut),
+        res = measure_interleaved(nets, (cfg.batch_size, *shape), settings,
                                   rounds=3, warmup=cfg.warmup, max_seconds=4 * cfg.max_seconds,
                                   **base)
         cache["measured"].update({k: m.median_ms for k, m in res.items()})
@@ -147,7 +129,6 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         print(f"  {model_name}/{backend}: measured {len(cache['measured'])}/{len(choices)}",
               flush=True)
     meas = cache["measured"]
-    settings = settings_from(cfg, lut)
     bs = cfg.batch_size
     with torch.no_grad():
         head_in = (bs, *chain.info[-1].out_shape)

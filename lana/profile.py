@@ -24,7 +24,6 @@ from lana.io import atomic_write_bytes, read_json, write_json
 from lana.latency import (
     DriftMonitor,
     LatencyTable,
-    Measurement,
     Settings,
     device_fingerprint,
     export_onnx,
@@ -196,16 +195,22 @@ def _layout(chain: Chain, candidates: list[list[str]], batch: int,
     return items
 
 
-def _from_remote_lut(chain: Chain, candidates: list[list[str]], lut: LatencyTable,
-                     settings: Settings, input_shape: tuple[int, ...]) -> dict:
-    got: dict[tuple[str, tuple[int, ...]], Measurement] = {}
+def lut_profile(chain: Chain, candidates: list[list[str]], lut: LatencyTable,
+                settings: Settings, input_shape: tuple[int, ...], *,
+                network: bool = True) -> dict:
+    """Stem, head and per-candidate milliseconds (plus the teacher end to end,
+    ``teacher_network_ms``, with ``network``) read from ``lut`` alone: nothing is timed.
+    A missing entry is an ArtifactError that says how to get it."""
+    items = [it for it in _layout(chain, candidates, settings.batch_size, input_shape)
+             if network or it[0] != "network"]
+    ms: dict[str, float] = {}
     missing = []
-    for _, key, _, shape in _layout(chain, candidates, settings.batch_size, input_shape):
+    for _, key, _, shape in items:
         m = lut.get(key, shape, settings)
         if m is None:
             missing.append(key)
         else:
-            got[key, shape] = m
+            ms[key] = m.median_ms
     if missing:
         raise ArtifactError(
             f"the LUT {lut.path} lacks {len(missing)} of the entries this run needs for "
@@ -214,14 +219,21 @@ def _from_remote_lut(chain: Chain, candidates: list[list[str]], lut: LatencyTabl
             "settings changed since the bundle was exported: run `lana export-candidates "
             "DIR --out BUNDLE` again and `lana profile BUNDLE --backend "
             f"{settings.backend} --threads {settings.threads} --out LUT` on the target")
-    items = _layout(chain, candidates, settings.batch_size, input_shape)
-    ms = {key: got[key, shape].median_ms for _, key, _, shape in items}
-    layers = [[0.0 if spec == "identity" else ms[op_key(chain, i, spec)] for spec in specs]
-              for i, specs in enumerate(candidates)]
-    stem, head, network = items[0][1], items[1][1], items[-1][1]
+    op_ms = {where: ms[key] for kind, key, where, _ in items if kind == "op"}
+    res = {"settings": settings.to_dict(), "stem_ms": ms[items[0][1]],
+           "head_ms": ms[items[1][1]],
+           "layers": [[0.0 if spec == "identity" else op_ms[i, spec] for spec in specs]
+                      for i, specs in enumerate(candidates)]}
+    if network:
+        res["teacher_network_ms"] = ms[items[-1][1]]
+    return res
+
+
+def _from_remote_lut(chain: Chain, candidates: list[list[str]], lut: LatencyTable,
+                     settings: Settings, input_shape: tuple[int, ...]) -> dict:
+    res = lut_profile(chain, candidates, lut, settings, input_shape)
     log(f"latency: using the LUT measured on {settings.device} (no timing on this machine)")
-    return {"settings": settings.to_dict(), "stem_ms": ms[stem], "head_ms": ms[head],
-            "layers": layers, "remote": True, "teacher_network_ms": ms[network],
+    return {**res, "remote": True,
             "drift": {"enabled": False, "checks": [], "remeasured": 0, "flagged": []}}
 
 
