@@ -27,13 +27,13 @@ reported latency.
 
 Normalisation
 -------------
-A shared or virtual machine changes speed by itself: on the 2-core reference VM the
-same op runs up to 1.5x slower for seconds to minutes at a time (the host's other
-tenants), so an op timed now and a network timed ten minutes later disagree by more than
-any model of additivity can fix. With ``Settings.normalize`` (``latency.normalize``,
-the pipeline's default) a fixed reference op (:func:`reference_module`) is timed
-*alongside* every measurement, between its runs, and the result is scaled by ``baseline / reference``:
-the latency the op would have at the machine speed of the LUT's baseline
+A shared or virtual machine changes speed by itself: on the 2-core reference VM the same
+op runs up to 1.5x slower for seconds to minutes at a time (the host's other tenants),
+so an op timed now and a network timed ten minutes later disagree by more than any model
+of additivity can fix. With ``Settings.normalize`` (``latency.normalize``, the
+pipeline's default) a fixed reference op (:func:`reference_module`) is timed *alongside*
+every measurement, between its runs, and the result is scaled by ``baseline /
+reference``: the latency the op would have at the machine speed of the LUT's baseline
 (:func:`reference_baseline`, stored in the LUT). A slow phase slows both and cancels; on
 that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
 variation). Entries keep the raw median (``raw_median_ms``) and the reference's median

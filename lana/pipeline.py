@@ -258,6 +258,7 @@ class Run:
         mem_path = self.dir / "memory.json"
         memory = read_json(mem_path) if mem_path.exists() else {}
         gpu = {}
+        # Only a stage that resolved the device trained on it (resolving would start CUDA).
         if "device" in self.__dict__ and self.device.type == "cuda":
             gpu = {f"{name}_gpu_peak_mb": round(
                 torch.cuda.max_memory_allocated(self.device) / 2**20, 1)}
