@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lana.errors import UnsupportedModelError
+from lana.errors import ConfigError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -486,8 +486,18 @@ def decompose(model: nn.Module, example_input: torch.Tensor,
     was_training = model.training
     chain.eval()
     info: list[LayerInfo] = []
+    if not isinstance(example_input, torch.Tensor):
+        raise ConfigError(
+            f"example_input must be a batch tensor the model accepts, e.g. "
+            f"torch.zeros(1, 3, 224, 224), not a {type(example_input).__name__}")
     with torch.no_grad():
-        x = stem(example_input)
+        try:
+            x = stem(example_input)
+        except Exception as exc:
+            raise ConfigError(
+                f"the example input of shape {tuple(example_input.shape)} does not fit the "
+                f"stem of {type(model).__name__}: {exc}. Pass a batch (N, C, H, W) with the "
+                "channels and a resolution the model takes.") from None
         for name, layer in named_layers:
             if not isinstance(x, torch.Tensor):
                 raise UnsupportedModelError(

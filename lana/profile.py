@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,48 @@ from lana.progress import log, progress
 BUNDLE_FORMAT = "lana-bundle/1"
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON if it is a hyper-parameter (number, string, tuple of them, a
+    function's name), else ``None``: tensors, modules and objects are not structure."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple | list):
+        items = [_plain(v) for v in value]
+        return None if any(i is None and v is not None for i, v in zip(items, value, strict=True)) \
+            else items
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if callable(value) and not isinstance(value, nn.Module) and hasattr(value, "__name__"):
+        return f"fn:{value.__name__}"  # e.g. timm's gate_fn=sigmoid or hard_sigmoid
+    return None
+
+
+def module_structure(module: nn.Module) -> list:
+    """The architecture of ``module`` as plain data: for every submodule its path, class
+    name, hyper-parameters (its public attributes) and parameter/buffer shapes.
+
+    Not ``repr(module)``: reprs change between torch and timm versions, and a LUT measured
+    on the target with another version must still match the training machine's keys.
+    """
+    rows = []
+    for name, m in module.named_modules():
+        attrs = {}
+        for key, value in vars(m).items():
+            if key.startswith("_") or key == "training":
+                continue
+            plain = _plain(value)
+            if plain is not None or value is None:
+                attrs[key] = plain
+        shapes = {k: list(t.shape) for k, t in [*m.named_parameters(recurse=False),
+                                                *m.named_buffers(recurse=False)]}
+        rows.append([name, type(m).__name__, attrs, shapes])
+    return rows
+
+
 def module_key(prefix: str, module: nn.Module) -> str:
-    """A key for a fixed module's architecture (its repr and parameter shapes)."""
-    shapes = [tuple(p.shape) for p in module.state_dict().values()]
-    digest = hashlib.sha256((repr(module) + repr(shapes)).encode()).hexdigest()[:16]
-    return f"{prefix}:{digest}"
+    """A key for a fixed module's architecture (see :func:`module_structure`)."""
+    text = json.dumps(module_structure(module), sort_keys=True, separators=(",", ":"))
+    return f"{prefix}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def op_key(chain: Chain, layer: int, spec: str, module: nn.Module | None = None) -> str:

@@ -123,3 +123,30 @@ def test_profile_flags_override_the_runs_settings(run_copy, tmp_path: Path) -> N
                  flag]) == 0
     entries = lana.latency.LatencyTable(lut).entries().values()
     assert entries and all(e["settings"]["normalize"] is (not normalize) for e in entries)
+
+
+def test_module_key_ignores_repr_but_not_structure(monkeypatch) -> None:
+    """A LUT measured on the target with other torch/timm versions keeps matching: the key
+    follows hyper-parameters and shapes, not ``repr`` (whose format versions change)."""
+    import torch
+    from torch import nn
+
+    from lana.profile import module_key
+
+    def block(k: int = 3, gate=torch.sigmoid) -> nn.Module:
+        m = nn.Sequential(nn.Conv2d(8, 8, k, padding=k // 2, groups=8), nn.BatchNorm2d(8),
+                          nn.SiLU())
+        m.gate_fn = gate
+        return m
+
+    key = module_key("teacher", block())
+    assert key.startswith("teacher:") and key == module_key("teacher", block().train(False))
+    monkeypatch.setattr(nn.Conv2d, "extra_repr", lambda self: "formatted differently")
+    monkeypatch.setattr(nn.BatchNorm2d, "__repr__", lambda self: "BN")
+    assert module_key("teacher", block()) == key
+    assert module_key("teacher", block(k=5)) != key
+    assert module_key("teacher", block(gate=torch.nn.functional.hardsigmoid)) != key
+    other = block()
+    other[2] = nn.ReLU()
+    assert module_key("teacher", other) != key
+    assert module_key("stem", block()) != key

@@ -79,6 +79,16 @@ def test_decompose_keeps_training_mode() -> None:
     assert not any(m.training for m in model.modules())
 
 
+def test_decompose_bad_example_input_says_what_to_pass() -> None:
+    from lana.errors import ConfigError
+
+    model = _build("lana:tiny_effnet", 1)
+    with pytest.raises(ConfigError, match=r"batch tensor .*torch.zeros"):
+        decompose(model, (1, 32, 32))
+    with pytest.raises(ConfigError, match=r"shape \(1, 3, 32, 32\) does not fit the stem"):
+        decompose(model, torch.zeros(1, 3, 32, 32))
+
+
 def test_decompose_does_not_touch_bn_statistics() -> None:
     model = _build("lana:tiny_effnet", 1)
     model.train()
