@@ -73,11 +73,11 @@ checks of :class:`DriftMonitor`; an entry measured while the machine had
 drifted, and not recovered by re-measuring, also has ``"flagged": true, "drift": ratio``.
 
 The op key of a candidate is its spec plus the layer's shape contract
-(``"cb_k3@in64x56x56-out64x56x56-relu"``); the stem, head, teacher layers and teacher-dependent candidates are
-keyed by a digest of their structure (``"stem:<sha256>"``, see
-:func:`lana.profile.module_structure`): class names, hyper-parameters and tensor shapes,
-never ``repr``, so the keys do not change with the torch or timm version. The entry key is
-:meth:`LatencyTable.key`; the settings key
+(``"cb_k3@in64x56x56-out64x56x56-relu"``); the stem, head, teacher layers and
+teacher-dependent candidates are keyed by a digest of their structure
+(``"stem:<sha256>"``, see :func:`lana.profile.module_structure`): class names,
+hyper-parameters and tensor shapes, never ``repr``, so the keys do not change with the
+torch or timm version. The entry key is :meth:`LatencyTable.key`; the settings key
 (:meth:`Settings.key`) contains every setting including the device fingerprint, so a
 LUT measured on one machine or with other settings is never silently reused. ``rel_ci``
 is the achieved relative half-width of the median's confidence interval (``null`` when
