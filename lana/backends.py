@@ -11,7 +11,8 @@ it; none is ever silently replaced by another.
 
 CPU backends
     ``torch``: PyTorch eager, eval mode, ``torch.inference_mode``, torch's intra-op threads
-    pinned to ``Settings.threads``.
+    pinned to ``Settings.threads``, glibc malloc's thresholds fixed (:func:`steady_malloc`)
+    so that no run page-faults its activations in afresh.
     ``torch-compile``: ``torch.compile(mode="max-autotune-no-cudagraphs")`` of the eval
     module. **The first call compiles** (C++ code generation with the system compiler):
     seconds per small op and ~45 s for a whole EfficientNet on 2 cores, paid once per op
@@ -67,6 +68,7 @@ __all__ = [
     "export_onnx",
     "get_backend",
     "inference_form",
+    "steady_malloc",
 ]
 
 #: A runner executes one inference. It returns ``None`` when the caller should time it
@@ -259,6 +261,63 @@ def _require_cuda(backend: str) -> None:
             f"False here (torch {torch.__version__}, CUDA build: {build}). " + GPU_HINT)
 
 
+#: glibc ``mallopt`` parameters and the values :func:`steady_malloc` sets: the largest
+#: fixed mmap threshold glibc allows (32 MiB on 64-bit) and a trim threshold of 1 GiB.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 1 << 30
+#: The same as environment variables, for the process the user deploys in.
+STEADY_MALLOC_ENV = (f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} "
+                     f"MALLOC_TRIM_THRESHOLD_={TRIM_THRESHOLD}")
+_malloc_state: str | None = None
+
+
+def steady_malloc() -> str:
+    """Keep glibc malloc from returning torch's activation memory to the OS between runs.
+
+    By default glibc moves its mmap threshold as blocks are freed and gives the top of the
+    heap back once more than twice that threshold is free. In a network whose activations
+    are megabytes each (an expansion at 112x112 px), every forward pass then faults its
+    buffers in afresh: on the 2-core reference VM, 840 000 page faults while four networks
+    were timed, two of them 1.7x slower than the sums of their ops, timed alone. The
+    pattern depends on the process's history, so no LUT can predict it. Fixing both
+    thresholds (what jemalloc/tcmalloc and PyTorch's CPU performance guide do) makes every
+    run reuse its memory; the LUT then adds up. Deploy with the same
+    (:data:`STEADY_MALLOC_ENV`) to get the latency lana measured.
+
+    Returns what happened: ``"set"``, ``"already"`` (earlier call), ``"user"`` (the
+    environment sets malloc's thresholds or preloads another allocator, or
+    ``LANA_MALLOC=default``: left alone) or ``"unsupported"`` (not glibc).
+    """
+    global _malloc_state
+    if _malloc_state is not None:
+        return "already"
+    env = os.environ
+    if (env.get("LANA_MALLOC") == "default" or "MALLOC_MMAP_THRESHOLD_" in env
+            or "MALLOC_TRIM_THRESHOLD_" in env or "malloc" in env.get("GLIBC_TUNABLES", "")
+            or any(a in env.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc",
+                                                             "mimalloc"))):
+        _malloc_state = "user"
+        return _malloc_state
+    import ctypes
+    import platform
+
+    _malloc_state = "unsupported"
+    if platform.libc_ver()[0] != "glibc":
+        return _malloc_state
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return _malloc_state
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+        _malloc_state = "set"
+        from lana.progress import log
+
+        log(f"latency: glibc malloc keeps freed memory for reuse while torch is timed (as "
+            f"`{STEADY_MALLOC_ENV}`; deploy with the same, or set LANA_MALLOC=default)")
+    return _malloc_state
+
+
 def _float32_only(backend: str, dtype: torch.dtype) -> None:
     if dtype != torch.float32:
         raise BackendUnavailableError(
@@ -282,6 +341,7 @@ class TorchBackend:
         ``torch.inference_mode`` around the timed loop (entering it per run costs ~2 us,
         a sizeable share of a tiny op).
         """
+        steady_malloc()
         m = _frozen_copy(module, "cpu", example.dtype)
         x = example.detach().to("cpu")
 
@@ -306,6 +366,7 @@ class TorchCompileBackend:
 
     def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
         """Compile an eval copy of ``module`` for ``example`` and run it once (the compile)."""
+        steady_malloc()
         m = _frozen_copy(module, "cpu", example.dtype)
         x = example.detach().to("cpu")
         compiled = torch.compile(m, mode=self.mode, dynamic=False)

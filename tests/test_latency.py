@@ -353,3 +353,63 @@ def test_export_onnx_failure_is_a_quiet_lana_error(capfd: pytest.CaptureFixture[
         L.export_onnx(Unexportable(), torch.randn(3, 3), exporter="legacy")
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # no C++ graph dump
+
+
+FAULTS_PER_FORWARD = """
+import resource, sys, torch
+from torch import nn
+from lana.backends import get_backend
+torch.set_num_threads(1)
+def block(c):  # an inverted residual at 112 px: 10 MB activations
+    return nn.Sequential(nn.Conv2d(c, 6 * c, 1), nn.ReLU(),
+                         nn.Conv2d(6 * c, 6 * c, 3, padding=1, groups=6 * c), nn.ReLU(),
+                         nn.Conv2d(6 * c, c, 1))
+net = nn.Sequential(block(32), block(32), nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                    block(64)).eval()
+x = torch.randn(1, 32, 112, 112)
+if sys.argv[1] == "torch-backend":
+    run = get_backend("torch").prepare(net, x, 1)
+else:
+    run = lambda: net(x)
+with torch.inference_mode():
+    for _ in range(3):
+        run()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        run()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 5)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc malloc")
+def test_torch_backend_does_not_page_fault_every_run() -> None:
+    """glibc returns freed activation memory to the OS, so a plain eager network faults
+    its buffers in on every run (and times slower than its ops alone); the torch backend
+    fixes malloc's thresholds, and a prepared runner then reuses its memory."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("LANA_MALLOC", "LD_PRELOAD")}
+
+    def faults(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_FORWARD, mode], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        return float(out.split()[-1])
+
+    assert faults("plain") > 1000  # the problem: thousands of 4 KiB pages per run
+    assert faults("torch-backend") < 50
+
+
+def test_steady_malloc_leaves_a_users_allocator_alone(monkeypatch) -> None:
+    import lana.backends as B
+
+    monkeypatch.setattr(B, "_malloc_state", None)
+    monkeypatch.setenv("LANA_MALLOC", "default")
+    assert B.steady_malloc() == "user"
+    assert B.steady_malloc() == "already"
+    monkeypatch.setattr(B, "_malloc_state", None)
+    monkeypatch.delenv("LANA_MALLOC")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    assert B.steady_malloc() == "user"
