@@ -65,6 +65,7 @@ __all__ = [
     "TorchBackend",
     "TorchCompileBackend",
     "TorchCudaBackend",
+    "deploy_env",
     "export_onnx",
     "get_backend",
     "inference_form",
@@ -261,28 +262,31 @@ def _require_cuda(backend: str) -> None:
             f"False here (torch {torch.__version__}, CUDA build: {build}). " + GPU_HINT)
 
 
-#: glibc ``mallopt`` parameters and the values :func:`steady_malloc` sets: the largest
-#: fixed mmap threshold glibc allows (32 MiB on 64-bit) and a trim threshold of 1 GiB.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 1 << 30
+#: glibc ``mallopt`` parameters and the values :func:`steady_malloc` sets: no block is
+#: ever mmapped (so none is unmapped after its run) and the heap's top is given back to the
+#: OS only when more than 1 GiB of it is free.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+MMAP_MAX, TRIM_THRESHOLD = 0, 1 << 30
 #: The same as environment variables, for the process the user deploys in.
-STEADY_MALLOC_ENV = (f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} "
-                     f"MALLOC_TRIM_THRESHOLD_={TRIM_THRESHOLD}")
+STEADY_MALLOC_ENV = f"MALLOC_MMAP_MAX_={MMAP_MAX} MALLOC_TRIM_THRESHOLD_={TRIM_THRESHOLD}"
 _malloc_state: str | None = None
 
 
 def steady_malloc() -> str:
     """Keep glibc malloc from returning torch's activation memory to the OS between runs.
 
-    By default glibc moves its mmap threshold as blocks are freed and gives the top of the
-    heap back once more than twice that threshold is free. In a network whose activations
-    are megabytes each (an expansion at 112x112 px), every forward pass then faults its
-    buffers in afresh: on the 2-core reference VM, 840 000 page faults while four networks
-    were timed, two of them 1.7x slower than the sums of their ops, timed alone. The
-    pattern depends on the process's history, so no LUT can predict it. Fixing both
-    thresholds (what jemalloc/tcmalloc and PyTorch's CPU performance guide do) makes every
-    run reuse its memory; the LUT then adds up. Deploy with the same
-    (:data:`STEADY_MALLOC_ENV`) to get the latency lana measured.
+    By default glibc serves blocks above a (moving) threshold, and every block above 32 MiB,
+    with mmap and unmaps them when freed, and gives the top of the heap back once it has
+    enough free. A torch eager network then faults its activations (and oneDNN's copies of
+    large conv weights) in afresh on every forward pass. On the 2-core reference VM, four
+    tf_efficientnetv2_b0 students took 840 000 page faults while they were timed, two of
+    them 1.7x slower than the sums of their ops timed alone; with a 32 MiB threshold alone,
+    resnest26d students still took 9 million and ran up to 1.9x slower. How much a network
+    faults depends on what the process allocated before, so no LUT can predict it. Serving
+    every block from the heap and keeping it (what jemalloc/tcmalloc do, and what
+    PyTorch's CPU performance guide recommends) makes every run reuse its memory; the LUT
+    then adds up. Deploy with the same (:data:`STEADY_MALLOC_ENV`) to get the latency lana
+    measured.
 
     Returns what happened: ``"set"``, ``"already"`` (earlier call), ``"user"`` (the
     environment sets malloc's thresholds or preloads another allocator, or
@@ -291,31 +295,50 @@ def steady_malloc() -> str:
     global _malloc_state
     if _malloc_state is not None:
         return "already"
-    env = os.environ
-    if (env.get("LANA_MALLOC") == "default" or "MALLOC_MMAP_THRESHOLD_" in env
-            or "MALLOC_TRIM_THRESHOLD_" in env or "malloc" in env.get("GLIBC_TUNABLES", "")
-            or any(a in env.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc",
-                                                             "mimalloc"))):
+    if _users_malloc():
         _malloc_state = "user"
         return _malloc_state
     import ctypes
-    import platform
 
     _malloc_state = "unsupported"
-    if platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return _malloc_state
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return _malloc_state
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+    if mallopt(M_MMAP_MAX, MMAP_MAX) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
         _malloc_state = "set"
         from lana.progress import log
 
         log(f"latency: glibc malloc keeps freed memory for reuse while torch is timed (as "
             f"`{STEADY_MALLOC_ENV}`; deploy with the same, or set LANA_MALLOC=default)")
     return _malloc_state
+
+
+def _users_malloc() -> bool:
+    env = os.environ
+    return (env.get("LANA_MALLOC") == "default"
+            or any(v in env for v in ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
+                                      "MALLOC_TRIM_THRESHOLD_")) or "malloc" in env.get("GLIBC_TUNABLES", "")
+            or any(a in env.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc",
+                                                             "mimalloc")))
+
+
+def _glibc() -> bool:
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
+
+
+def deploy_env(backend: str) -> str | None:
+    """The environment a deployment needs to match what ``backend`` measured here: for the
+    torch CPU backends on glibc, :data:`STEADY_MALLOC_ENV` (see :func:`steady_malloc`);
+    ``None`` when nothing is needed or the user chose their own allocator settings."""
+    if backend in ("torch", "torch-compile") and _glibc() and not _users_malloc():
+        return STEADY_MALLOC_ENV
+    return None
 
 
 def _float32_only(backend: str, dtype: torch.dtype) -> None:

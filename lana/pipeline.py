@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lana import dist as D
+from lana.backends import deploy_env
 from lana.config import BudgetConfig, Config, config_from_dict, load_config
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
@@ -612,7 +613,8 @@ class Run:
             "teacher": {"name": teacher["name"], "accuracy": teacher["accuracy"],
                         "latency_ms": lat["teacher_measured_ms"], "params": teacher["params"]},
             "latency": {"backend": settings["backend"], "batch_size": settings["batch_size"],
-                        "threads": settings["threads"], "device": settings["device"]},
+                        "threads": settings["threads"], "device": settings["device"],
+                        "deploy_env": deploy_env(settings["backend"])},
             "students": students,
             "search": search_info,
             "timings_s": self._timings(),

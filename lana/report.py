@@ -36,6 +36,9 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
                   f"{s['budget_ms']:.4g}", "not measured" if s["meets_budget"] is None
                   else "yes" if s["meets_budget"] else "[red]no[/red]")
     console.print(t)
+    if lat.get("deploy_env"):
+        console.print(f"  measured with `{lat['deploy_env']}`: deploy with the same "
+                      "environment to get these latencies (README, \"Latency\")")
     for s in summary["students"]:
         changed = sum(1 for c in s["choices"] if c != "teacher")
         console.print(f"  {s['path']}: {changed}/{len(s['choices'])} layers replaced: "

@@ -413,3 +413,17 @@ def test_steady_malloc_leaves_a_users_allocator_alone(monkeypatch) -> None:
     monkeypatch.delenv("LANA_MALLOC")
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
     assert B.steady_malloc() == "user"
+
+
+def test_deploy_env_names_the_malloc_settings_of_torch_backends(monkeypatch) -> None:
+    import lana.backends as B
+
+    for var in ("LANA_MALLOC", "LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_MMAP_MAX_",
+                "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(B, "_glibc", lambda: True)
+    assert B.deploy_env("torch") == B.STEADY_MALLOC_ENV
+    assert B.STEADY_MALLOC_ENV == "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824"
+    assert B.deploy_env("onnxruntime") is None
+    monkeypatch.setenv("LANA_MALLOC", "default")
+    assert B.deploy_env("torch") is None

@@ -206,3 +206,21 @@ def test_cli_export_prints_the_table_and_writes_the_report(run_copy, capsys) -> 
     assert main(["run", str(cfg), "--out", str(run_dir)]) == 0  # resumes: nothing to do
     assert f"report: {run_dir / 'report' / 'report.html'}" in capsys.readouterr().out
     assert (run_dir / "report" / "report.html").exists()
+
+
+def test_summary_table_tells_the_deployment_environment() -> None:
+    from rich.console import Console
+
+    from lana.report import print_summary
+
+    summary = {"teacher": {"name": "t", "accuracy": 0.9, "latency_ms": 2.0},
+               "latency": {"backend": "torch", "batch_size": 1, "threads": 1,
+                           "deploy_env": "MALLOC_MMAP_MAX_=0"},
+               "students": []}
+    console = Console(record=True, width=200)
+    print_summary(summary, console)
+    assert "deploy with the same environment" in console.export_text()
+    summary["latency"]["deploy_env"] = None
+    console = Console(record=True, width=200)
+    print_summary(summary, console)
+    assert "deploy" not in console.export_text()
