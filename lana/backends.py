@@ -319,11 +319,12 @@ def steady_malloc() -> str:
 
 def _users_malloc() -> bool:
     env = os.environ
+    preload = env.get("LD_PRELOAD", "")
     return (env.get("LANA_MALLOC") == "default"
             or any(v in env for v in ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
-                                      "MALLOC_TRIM_THRESHOLD_")) or "malloc" in env.get("GLIBC_TUNABLES", "")
-            or any(a in env.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc",
-                                                             "mimalloc")))
+                                      "MALLOC_TRIM_THRESHOLD_"))
+            or "malloc" in env.get("GLIBC_TUNABLES", "")
+            or any(a in preload for a in ("jemalloc", "tcmalloc", "mimalloc")))
 
 
 def _glibc() -> bool:
