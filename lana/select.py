@@ -53,7 +53,7 @@ class Calibration:
 
 
 def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15,
-                    loo: bool = True) -> Calibration:
+                    test_line: bool = True, level: float = 0.05) -> Calibration:
     """Fit measured ~ alpha * lut + beta to ``(lut_ms, measured_ms)`` pairs.
 
     A line needs LUT sums that differ: when there are fewer than three points, or their
@@ -61,11 +61,16 @@ def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 
     identifiable from noise and the fit falls back to a ratio through the origin (the
     pooled measured/LUT ratio, ``beta = 0``). The line is also rejected in favour of the
     ratio when it is implausible: a non-positive slope, or a prediction at or below zero
-    for one of the points. From four points on, the line must also predict the points
-    better than the ratio does when each point is left out of the fit in turn
-    (leave-one-out): with a handful of noisy timings a line's two parameters can fit the
-    noise, and then the one-parameter ratio generalises better (``loo=False`` skips
-    this test).
+    for one of the points.
+
+    The ratio is the default and the line's second parameter must earn its place
+    (``test_line=False`` skips both tests and keeps any plausible line):
+
+    - its intercept must differ from zero by more than noise: a two-sided t-test at
+      ``level`` on the least-squares intercept (a handful of noisy timings gives a line
+      whose intercept is mostly noise, and extrapolating it costs more than it gains);
+    - from four points on, it must also predict the points better than the ratio does
+      when each point is left out of the fit in turn (leave-one-out).
     """
     pts = [(float(x), float(y)) for x, y in points
            if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
@@ -73,9 +78,11 @@ def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 
         return Calibration()
     ratio = _fit_ratio(pts)
     line = _fit_line(pts, min_span)
-    if line is None:
+    if line is None or not test_line:
+        return line or ratio
+    if not _intercept_significant(pts, line, level):
         return ratio
-    if loo and len(pts) >= 4:
+    if len(pts) >= 4:
         def loo_error(fit) -> float:  # mean relative error of the left-out point's prediction
             errs = []
             for k, (x, y) in enumerate(pts):
@@ -86,6 +93,24 @@ def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 
         if loo_error(lambda p: _fit_line(p, min_span)) >= loo_error(_fit_ratio):
             return ratio
     return line
+
+
+def _intercept_significant(pts: list[tuple[float, float]], line: Calibration,
+                           level: float) -> bool:
+    """Whether the least-squares intercept of ``line`` is non-zero at ``level`` (t-test)."""
+    from scipy.stats import t as student_t
+
+    n = len(pts)
+    xs = [x for x, _ in pts]
+    mx = sum(xs) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    rss = sum((y - line.predict(x)) ** 2 for x, y in pts)
+    # Standard error of the intercept of an ordinary least-squares line.
+    se = math.sqrt(rss / (n - 2) * (1.0 / n + mx * mx / sxx))
+    scale = max(y for _, y in pts)
+    if se <= 1e-12 * scale:  # the points lie on the line: any visible intercept is real
+        return abs(line.beta) > 1e-9 * scale
+    return abs(line.beta) / se > student_t.ppf(1.0 - level / 2.0, n - 2)
 
 
 def _fit_ratio(pts: list[tuple[float, float]]) -> Calibration:

@@ -41,6 +41,25 @@ def test_fit_keeps_the_ratio_when_a_line_only_fits_noise() -> None:
     assert cal.method == "line" and cal.beta == pytest.approx(3.0, abs=1.5)
 
 
+def test_fit_needs_a_significant_intercept() -> None:
+    """The teacher and 8 students of efficientnet_b0 on ONNX Runtime (the latency benchmark,
+    LUT sum vs measured ms). Leave-one-out slightly prefers the line (intercept -1.6 ms),
+    but the intercept is within 2 standard errors of zero; on 50 other students the ratio
+    predicted better (p90 8.0% against 10.1%). Three points get no leave-one-out at all:
+    only the t-test keeps their noise out of the intercept."""
+    b0_ort = [(16.37, 15.91), (12.08, 11.19), (18.21, 17.27), (10.71, 10.21), (17.5, 19.04),
+              (7.79, 7.19), (9.49, 8.75), (7.29, 6.3), (11.23, 10.44)]
+    three = [(10.0, 11.4), (15.0, 16.0), (20.0, 22.6)]
+    for pts in (b0_ort, three):
+        line = fit_calibration(pts, test_line=False)
+        assert line.method == "line" and line.beta != 0.0
+        cal = fit_calibration(pts)
+        assert cal.method == "ratio" and cal.beta == 0.0
+    # The same scatter plus a 5 ms overhead: an intercept of 3.4 ms is well beyond noise.
+    cal = fit_calibration([(x, y + 5.0) for x, y in b0_ort])
+    assert cal.method == "line" and cal.beta == pytest.approx(3.41, abs=0.01)
+
+
 def test_fit_ignores_bad_points_and_empty() -> None:
     assert fit_calibration([]) == Calibration()
     assert fit_calibration([(0.0, 1.0), (float("nan"), 2.0)]).method == "none"
