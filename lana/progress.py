@@ -20,10 +20,13 @@ console = Console(stderr=True)
 
 
 class _LineProgress:
-    """Progress for logs (stderr not a terminal): one line per task at every 25%."""
+    """Progress for logs (stderr not a terminal): one line per task at every 25%, and one
+    at least every ``every`` seconds in between (with an ETA), so that an hour-long stage
+    under nohup or torchrun shows it is alive."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = 60.0) -> None:
         self.tasks: dict[int, dict] = {}
+        self.every = every
 
     def __enter__(self) -> _LineProgress:
         return self
@@ -37,7 +40,8 @@ class _LineProgress:
                  **fields: object) -> int:
         tid = len(self.tasks)
         self.tasks[tid] = {"description": description, "total": total, "completed": completed,
-                           "next": 0.25, "info": fields.get("info", ""), "start": time.time()}
+                           "next": 0.25, "info": fields.get("info", ""), "start": time.time(),
+                           "last": time.time()}
         return tid
 
     def update(self, task: int, advance: float = 0, completed: float | None = None,
@@ -54,13 +58,17 @@ class _LineProgress:
                 while t["next"] <= frac + 1e-9:
                     t["next"] += 0.25
                 self._line(t, f"{frac:.0%}")
+            elif time.time() - t["last"] >= self.every and frac > 0:
+                elapsed = time.time() - t["start"]
+                self._line(t, f"{frac:.0%}, eta {elapsed * (1 - frac) / frac:.0f} s")
 
     def advance(self, task: int, advance: float = 1) -> None:
         self.update(task, advance=advance)
 
     @staticmethod
     def _line(t: dict, what: str) -> None:
-        elapsed = time.time() - t["start"]
+        t["last"] = time.time()
+        elapsed = t["last"] - t["start"]
         console.print(f"{t['description']}: {what} ({t['completed']:g}/{t['total']:g}) "
                       f"{t['info']} [{elapsed:.0f} s]", highlight=False)
 

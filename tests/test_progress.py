@@ -29,3 +29,23 @@ def test_solve_reports_each_solution() -> None:
     seen: list[int] = []
     res = solve(lib, ["latency_ms<=3.0"], k=3, overlap=0.5, on_solution=seen.append)
     assert seen == list(range(1, len(res.solutions) + 1)) and seen
+
+
+def test_line_progress_reports_a_long_stage_between_quarters(capsys, monkeypatch) -> None:
+    """A stage whose quarters are far apart still prints a line (with an ETA) once a minute,
+    and none more often."""
+    from rich.console import Console
+
+    monkeypatch.setattr(progress_mod, "console", Console(stderr=True, width=200))
+    now = [1000.0]
+    monkeypatch.setattr(progress_mod.time, "time", lambda: now[0])
+    with progress_mod._LineProgress() as bar:
+        task = bar.add_task("teacher", total=100, info="")
+        for _ in range(20):  # 20 steps of 10 s: 200 s, under a quarter
+            now[0] += 10.0
+            bar.advance(task)
+    lines = capsys.readouterr().err.strip().splitlines()
+    # at 60 s, 120 s and 180 s, then the exit line of an unfinished stage
+    assert [line.split(" (")[0] for line in lines] == [
+        "teacher: 6%, eta 940 s", "teacher: 12%, eta 880 s", "teacher: 18%, eta 820 s",
+        "teacher: stopped"]
