@@ -5,24 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from lana.select import budget_allowed_ms
+
 _out = Console()
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def checked_budget_ms(budget: dict, budget_ms: float, teacher_ms: float | None) -> float:
-    """The budget in ms that a student's "met" check used.
-
-    A speed-up budget is checked against the teacher timed in the same session as the
-    student, so its budget is that teacher's ms over the speed-up; ``budget_ms`` (the
-    search's target, from the teacher timed at profiling) can differ by the machine's drift
-    in between. A millisecond budget is ``budget_ms`` itself.
-    """
-    if budget.get("speedup") and teacher_ms is not None:
-        return teacher_ms / budget["speedup"]
-    return budget_ms
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
@@ -42,7 +31,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     for s in students:
         name = "student " + ", ".join(f"{v:g}x" if k == "speedup" else f"{v:g} ms"
                                       for k, v in s["budget"].items())
-        budget_ms = checked_budget_ms(s["budget"], s["budget_ms"],
+        budget_ms = budget_allowed_ms(s["budget"].get("speedup"), s["budget_ms"],
                                       s["teacher_latency_ms_measured"])
         # None: the LUT came from another machine, so nothing was measured here.
         t.add_row(name, _pct(s["accuracy"]), _num(s["latency_ms_measured"]),

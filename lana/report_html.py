@@ -29,7 +29,7 @@ from typing import Any
 
 from lana.errors import ArtifactError, LanaError
 from lana.io import atomic_write_bytes, read_json
-from lana.report import checked_budget_ms
+from lana.select import budget_allowed_ms
 
 REPORT_DIR = "report"
 HTML_NAME = "report.html"
@@ -248,8 +248,9 @@ def _overview(run: RunFiles) -> Section:
             rows.append([f"student {tag}", budget, _pct(exp["accuracy"]),
                          _pct(exp.get("accuracy_before_finetune")),
                          _ms(exp["latency_ms_measured"]), _ms(exp["latency_ms_predicted"]),
-                         f"{exp['speedup']:.2f}x", _ms(checked_budget_ms(
-                             exp["budget"], exp["budget_ms"], exp["teacher_latency_ms"])),
+                         f"{exp['speedup']:.2f}x", _ms(budget_allowed_ms(
+                             exp["budget"].get("speedup"), exp["budget_ms"],
+                             exp["teacher_latency_ms"])),
                          "yes" if exp["meets_budget"] else "NO"])
             continue
         chosen = search["chosen"]
@@ -258,7 +259,8 @@ def _overview(run: RunFiles) -> Section:
                      _pct(ft["accuracy_before"]) if ft else "-",
                      _ms(chosen["latency_ms_measured"]), _ms(chosen["latency_ms_predicted"]),
                      f"{teacher_ms / chosen['latency_ms_measured']:.2f}x",
-                     _ms(search["budget_ms"]), "yes" if chosen["meets_budget"] else "NO"])
+                     _ms(search["attempts"][-1]["allowed_ms"]),
+                     "yes" if chosen["meets_budget"] else "NO"])
         sec.notes.append(f"Student {tag} is not exported yet (`lana export {run.dir}`); its "
                          "latency is the search stage's measurement"
                          + ("" if ft else " and it is not fine-tuned yet") + ".")
