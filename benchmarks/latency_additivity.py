@@ -42,7 +42,13 @@ from lana.config import LatencyConfig
 from lana.decompose import decompose
 from lana.distill import build_candidate
 from lana.io import read_json, write_json
-from lana.latency import LatencyTable, Settings, measure_interleaved, reference_baseline
+from lana.latency import (
+    LatencyTable,
+    Settings,
+    e2e_kwargs,
+    measure_interleaved,
+    reference_baseline,
+)
 from lana.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
 from lana.select import fit_calibration
 from lana.space import fitting_candidates, resolve_space, space_specs
@@ -113,15 +119,14 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         nets = {name: assemble(chain, choices[name], lambda i, s: (
             chain.layers[i] if s == "teacher" else build_candidate(chain, i, s)))
             for name in group}
-        # As lana.profile.measure_models (3 interleaved rounds, 4x the per-op time cap),
-        # keeping the minimum as well as the median.
+        # As lana.profile.measure_models (lana.latency.e2e_kwargs), keeping the minimum
+        # as well as the median.
         # Normalised, in the LUT's units (its reference baseline), as measure_models.
         base = ({"baseline_ms": reference_baseline(lut, settings, warmup=cfg.warmup,
                                                    max_seconds=cfg.max_seconds)}
                 if args.normalize else {})
         res = measure_interleaved(nets, (cfg.batch_size, *shape), settings,
-                                  rounds=3, warmup=cfg.warmup, max_seconds=4 * cfg.max_seconds,
-                                  **base)
+                                  **e2e_kwargs(cfg.max_seconds, cfg.warmup), **base)
         cache["measured"].update({k: m.median_ms for k, m in res.items()})
         cache["measured_min"].update({k: m.min_ms for k, m in res.items()})
         cache.setdefault("load", []).append(os.getloadavg()[0])

@@ -498,7 +498,7 @@ class Table3:
             step.unlink()  # a new network joined: time all of them again, together
 
         def go() -> dict:
-            from lana.latency import measure_interleaved
+            from lana.latency import e2e_kwargs, measure_interleaved
             from lana.profile import settings_from
 
             models = {"teacher": self.run.teacher}
@@ -510,9 +510,8 @@ class Table3:
                 lat = self.cfg.latency.model_copy(update={"batch_size": batch})
                 settings = settings_from(lat)
                 res = measure_interleaved(models, (batch, *self.run.input_shape), settings,
-                                          rounds=3, description=f"latency b{batch}",
-                                          warmup=lat.warmup,
-                                          max_seconds=lat.max_seconds * 4)
+                                          description=f"latency b{batch}",
+                                          **e2e_kwargs(lat.max_seconds, lat.warmup))
                 out[f"b{batch}"] = {k: m.median_ms for k, m in res.items()}
                 out["settings"] = settings.to_dict()
             return out

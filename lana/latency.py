@@ -37,7 +37,12 @@ reference``: the latency the op would have at the machine speed of the LUT's bas
 (:func:`reference_baseline`, stored in the LUT). A slow phase slows both and cancels; on
 that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
 variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
-(``ref_ms``). Normalised entries have their own settings key (suffix ``|norm``). The
+(``ref_ms``). Whole networks timed together in interleaved rounds
+(:func:`measure_interleaved`) share one factor, from the reference timed as one more
+module of every round: scaling each by its own reference timing put that timing's noise
+into their ratios (a teacher/student speed-up varied by 6-8 % from call to call on that
+VM, against 2-4 % with the shared factor). Normalised entries have their own settings key
+(suffix ``|norm``). The
 reference evicts a runner small enough to live in the cache (a 0.3 ms network), whose
 next run would then be up to 30 % slower: such a runner runs once untimed after every
 reference run (:data:`COLD_RERUN_FACTOR`). :class:`Settings` itself defaults to a raw
@@ -484,6 +489,9 @@ def measure(
                                rel_ci=rel_ci, baseline_ms=baseline_ms)["module"]
 
 
+_REFERENCE_NAME = object()  # the reference's key among the timed runners (never a name)
+
+
 def measure_interleaved(
     modules: dict[str, nn.Module],
     input_shape: tuple[int, ...],
@@ -499,13 +507,21 @@ def measure_interleaved(
     Every module is prepared once (one ONNX export each), then timed once per round in
     turn, so a machine that speeds up or slows down during the measurement affects all of
     them alike and their ratios stay fair. The reported median is the median of the
-    per-round medians; the other statistics come from the last round. With a
-    ``description``, a progress bar of that name follows the exports and the rounds.
+    per-round medians, ``min_ms`` the fastest run of all rounds and ``count`` their
+    number; the other statistics come from the last round. The first round
+    warms every module up with ``warmup`` runs, later rounds with one run (the caches the
+    other modules evicted). With a ``description``, a progress bar of that name follows
+    the exports and the rounds. Many short rounds compare better than a few long ones:
+    see :data:`E2E_ROUNDS`.
 
     With ``settings.normalize`` every timing is scaled by ``baseline_ms`` over the
-    reference op's median timed alongside it (module docstring, "Normalisation"); without
-    a ``baseline_ms`` the reference is timed here first (median of 3 sessions), which
-    keeps this call's results comparable with each other but not with a LUT's.
+    reference op's median (module docstring, "Normalisation"). With one round the
+    reference runs between the module's runs; with several it is timed as one more module
+    of every round, so the networks run back to back as deployed, and its median over the
+    rounds gives one factor for every module: the ratios between the modules are those of
+    their raw timings, and the reference's own noise does not enter them. Without a
+    ``baseline_ms`` the reference is timed here first (median of 3 sessions), which keeps
+    this call's results comparable with each other but not with a LUT's.
     """
     shape = tuple(int(s) for s in input_shape)
     if not shape or shape[0] != settings.batch_size:
@@ -539,21 +555,57 @@ def measure_interleaved(
         ref = _reference_runner(backend, settings) if settings.normalize else None
         if ref is not None and baseline_ms is None:
             baseline_ms = reference_ms(settings, **measure_kwargs)
-        raw: dict[str, list[float]] = {name: [] for name in modules}
+        refs: list[float] = []
+        mins: dict[str, list[float]] = {name: [] for name in modules}
+        counts = dict.fromkeys(modules, 0)
+        warmup = measure_kwargs.pop("warmup", 10)
+        # One round: the reference runs between the module's runs. Several: it is one more
+        # module of every round, and the modules run back to back as they do deployed.
+        beside = ref if rounds <= 1 else None
+        timed = dict(runners) if ref is None or beside is not None else {
+            **runners, _REFERENCE_NAME: ref}
         with torch.inference_mode():
-            for _ in range(max(1, rounds)):
-                for name, runner in runners.items():
-                    m = time_runner(runner, reference=ref, **measure_kwargs)
-                    raw[name].append(m.median_ms)
-                    if ref is not None:
-                        m = m.scaled(baseline_ms / m.ref_ms)
+            for n in range(max(1, rounds)):
+                for name, runner in timed.items():
+                    m = time_runner(runner, reference=beside,
+                                    warmup=warmup if n == 0 else min(warmup, 1),
+                                    **measure_kwargs)
+                    if name == _REFERENCE_NAME:
+                        refs.append(m.median_ms)
+                        continue
+                    if m.ref_ms is not None:
+                        refs.append(m.ref_ms)
                     last[name] = m
                     medians[name].append(m.median_ms)
+                    mins[name].append(m.min_ms)
+                    counts[name] += m.count
                     step()
-    return {name: dataclasses.replace(
-        last[name], median_ms=float(np.median(medians[name])),
-        raw_median_ms=float(np.median(raw[name])) if ref is not None else None)
-        for name in modules}
+    out = {name: dataclasses.replace(last[name], median_ms=float(np.median(medians[name])),
+                                     min_ms=min(mins[name]), count=counts[name])
+           for name in modules}
+    if ref is None:
+        return out
+    pooled = float(np.median(refs))
+    return {name: dataclasses.replace(m.scaled(baseline_ms / pooled), ref_ms=pooled,
+                                      raw_median_ms=m.median_ms) for name, m in out.items()}
+
+
+#: Whole networks (students against their teacher) are timed in this many interleaved
+#: rounds. A shared machine's slow phases last seconds, about as long as a long round, so
+#: many short rounds compare better: on the 2-core reference VM the teacher/student ratio
+#: of sub-ms networks, timed 5 times, varied by 1.3-1.9 % (relative std) in 24 rounds of
+#: 50 ms against 8.5-21 % in 3 rounds of 400 ms, in the same total time.
+E2E_ROUNDS = 24
+
+
+def e2e_kwargs(max_seconds: float, warmup: int, rounds: int = E2E_ROUNDS) -> dict[str, Any]:
+    """Keyword arguments of :func:`measure_interleaved` for whole networks: ``rounds``
+    rounds sharing ``12 * max_seconds`` per network (``max_seconds``: the per-op time cap
+    of the LUT, ``latency.max_seconds``), at least 3 runs each."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    return {"rounds": rounds, "warmup": warmup, "max_seconds": 12.0 * max_seconds / rounds,
+            "min_repeats": 3}
 
 
 def _reference_runner(backend: Backend, settings: Settings) -> Runner:

@@ -23,10 +23,12 @@ from lana.dist import maybe_kill
 from lana.errors import ArtifactError, ConfigError
 from lana.io import atomic_write_bytes, read_json, write_json
 from lana.latency import (
+    E2E_ROUNDS,
     DriftMonitor,
     LatencyTable,
     Settings,
     device_fingerprint,
+    e2e_kwargs,
     export_onnx,
     get_backend,
     measure,
@@ -432,21 +434,21 @@ def static_costs(chain: Chain, candidates: list[list[str]], build,
 
 
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],
-                   cfg: LatencyConfig, rounds: int = 3,
+                   cfg: LatencyConfig, rounds: int = E2E_ROUNDS,
                    lut: LatencyTable | None = None) -> dict[str, float]:
-    """End-to-end median ms of each model, measured in interleaved rounds (fair ratios).
+    """End-to-end median ms of each model, measured in interleaved rounds (fair ratios;
+    :func:`lana.latency.e2e_kwargs`).
 
     With ``latency.normalize``, pass the run's ``lut``: the timings are then scaled to its
     reference baseline, the units its entries are in, so that a student's measured
     latency is comparable with the LUT's prediction and a budget in ms.
     """
     settings = settings_from(cfg)
-    kw = _measure_kwargs(cfg, scale=4.0)
+    kw = e2e_kwargs(cfg.max_seconds, cfg.warmup, rounds)
     if settings.normalize and lut is not None:
         kw["baseline_ms"] = reference_baseline(lut, settings, **_measure_kwargs(cfg))
     # A bar only for the K students of a search: a teacher/student pair is over quickly.
     res = measure_interleaved(models, (cfg.batch_size, *input_shape), settings,
-                              rounds=rounds, description=("measure end to end"
-                                                          if len(models) > 2 else None),
-                              **kw)
+                              description=("measure end to end" if len(models) > 2
+                                           else None), **kw)
     return {name: m.median_ms for name, m in res.items()}

@@ -3,6 +3,7 @@ measurement cancels a machine that slows down and speeds up, on a fake clock."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,65 @@ def test_a_runner_much_slower_than_the_reference_gets_no_extra_runs(phased) -> N
     # every timed run follows a reference run: the 1 % is in every sample alike
     assert res.median_ms == pytest.approx(8.08)
     assert m.runs["op"] == 2 + res.count
+
+
+class NoisyReference:
+    """A fake machine on which the networks always cost their ``fake_ms`` but every run of
+    the reference op costs REF_MS times a seeded random factor in [0.7, 1.5]."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.rng = random.Random(0)
+        self.runs: dict[str, int] = {}
+
+    def __call__(self) -> int:
+        return self.now
+
+    def backend(self):
+        def prepare(module: nn.Module, example: torch.Tensor):
+            is_ref = isinstance(module, nn.Sequential)
+            name = "ref" if is_ref else str(module.fake_ms)
+
+            def run() -> None:
+                self.runs[name] = self.runs.get(name, 0) + 1
+                ms = REF_MS * self.rng.uniform(0.7, 1.5) if is_ref else module.fake_ms
+                self.now += int(ms * 1e6)
+
+            return run
+
+        return fake_backend(prepare)
+
+
+def test_networks_timed_together_share_one_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference's own noise must not enter the ratio of two networks timed in the same
+    rounds (a speed-up is checked on that ratio), as it did when each network was scaled
+    by the reference timed between its own runs."""
+    m = NoisyReference()
+    monkeypatch.setattr(L, "_clock", m)
+    monkeypatch.setitem(BACKENDS, "fake", m.backend())
+    s = L.Settings(backend="fake", normalize=True)
+    res = L.measure_interleaved({"teacher": _op(3.0), "student": _op(1.5)}, (1, 4, 8, 8), s,
+                                baseline_ms=REF_MS, **L.e2e_kwargs(0.05, warmup=2, rounds=6))
+    t, st = res["teacher"], res["student"]
+    assert t.median_ms / st.median_ms == pytest.approx(2.0)
+    assert t.raw_median_ms == pytest.approx(3.0) and st.raw_median_ms == pytest.approx(1.5)
+    assert t.ref_ms == st.ref_ms and 0.7 <= t.ref_ms <= 1.5  # one pooled factor
+    assert t.median_ms == pytest.approx(3.0 * REF_MS / t.ref_ms)
+
+
+def test_rounds_warm_up_once_and_split_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm-up runs are the first round's; later rounds run each network once untimed (to
+    refill the caches the others evicted). The rounds share 12x the per-op time cap."""
+    m = NoisyReference()
+    monkeypatch.setattr(L, "_clock", m)
+    monkeypatch.setitem(BACKENDS, "fake", m.backend())
+    res = L.measure_interleaved({"a": _op(2.0), "b": _op(5.0)}, (1, 4, 8, 8),
+                                L.Settings(backend="fake"), rounds=4, warmup=5,
+                                min_repeats=3, max_repeats=3)
+    assert m.runs == {"2.0": 5 + 3 + 3 * (1 + 3), "5.0": 5 + 3 + 3 * (1 + 3)}
+    assert res["a"].count == 4 * 3 and res["a"].min_ms == pytest.approx(2.0)
+    kw = L.e2e_kwargs(0.1, warmup=7)
+    assert kw["rounds"] == L.E2E_ROUNDS and kw["warmup"] == 7
+    assert kw["rounds"] * kw["max_seconds"] == pytest.approx(1.2)
+    with pytest.raises(L.ConfigError, match="rounds"):
+        L.e2e_kwargs(0.1, warmup=1, rounds=0)
