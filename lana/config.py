@@ -165,6 +165,10 @@ class SearchConfig(_Section):
     margin: float = Field(0.03, ge=0, lt=0.5, description="a student must measure this "
                           "fraction under the budget to be selected, so that measurement "
                           "noise does not push the exported student over it")
+    confirm: int = Field(3, ge=1, description="separate timings (each in fresh sessions, "
+                         "the teacher alongside) whose median decides whether a student "
+                         "meets the budget: the chosen student's in the search, and the "
+                         "final check's at export")
 
 
 class FinetuneConfig(_Section):

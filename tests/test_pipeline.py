@@ -67,6 +67,14 @@ def test_summary_has_documented_fields(pipeline_run) -> None:
     # the ILP keeps the calibrated LUT prediction within the budget
     assert 0 < student["latency_ms_predicted"] <= student["budget_ms"] * 1.0001
     assert student["latency_ms_measured"] > 0
+    # the check is the median of search.confirm separate timings, each with the teacher
+    timings = student["timings_ms"]
+    assert len(timings) == 3
+    assert student["latency_ms_measured"] == pytest.approx(
+        sorted(t["student"] for t in timings)[1])
+    assert student["speedup"] == pytest.approx(
+        sorted(t["teacher"] / t["student"] for t in timings)[1])
+    assert student["meets_budget"] == (student["speedup"] >= 1.5)
     assert 0.0 <= student["accuracy"] <= 1.0
     assert 0.0 <= student["accuracy_before_finetune"] <= 1.0
     candidates = [layer["ops"] for layer in read_json(run_dir / "candidates.json")["layers"]]

@@ -11,7 +11,7 @@ import pytest
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.search import Library
-from lana.select import select
+from lana.select import pool_timings, select
 
 # 4 layers; per layer: teacher (slow, score 0), a mid op, identity-like fast op.
 LIB = Library.from_dict({"layers": [
@@ -100,3 +100,56 @@ def test_unreachable_in_practice_keeps_fastest_and_reports_it():
     assert not res["chosen"]["meets_budget"]
     fastest = min(r["latency_ms_measured"] for a in res["attempts"] for r in a["students"])
     assert res["chosen"]["latency_ms_measured"] == fastest
+
+
+def test_pool_timings_takes_medians_of_separate_timings():
+    timings = [{"teacher": 4.0, "s": 2.0}, {"teacher": 6.0, "s": 2.5}, {"teacher": 5.0, "s": 3.0}]
+    ms = pool_timings(timings, "s", None, 2.5)
+    assert ms["latency_ms"] == 2.5 and ms["teacher_ms"] == 5.0
+    assert ms["fraction"] == pytest.approx(1.0)  # 2.0, 2.5, 3.0 ms over 2.5 ms
+    assert ms["speedup"] == pytest.approx(2.0)  # 2.0, 2.4, 1.667
+    # a speed-up budget: each timing against the teacher timed alongside (2, 3, 2.5 ms)
+    x = pool_timings(timings, "s", 2.0, 99.0)
+    assert x["fraction"] == pytest.approx(1.0)  # 1.0, 0.833, 1.2
+    with pytest.raises(ValueError):
+        pool_timings([], "s", None, 1.0)
+
+
+class LuckyFirstTiming:
+    """A device on which a network's first timing is its LUT sum and every later one 25 %
+    slower: the timing of all K students flatters them, as picking the best of K noisy
+    timings does on a real machine."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, ...]] = set()
+        self.calls: list[list[str]] = []
+
+    def __call__(self, students: dict) -> dict:
+        self.calls.append(sorted(students))
+        out = {"teacher": 5.0}
+        for name, specs in students.items():
+            slow = 1.25 if tuple(specs) in self.seen else 1.0
+            self.seen.add(tuple(specs))
+            out[name] = slow * (1.0 + sum(LUT[s] for s in specs))
+        return out
+
+
+def test_the_chosen_student_is_confirmed_by_more_timings():
+    device = LuckyFirstTiming()
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=2), build=list,
+                 measure=device, evaluate=evaluate)
+    first = res["attempts"][0]["students"]
+    best = min(first, key=lambda r: r["val_loss"])
+    # it met the budget in the timing of all K, then failed the median of 3 timings
+    assert len(best["timings_ms"]) == 3 and not best["meets_budget"]
+    assert best["latency_ms_measured"] == pytest.approx(
+        1.25 * best["timings_ms"][0]["student"])
+    assert device.calls[1] == [device.calls[0][first.index(best)]]  # timed alone
+    chosen = res["chosen"]
+    assert chosen["meets_budget"] and len(chosen["timings_ms"]) == 3
+    assert chosen["latency_ms_measured"] <= 3.0
+    # with a single timing the flattered student would have been kept
+    once = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=2, confirm=1),
+                  build=list, measure=LuckyFirstTiming(), evaluate=evaluate)
+    assert once["resolves"] == 0 and "timings_ms" not in once["chosen"]
+    assert 1.25 * once["chosen"]["latency_ms_measured"] > 3.0
