@@ -38,10 +38,12 @@ reference``: the latency the op would have at the machine speed of the LUT's bas
 that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
 variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
 (``ref_ms``). Whole networks timed together in interleaved rounds
-(:func:`measure_interleaved`) share one factor, from the reference timed as one more
-module of every round: scaling each by its own reference timing put that timing's noise
-into their ratios (a teacher/student speed-up varied by 6-8 % from call to call on that
-VM, against 2-4 % with the shared factor). Normalised entries have their own settings key
+(:func:`measure_interleaved`) share one factor, the reference's median over the whole
+call, so that the reference's own noise does not enter their ratios (a speed-up is
+checked on such a ratio). Timing the reference as one more module of every round
+instead, with the networks back to back, was tried: at 224 px it made a network's
+timing vary more from call to call (2-10 % against 0.3-4 %) and put it in other units
+than the LUT's entries (about 15 % slower). Normalised entries have their own settings key
 (suffix ``|norm``). The
 reference evicts a runner small enough to live in the cache (a 0.3 ms network), whose
 next run would then be up to 30 % slower: such a runner runs once untimed after every
@@ -489,9 +491,6 @@ def measure(
                                rel_ci=rel_ci, baseline_ms=baseline_ms)["module"]
 
 
-_REFERENCE_NAME = object()  # the reference's key among the timed runners (never a name)
-
-
 def measure_interleaved(
     modules: dict[str, nn.Module],
     input_shape: tuple[int, ...],
@@ -515,10 +514,9 @@ def measure_interleaved(
     see :data:`E2E_ROUNDS`.
 
     With ``settings.normalize`` every timing is scaled by ``baseline_ms`` over the
-    reference op's median (module docstring, "Normalisation"). With one round the
-    reference runs between the module's runs; with several it is timed as one more module
-    of every round, so the networks run back to back as deployed, and its median over the
-    rounds gives one factor for every module: the ratios between the modules are those of
+    reference op's median (module docstring, "Normalisation"). The reference runs between
+    the runs of every module, as it does for a LUT entry, and its median over the whole
+    call gives one factor for every module: the ratios between the modules are those of
     their raw timings, and the reference's own noise does not enter them. Without a
     ``baseline_ms`` the reference is timed here first (median of 3 sessions), which keeps
     this call's results comparable with each other but not with a LUT's.
@@ -559,20 +557,12 @@ def measure_interleaved(
         mins: dict[str, list[float]] = {name: [] for name in modules}
         counts = dict.fromkeys(modules, 0)
         warmup = measure_kwargs.pop("warmup", 10)
-        # One round: the reference runs between the module's runs. Several: it is one more
-        # module of every round, and the modules run back to back as they do deployed.
-        beside = ref if rounds <= 1 else None
-        timed = dict(runners) if ref is None or beside is not None else {
-            **runners, _REFERENCE_NAME: ref}
         with torch.inference_mode():
             for n in range(max(1, rounds)):
-                for name, runner in timed.items():
-                    m = time_runner(runner, reference=beside,
+                for name, runner in runners.items():
+                    m = time_runner(runner, reference=ref,
                                     warmup=warmup if n == 0 else min(warmup, 1),
                                     **measure_kwargs)
-                    if name == _REFERENCE_NAME:
-                        refs.append(m.median_ms)
-                        continue
                     if m.ref_ms is not None:
                         refs.append(m.ref_ms)
                     last[name] = m
@@ -592,9 +582,11 @@ def measure_interleaved(
 
 #: Whole networks (students against their teacher) are timed in this many interleaved
 #: rounds. A shared machine's slow phases last seconds, about as long as a long round, so
-#: many short rounds compare better: on the 2-core reference VM the teacher/student ratio
-#: of sub-ms networks, timed 5 times, varied by 1.3-1.9 % (relative std) in 24 rounds of
-#: 50 ms against 8.5-21 % in 3 rounds of 400 ms, in the same total time.
+#: many short rounds follow them better: on the 2-core reference VM, efficientnet_b0 and
+#: 8 students at 224 px (ONNX Runtime, timed 3 times side by side) varied by 0.3-4.1 %
+#: (relative std per network) in 24 rounds against 2.6-7.8 % in 3 rounds of 8x the time
+#: each. Sub-ms networks (the demo's) varied by 6-20 % either way at a noisy hour, which is
+#: why a budget is decided by the median of several timings (``search.confirm``).
 E2E_ROUNDS = 24
 
 

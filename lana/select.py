@@ -246,9 +246,10 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         # The best student that met the budget in the timing of all K is timed again
         # (cfg.confirm timings in all): picking the best of K noisy timings favours one
         # that was timed fast by luck. A student the median fails gives way to the next.
-        for r in sorted((r for r in rows if r["meets_budget"]), key=lambda r: r["val_loss"]):
+        for n in sorted((n for n, r in enumerate(rows) if r["meets_budget"]),
+                        key=lambda n: rows[n]["val_loss"]):
+            r, name = rows[n], f"s{n}"
             if measure is not None and cfg.confirm > 1:
-                name = f"s{rows.index(r)}"
                 timings = [measured, *(measure({name: students[name]})
                                        for _ in range(cfg.confirm - 1))]
                 pooled = pool_timings(timings, name, budget.speedup, target_ms)
