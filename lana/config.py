@@ -168,7 +168,8 @@ class SearchConfig(_Section):
     confirm: int = Field(3, ge=1, description="separate timings (each in fresh sessions, "
                          "the teacher alongside) whose median decides whether a student "
                          "meets the budget: the chosen student's in the search, and the "
-                         "final check's at export")
+                         "final check's at export; up to 2 x confirm + 1 while the median "
+                         "is within half the timings' spread of the budget")
 
 
 class FinetuneConfig(_Section):

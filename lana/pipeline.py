@@ -522,7 +522,7 @@ class Run:
 
     def _export(self, budget: BudgetConfig, ft: dict) -> dict:
         from lana.profile import measure_models
-        from lana.select import pool_timings
+        from lana.select import time_until_decided
         from lana.student import arch_dict, assemble, save_student
 
         sdir = self.student_dir(budget)
@@ -554,11 +554,11 @@ class Run:
                     "files": {k: str(Path("model") / v) for k, v in files.items()}}
         # A speed-up budget is checked against the teacher timed alongside, so a machine
         # that got slower since profiling fails no student unfairly; the median of
-        # separate timings decides, as in the search (lana.select.pool_timings).
-        timings = [measure_models({"teacher": self.teacher, "student": student},
-                                  self.input_shape, self.config.latency, lut=self.lut())
-                   for _ in range(self.config.search.confirm)]
-        pooled = pool_timings(timings, "student", budget.speedup, target)
+        # separate timings decides, as in the search (lana.select.time_until_decided).
+        timings, pooled = time_until_decided(
+            lambda: measure_models({"teacher": self.teacher, "student": student},
+                                   self.input_shape, self.config.latency, lut=self.lut()),
+            "student", budget.speedup, target, 1.0, self.config.search.confirm)
         return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
                 "latency_ms_predicted": chosen["latency_ms_predicted"],
                 "latency_ms_measured": pooled["latency_ms"],

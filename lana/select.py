@@ -87,6 +87,30 @@ def pool_timings(timings: Sequence[dict[str, float]], name: str, speedup: float 
                 for t in timings)}
 
 
+def time_until_decided(time_once: Callable[[], dict[str, float]], name: str,
+                       speedup: float | None, target_ms: float, threshold: float,
+                       confirm: int, first: dict[str, float] | None = None
+                       ) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Time the student ``name`` (``time_once()``: one timing with the teacher alongside)
+    ``confirm`` times in all, counting ``first``, and more while the verdict is in doubt:
+    while the median ``fraction`` (:func:`pool_timings`) is within half the spread of the
+    timings' fractions of ``threshold``, up to ``2 * confirm + 1`` timings. A clear case
+    costs ``confirm`` timings; a noisy, borderline one gets the timings it needs.
+    Returns the timings and their pooled values.
+    """
+    timings = [first] if first is not None else []
+    while True:
+        if len(timings) >= confirm:
+            pooled = pool_timings(timings, name, speedup, target_ms)
+            fractions = [t[name] / budget_allowed_ms(speedup, target_ms, t["teacher"])
+                         for t in timings]
+            spread = max(fractions) - min(fractions)
+            if (len(timings) >= 2 * confirm + 1
+                    or abs(pooled["fraction"] - threshold) > spread / 2):
+                return timings, pooled
+        timings.append(time_once())
+
+
 def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15,
                     test_line: bool = True, level: float = 0.05) -> Calibration:
     """Fit measured ~ alpha * lut + beta to ``(lut_ms, measured_ms)`` pairs.
@@ -250,9 +274,9 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
                         key=lambda n: rows[n]["val_loss"]):
             r, name = rows[n], f"s{n}"
             if measure is not None and cfg.confirm > 1:
-                timings = [measured, *(measure({name: students[name]})
-                                       for _ in range(cfg.confirm - 1))]
-                pooled = pool_timings(timings, name, budget.speedup, target_ms)
+                timings, pooled = time_until_decided(
+                    lambda one={name: students[name]}: measure(one), name, budget.speedup,
+                    target_ms, 1 - cfg.margin, cfg.confirm, first=measured)
                 r["timings_ms"] = [{"teacher": t["teacher"], "student": t[name]}
                                    for t in timings]
                 r["latency_ms_measured"] = pooled["latency_ms"]

@@ -11,7 +11,7 @@ import pytest
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.search import Library
-from lana.select import pool_timings, select
+from lana.select import pool_timings, select, time_until_decided
 
 # 4 layers; per layer: teacher (slow, score 0), a mid op, identity-like fast op.
 LIB = Library.from_dict({"layers": [
@@ -153,3 +153,24 @@ def test_the_chosen_student_is_confirmed_by_more_timings():
                   build=list, measure=LuckyFirstTiming(), evaluate=evaluate)
     assert once["resolves"] == 0 and "timings_ms" not in once["chosen"]
     assert 1.25 * once["chosen"]["latency_ms_measured"] > 3.0
+
+
+def test_a_borderline_noisy_verdict_gets_more_timings():
+    """A clear case costs ``confirm`` timings; one whose median sits within the timings'
+    spread of the budget is timed again, up to 2 x confirm + 1 timings."""
+    def timer(values):
+        it = iter(values)
+        return lambda: {"teacher": 10.0, "s": next(it)}
+
+    # clear: 4.0-4.2 ms against 5 ms (speed-up 2): three timings
+    timings, pooled = time_until_decided(timer([4.0, 4.2, 4.1]), "s", 2.0, 5.0, 1.0, 3)
+    assert len(timings) == 3 and pooled["fraction"] == pytest.approx(0.82)
+    # borderline: 4.6-5.4 ms around 5 ms; the median settles within the spread, so the
+    # timing goes on to the cap
+    noisy = [4.6, 5.4, 4.9, 5.3, 4.7, 5.2, 4.8, 99.0]
+    timings, pooled = time_until_decided(timer(noisy), "s", 2.0, 5.0, 1.0, 3)
+    assert len(timings) == 7 and pooled["latency_ms"] == pytest.approx(4.9)
+    # a first timing that is given counts: 2 more make 3
+    timings, _ = time_until_decided(timer([4.0, 4.1]), "s", None, 5.0, 0.97, 3,
+                                    first={"teacher": 10.0, "s": 4.2})
+    assert [t["s"] for t in timings] == [4.2, 4.0, 4.1]
