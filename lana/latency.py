@@ -41,9 +41,10 @@ variation). Entries keep the raw median (``raw_median_ms``) and the reference's 
 (:func:`measure_interleaved`) share one factor, the reference's median over the whole
 call, so that the reference's own noise does not enter their ratios (a speed-up is
 checked on such a ratio). Timing the reference as one more module of every round
-instead, with the networks back to back, was tried: at 224 px it made a network's
-timing vary more from call to call (2-10 % against 0.3-4 %) and put it in other units
-than the LUT's entries (about 15 % slower). Normalised entries have their own settings key
+instead, with the networks back to back, was tried side by side (efficientnet_b0 and 8
+students at 224 px, 3 calls each): a network's timing varied more from call to call
+(relative std 2.2-9.6 % against 0.3-4.1 %) and came out in other units than the LUT's
+entries (the teacher 15 % slower). Normalised entries have their own settings key
 (suffix ``|norm``). The
 reference evicts a runner small enough to live in the cache (a 0.3 ms network), whose
 next run would then be up to 30 % slower: such a runner runs once untimed after every
@@ -583,10 +584,12 @@ def measure_interleaved(
 #: Whole networks (students against their teacher) are timed in this many interleaved
 #: rounds. A shared machine's slow phases last seconds, about as long as a long round, so
 #: many short rounds follow them better: on the 2-core reference VM, efficientnet_b0 and
-#: 8 students at 224 px (ONNX Runtime, timed 3 times side by side) varied by 0.3-4.1 %
-#: (relative std per network) in 24 rounds against 2.6-7.8 % in 3 rounds of 8x the time
-#: each. Sub-ms networks (the demo's) varied by 6-20 % either way at a noisy hour, which is
-#: why a budget is decided by the median of several timings (``search.confirm``).
+#: 8 students at 224 px (ONNX Runtime, benchmarks/e2e_timing.py) varied from call to call
+#: by 2.5 % / 4.9 % (median / max relative std per network) in 24 rounds against
+#: 2.9 % / 7.3 % in 3 rounds of 8x the time each, a student's speed-up by 2.2 % / 6.4 %
+#: against 3.0 % / 10.3 %. Sub-ms networks (the demo's) varied by 6-20 % either way at a
+#: noisy hour, which is why a budget is decided by the median of several timings
+#: (``search.confirm``).
 E2E_ROUNDS = 24
 
 
