@@ -555,9 +555,10 @@ class Run:
         # A speed-up budget is checked against the teacher timed alongside, so a machine
         # that got slower since profiling fails no student unfairly; the median of
         # separate timings decides, as in the search (lana.select.time_until_decided).
+        lut = self.lut()  # read once: every timing is scaled to its reference baseline
         timings, pooled = time_until_decided(
             lambda: measure_models({"teacher": self.teacher, "student": student},
-                                   self.input_shape, self.config.latency, lut=self.lut()),
+                                   self.input_shape, self.config.latency, lut=lut),
             "student", budget.speedup, target, 1.0, self.config.search.confirm)
         return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
                 "latency_ms_predicted": chosen["latency_ms_predicted"],

@@ -82,9 +82,13 @@ def pool_timings(timings: Sequence[dict[str, float]], name: str, speedup: float 
     return {"latency_ms": statistics.median(t[name] for t in timings),
             "teacher_ms": statistics.median(t["teacher"] for t in timings),
             "speedup": statistics.median(t["teacher"] / t[name] for t in timings),
-            "fraction": statistics.median(
-                t[name] / budget_allowed_ms(speedup, target_ms, t["teacher"])
-                for t in timings)}
+            "fraction": statistics.median(_fractions(timings, name, speedup, target_ms))}
+
+
+def _fractions(timings: Sequence[dict[str, float]], name: str, speedup: float | None,
+               target_ms: float) -> list[float]:
+    """Per timing: the student's ms over the budget allowed in that timing."""
+    return [t[name] / budget_allowed_ms(speedup, target_ms, t["teacher"]) for t in timings]
 
 
 def time_until_decided(time_once: Callable[[], dict[str, float]], name: str,
@@ -102,8 +106,7 @@ def time_until_decided(time_once: Callable[[], dict[str, float]], name: str,
     while True:
         if len(timings) >= confirm:
             pooled = pool_timings(timings, name, speedup, target_ms)
-            fractions = [t[name] / budget_allowed_ms(speedup, target_ms, t["teacher"])
-                         for t in timings]
+            fractions = _fractions(timings, name, speedup, target_ms)
             spread = max(fractions) - min(fractions)
             if (len(timings) >= 2 * confirm + 1
                     or abs(pooled["fraction"] - threshold) > spread / 2):
@@ -353,6 +356,7 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
 
     val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
     fixed = lib.get("fixed_cost", {})
+    lut = run.lut()  # read once, not at every timing of the search
     extra = []
     for text in run.config.search.extra_budgets:
         b = Budget.parse(text)  # whole network -> the layers' share
@@ -363,7 +367,7 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
         build=lambda specs: assemble(run.chain, specs, run._load),
         measure=None if run.profile().get("remote") else
         lambda students: measure_models({"teacher": run.teacher, **students},
-                                        run.input_shape, run.config.latency, lut=run.lut()),
+                                        run.input_shape, run.config.latency, lut=lut),
         evaluate=lambda student: evaluate(student, val, batch_stats=True, device=run.device),
         extra_budgets=extra,
     )
