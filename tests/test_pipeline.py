@@ -67,13 +67,17 @@ def test_summary_has_documented_fields(pipeline_run) -> None:
     # the ILP keeps the calibrated LUT prediction within the budget
     assert 0 < student["latency_ms_predicted"] <= student["budget_ms"] * 1.0001
     assert student["latency_ms_measured"] > 0
-    # the check is the median of search.confirm separate timings, each with the teacher
+    # the check is the median of search.confirm (or up to 2 x confirm + 1 where the
+    # verdict is in doubt) separate timings, each with the teacher; every number comes
+    # from the median one, so they agree with each other
     timings = student["timings_ms"]
-    assert len(timings) == 3
-    assert student["latency_ms_measured"] == pytest.approx(
-        sorted(t["student"] for t in timings)[1])
+    assert 3 <= len(timings) <= 7
+    ratios = sorted(t["teacher"] / t["student"] for t in timings)
+    assert student["speedup"] == pytest.approx(ratios[(len(ratios) - 1) // 2])
     assert student["speedup"] == pytest.approx(
-        sorted(t["teacher"] / t["student"] for t in timings)[1])
+        student["teacher_latency_ms_measured"] / student["latency_ms_measured"])
+    assert {"teacher": student["teacher_latency_ms_measured"],
+            "student": student["latency_ms_measured"]} in timings
     assert student["meets_budget"] == (student["speedup"] >= 1.5)
     assert 0.0 <= student["accuracy"] <= 1.0
     assert 0.0 <= student["accuracy_before_finetune"] <= 1.0

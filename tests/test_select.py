@@ -102,17 +102,35 @@ def test_unreachable_in_practice_keeps_fastest_and_reports_it():
     assert res["chosen"]["latency_ms_measured"] == fastest
 
 
-def test_pool_timings_takes_medians_of_separate_timings():
+def test_pool_timings_reports_the_median_timing():
     timings = [{"teacher": 4.0, "s": 2.0}, {"teacher": 6.0, "s": 2.5}, {"teacher": 5.0, "s": 3.0}]
+    # a ms budget: fractions 0.8, 1.0, 1.2; the middle timing gives every number
     ms = pool_timings(timings, "s", None, 2.5)
-    assert ms["latency_ms"] == 2.5 and ms["teacher_ms"] == 5.0
-    assert ms["fraction"] == pytest.approx(1.0)  # 2.0, 2.5, 3.0 ms over 2.5 ms
-    assert ms["speedup"] == pytest.approx(2.0)  # 2.0, 2.4, 1.667
-    # a speed-up budget: each timing against the teacher timed alongside (2, 3, 2.5 ms)
+    assert ms["timing"] == 1 and ms["fraction"] == pytest.approx(1.0)
+    assert (ms["latency_ms"], ms["teacher_ms"]) == (2.5, 6.0)
+    assert ms["speedup"] == pytest.approx(2.4)
+    # a speed-up budget: each timing against the teacher timed alongside (2, 3, 2.5 ms
+    # allowed), fractions 1.0, 0.833, 1.2
     x = pool_timings(timings, "s", 2.0, 99.0)
-    assert x["fraction"] == pytest.approx(1.0)  # 1.0, 0.833, 1.2
+    assert x["timing"] == 0 and x["fraction"] == pytest.approx(1.0)
+    assert (x["latency_ms"], x["teacher_ms"], x["speedup"]) == (2.0, 4.0, 2.0)
     with pytest.raises(ValueError):
         pool_timings([], "s", None, 1.0)
+
+
+def test_pooled_numbers_agree_with_each_other_and_the_verdict():
+    """Teacher and student drift together from one timing to the next: medians of each
+    taken apart (here 6 and 2.5 ms, 2.4x) imply a speed-up that no timing measured."""
+    timings = [{"teacher": 4.0, "s": 2.5}, {"teacher": 6.0, "s": 3.3},
+               {"teacher": 8.0, "s": 2.0}]
+    p = pool_timings(timings, "s", 2.0, 99.0)
+    assert p["teacher_ms"] / p["latency_ms"] == pytest.approx(p["speedup"])
+    assert p["speedup"] == pytest.approx(6.0 / 3.3)  # the median of 1.6, 1.82, 4.0
+    assert p["fraction"] == pytest.approx(2.0 / p["speedup"])
+    # an even number of timings: the slower of the two middle ones decides
+    even = timings + [{"teacher": 5.0, "s": 2.0}]  # speed-ups 1.6, 1.82, 4.0, 2.5
+    q = pool_timings(even, "s", 2.0, 99.0)
+    assert q["speedup"] == pytest.approx(6.0 / 3.3) and q["timing"] == 1
 
 
 class LuckyFirstTiming:
