@@ -616,6 +616,8 @@ def _fmt_acc(rows: list[dict]) -> str:
 
 def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     """Write the RESULTS.md section and the plot; return the section's text."""
+    from lana.latency import E2E_ROUNDS
+
     fam, scale = bench.family, bench.scale
     lat = res["latency"]
     b1, b32 = lat["b1"], lat["b32"]
@@ -736,15 +738,14 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     body = f"""{heading}
 
 {scale_note}Command: `{command}` (resumable: re-running it continues from `--work`).
-Machine: {machine()}; training with {bench.cfg.threads} torch thread(s); wall times are
-upper bounds where other work shared the machine. Date: {time.strftime('%Y-%m-%d')}. Wall time: {wall:.0f} s for
-the last invocation, {sum(v.get('seconds', 0) for v in steps.values()):.0f} s summed over all
+Machine: {machine()}; training with {bench.cfg.threads} torch thread(s).
+Date: {time.strftime('%Y-%m-%d')}. Wall time: {wall:.0f} s for the last invocation, {sum(v.get('seconds', 0) for v in steps.values()):.0f} s summed over all
 steps of all invocations.
 Data: Fashion-MNIST at 32 px, 1 channel; train/val/test = lana's fixed split (val carved from
 train with seed 0; test used only for the numbers below). Teacher `{bench.fam['teacher']}`
 (timm definition, random init, trained by lana's recipe), smaller member `{member}`.
 Latency: {settings['backend']}, {settings['threads']} thread, every final network timed end to
-end in one interleaved session (3 rounds, median), at batch 1 and batch 32.
+end in one interleaved session ({E2E_ROUNDS} short rounds, median), at batch 1 and batch 32.
 Budgets: the member's measured latency ({msp:.2f}× faster than the teacher) and 2×, 3×, 5×.
 
 {table}

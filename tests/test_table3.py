@@ -128,3 +128,49 @@ def test_work_dir_is_tied_to_its_settings(tmp_path):
     table3.check_settings(tmp_path, {"a": 1, "b": None})  # same settings: resumes
     with pytest.raises(ConfigError, match="other benchmark settings"):
         table3.check_settings(tmp_path, {"a": 2, "b": None})
+
+
+@pytest.mark.parametrize("scale", sorted(table3.SCALES))
+def test_report_renders_a_whole_result(scale, tmp_path, monkeypatch):
+    """The report runs only after hours of training: render it from a made-up result so a
+    formatting slip cannot lose a finished run."""
+    from types import SimpleNamespace
+
+    written: dict[str, str] = {}
+    monkeypatch.setattr(table3, "write_section", lambda h, b: written.update({h: b}))
+    monkeypatch.setattr(table3, "HERE", tmp_path)
+    steps = table3.Steps(tmp_path / "steps")
+    steps.get("member_s0", lambda: {"accuracy": 0.80})
+    steps.get("kendall", lambda: {"tau": 0.5})
+    bench = SimpleNamespace(family="effnet", scale=scale, seeds=1,
+                            fam=table3.FAMILIES["effnet"], steps=steps,
+                            cfg=SimpleNamespace(threads=2),
+                            run=SimpleNamespace(_timings=lambda: {"teacher_train_s": 60.0,
+                                                                  "distill_s": 30.0}))
+    msp = 1.6
+    lana = {sp: [{"tag": f"{sp:g}x", "accuracy": 0.84 - 0.01 * sp, "accuracy_before": 0.5}]
+            for sp in (msp, 2.0, 3.0)}
+    lana[5.0] = [{"infeasible": "budget below the minimum 0.3 ms"}]
+    res = {
+        "prep": {"accuracy": 0.85}, "member_speedup": msp,
+        "members": [{"accuracy": 0.80}],
+        "lana": lana,
+        "random": {sp: [{"tag": r[0]["tag"], "accuracy": 0.7}] for sp, r in lana.items()
+                   if "tag" in r[0]},
+        "prune": {sp: [{"tag": r[0]["tag"], "accuracy": 0.75, "ratio": 0.3, "within": True}]
+                  for sp, r in lana.items() if "tag" in r[0]},
+        "kendall": {"tau": 0.6, "p_value": 0.01, "n": 30, "tau_score_vs_loss": 0.7,
+                    "eval_samples": 100},
+        "latency": {"settings": {"backend": "onnxruntime", "threads": 1}, **{
+            f"b{b}": {"teacher": 1.0 * b, "member": 0.62 * b,
+                      **{f"{k}_{sp:g}x": b / sp for sp in (msp, 2.0, 3.0)
+                         for k in ("lana", "random", "prune")}} for b in (1, 32)}},
+    }
+    body = table3.report(bench, res, "python benchmarks/table3.py --family effnet", 12.0)
+    assert list(written) == [f"## Table 3 on Fashion-MNIST: effnet ({scale} scale, issue 6)"]
+    assert "| LANA | 2x | 82.00 | 50.00 |" in body
+    assert "5x faster for <= 1.5 points: **not measurable**" in body
+    assert "LANA beats Torch-Pruning and random search at every matched latency: **met**" \
+        in body
+    assert "training with 2 torch thread(s)" in body
+    assert (tmp_path / f"table3_effnet_{scale}.png").exists()
