@@ -80,7 +80,7 @@ SPEEDUPS = (2.0, 3.0, 5.0)
 
 # reduced: every path on one CPU core in ~30 min for one family (a smoke test of the
 # machinery, not of the method); medium: a real but smaller training budget that fits
-# one family in about 2 h on 2 CPU cores (15k training images, a 10-12 pattern space, the
+# one family in about 2 h on 2 CPU cores (15k training images, an 11-op space, the
 # full test set); full: the issue's set-up (full Fashion-MNIST at 32 px, the family's
 # default space), about 8 h per family on 2 CPU cores.
 SCALES: dict[str, dict[str, Any]] = {
@@ -717,11 +717,13 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     plot(rows, b1, png, f"{fam} ({scale} scale): test accuracy vs ONNX Runtime latency, batch 1")
     settings = lat["settings"]
     sc = SCALES[scale]
+    from lana.space import space_specs
+
     space = bench.fam.get(f"{sc['space']}_space")
     setup = (f"{sc['data']['train_samples'] or 'all'} training images, teacher "
              f"{sc['teacher_training']['epochs']:g} epochs, phase 1 "
              f"{sc['distill']['steps']} steps, "
-             f"{'a ' + str(len(space)) + '-pattern' if space else 'the default'} space, "
+             f"{f'an {len(space_specs(space))}-op' if space else 'the default'} space, "
              f"fine-tuning {sc['finetune']['epochs']:g} epoch(s), {bench.seeds} seed(s)")
     full_cmd = f"`python benchmarks/table3.py --family {fam} --scale full`"
     scale_note = {
@@ -739,8 +741,8 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
 
 {scale_note}Command: `{command}` (resumable: re-running it continues from `--work`).
 Machine: {machine()}; training with {bench.cfg.threads} torch thread(s).
-Date: {time.strftime('%Y-%m-%d')}. Wall time: {wall:.0f} s for the last invocation, {sum(v.get('seconds', 0) for v in steps.values()):.0f} s summed over all
-steps of all invocations.
+Date: {time.strftime('%Y-%m-%d')}. Wall time: {wall:.0f} s for the last invocation,
+{sum(v.get('seconds', 0) for v in steps.values()):.0f} s summed over all steps of all invocations.
 Data: Fashion-MNIST at 32 px, 1 channel; train/val/test = lana's fixed split (val carved from
 train with seed 0; test used only for the numbers below). Teacher `{bench.fam['teacher']}`
 (timm definition, random init, trained by lana's recipe), smaller member `{member}`.
