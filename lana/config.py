@@ -158,13 +158,20 @@ class SearchConfig(_Section):
     overlap: float = Field(0.7, gt=0, le=1, description="fraction of layers a solution may "
                            "share with each earlier one")
     eval_samples: int = Field(1024, ge=8, description="held-out images to rank the K students")
-    max_resolves: int = Field(4, ge=0, description="re-solves when a student misses its budget")
+    max_resolves: int = Field(4, ge=0, description="re-solves when a student misses its "
+                              "budget, or leaves more than `slack` of it unused")
     extra_budgets: list[str] = Field(default_factory=list, description="further bounds "
                                      "on whole-network costs of library.json, e.g. "
                                      "'params<=2e6' or 'latency_ms@torch<=5'")
     margin: float = Field(0.03, ge=0, lt=0.5, description="a student must measure this "
                           "fraction under the budget to be selected, so that measurement "
                           "noise does not push the exported student over it")
+    slack: float = Field(0.15, gt=0, le=1, description="a chosen student that measures "
+                         "more than this fraction under the budget (after the margin) "
+                         "gives away accuracy: the calibration is refitted on every network "
+                         "measured and the ILP re-solved with a larger LUT budget; the most "
+                         "accurate student that met the budget over all solves is kept. "
+                         "1 never re-solves upward")
     confirm: int = Field(3, ge=1, description="separate timings (each in fresh sessions, "
                          "the teacher alongside) whose median decides whether a student "
                          "meets the budget: the chosen student's in the search, and the "

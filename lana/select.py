@@ -4,7 +4,9 @@ The ILP sees only the library (plain numbers, :mod:`lana.search`). Here its solu
 turned into networks: each of the K diverse solutions is assembled from phase-1 weights,
 evaluated on held-out data (BatchNorm in batch-statistics mode, as in the paper) and
 measured end to end. The best student that *measurably* meets the budget wins; when none
-does, the LUT budget is tightened by the observed error and the ILP re-solved.
+does, the LUT budget is tightened by the observed error and the ILP re-solved; when the
+winner measures far under the budget (``search.slack``), the LUT budget is loosened the
+same way, so a budget is used rather than given away in accuracy.
 
 :func:`select` takes the network-side work as three callables, so the logic is testable
 with fakes and independent of torch.
@@ -243,8 +245,13 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             + (f", {cfg.margin:.0%} safety margin" if cfg.margin else "") + "). Raise the "
             "budget (or lower the speed-up), or add cheaper candidate ops.",
             minimum={"latency_ms": minimum})
+    ceiling = minimum_reachable(library, "latency_ms", "max")
     attempts = []
-    chosen = None
+    best = None  # the most accurate student confirmed within budget over all solves
+    # What the solves so far taught: the largest layer budget whose chosen student met the
+    # budget, and the smallest one none of whose students did. Later budgets stay between.
+    under: float | None = None
+    over: float | None = None
     solve_seconds = 0.0
     for _ in range(cfg.max_resolves + 1):
         with progress() as bar:
@@ -282,9 +289,11 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         # The best student that met the budget in the timing of all K is timed again
         # (cfg.confirm timings in all): picking the best of K noisy timings favours one
         # that was timed fast by luck. A student the median fails gives way to the next.
+        chosen, used = None, 1.0
         for n in sorted((n for n, r in enumerate(rows) if r["meets_budget"]),
                         key=lambda n: rows[n]["val_loss"]):
             r, name = rows[n], f"s{n}"
+            used = (r["latency_ms_measured"] or r["latency_ms_predicted"]) / allowed
             if measure is not None and cfg.confirm > 1:
                 timings, pooled = time_until_decided(
                     lambda one={name: students[name]}: measure(one), name, budget.speedup,
@@ -292,7 +301,8 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
                 r["timings_ms"] = [{"teacher": t["teacher"], "student": t[name]}
                                    for t in timings]
                 r["latency_ms_measured"] = pooled["latency_ms"]
-                r["meets_budget"] = pooled["fraction"] <= (1 - cfg.margin) * (1 + 1e-9)
+                used = pooled["fraction"]
+                r["meets_budget"] = used <= (1 - cfg.margin) * (1 + 1e-9)
                 if not r["meets_budget"]:
                     log(f"[yellow]search: {name} met the budget in the first timing but "
                         f"not in the median of {len(timings)} "
@@ -308,20 +318,47 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         attempts.append({"layer_budget_ms": layer_budget, "teacher_ms": measured["teacher"],
                          "allowed_ms": allowed, "solve_seconds": result.solve_seconds,
                          "calibration": cal.to_dict(), "students": rows})
-        if chosen is not None:
-            break
+        improved = chosen is not None and (best is None
+                                           or chosen["val_loss"] < best["val_loss"])
+        if improved:
+            best = chosen
         if measure is None:
             break  # nothing measured, nothing to learn from
-        new_budget, cal, how = _next_budget(points, rows, layer_budget, fixed, cal,
-                                            min(allowed, target_ms) * (1 - cfg.margin))
-        new_budget = max(floor, new_budget)
-        best = min(rows, key=lambda r: r["val_loss"])
-        log(f"[yellow]search: best student measured {best['latency_ms_measured']:.4g} ms > "
-            f"{allowed * (1 - cfg.margin):.4g} ms allowed; {how}; LUT budget "
-            f"{layer_budget + fixed:.4g} -> {new_budget + fixed:.4g} ms, re-solving[/yellow]")
-        if new_budget >= layer_budget:
-            break  # already at the cheapest reachable architecture
+        goal = min(allowed, target_ms) * (1 - cfg.margin)
+        if chosen is not None:
+            # Met. Far under the budget, it gave away accuracy that a costlier student
+            # would keep: search again with a looser LUT budget (unless this solve, between
+            # budgets already tried, found nothing better: there is nothing left between).
+            if (used >= (1 - cfg.margin) * (1 - cfg.slack) or layer_budget >= ceiling
+                    or (not improved and over is not None)):
+                break
+            under = layer_budget if under is None else max(under, layer_budget)
+            new_budget, cal, how = _looser_budget(points, chosen, layer_budget, fixed, cal,
+                                                  goal)
+            why = (f"chosen student measured {chosen['latency_ms_measured']:.4g} ms, "
+                   f"{used:.0%} of the {allowed:.4g} ms allowed")
+        else:
+            over = layer_budget if over is None else min(over, layer_budget)
+            new_budget, cal, how = _next_budget(points, rows, layer_budget, fixed, cal, goal)
+            top = min(rows, key=lambda r: r["val_loss"])
+            # Below the best student's LUT cost, or the ILP returns it again.
+            new_budget = min(new_budget, (top["latency_ms_lut"] - fixed) * (1 - 1e-3))
+            why = (f"best student measured {top['latency_ms_measured']:.4g} ms > "
+                   f"{allowed * (1 - cfg.margin):.4g} ms allowed")
+        if under is not None and over is not None:
+            # Both sides known: bisect. A refit line interpolates badly where the device
+            # is not linear in the LUT sum; halving the bracket always gets there.
+            new_budget = (under + over) / 2
+            how = (f"bisecting between LUT budgets {under + fixed:.4g} ms (met) and "
+                   f"{over + fixed:.4g} ms (missed)")
+        new_budget = min(max(floor, new_budget), ceiling)
+        if abs(new_budget - layer_budget) <= 0.005 * layer_budget or (
+                under is not None and over is not None and over - under <= 0.01 * over):
+            break  # at the cheapest (or costliest) architecture, or nowhere left to go
+        log(f"[yellow]search: {why}; {how}; LUT budget {layer_budget + fixed:.4g} -> "
+            f"{new_budget + fixed:.4g} ms, re-solving[/yellow]")
         layer_budget = new_budget
+    chosen = best
     if chosen is None:
         chosen = min((r for a in attempts for r in a["students"]),
                      key=lambda r: (r["latency_ms_measured"] if r["verified"]
@@ -355,6 +392,25 @@ def _next_budget(points: list[tuple[float, float]], rows: list[dict], layer_budg
     shrink = min(0.97, goal / best["latency_ms_measured"])
     return ((layer_budget + fixed) * shrink - fixed, cal,
             f"calibration unchanged, tightening by {1 - shrink:.1%}")
+
+
+def _looser_budget(points: list[tuple[float, float]], chosen: dict, layer_budget: float,
+                   fixed: float, cal: Calibration, goal: float
+                   ) -> tuple[float, Calibration, str]:
+    """The layer budget of the next solve after the chosen student measured well under
+    ``goal`` (ms): the larger of the calibration refitted on every network measured so far
+    (inverted at the goal) and the budget grown by the chosen student's undershoot
+    (measured ∝ LUT for that student). The larger one, because a refit line is pulled
+    towards the teacher's ratio by the teacher's points; a step too far is caught by the
+    next solve's miss and the bracket in :func:`select`."""
+    refit = fit_calibration(points)
+    by_fit = refit.invert(goal) - fixed
+    grow = max(1.03, goal / chosen["latency_ms_measured"])
+    by_grow = (layer_budget + fixed) * grow - fixed
+    if by_fit > by_grow:
+        return by_fit, refit, (f"refit measured ~ {refit.alpha:.3f} x LUT "
+                               f"{refit.beta:+.3g} ms on {refit.points} networks")
+    return by_grow, cal, f"loosening by the chosen student's undershoot ({grow - 1:.1%})"
 
 
 def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
