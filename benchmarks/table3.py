@@ -19,9 +19,10 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
   by the teacher's training recipe (epochs, batch, lr) plus the fine-tuning KD loss;
 - ``Torch-Pruning``: the teacher pruned (magnitude, uniform ratio) until its measured
   latency is within 5% of the LANA student's (bisection on the ratio), then fine-tuned;
-- ``random search``: :func:`lana.baselines.random_search` on the same library and the same
-  LUT budget as the LANA student (best predicted score), assembled from the same phase-1
-  weights and fine-tuned.
+- ``random search``: :func:`lana.baselines.random_search` (best predicted score of 2000
+  random feasible architectures) on the same library, its LUT budget bisected until the
+  chosen architecture's measured latency is within 5% of the LANA student's, assembled
+  from the same phase-1 weights and fine-tuned.
 
 All fine-tuning uses the run's ``finetune`` section (epochs, lr, KD) through
 :func:`lana.train.train_classifier`, as the pipeline's phase 3 does. Every final network is
@@ -402,28 +403,53 @@ class Table3:
                     "accuracy_before": before}
         return self.steps.get(f"lana_{tag}_s{seed}", go)
 
+    def random_solution(self, layer_budget: float):
+        """The best predicted score of 2000 random feasible architectures whose layers'
+        LUT sum is within ``layer_budget`` (clamped to the cheapest reachable one)."""
+        from lana.baselines import random_search
+        from lana.io import read_json
+        from lana.search import Budget, Library, minimum_reachable
+
+        lib = Library.from_dict(read_json(self.run.dir / "library.json"))
+        budget = max(layer_budget, minimum_reachable(lib, "latency_ms")) * (1 + 1e-9)
+        # Fixed sample count: the result does not depend on the machine's speed.
+        return random_search(lib, [Budget("latency_ms", "<=", budget)], time_limit=600,
+                             seed=0, max_evals=2000)
+
     def random(self, lana0: dict, seed: int) -> dict:
-        """Best of random search at the LANA student's LUT cost, fine-tuned."""
+        """Best of random search at the LANA student's measured latency, fine-tuned: the
+        LUT budget of the random search is bisected (as the pruning ratio is) until the
+        chosen architecture's measured latency is within ±5 % of the LANA student's."""
+        from lana.student import assemble
+
         tag = lana0["tag"]
+        layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
+
+        def make(x: float):
+            # x in [0, 0.95] -> LUT budget 2x .. 0.54x the LANA student's; 0.5 (the first
+            # bisection point) is the LANA student's own LUT cost.
+            sol = self.random_solution(layer_budget * 2.0 ** (1 - 2 * x))
+            student = assemble(self.run.chain, sol.specs, self.run._load)
+            student.lana_choices, student.lana_score = sol.specs, sol.score
+            return student
+
+        def match() -> dict:
+            res = prune_to_latency(make, self.ratio_to_teacher, lana0["search_ratio"],
+                                   max_iter=SCALES[self.scale]["prune_iters"])
+            student = res.pop("model")
+            return {**res, "target_ratio": lana0["search_ratio"],
+                    "choices": student.lana_choices, "score": student.lana_score}
+        search = self.steps.get(f"random_{tag}_search", match)
 
         def go() -> dict:
-            from lana.baselines import random_search
-            from lana.io import read_json, save_tensors
-            from lana.search import Budget, Library
-            from lana.student import assemble
+            from lana.io import save_tensors
 
-            lib = Library.from_dict(read_json(self.run.dir / "library.json"))
-            layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
-            # Fixed sample count: the result does not depend on the machine's speed.
-            sol = random_search(lib, [Budget("latency_ms", "<=", layer_budget * (1 + 1e-9))],
-                                time_limit=600, seed=0, max_evals=2000)
-            if sol is None:
-                return {"tag": tag, "infeasible": "random search found no architecture"}
-            student = assemble(self.run.chain, sol.specs, self.run._load)
+            student = assemble(self.run.chain, search["choices"], self.run._load)
             before = self.test_acc(student)["accuracy"]
             stats = self.train(student, seed, f"random_{tag}_s{seed}")
             save_tensors(self.model_path(f"random_{tag}_s{seed}"), student.state_dict())
-            return {"tag": tag, "choices": sol.specs, "score": sol.score, **stats,
+            return {"tag": tag, "choices": search["choices"], "score": search["score"],
+                    "within": search["within"], **stats,
                     "accuracy": self.test_acc(student)["accuracy"],
                     "accuracy_before": before}
         return self.steps.get(f"random_{tag}_s{seed}", go)
@@ -637,7 +663,7 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
             continue
         tag = lrows[0]["tag"]
         for kind, name, rr in (("lana", "LANA", lrows),
-                               ("random", "random search (same space, LUT budget)",
+                               ("random", "random search (same space, ±5% latency)",
                                 res["random"].get(sp)),
                                ("prune", "Torch-Pruning (teacher, ±5% latency)",
                                 res["prune"].get(sp))):
@@ -693,6 +719,8 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
                     all(beats) if beats else None, "; ".join(detail)))
     prune_within = [f"{sp:.3g}x: ratio {r[0]['ratio']:.3f}, within ±5%: {r[0]['within']}"
                     for sp, r in res["prune"].items()]
+    random_within = [f"{sp:.3g}x: {r[0].get('within', False)}"
+                     for sp, r in res["random"].items() if "infeasible" not in r[0]]
 
     kend = res["kendall"]
     # Wall time of every phase next to the teacher's training time.
@@ -760,8 +788,9 @@ Budgets: the member's measured latency ({msp:.2f}× faster than the teacher) and
   the whole budget range); score vs loss τ = {kend['tau_score_vs_loss']:.3f}. The paper: 0.966.
 - Torch-Pruning: magnitude importance, uniform ratio, bisection until the measured latency is
   within ±5% of the LANA student's: {'; '.join(prune_within) or 'none'}.
-- Random search: best predicted score of 2000 random feasible architectures under the LANA
-  student's LUT cost, from the same phase-1 weights.
+- Random search: best predicted score of 2000 random feasible architectures from the same
+  phase-1 weights, under a LUT budget bisected until the measured latency is within ±5% of
+  the LANA student's; within ±5%: {'; '.join(random_within) or 'none'}.
 - {member} + KD: trained from scratch by the teacher's recipe with the KD loss added.
 """ + ("- Infeasible budgets: " + "; ".join(infeasible) + "\n" if infeasible else "") + """
 Wall time per phase:

@@ -155,7 +155,8 @@ def test_report_renders_a_whole_result(scale, tmp_path, monkeypatch):
         "prep": {"accuracy": 0.85}, "member_speedup": msp,
         "members": [{"accuracy": 0.80}],
         "lana": lana,
-        "random": {sp: [{"tag": r[0]["tag"], "accuracy": 0.7}] for sp, r in lana.items()
+        "random": {sp: [{"tag": r[0]["tag"], "accuracy": 0.7, "within": sp != 3.0}]
+                   for sp, r in lana.items()
                    if "tag" in r[0]},
         "prune": {sp: [{"tag": r[0]["tag"], "accuracy": 0.75, "ratio": 0.3, "within": True}]
                   for sp, r in lana.items() if "tag" in r[0]},
@@ -173,4 +174,5 @@ def test_report_renders_a_whole_result(scale, tmp_path, monkeypatch):
     assert "LANA beats Torch-Pruning and random search at every matched latency: **met**" \
         in body
     assert "training with 2 torch thread(s)" in body
+    assert "within ±5%: 1.6x: True; 2x: True; 3x: False." in body
     assert (tmp_path / f"table3_effnet_{scale}.png").exists()
