@@ -18,10 +18,12 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
 - ``member+KD``: the smaller family member trained from scratch with KD from the teacher,
   by the teacher's training recipe (epochs, batch, lr) plus the fine-tuning KD loss;
 - ``Torch-Pruning``: the teacher pruned (magnitude, uniform ratio) until its measured
-  latency is within 5% of the LANA student's (bisection on the ratio), then fine-tuned;
+  latency is within 5% of the LANA student's, the two timed side by side in one session
+  (bisection on the ratio), then fine-tuned;
 - ``random search``: :func:`lana.baselines.random_search` (best predicted score of 2000
   random feasible architectures) on the same library, its LUT budget bisected until the
-  chosen architecture's measured latency is within 5% of the LANA student's, assembled
+  chosen architecture's measured latency is within 5% of the LANA student's (timed side
+  by side, as for pruning), assembled
   from the same phase-1 weights and fine-tuned.
 
 All fine-tuning uses the run's ``finetune`` section (epochs, lr, KD) through
@@ -173,13 +175,19 @@ class Steps:
     def done(self, name: str) -> bool:
         return self.path(name).exists()
 
-    def get(self, name: str, fn: Callable[[], dict]) -> dict:
+    def get(self, name: str, fn: Callable[[], dict],
+            valid: Callable[[dict], bool] | None = None) -> dict:
+        """``valid(cached)`` False: the cached result was made by an older method (or from
+        an input that changed since) and is computed again."""
         from lana.io import read_json, write_json
 
         p = self.path(name)
         if p.exists():
-            self.say(f"[table3] {name}: cached")
-            return read_json(p)
+            cached = read_json(p)
+            if valid is None or valid(cached):
+                self.say(f"[table3] {name}: cached")
+                return cached
+            self.say(f"[table3] {name}: cached result is stale, running again")
         self.say(f"[table3] {name}: running")
         start = time.time()
         res = dict(fn())
@@ -328,11 +336,24 @@ class Table3:
 
     def ratio_to_teacher(self, model) -> float:
         """Measured ms of ``model`` / ms of the teacher, timed interleaved (batch 1)."""
+        return self.ratio_to(model, self.run.teacher)
+
+    def ratio_to(self, model, reference) -> float:
+        """Measured ms of ``model`` / ms of ``reference``, timed interleaved (batch 1) in
+        one session, so that a machine whose speed drifts between sessions (sub-ms
+        networks on a shared VM move by 10-20 %) does not move the ratio."""
         from lana.profile import measure_models
 
-        ms = measure_models({"teacher": self.run.teacher, "m": model}, self.run.input_shape,
+        ms = measure_models({"ref": reference, "m": model}, self.run.input_shape,
                             self.cfg.latency)
-        return ms["m"] / ms["teacher"]
+        return ms["m"] / ms["ref"]
+
+    def lana_student(self, lana0: dict):
+        """The LANA student of ``lana0`` as assembled from phase 1 (latency does not depend
+        on its weights): the reference that baselines are matched to."""
+        from lana.student import assemble
+
+        return assemble(self.run.chain, lana0["choices"], self.run._load).eval()
 
     # ---------------------------------------------------------- steps
     def prepare(self) -> dict:
@@ -434,12 +455,15 @@ class Table3:
             return student
 
         def match() -> dict:
-            res = prune_to_latency(make, self.ratio_to_teacher, lana0["search_ratio"],
+            ref = self.lana_student(lana0)
+            # Latency relative to the LANA student, both timed in the same session.
+            res = prune_to_latency(make, lambda m: self.ratio_to(m, ref), 1.0,
                                    max_iter=SCALES[self.scale]["prune_iters"])
             student = res.pop("model")
-            return {**res, "target_ratio": lana0["search_ratio"],
+            return {**res, "target": "LANA student, timed alongside",
                     "choices": student.lana_choices, "score": student.lana_score}
-        search = self.steps.get(f"random_{tag}_search", match)
+        search = self.steps.get(f"random_{tag}_search", match,
+                                valid=lambda r: "target" in r)
 
         def go() -> dict:
             from lana.io import save_tensors
@@ -452,7 +476,8 @@ class Table3:
                     "within": search["within"], **stats,
                     "accuracy": self.test_acc(student)["accuracy"],
                     "accuracy_before": before}
-        return self.steps.get(f"random_{tag}_s{seed}", go)
+        return self.steps.get(f"random_{tag}_s{seed}", go,
+                              valid=lambda r: r.get("choices") == search["choices"])
 
     def pruned_model(self, ratio: float):
         """The trained teacher pruned by Torch-Pruning at ``ratio`` (deterministic:
@@ -471,11 +496,14 @@ class Table3:
 
     def prune(self, lana0: dict, seed: int) -> dict:
         tag = lana0["tag"]
+        ref = self.lana_student(lana0)
+        # Latency relative to the LANA student, both timed in the same session: 1 +- 5 %.
         search = self.steps.get(f"prune_{tag}_search", lambda: {
             k: v for k, v in prune_to_latency(
-                self.pruned_model, self.ratio_to_teacher, lana0["search_ratio"],
+                self.pruned_model, lambda m: self.ratio_to(m, ref), 1.0,
                 max_iter=SCALES[self.scale]["prune_iters"]).items()
-            if k != "model"} | {"target_ratio": lana0["search_ratio"]})
+            if k != "model"} | {"target": "LANA student, timed alongside"},
+            valid=lambda r: "target" in r)  # older runs matched the teacher ratio
 
         def go() -> dict:
             from lana.io import save_tensors
@@ -488,7 +516,8 @@ class Table3:
                     **stats, "accuracy": self.test_acc(model)["accuracy"],
                     "accuracy_before": before,
                     "params": sum(p.numel() for p in model.parameters())}
-        return self.steps.get(f"prune_{tag}_s{seed}", go)
+        return self.steps.get(f"prune_{tag}_s{seed}", go,
+                              valid=lambda r: r["ratio"] == search["ratio"])
 
     def kendall_step(self) -> dict:
         def go() -> dict:
@@ -787,7 +816,7 @@ Budgets: the member's measured latency ({msp:.2f}× faster than the teacher) and
   (p = {kend['p_value']:.2g}) over {kend['n']} architectures (ILP optima and random ones over
   the whole budget range); score vs loss τ = {kend['tau_score_vs_loss']:.3f}. The paper: 0.966.
 - Torch-Pruning: magnitude importance, uniform ratio, bisection until the measured latency is
-  within ±5% of the LANA student's: {'; '.join(prune_within) or 'none'}.
+  within ±5% of the LANA student's (timed side by side in one session): {'; '.join(prune_within) or 'none'}.
 - Random search: best predicted score of 2000 random feasible architectures from the same
   phase-1 weights, under a LUT budget bisected until the measured latency is within ±5% of
   the LANA student's; within ±5%: {'; '.join(random_within) or 'none'}.

@@ -99,6 +99,10 @@ def test_steps_cache_resumes_after_an_interruption(tmp_path):
     assert calls == ["a", "b"]
     assert set(again.all()) == {"a", "b"}
     assert "seconds" in again.all()["a"]
+    # A cached result that the current method would not have made is computed again.
+    assert again.get("a", step("a"), valid=lambda r: r["value"] == 1)["value"] == 1
+    assert again.get("a", step("a"), valid=lambda r: "target" in r)["value"] == 3
+    assert calls == ["a", "b", "a"]
 
 
 @pytest.mark.parametrize("family", sorted(table3.FAMILIES))
