@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['train_loss']:.3f}, {row['seconds']:.0f} s", flush=True)
     teacher = FAMILIES[args.family]["teacher"]
     cur = SCALES["medium"]["teacher_training"]
-    lines = [f"## Teacher recipe ({teacher}, from scratch)", "",
+    heading = f"## Teacher recipe ({teacher}, from scratch, {args.images} images)"
+    lines = [heading, "",
              f"Command: `python benchmarks/teacher_recipe.py --family {args.family} "
              f"--images {args.images} --threads {args.threads} --recipes "
              f"{' '.join(args.recipes)}`", "",
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['recipe']} | {r['steps']} | {100 * r['val_accuracy']:.2f} | "
                      f"{r['train_loss']:.3f} | {r['seconds']:.0f} |")
     if not args.no_write:
-        write_section(f"## Teacher recipe ({teacher}", "\n".join(lines) + "\n")
+        write_section(heading, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
