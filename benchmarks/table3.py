@@ -23,8 +23,7 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
 - ``random search``: :func:`lana.baselines.random_search` (best predicted score of 2000
   random feasible architectures) on the same library, its LUT budget bisected until the
   chosen architecture's measured latency is within 5% of the LANA student's (timed side
-  by side, as for pruning), assembled
-  from the same phase-1 weights and fine-tuned.
+  by side, as for pruning), assembled from the same phase-1 weights and fine-tuned.
 
 All fine-tuning uses the run's ``finetune`` section (epochs, lr, KD) through
 :func:`lana.train.train_classifier`, as the pipeline's phase 3 does. Every final network is
@@ -427,14 +426,13 @@ class Table3:
                     "accuracy_before": before}
         return self.steps.get(f"lana_{tag}_s{seed}", go)
 
-    def random_solution(self, layer_budget: float):
-        """The best predicted score of 2000 random feasible architectures whose layers'
-        LUT sum is within ``layer_budget`` (clamped to the cheapest reachable one)."""
+    @staticmethod
+    def random_solution(lib, layer_budget: float):
+        """The best predicted score of 2000 random feasible architectures of ``lib`` whose
+        layers' LUT sum is within ``layer_budget`` (clamped to the cheapest reachable)."""
         from lana.baselines import random_search
-        from lana.io import read_json
-        from lana.search import Budget, Library, minimum_reachable
+        from lana.search import Budget, minimum_reachable
 
-        lib = Library.from_dict(read_json(self.run.dir / "library.json"))
         budget = max(layer_budget, minimum_reachable(lib, "latency_ms")) * (1 + 1e-9)
         # Fixed sample count: the result does not depend on the machine's speed.
         return random_search(lib, [Budget("latency_ms", "<=", budget)], time_limit=600,
@@ -449,22 +447,27 @@ class Table3:
         tag = lana0["tag"]
         layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
 
-        def make(x: float):
-            # x in [0, 0.95] -> LUT budget 2x .. 0.54x the LANA student's; 0.5 (the first
-            # bisection point) is the LANA student's own LUT cost.
-            sol = self.random_solution(layer_budget * 2.0 ** (1 - 2 * x))
-            student = assemble(self.run.chain, sol.specs, self.run._load)
-            student.lana_choices, student.lana_score = sol.specs, sol.score
-            return student
-
         def match() -> dict:
+            from lana.io import read_json
+            from lana.search import Library
+
+            lib = Library.from_dict(read_json(self.run.dir / "library.json"))
+            sols = {}  # bisection point -> the random architecture tried there
+
+            def make(x: float):
+                # x in [0, 0.95] -> LUT budget 2x .. 0.54x the LANA student's; 0.5 (the
+                # first bisection point) is the LANA student's own LUT cost.
+                sols[x] = self.random_solution(lib, layer_budget * 2.0 ** (1 - 2 * x))
+                return assemble(self.run.chain, sols[x].specs, self.run._load)
+
             ref = self.lana_student(lana0)
             # Latency relative to the LANA student, both timed in the same session.
             res = prune_to_latency(make, lambda m: self.ratio_to(m, ref), 1.0,
                                    max_iter=SCALES[self.scale]["prune_iters"])
-            student = res.pop("model")
+            res.pop("model")
+            sol = sols[res["ratio"]]
             return {**res, "target": "LANA student, timed alongside",
-                    "choices": student.lana_choices, "score": student.lana_score}
+                    "choices": sol.specs, "score": sol.score}
         search = self.steps.get(f"random_{tag}_search", match,
                                 valid=lambda r: "target" in r)
 
@@ -499,14 +502,16 @@ class Table3:
 
     def prune(self, lana0: dict, seed: int) -> dict:
         tag = lana0["tag"]
-        ref = self.lana_student(lana0)
-        # Latency relative to the LANA student, both timed in the same session: 1 +- 5 %.
-        search = self.steps.get(f"prune_{tag}_search", lambda: {
-            k: v for k, v in prune_to_latency(
-                self.pruned_model, lambda m: self.ratio_to(m, ref), 1.0,
-                max_iter=SCALES[self.scale]["prune_iters"]).items()
-            if k != "model"} | {"target": "LANA student, timed alongside"},
-            valid=lambda r: "target" in r)  # older runs matched the teacher ratio
+
+        def match() -> dict:
+            ref = self.lana_student(lana0)
+            # Latency relative to the LANA student, both timed in the same session.
+            res = prune_to_latency(self.pruned_model, lambda m: self.ratio_to(m, ref), 1.0,
+                                   max_iter=SCALES[self.scale]["prune_iters"])
+            res.pop("model")
+            return {**res, "target": "LANA student, timed alongside"}
+        # Older runs matched the teacher ratio (no "target"): computed again.
+        search = self.steps.get(f"prune_{tag}_search", match, valid=lambda r: "target" in r)
 
         def go() -> dict:
             from lana.io import save_tensors
