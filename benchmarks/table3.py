@@ -325,7 +325,7 @@ class Table3:
         r = self.cfg.teacher_training if recipe == "teacher" else ft
         return train_classifier(
             model, self.run.splits.train, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
-            seed=seed, teacher=self.run.teacher, kd_weight=ft.kd_weight,
+            optimizer=r.optimizer, seed=seed, teacher=self.run.teacher, kd_weight=ft.kd_weight,
             temperature=ft.temperature, description=f"table3 {tag}",
             checkpoint=self.work / "models" / f"{tag}-checkpoint.pt",
             checkpoint_key=f"{tag}-{seed}", checkpoint_every=r.checkpoint_every)

@@ -9,9 +9,9 @@ held-out val accuracy, the mean training loss of the last 10 % of steps and wall
 
     python benchmarks/teacher_recipe.py --family effnet --images 19200 --threads 2
 
-Recipes are ``OPT:LR:BATCH`` (OPT ``adamw`` with weight decay 1e-4, lana's recipe, or
-``sgd``: Nesterov momentum 0.9, weight decay 5e-5); every recipe uses lana's warm-up
-(5 % of steps) + cosine schedule. Results are cached per recipe in
+Recipes are ``OPT:LR:BATCH`` with OPT one of lana's optimizers (``teacher_training.optimizer``:
+``adamw`` with weight decay 1e-4, or ``sgd``: Nesterov momentum 0.9, weight decay 5e-5);
+every recipe is trained by lana's own loop (warm-up over 5 % of steps + cosine schedule). Results are cached per recipe in
 ``benchmarks/work/teacher-recipe-<family>/`` (a re-run resumes) and written to
 RESULTS.md unless ``--no-write``.
 """
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
@@ -34,8 +33,9 @@ from table3 import FAMILIES, SCALES, run_config  # noqa: E402
 
 from lana.config import Config  # noqa: E402
 from lana.data import load_data  # noqa: E402
+from lana.errors import TrainingDivergedError  # noqa: E402
 from lana.models import create_model  # noqa: E402
-from lana.train import cosine_lr, evaluate  # noqa: E402
+from lana.train import evaluate, train_classifier  # noqa: E402
 
 DEFAULT_RECIPES = ["adamw:3e-3:128", "adamw:1e-2:128", "adamw:1e-3:128", "sgd:0.1:128",
                    "adamw:3e-3:32"]
@@ -54,7 +54,9 @@ def parse_recipe(text: str) -> tuple[str, float, int]:
 
 
 def train_one(family: str, recipe: str, images: int, seed: int) -> dict:
-    """Train the family's teacher from scratch with ``recipe`` for ``images`` images."""
+    """Train the family's teacher from scratch with ``recipe`` for ``images`` images, by
+    lana's own training loop (``lana.train.train_classifier``); a recipe that diverges is
+    recorded with NaN accuracy instead of stopping the study."""
     opt_name, lr, batch = parse_recipe(recipe)
     cfg = Config.model_validate(run_config(family, "medium", Path("/nonexistent")))
     splits = load_data(cfg.data, seed=cfg.seed)
@@ -62,35 +64,24 @@ def train_one(family: str, recipe: str, images: int, seed: int) -> dict:
     model = create_model(cfg.model.name, num_classes=splits.num_classes,
                          in_chans=splits.in_chans)
     steps = max(1, math.ceil(images / batch))
-    if opt_name == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                              weight_decay=5e-5)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cosine_lr(s, steps, max(1, steps // 20)))
-    stream = splits.train.stream(batch, seed=seed, augment=True)
-    model.train()
-    tail: list[float] = []
     start = time.time()
-    for step in range(steps):
-        x, y = next(stream)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if not math.isfinite(loss.item()):
-            break
-        if step >= steps * 0.9:
-            tail.append(loss.item())
-        if step % 25 == 0:
-            print(f"  {recipe} step {step}/{steps} loss {loss.item():.3f}", flush=True)
+    try:
+        # Half a step short of `steps`: train_classifier rounds epochs * len / batch up,
+        # and an exact product could float to one step more.
+        epochs = (steps - 0.5) * batch / len(splits.train)
+        stats = train_classifier(model, splits.train, epochs=epochs,
+                                 batch_size=batch, lr=lr, optimizer=opt_name, seed=seed,
+                                 description=f"teacher {recipe}", distributed=False)
+    except TrainingDivergedError as exc:
+        print(f"  {exc}", flush=True)
+        return {"recipe": recipe, "steps": steps, "images": steps * batch,
+                "train_loss": math.nan, "val_accuracy": math.nan, "val_loss": math.nan,
+                "seconds": time.time() - start}
     seconds = time.time() - start
     val = evaluate(model, splits.val)
-    return {"recipe": recipe, "steps": steps, "images": steps * batch,
-            "train_loss": sum(tail) / max(1, len(tail)) if tail else math.nan,
-            "val_accuracy": val["accuracy"], "val_loss": val["loss"], "seconds": seconds}
+    return {"recipe": recipe, "steps": stats["steps"], "images": stats["steps"] * batch,
+            "train_loss": stats["train_loss"], "val_accuracy": val["accuracy"],
+            "val_loss": val["loss"], "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> None:

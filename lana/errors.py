@@ -31,3 +31,7 @@ class ArtifactError(LanaError):
 
 class BackendUnavailableError(LanaError):
     """A latency backend cannot run on this machine."""
+
+
+class TrainingDivergedError(LanaError):
+    """A training loss became NaN or infinite (usually a learning rate that is too high)."""

@@ -53,6 +53,22 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Settings added after runs were already cached, with their defaults. At the default they
+# are left out of a stage's key, so a run made before they existed still resumes instead
+# of retraining; any other value changes the key.
+_LATER_SETTINGS = {"optimizer": "adamw"}
+
+
+def _settings(section, exclude: set[str]) -> dict:
+    """A config section as a stage key sees it: ``exclude`` and later-added settings at
+    their defaults left out."""
+    out = section.model_dump(exclude=exclude)
+    for name, default in _LATER_SETTINGS.items():
+        if out.get(name, object()) == default:
+            del out[name]
+    return out
+
+
 class Run:
     """One LANA run bound to a directory. Stages are methods; each is resumable.
 
@@ -154,8 +170,8 @@ class Run:
         """The teacher's training key (its settings) and its file in the teacher cache."""
         cfg = self.config
         key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
-                     "data": cfg.data.model_dump(), "train": cfg.teacher_training.model_dump(
-                         exclude={"cache_dir", "checkpoint_every"}), "seed": cfg.seed, "v": 1})
+                     "data": cfg.data.model_dump(), "train": _settings(
+                         cfg.teacher_training, {"cache_dir", "checkpoint_every"}), "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
                      ) / f"{key}.safetensors"
@@ -200,7 +216,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         D.reset_peak_rss()
         train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
-                         lr=t.lr, seed=cfg.seed, description="teacher",
+                         lr=t.lr, optimizer=t.optimizer, seed=cfg.seed, description="teacher",
                          checkpoint=self.dir / "teacher-checkpoint.pt", checkpoint_key=key,
                          checkpoint_every=t.checkpoint_every,
                          kill_tag="teacher", distributed=distributed, device=self.device)
@@ -241,7 +257,7 @@ class Run:
                 "search": ["latency", "score", "search"],
                 "finetune": ["latency", "score", "search", "finetune"]}[stage]
         # How often a stage checkpoints does not change its result.
-        return {name: getattr(c, name).model_dump(exclude={"budget", "checkpoint_every"})
+        return {name: _settings(getattr(c, name), {"budget", "checkpoint_every"})
                 for name in deps}
 
     def _timings(self) -> dict:
@@ -496,7 +512,7 @@ class Run:
             key = _hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
             stats = train_classifier(student, self.splits.train, epochs=cfg.epochs,
                                      batch_size=cfg.batch_size, lr=cfg.lr,
-                                     seed=self.config.seed, teacher=self.teacher,
+                                     optimizer=cfg.optimizer, seed=self.config.seed, teacher=self.teacher,
                                      kd_weight=cfg.kd_weight, temperature=cfg.temperature,
                                      description="phase 3 finetune",
                                      checkpoint=self.student_dir(budget) / "finetune-checkpoint.pt",

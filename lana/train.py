@@ -104,14 +104,27 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
 
 
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of lana's training recipes: ``adamw`` (weight decay 1e-4) or ``sgd``
+    (Nesterov momentum 0.9, weight decay 5e-5)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
+    from lana.errors import ConfigError
+
+    raise ConfigError(f"optimizer {name!r} is not one of: adamw, sgd")
+
+
 def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size: int,
-                     lr: float, seed: int = 0, teacher: nn.Module | None = None,
+                     lr: float, optimizer: str = "adamw", seed: int = 0, teacher: nn.Module | None = None,
                      kd_weight: float = 0.0, temperature: float = 2.0,
                      description: str = "train", checkpoint: str | Path | None = None,
                      checkpoint_every: int = 100, checkpoint_key: str = "",
                      kill_tag: str = "", distributed: bool = True,
                      device: torch.device | str | None = None) -> dict[str, float]:
-    """Train ``model`` with cross-entropy (+ KD from ``teacher``); AdamW, cosine schedule.
+    """Train ``model`` with cross-entropy (+ KD from ``teacher``); ``optimizer`` (see
+    :func:`make_optimizer`) with a warm-up + cosine schedule.
 
     Returns the mean training loss of the last 10% of steps. Under torchrun (a process
     group of ``world`` ranks) the model is wrapped in DistributedDataParallel and every
@@ -126,6 +139,8 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
     ``distributed=False`` trains in this process alone even under torchrun. ``device``
     (default the CPU) is where this process trains, e.g. its GPU from
     :func:`lana.dist.resolve_device`; model and teacher are back on the CPU afterwards.
+    A loss that becomes NaN or infinite stops training with
+    :class:`lana.errors.TrainingDivergedError`.
     """
     from lana import dist as D
 
@@ -144,14 +159,14 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
 
     with synced_batchnorm(model) if world > 1 else contextlib.nullcontext():
         return _train(model, data, steps, rank, world, device, batch_size=batch_size, lr=lr,
-                      seed=seed, teacher=teacher, kd_weight=kd_weight,
+                      optimizer=optimizer, seed=seed, teacher=teacher, kd_weight=kd_weight,
                       temperature=temperature, description=description,
                       checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                       checkpoint_key=checkpoint_key, kill_tag=kill_tag)
 
 
 def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, device, *,
-           batch_size: int, lr: float, seed: int, teacher: nn.Module | None,
+           batch_size: int, lr: float, optimizer: str, seed: int, teacher: nn.Module | None,
            kd_weight: float, temperature: float, description: str,
            checkpoint: str | Path | None, checkpoint_every: int, checkpoint_key: str,
            kill_tag: str) -> dict[str, float]:
@@ -163,7 +178,7 @@ def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, devi
 
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                       else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    opt = make_optimizer(optimizer, model.parameters(), lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_lr(s, steps, max(1, steps // 20)))
     model.train()
@@ -195,13 +210,22 @@ def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, devi
                 n = torch.tensor([len(y)], dtype=torch.float64, device=device)
                 torch.distributed.all_reduce(n)
                 loss = loss * (len(y) * world / n.item())
+            value = loss.item()
+            if not math.isfinite(value):
+                from lana.errors import TrainingDivergedError
+
+                # Carrying on would only spread NaN into the weights and every later stage.
+                raise TrainingDivergedError(
+                    f"{description}: the training loss became {value} at step {step + 1} of "
+                    f"{steps} ({optimizer}, peak lr {lr:g}); lower the learning rate (or "
+                    f"try the other optimizer) and run again")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            if step >= steps * 0.9:
-                tail.append(loss.item())
-            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+            if step >= math.floor(steps * 0.9):  # the last step at least, however few
+                tail.append(value)
+            bar.update(task, advance=1, info=f"loss {value:.3f}")
             if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps \
                     and rank == 0:
                 _save_checkpoint(ckpt, checkpoint_key, step + 1, tail, model, opt, sched)

@@ -36,6 +36,7 @@ def test_defaults() -> None:
     ({"search": {"budget": {"speedup": 2, "latency_ms": 3}}}, ["exactly one"]),
     ({"search": {"budget": {}}}, ["exactly one"]),
     ({"latency": {"batch_size": "big"}}, ["latency.batch_size"]),
+    ({"teacher_training": {"optimizer": "rmsprop"}}, ["teacher_training.optimizer", "sgd"]),
 ])
 def test_invalid_configs_name_every_problem(data: dict, needles: list[str]) -> None:
     with pytest.raises(ConfigError) as info:

@@ -1,0 +1,76 @@
+"""lana's training loop: its optimizers, a diverging loss, and stage keys that survive new
+settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_sequential_teacher
+from torch import nn
+
+from lana.config import FinetuneConfig, TeacherTrainingConfig
+from lana.errors import LanaError, TrainingDivergedError
+from lana.pipeline import _settings
+from lana.train import evaluate, make_optimizer, train_classifier
+
+
+def _classifier(seed: int = 0) -> nn.Module:
+    model = small_sequential_teacher(seed)
+    model.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)))
+    return model
+
+
+@pytest.mark.parametrize("optimizer,kind", [("adamw", torch.optim.AdamW),
+                                            ("sgd", torch.optim.SGD)])
+def test_both_optimizers_train(optimizer: str, kind: type, synthetic_splits) -> None:
+    assert isinstance(make_optimizer(optimizer, _classifier().parameters(), 0.1), kind)
+    model = _classifier()
+    first = evaluate(model, synthetic_splits.train)["loss"]
+    stats = train_classifier(model, synthetic_splits.train, epochs=4, batch_size=32,
+                             lr=0.05 if optimizer == "sgd" else 0.01, optimizer=optimizer)
+    assert stats["steps"] == 16
+    assert evaluate(model, synthetic_splits.train)["loss"] < first
+
+
+def test_the_two_optimizers_give_different_weights(synthetic_splits) -> None:
+    weights = []
+    for optimizer in ("adamw", "sgd"):
+        model = _classifier()
+        train_classifier(model, synthetic_splits.train, epochs=1, batch_size=32, lr=0.01,
+                         optimizer=optimizer)
+        weights.append(model[-1][-1].weight.detach().clone())
+    assert not torch.allclose(weights[0], weights[1])
+
+
+def test_a_short_run_reports_its_last_loss(synthetic_splits) -> None:
+    stats = train_classifier(_classifier(), synthetic_splits.train, epochs=0.5,
+                             batch_size=32, lr=0.01)
+    assert stats["steps"] == 2 and stats["train_loss"] > 0
+
+
+def test_unknown_optimizer_is_a_clear_error() -> None:
+    with pytest.raises(LanaError, match="'lamb' is not one of: adamw, sgd"):
+        make_optimizer("lamb", _classifier().parameters(), 0.1)
+
+
+def test_a_diverging_loss_stops_with_advice(synthetic_splits) -> None:
+    model = _classifier()
+    with pytest.raises(TrainingDivergedError) as info:
+        train_classifier(model, synthetic_splits.train, epochs=8, batch_size=32, lr=1e30,
+                         description="teacher")
+    msg = str(info.value)
+    assert msg.startswith("teacher: the training loss became")
+    assert "peak lr 1e+30" in msg and "lower the learning rate" in msg
+    step = int(msg.split(" at step ")[1].split()[0])
+    assert 1 < step < 32  # caught when it happened, not at the end
+
+
+@pytest.mark.parametrize("section", [TeacherTrainingConfig, FinetuneConfig])
+def test_optimizer_at_its_default_leaves_stage_keys_unchanged(section: type) -> None:
+    # Runs cached before the setting existed must resume, not retrain: at the default it
+    # is not part of the key; any other value is.
+    default = _settings(section(), {"checkpoint_every"})
+    assert "optimizer" not in default
+    assert default == section().model_dump(exclude={"checkpoint_every", "optimizer"})
+    assert _settings(section(optimizer="sgd"), {"checkpoint_every"}) == {**default,
+                                                                         "optimizer": "sgd"}
