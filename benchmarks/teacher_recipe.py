@@ -9,9 +9,10 @@ held-out val accuracy, the mean training loss of the last 10 % of steps and wall
 
     python benchmarks/teacher_recipe.py --family effnet --images 19200 --threads 2
 
-Recipes are ``OPT:LR:BATCH`` with OPT one of lana's optimizers (``teacher_training.optimizer``:
-``adamw`` with weight decay 1e-4, or ``sgd``: Nesterov momentum 0.9, weight decay 5e-5);
-every recipe is trained by lana's own loop (warm-up over 5 % of steps + cosine schedule). Results are cached per recipe in
+Recipes are ``OPT:LR:BATCH`` with OPT one of lana's optimizers
+(``teacher_training.optimizer``: ``adamw`` with weight decay 1e-4, or ``sgd``: Nesterov
+momentum 0.9, weight decay 5e-5); every recipe is trained by lana's own loop (warm-up over
+5 % of steps + cosine schedule). Results are cached per recipe in
 ``benchmarks/work/teacher-recipe-<family>/`` (a re-run resumes) and written to
 RESULTS.md unless ``--no-write``.
 """

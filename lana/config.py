@@ -50,15 +50,18 @@ class DataConfig(_Section):
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
 
+#: lana's training optimizers (:func:`lana.train.make_optimizer`).
+Optimizer = Literal["adamw", "sgd"]
+_OPTIMIZER_HELP = "adamw (weight decay 1e-4) or sgd (Nesterov momentum 0.9, weight decay 5e-5)"
+
+
 class TeacherTrainingConfig(_Section):
     """How lana trains the teacher when no weights are given."""
 
     epochs: float = Field(2.0, gt=0, description="passes over the training split")
     batch_size: int = Field(128, ge=1, description="images per training step")
     lr: float = Field(3e-3, gt=0, description="peak learning rate (cosine schedule)")
-    optimizer: Literal["adamw", "sgd"] = Field(
-        "adamw", description="adamw (weight decay 1e-4) or sgd (Nesterov momentum 0.9, "
-        "weight decay 5e-5)")
+    optimizer: Optimizer = Field("adamw", description=_OPTIMIZER_HELP)
     cache_dir: str | None = Field(None, description="default: ~/.cache/lana/teachers")
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable "
                                   "checkpoints (does not change the result)")
@@ -188,9 +191,7 @@ class FinetuneConfig(_Section):
     epochs: float = Field(1.0, ge=0, description="passes over the training split (0: none)")
     batch_size: int = Field(128, ge=1, description="images per training step")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (cosine schedule)")
-    optimizer: Literal["adamw", "sgd"] = Field(
-        "adamw", description="adamw (weight decay 1e-4) or sgd (Nesterov momentum 0.9, "
-        "weight decay 5e-5)")
+    optimizer: Optimizer = Field("adamw", description=_OPTIMIZER_HELP)
     kd_weight: float = Field(1.0, ge=0, description="weight of the KD loss next to "
                              "cross-entropy")
     temperature: float = Field(2.0, gt=0, description="KD softmax temperature")

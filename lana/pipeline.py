@@ -170,8 +170,9 @@ class Run:
         """The teacher's training key (its settings) and its file in the teacher cache."""
         cfg = self.config
         key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
-                     "data": cfg.data.model_dump(), "train": _settings(
-                         cfg.teacher_training, {"cache_dir", "checkpoint_every"}), "seed": cfg.seed, "v": 1})
+                     "data": cfg.data.model_dump(),
+                     "train": _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"}),
+                     "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
                      ) / f"{key}.safetensors"
@@ -512,8 +513,8 @@ class Run:
             key = _hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
             stats = train_classifier(student, self.splits.train, epochs=cfg.epochs,
                                      batch_size=cfg.batch_size, lr=cfg.lr,
-                                     optimizer=cfg.optimizer, seed=self.config.seed, teacher=self.teacher,
-                                     kd_weight=cfg.kd_weight, temperature=cfg.temperature,
+                                     optimizer=cfg.optimizer, seed=self.config.seed,
+                                     teacher=self.teacher, kd_weight=cfg.kd_weight, temperature=cfg.temperature,
                                      description="phase 3 finetune",
                                      checkpoint=self.student_dir(budget) / "finetune-checkpoint.pt",
                                      checkpoint_key=key, kill_tag="finetune",

@@ -254,7 +254,7 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     # for each window (the confirm timings of one solve share a window).
     best_model: Any = None
     best_budget = 0.0
-    best_windows: list[dict[str, float]] = []
+    best_window: dict[str, float] = {}  # its timing in its own solve's window
     # What the solves so far taught: the largest layer budget whose chosen student met the
     # budget, and the smallest one none of whose students did. Later budgets stay between.
     under: float | None = None
@@ -276,19 +276,21 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             measured = {"teacher": latency["teacher_measured_ms"]}
         allowed = budget_allowed_ms(budget.speedup, target_ms, measured["teacher"])
         if again:
-            best_windows.append({"teacher": measured["teacher"], "student": measured["best"]})
-            best.setdefault("retimed_ms", []).append(best_windows[-1])
-            pooled = pool_timings(best_windows, "student", budget.speedup, target_ms)
-            if pooled["fraction"] > (1 - cfg.margin) * (1 + 1e-9):
+            retimed = best.setdefault("retimed_ms", [])
+            retimed.append({"teacher": measured["teacher"], "student": measured["best"]})
+            windows = [best_window, *retimed]
+            over_windows = pool_timings(windows, "student", budget.speedup, target_ms)
+            if over_windows["fraction"] > (1 - cfg.margin) * (1 + 1e-9):
                 log(f"[yellow]search: the best student so far, timed again beside this "
-                    f"solve, measures {pooled['latency_ms']:.4g} ms, "
-                    f"{pooled['fraction']:.0%} of its budget over {len(best_windows)} time "
-                    "windows: dropped[/yellow]")
-                best.update(meets_budget=False, latency_ms_measured=pooled["latency_ms"])
+                    f"solve, measures {over_windows['latency_ms']:.4g} ms, "
+                    f"{over_windows['fraction']:.0%} of its budget over {len(windows)} "
+                    "time windows: dropped[/yellow]")
+                best.update(meets_budget=False,
+                            latency_ms_measured=over_windows["latency_ms"])
                 over = best_budget if over is None else min(over, best_budget)
                 if under is not None and under >= best_budget:
                     under = None
-                best, best_model, best_windows = None, None, []
+                best, best_model = None, None
         rows = []
         with progress() as bar:
             task = bar.add_task("phase 2c evaluate", total=len(result.solutions),
@@ -348,7 +350,7 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
                                            or chosen["val_loss"] < best["val_loss"])
         if improved:
             best, best_model, best_budget = chosen, chosen_model, layer_budget
-            best_windows = [chosen_window] if chosen["verified"] else []
+            best_window = chosen_window
         if measure is None:
             break  # nothing measured, nothing to learn from
         goal = min(allowed, target_ms) * (1 - cfg.margin)

@@ -117,8 +117,9 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 
 def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size: int,
-                     lr: float, optimizer: str = "adamw", seed: int = 0, teacher: nn.Module | None = None,
-                     kd_weight: float = 0.0, temperature: float = 2.0,
+                     lr: float, optimizer: str = "adamw", seed: int = 0,
+                     teacher: nn.Module | None = None, kd_weight: float = 0.0,
+                     temperature: float = 2.0,
                      description: str = "train", checkpoint: str | Path | None = None,
                      checkpoint_every: int = 100, checkpoint_key: str = "",
                      kill_tag: str = "", distributed: bool = True,
