@@ -134,8 +134,9 @@ def test_work_dir_is_tied_to_its_settings(tmp_path):
         table3.check_settings(tmp_path, {"a": 2, "b": None})
 
 
-@pytest.mark.parametrize("scale", sorted(table3.SCALES))
-def test_report_renders_a_whole_result(scale, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("scale", "sessions"), [(s, 1) for s in sorted(table3.SCALES)]
+                         + [("medium", 3)])
+def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
     """The report runs only after hours of training: render it from a made-up result so a
     formatting slip cannot lose a finished run."""
     from types import SimpleNamespace
@@ -171,12 +172,105 @@ def test_report_renders_a_whole_result(scale, tmp_path, monkeypatch):
                       **{f"{k}_{sp:g}x": b / sp for sp in (msp, 2.0, 3.0)
                          for k in ("lana", "random", "prune")}} for b in (1, 32)}},
     }
+    if sessions > 1:  # the same timings, and two sessions where LANA 2x is slower
+        one = {b: res["latency"].pop(b) for b in ("b1", "b32")}
+        slower = {b: {**t, "lana_2x": t["lana_2x"] * 1.25} for b, t in one.items()}
+        res["latency"]["windows"] = [{**one, "at": 100.0}, {**slower, "at": 400.0},
+                                     {**slower, "at": 700.0}]
     body = table3.report(bench, res, "python benchmarks/table3.py --family effnet", 12.0)
     assert list(written) == [f"## Table 3 on Fashion-MNIST: effnet ({scale} scale, issue 6)"]
     assert "| LANA | 2x | 82.00 | 50.00 |" in body
+    if sessions == 1:
+        assert "| 2.00× | 2.00× |" in body and "in one interleaved session" in body
+    else:  # median over sessions, range in brackets; the target reads the median
+        assert "| 1.60× (1.60–2.00) | 1.60× (1.60–2.00) |" in body
+        assert "3 interleaved sessions" in body and "spread over 10 min" in body
+        assert "2x faster for <= 0.5 points: **NOT met** (measured 1.60×" in body
     assert "5x faster for <= 1.5 points: **not measurable**" in body
     assert "LANA beats Torch-Pruning and random search at every matched latency: **met**" \
         in body
     assert "training with 2 torch thread(s)" in body
     assert "within ±5%: 1.6x: True; 2x: True; 3x: False." in body
     assert (tmp_path / f"table3_effnet_{scale}.png").exists()
+
+
+def test_timing_sessions_are_pooled_by_their_own_ratios():
+    # Session 2 is a slow window for everyone: its ms move the medians, but the ratio of
+    # each network to the teacher timed beside it stays what it is in every session.
+    windows = [{"b1": {"teacher": 4.0, "s": 2.0}, "b32": {"teacher": 40.0, "s": 10.0}},
+               {"b1": {"teacher": 8.0, "s": 5.0}, "b32": {"teacher": 80.0, "s": 20.0}},
+               {"b1": {"teacher": 4.4, "s": 2.0}, "b32": {"teacher": 44.0, "s": 11.0}}]
+    pooled = table3.pool_windows(windows)
+    assert pooled["b1"] == {"teacher": 4.4, "s": 2.0}
+    assert pooled["speedup_b1"]["s"] == [2.0, 1.6, 2.2]
+    assert pooled["speedup_b1"]["teacher"] == [1.0, 1.0, 1.0]
+    assert pooled["speedup_b32"]["s"] == [4.0, 4.0, 4.0]
+    with pytest.raises(ValueError, match="no timing sessions"):
+        table3.pool_windows([])
+    # A step stored before sessions were kept is one session.
+    old = {"b1": {"teacher": 1.0}, "b32": {"teacher": 2.0}}
+    assert table3.timing_windows(old) == [{**old, "at": 0.0}]
+
+
+def _latency_bench(tmp_path, monkeypatch):
+    """A Table3 with only what ``latency`` needs, and a fake clock of timing sessions:
+    every network takes ``1 / speed`` ms, the teacher 4 ms, times the session's slowness."""
+    from types import SimpleNamespace
+
+    import lana.latency
+    from lana.config import LatencyConfig
+
+    calls: list[tuple[int, tuple[str, ...]]] = []
+
+    def fake_measure(models, shape, settings, **kwargs):
+        session = sum(1 for c in calls if c[0] == 1) + (shape[0] == 1)
+        calls.append((shape[0], tuple(models)))
+        slow = 2.0 if session == 2 else 1.0
+        return {k: SimpleNamespace(median_ms=slow * (4.0 if k == "teacher" else 1 / m) * shape[0])
+                for k, m in models.items()}
+
+    monkeypatch.setattr(lana.latency, "measure_interleaved", fake_measure)
+    bench = table3.Table3.__new__(table3.Table3)
+    bench.steps = table3.Steps(tmp_path / "steps", say=lambda _: None)
+    bench.cfg = SimpleNamespace(latency=LatencyConfig(backend="onnxruntime", threads=1))
+    bench.run = SimpleNamespace(teacher="teacher", input_shape=(1, 8, 8))
+    bench.final_model = lambda name, info: info["speed"]
+    return bench, calls
+
+
+def test_final_timing_takes_sessions_apart_and_adds_to_stored_ones(tmp_path, monkeypatch):
+    bench, calls = _latency_bench(tmp_path, monkeypatch)
+    methods = {"lana_2x": {"speed": 0.5}, "member": {"speed": 0.25}}
+    lat = bench.latency(methods, windows=2, gap_s=0.0)
+    assert [c[0] for c in calls] == [1, 32, 1, 32]
+    assert len(lat["windows"]) == 2
+    assert lat["speedup_b1"]["lana_2x"] == [2.0, 2.0, 2.0]  # the slow session cancels out
+    assert lat["b1"]["teacher"] == 6.0  # median ms of 4 and 8
+    # Cached with enough sessions; asking for more adds sessions to the stored ones.
+    assert bench.latency(methods, windows=2, gap_s=0.0) == lat
+    assert len(calls) == 4
+    more = bench.latency(methods, windows=3, gap_s=0.0)
+    assert len(calls) == 6 and len(more["windows"]) == 3
+    assert more["windows"][:2] == lat["windows"]
+    assert more["b1"]["teacher"] == 4.0
+    # A network that joins is timed with all the others again, from the first session.
+    methods["random_2x"] = {"speed": 0.4}
+    again = bench.latency(methods, windows=1, gap_s=0.0)
+    assert len(again["windows"]) == 1 and "random_2x" in again["b1"]
+    assert calls[-1][1] == ("teacher", "lana_2x", "member", "random_2x")
+
+
+def test_final_timing_reads_a_step_stored_before_sessions_were_kept(tmp_path, monkeypatch):
+    from lana.io import write_json
+
+    bench, calls = _latency_bench(tmp_path, monkeypatch)
+    methods = {"lana_2x": {"speed": 0.5}}
+    names = '["lana_2x"]'
+    write_json(bench.steps.path("latency"),
+               {"names": names, "b1": {"teacher": 4.0, "lana_2x": 2.5},
+                "b32": {"teacher": 128.0, "lana_2x": 64.0}, "seconds": 5.0})
+    lat = bench.latency(methods, windows=1, gap_s=0.0)
+    assert calls == [] and lat["speedup_b1"]["lana_2x"] == [1.6, 1.6, 1.6]
+    assert lat["windows"][0]["at"] > 0  # the file's time stands for its session's
+    lat = bench.latency(methods, windows=2, gap_s=0.0)
+    assert len(calls) == 2 and lat["speedup_b1"]["lana_2x"][1:] == [1.6, 2.0]
