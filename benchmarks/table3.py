@@ -326,15 +326,18 @@ class Table3:
                                 num_classes=self.run.splits.num_classes,
                                 in_chans=self.run.splits.in_chans)
 
-    def train(self, model, seed: int, tag: str, *, recipe: str = "finetune") -> dict:
+    def train(self, model, seed: int, tag: str, *, recipe: str = "finetune",
+              epochs: float | None = None) -> dict:
         """Train ``model`` with CE + KD from the teacher: the fine-tuning recipe, or the
-        teacher's training recipe (``recipe="teacher"``: for a network from scratch)."""
+        teacher's training recipe (``recipe="teacher"``: for a network from scratch);
+        ``epochs`` overrides the recipe's."""
         from lana.train import train_classifier
 
         ft = self.cfg.finetune
         r = self.cfg.teacher_training if recipe == "teacher" else ft
         return train_classifier(
-            model, self.run.splits.train, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
+            model, self.run.splits.train, epochs=epochs or r.epochs,
+            batch_size=r.batch_size, lr=r.lr,
             optimizer=r.optimizer, seed=seed, teacher=self.run.teacher, kd_weight=ft.kd_weight,
             temperature=ft.temperature, description=f"table3 {tag}",
             checkpoint=self.work / "models" / f"{tag}-checkpoint.pt",
