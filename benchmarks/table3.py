@@ -15,6 +15,9 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
 
 - ``LANA``: the pipeline's student at the measured latency of the family's smaller member
   (budget = measured teacher/member ratio) and at 2x, 3x, 5x speed-up over the teacher;
+- ``LANA, fine-tuned as the member trains``: the student at the member's latency again,
+  fine-tuned for the teacher recipe's epochs (the member's) instead of the run's, so that
+  LANA and the member are also compared at equal training images;
 - ``member+KD``: the smaller family member trained from scratch with KD from the teacher,
   by the teacher's training recipe (epochs, batch, lr) plus the fine-tuning KD loss;
 - ``Torch-Pruning``: the teacher pruned (magnitude, uniform ratio) until its measured
@@ -439,6 +442,23 @@ class Table3:
                     "accuracy_before": before}
         return self.steps.get(f"lana_{tag}_s{seed}", go)
 
+    def lana_equal_training(self, lana0: dict) -> dict:
+        """The LANA student at the member's latency fine-tuned (the fine-tuning recipe) for
+        as many epochs as the member trains from scratch: LANA and the member at equal
+        training images, beside the table's row with the run's own fine-tuning epochs."""
+        epochs = self.cfg.teacher_training.epochs
+        name = f"lana_{lana0['tag']}_equal_training"
+
+        def go() -> dict:
+            from lana.io import save_tensors
+
+            student = self.lana_student(lana0)
+            stats = self.train(student, 0, name, epochs=epochs)
+            save_tensors(self.model_path(name), student.state_dict())
+            return {**stats, "tag": lana0["tag"], "epochs": epochs,
+                    "accuracy": self.test_acc(student)["accuracy"]}
+        return self.steps.get(name, go)
+
     @staticmethod
     def random_solution(lib, layer_budget: float):
         """The best predicted score of 2000 random feasible architectures of ``lib`` whose
@@ -682,6 +702,8 @@ class Table3:
             lana_rows[sp] = [self.lana(sp, s) for s in seeds]
             if "infeasible" in lana_rows[sp][0]:
                 self.steps.say(f"[table3] {sp:g}x infeasible: {lana_rows[sp][0]['infeasible']}")
+        first = lana_rows[member_speedup][0]
+        equal = None if "infeasible" in first else self.lana_equal_training(first)
         random_rows, prune_rows = {}, {}
         for sp in speedups:
             first = lana_rows[sp][0]
@@ -702,7 +724,7 @@ class Table3:
         lat = self.latency(finals, self.timing_windows, self.timing_gap_s)
         return {"prep": prep, "member_speedup": member_speedup, "members": members,
                 "lana": lana_rows, "random": random_rows, "prune": prune_rows,
-                "kendall": kend, "latency": lat}
+                "lana_equal": equal, "kendall": kend, "latency": lat}
 
 
 # ------------------------------------------------------------------ report
@@ -779,6 +801,12 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
                          "mean": _acc(rr)[0], "key": f"{kind}_{tag}", "kind": kind,
                          "speedup": sp,
                          "before": 100 * rr[0].get("accuracy_before", math.nan)})
+            eq = res.get("lana_equal")
+            if kind == "lana" and eq and eq["tag"] == tag:
+                rows.append({"method": f"LANA, fine-tuned {eq['epochs']:g} epochs (as the "
+                             "member trains)", "budget": label, "acc": _fmt_acc([eq]),
+                             "mean": 100 * eq["accuracy"], "key": f"lana_{tag}",
+                             "kind": "lana_equal", "speedup": sp})
     lines = ["| method | budget | test accuracy % (± sd over seeds) | before fine-tune % | "
              "ms b1 | ms b32 | speed-up b1 | speed-up b32 |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -799,6 +827,11 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
                     None if lm is None else lm["mean"] > mm["mean"],
                     "no LANA student" if lm is None else
                     f"{lm['mean']:.2f} vs {mm['mean']:.2f}"))
+    le = find("lana_equal", msp)
+    if le is not None:
+        targets.append(("(beyond the issue) at the member's latency and equal training "
+                        "images, LANA is more accurate than the member",
+                        le["mean"] > mm["mean"], f"{le['mean']:.2f} vs {mm['mean']:.2f}"))
     for sp, limit in ((2.0, 0.5), (5.0, 1.5)):
         r = find("lana", sp)
         if r is None:
@@ -930,7 +963,9 @@ def plot(rows: list[dict], b1: dict, path: Path, title: str) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     styles = {"teacher": ("*", "teacher"), "member": ("D", "smaller member + KD"),
-              "lana": ("o", "LANA"), "prune": ("s", "Torch-Pruning"),
+              "lana": ("o", "LANA"),
+              "lana_equal": ("P", "LANA, fine-tuned as long as the member trains"),
+              "prune": ("s", "Torch-Pruning"),
               "random": ("x", "random search")}
     for kind, (marker, label) in styles.items():
         pts = sorted((b1[r["key"]], r["mean"]) for r in rows if r["kind"] == kind)
