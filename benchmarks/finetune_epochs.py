@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--epochs must be positive")
     work = Path(args.work or HERE / "work" / f"table3-{args.family}-{args.scale}").resolve()
     from lana.errors import LanaError
-    from lana.io import read_json, run_lock, save_tensors
+    from lana.io import read_json, run_lock
 
     start = time.time()
     try:
@@ -90,14 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             tag = name.removeprefix("lana_").removesuffix("_s0")
             rows = []
             for ep in args.epochs:
-                def go(ep: float = ep) -> dict:
-                    student = bench.lana_student(lana0)
-                    label = f"ftepochs_{tag}_e{ep:g}"
-                    stats = bench.train(student, 0, label, epochs=ep)
-                    save_tensors(bench.model_path(label), student.state_dict())
-                    return {**stats, "epochs": ep,
-                            "accuracy": bench.test_acc(student)["accuracy"]}
-                rows.append(steps.get(f"{tag}_e{ep:g}", go))
+                rows.append(steps.get(f"{tag}_e{ep:g}", lambda ep=ep: bench.finetune_for(
+                    lana0, ep, f"ftepochs_{tag}_e{ep:g}")))
     except (LanaError, FileNotFoundError) as exc:
         print(f"finetune_epochs: {exc}", file=sys.stderr)
         return 2

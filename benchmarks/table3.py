@@ -446,18 +446,20 @@ class Table3:
         """The LANA student at the member's latency fine-tuned (the fine-tuning recipe) for
         as many epochs as the member trains from scratch: LANA and the member at equal
         training images, beside the table's row with the run's own fine-tuning epochs."""
-        epochs = self.cfg.teacher_training.epochs
         name = f"lana_{lana0['tag']}_equal_training"
+        return self.steps.get(name, lambda: self.finetune_for(
+            lana0, self.cfg.teacher_training.epochs, name))
 
-        def go() -> dict:
-            from lana.io import save_tensors
+    def finetune_for(self, lana0: dict, epochs: float, name: str) -> dict:
+        """Fine-tune the LANA student of ``lana0`` from its phase-1 weights (seed 0, the
+        fine-tuning recipe) for ``epochs``; its weights are kept as ``models/<name>``."""
+        from lana.io import save_tensors
 
-            student = self.lana_student(lana0)
-            stats = self.train(student, 0, name, epochs=epochs)
-            save_tensors(self.model_path(name), student.state_dict())
-            return {**stats, "tag": lana0["tag"], "epochs": epochs,
-                    "accuracy": self.test_acc(student)["accuracy"]}
-        return self.steps.get(name, go)
+        student = self.lana_student(lana0)
+        stats = self.train(student, 0, name, epochs=epochs)
+        save_tensors(self.model_path(name), student.state_dict())
+        return {**stats, "tag": lana0["tag"], "epochs": epochs,
+                "accuracy": self.test_acc(student)["accuracy"]}
 
     @staticmethod
     def random_solution(lib, layer_budget: float):
