@@ -12,9 +12,10 @@ student fine-tuned for the ``finetune`` section's (1 epoch at the medium scale),
 budget (``member``: the member's measured latency, or a speed-up such as ``2``), assembled
 from its phase-1 weights as the pipeline's phase 3 starts, is fine-tuned by the same recipe
 (CE + KD, optimizer, lr, batch) for each number of epochs, and its test accuracy is set
-next to the teacher's and the member's. Nothing of the table3 run is changed: results go
-to ``WORK/finetune-epochs`` (one JSON per epoch count, so a re-run resumes) and to the
-"Fine-tuning epochs" section of benchmarks/RESULTS.md.
+next to the teacher's and the member's. Results go to ``WORK/finetune-epochs`` (one JSON
+per epoch count, so a re-run resumes) and to the "Fine-tuning epochs" section of
+benchmarks/RESULTS.md; the member's budget at the member's own epochs is the table's
+"as the member trains" row, so that one is read from (or stored as) the table3 step.
 """
 
 from __future__ import annotations
@@ -32,27 +33,32 @@ from _results import machine, write_section  # noqa: E402
 
 
 def budget_step(steps_dir: Path, budget: str) -> str:
-    """The table3 step name of the LANA student (seed 0) at ``budget``: ``member`` or a
-    speed-up ("2", "3.0"). Raises FileNotFoundError naming what to run first."""
+    """The table3 step name of the LANA student (seed 0) at ``budget``: ``member`` (the
+    member's measured speed-up, as table3 derives it from ``member_ratio``) or a speed-up
+    ("2", "3.0"). Raises FileNotFoundError naming what to run first."""
     names = sorted(p.stem for p in steps_dir.glob("lana_speedup*_s0.json"))
     if not names:
         raise FileNotFoundError(f"no LANA students in {steps_dir}: run benchmarks/table3.py "
                                 "for this family and scale first")
-    speedups = {n: float(n.removeprefix("lana_speedup").removesuffix("_s0")) for n in names}
-    if budget == "member":
-        # The member's budget is the one speed-up that is not a round 2x/3x/5x.
-        import table3
+    import table3
 
-        odd = [n for n, sp in speedups.items() if sp not in table3.SPEEDUPS]
-        if len(odd) != 1:
-            raise FileNotFoundError(f"cannot tell the member's budget among {names}")
-        return odd[0]
-    want = float(budget)
-    for n, sp in speedups.items():
-        if abs(sp - want) < 1e-9:
-            return n
-    raise FileNotFoundError(f"no LANA student at {budget}x in {steps_dir} (have: "
-                            f"{', '.join(f'{sp:g}x' for sp in speedups.values())})")
+    from lana.config import BudgetConfig
+    from lana.io import read_json
+    from lana.pipeline import budget_tag
+
+    if budget == "member":
+        ratio_file = steps_dir / "member_ratio.json"
+        if not ratio_file.exists():
+            raise FileNotFoundError(f"{ratio_file} is missing: run benchmarks/table3.py for "
+                                    "this family and scale first")
+        want = table3.member_speedup_of(read_json(ratio_file)["ratio"])
+    else:
+        want = float(budget)
+    name = f"lana_{budget_tag(BudgetConfig(speedup=want))}_s0"
+    if name in names:
+        return name
+    have = ", ".join(n.removeprefix("lana_speedup").removesuffix("_s0") + "x" for n in names)
+    raise FileNotFoundError(f"no LANA student at {want:g}x in {steps_dir} (have: {have})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             steps = table3.Steps(work / "finetune-epochs")
             tag = name.removeprefix("lana_").removesuffix("_s0")
             rows = []
+            equal = bench.cfg.teacher_training.epochs
             for ep in args.epochs:
+                if args.budget == "member" and ep == equal:
+                    # The table's own "as the member trains" row: the same training, so
+                    # it is shared rather than run twice.
+                    rows.append(bench.lana_equal_training(lana0))
+                    continue
                 rows.append(steps.get(f"{tag}_e{ep:g}", lambda ep=ep: bench.finetune_for(
                     lana0, ep, f"ftepochs_{tag}_e{ep:g}")))
     except (LanaError, FileNotFoundError) as exc:
