@@ -47,7 +47,8 @@ class DataConfig(_Section):
     val_samples: int = Field(2000, ge=16, description="held out from training data")
     test_samples: int | None = Field(None, ge=16, description="subset of the test split "
                                      "(default: all of it)")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (speed only: "
+                         "changing it retrains nothing)")
 
 
 #: lana's training optimizers (:func:`lana.train.make_optimizer`).

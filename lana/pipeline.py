@@ -69,6 +69,21 @@ def _settings(section, exclude: set[str]) -> dict:
     return out
 
 
+# Settings of the locked sections that change how fast a run goes, never its results:
+# changing them neither retrains the teacher nor refuses a run directory. They keep their
+# default in the teacher's key, so keys made before they were left out still match.
+_SPEED_ONLY = {"data": {"workers": 0}}
+
+
+def _locked(config: Config, section: str):
+    """A section of ``config`` that a run directory or the teacher cache is tied to, as
+    compared: its speed-only settings pinned to their defaults."""
+    value = getattr(config, section)
+    if section not in _SPEED_ONLY:
+        return value
+    return {**value.model_dump(), **_SPEED_ONLY[section]}
+
+
 class Run:
     """One LANA run bound to a directory. Stages are methods; each is resumable.
 
@@ -90,7 +105,7 @@ class Run:
         elif cfg_path.exists():
             old = load_config(cfg_path)
             for section in ("model", "data", "space", "distill", "seed"):
-                if getattr(old, section) != getattr(config, section):
+                if _locked(old, section) != _locked(config, section):
                     raise ConfigError(
                         f"{self.dir} was made with a different '{section}' section; its "
                         "results would not match this config. Use a new --out directory "
@@ -170,7 +185,7 @@ class Run:
         """The teacher's training key (its settings) and its file in the teacher cache."""
         cfg = self.config
         key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
-                     "data": cfg.data.model_dump(),
+                     "data": _locked(cfg, "data"),
                      "train": _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"}),
                      "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))

@@ -257,8 +257,39 @@ def test_config_change_of_results_sections_is_rejected(run_copy) -> None:
     other["search"]["k"] = 3
     other["finetune"]["epochs"] = 2
     other["latency"]["warmup"] = 5
+    other["data"]["workers"] = 2  # speed only, in a locked section
     Run(run_dir, config_from_dict(other))
     assert "k: 3" in (run_dir / "config.yaml").read_text()
+
+
+# The settings that feed the teacher's cache key and the stage keys (pipeline._settings),
+# less those left out of them. A new setting in one of these sections changes every key,
+# so runs cached before it would retrain: give it its default in
+# pipeline._LATER_SETTINGS (or, if it changes only speed, pipeline._SPEED_ONLY), then
+# add it here.
+_KEYED = {
+    "data": {"image_size", "name", "path", "test_samples", "train_samples", "val_samples",
+             "workers"},
+    "teacher_training": {"batch_size", "cache_dir", "checkpoint_every", "epochs", "lr",
+                         "optimizer"},
+    "latency": {"backend", "batch_size", "device", "drift_every", "drift_threshold", "extra",
+                "lut", "max_seconds", "normalize", "threads", "warmup"},
+    "score": {"batch_size", "metric", "samples"},
+    "search": {"budget", "confirm", "eval_samples", "extra_budgets", "k", "margin",
+               "max_resolves", "overlap", "slack"},
+    "finetune": {"batch_size", "checkpoint_every", "epochs", "kd_weight", "lr", "optimizer",
+                 "temperature"},
+}
+
+
+@pytest.mark.parametrize("section", sorted(_KEYED))
+def test_new_settings_do_not_silently_invalidate_cached_runs(section: str) -> None:
+    from lana.config import Config
+
+    fields = set(Config.model_fields[section].annotation.model_fields)
+    assert fields == _KEYED[section], (
+        f"the '{section}' section's settings changed ({sorted(fields ^ _KEYED[section])}): "
+        "see the comment above _KEYED")
 
 
 def test_run_needs_a_run_directory(tmp_path: Path) -> None:
@@ -279,6 +310,8 @@ def test_teacher_cache_is_reused(pipeline_run, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir, cfg = pipeline_run
     _no_training(monkeypatch)
+    cfg = copy.deepcopy(cfg)
+    cfg["data"]["workers"] = 1  # how fast data loads: not part of the teacher's key
     run = Run(tmp_path / "second", config_from_dict(cfg))
     run.prepare()
     a = load_tensors(run_dir / "teacher.safetensors")
