@@ -67,10 +67,7 @@ def train_one(family: str, recipe: str, images: int, seed: int) -> dict:
     steps = max(1, math.ceil(images / batch))
     start = time.time()
     try:
-        # Half a step short of `steps`: train_classifier rounds epochs * len / batch up,
-        # and an exact product could float to one step more.
-        epochs = (steps - 0.5) * batch / len(splits.train)
-        stats = train_classifier(model, splits.train, epochs=epochs,
+        stats = train_classifier(model, splits.train, steps=steps,
                                  batch_size=batch, lr=lr, optimizer=opt_name, seed=seed,
                                  description=f"teacher {recipe}", distributed=False)
     except TrainingDivergedError as exc:

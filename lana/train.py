@@ -116,7 +116,8 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     raise ConfigError(f"optimizer {name!r} is not one of: adamw, sgd")
 
 
-def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size: int,
+def train_classifier(model: nn.Module, data: Data, *, epochs: float | None = None,
+                     steps: int | None = None, batch_size: int,
                      lr: float, optimizer: str = "adamw", seed: int = 0,
                      teacher: nn.Module | None = None, kd_weight: float = 0.0,
                      temperature: float = 2.0,
@@ -127,7 +128,9 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
     """Train ``model`` with cross-entropy (+ KD from ``teacher``); ``optimizer`` (see
     :func:`make_optimizer`) with a warm-up + cosine schedule.
 
-    Returns the mean training loss of the last 10% of steps. Under torchrun (a process
+    The length is ``epochs`` over ``data`` (rounded up to whole steps) or exactly
+    ``steps`` batches; give one of the two. Returns the mean training loss of the last
+    10% of steps. Under torchrun (a process
     group of ``world`` ranks) the model is wrapped in DistributedDataParallel and every
     global batch of ``batch_size`` is split across ranks (``Data.stream(rank, world)``), so
     the gradient equals the single-process one up to float rounding. BatchNorm layers
@@ -145,7 +148,10 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float, batch_size:
     """
     from lana import dist as D
 
-    steps = max(1, math.ceil(epochs * len(data) / batch_size))
+    if (epochs is None) == (steps is None):
+        raise TypeError("train_classifier: give epochs or steps, not both or neither")
+    if steps is None:
+        steps = max(1, math.ceil(epochs * len(data) / batch_size))
     rank, world = (D.rank(), D.world()) if distributed else (0, 1)
     if world > batch_size:
         from lana.errors import ConfigError

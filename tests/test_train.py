@@ -48,6 +48,17 @@ def test_a_short_run_reports_its_last_loss(synthetic_splits) -> None:
     assert stats["steps"] == 2 and stats["train_loss"] > 0
 
 
+def test_a_run_of_exact_steps(synthetic_splits) -> None:
+    # 3 steps of 32 whatever the data's size: what a study of training budgets needs.
+    stats = train_classifier(_classifier(), synthetic_splits.train, steps=3, batch_size=32,
+                             lr=0.01)
+    assert stats["steps"] == 3
+    for kw in ({}, {"epochs": 1.0, "steps": 3}):
+        with pytest.raises(TypeError, match="give epochs or steps"):
+            train_classifier(_classifier(), synthetic_splits.train, batch_size=32, lr=0.01,
+                             **kw)
+
+
 def test_unknown_optimizer_is_a_clear_error() -> None:
     with pytest.raises(LanaError, match="'lamb' is not one of: adamw, sgd"):
         make_optimizer("lamb", _classifier().parameters(), 0.1)
