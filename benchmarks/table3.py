@@ -431,10 +431,8 @@ class Table3:
             except InfeasibleBudgetError as exc:
                 return {"tag": tag, "infeasible": str(exc), "minimum": exc.minimum}
             chosen = srch["chosen"]
-            att = next(a for a in srch["attempts"] if chosen in a["students"])
             base = {"tag": tag, "choices": chosen["choices"], "score": chosen["score"],
                     "latency_ms_lut": chosen["latency_ms_lut"], "fixed_ms": srch["fixed_ms"],
-                    "search_ratio": chosen["latency_ms_measured"] / att["teacher_ms"],
                     "meets_budget": chosen["meets_budget"]}
             if seed == 0:
                 ft = self.run.finetune(budget)
@@ -736,6 +734,25 @@ class Table3:
 
 
 # ------------------------------------------------------------------ report
+def search_speedup(search_json: Path) -> float | None:
+    """The chosen student's speed-up over the teacher as the pipeline's search measured it:
+    the median over its timings of teacher ms / student ms, each pair timed in one
+    session (None when the search did not time it, e.g. for a remote device)."""
+    if not search_json.exists():
+        return None
+    from lana.io import read_json
+
+    srch = read_json(search_json)
+    chosen = srch.get("chosen") or {}
+    pairs = chosen.get("timings_ms") or [
+        {"teacher": a["teacher_ms"], "student": chosen["latency_ms_measured"]}
+        for a in srch.get("attempts", []) if chosen in a["students"]
+        and chosen.get("latency_ms_measured")][:1]
+    if not pairs:
+        return None
+    return statistics.median(t["teacher"] / t["student"] for t in pairs)
+
+
 def timing_windows(lat: dict) -> list[dict]:
     """The timing sessions of a ``latency`` step; a step stored before sessions were kept
     (one session, ``b1``/``b32`` at the top level) counts as one session of unknown time."""
@@ -868,6 +885,16 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     random_within = [f"{sp:.3g}x: {r[0].get('within', False)}"
                      for sp, r in res["random"].items() if "infeasible" not in r[0]]
 
+    # What the pipeline's own check measured when it chose each student, beside what the
+    # table's sessions, spread out in time, measure: on a shared machine they can differ.
+    at_search = []
+    for sp, lrows in res["lana"].items():
+        if "infeasible" not in lrows[0]:
+            sr = search_speedup(bench.run.dir / "students" / lrows[0]["tag"] / "search.json")
+            if sr is not None:
+                at_search.append(f"{budget_label(sp, member, msp)}: {sr:.2f}× "
+                                 f"(the table: {sp1['lana_' + lrows[0]['tag']][0]:.2f}×)")
+
     kend = res["kendall"]
     # Wall time of every phase next to the teacher's training time.
     timings = bench.run._timings()
@@ -948,6 +975,9 @@ Budgets: the member's measured latency ({msp:.2f}× faster than the teacher) and
   phase-1 weights, under a LUT budget bisected until the measured latency is within ±5% of
   the LANA student's; within ±5%: {'; '.join(random_within) or 'none'}.
 - {member} + KD: trained from scratch by the teacher's recipe with the KD loss added.
+- LANA's speed-up at batch 1 as the search's own check measured it when it chose the
+  student (the median of its back-to-back timings beside the teacher):
+  {'; '.join(at_search) or 'not recorded'}.
 """ + ("- Infeasible budgets: " + "; ".join(infeasible) + "\n" if infeasible else "") + """
 Wall time per phase:
 

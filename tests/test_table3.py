@@ -151,7 +151,16 @@ def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
                             fam=table3.FAMILIES["effnet"], steps=steps,
                             cfg=SimpleNamespace(threads=2),
                             run=SimpleNamespace(_timings=lambda: {"teacher_train_s": 60.0,
-                                                                  "distill_s": 30.0}))
+                                                                  "distill_s": 30.0},
+                                                dir=tmp_path / "run"))
+    # The pipeline's own check of the 2x student: three timings beside the teacher.
+    from lana.io import write_json
+
+    (tmp_path / "run" / "students" / "2x").mkdir(parents=True)
+    write_json(tmp_path / "run" / "students" / "2x" / "search.json", {"chosen": {
+        "latency_ms_measured": 0.5, "timings_ms": [
+            {"teacher": 1.0, "student": 0.45}, {"teacher": 1.0, "student": 0.5},
+            {"teacher": 1.1, "student": 0.5}]}})
     msp = 1.6
     lana = {sp: [{"tag": f"{sp:g}x", "accuracy": 0.84 - 0.01 * sp, "accuracy_before": 0.5}]
             for sp in (msp, 2.0, 3.0)}
@@ -197,6 +206,8 @@ def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
         assert "| 1.60× (1.60–2.00) | 1.60× (1.60–2.00) |" in body
         assert "3 interleaved sessions" in body and "spread over 10 min" in body
         assert "2x faster for <= 0.5 points: **NOT met** (measured 1.60×" in body
+    assert "student (the median of its back-to-back timings beside the teacher):\n" \
+        f"  2x: 2.20× (the table: {2.0 if sessions == 1 else 1.6:.2f}×)." in body
     assert "5x faster for <= 1.5 points: **not measurable**" in body
     assert "LANA beats Torch-Pruning and random search at every matched latency: **met**" \
         in body
