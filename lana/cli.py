@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--points", type=int, default=20,
                     help="budgets in the report's Pareto sweep (default 20)")
 
+    st = sub.add_parser("status", help="what a run directory holds, stage by stage, and "
+                        "what re-running `lana run` on it would compute")
+    st.add_argument("dir", help="run directory")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+
     c = sub.add_parser("config", help="print the default configuration as YAML")
     c.add_argument("--defaults", action="store_true", help="every option with its default, "
                    "as YAML (the default mode)")
@@ -183,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         print("lana: interrupted; every finished step is saved, re-run the same command "
               "to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`lana status DIR --json | head`): not an error of ours.
+        # stdout is pointed at devnull so the interpreter's final flush stays quiet.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -194,6 +206,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "sweep":
         return _sweep(args)
+    if args.cmd == "status":
+        import json
+
+        from lana.report import print_status
+        from lana.status import run_status
+
+        status = run_status(args.dir)
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            print_status(status)
+        return 0
     if args.cmd == "search":
         if _is_library(Path(args.dir)):
             return _library_search(args)

@@ -84,6 +84,17 @@ def _locked(config: Config, section: str):
     return {**value.model_dump(), **_SPEED_ONLY[section]}
 
 
+def stage_inputs(config: Config, stage: str) -> dict:
+    """The settings a stage's result depends on (``profile``, ``score``, ``search`` or
+    ``finetune``); their hash keys the stage's file, so a change recomputes it."""
+    deps = {"profile": ["latency"], "score": ["score"],
+            "search": ["latency", "score", "search"],
+            "finetune": ["latency", "score", "search", "finetune"]}[stage]
+    # How often a stage checkpoints does not change its result.
+    return {name: _settings(getattr(config, name), {"budget", "checkpoint_every"})
+            for name in deps}
+
+
 class Run:
     """One LANA run bound to a directory. Stages are methods; each is resumable.
 
@@ -268,13 +279,7 @@ class Run:
         return None
 
     def _stage_inputs(self, stage: str) -> dict:
-        c = self.config
-        deps = {"profile": ["latency"], "score": ["score"],
-                "search": ["latency", "score", "search"],
-                "finetune": ["latency", "score", "search", "finetune"]}[stage]
-        # How often a stage checkpoints does not change its result.
-        return {name: _settings(getattr(c, name), {"budget", "checkpoint_every"})
-                for name in deps}
+        return stage_inputs(self.config, stage)
 
     def _timings(self) -> dict:
         p = self.dir / "timings.json"

@@ -169,3 +169,36 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
     return {"family": chain.family, "space": patterns, "layers": len(cands),
             "candidates": [len(c) for c in cands],
             "log10_space_size": log10_space_size(cands)}
+
+
+_STATE_STYLE = {"done": "green", "partial": "yellow", "stale": "yellow", "missing": "dim",
+                "corrupt": "red"}
+
+
+def print_status(status: dict, console: Console | None = None) -> None:
+    """A run directory's stages (:func:`lana.status.run_status`) as a table, then what a
+    re-run would compute."""
+    console = console or _out
+    t = Table(title=f"lana status: {status['dir']} ({status['model']})")
+    for col in ("stage", "budget", "state", "time", "detail"):
+        t.add_column(col, justify="right" if col == "time" else "left",
+                     overflow="fold" if col == "detail" else "ellipsis")
+    for s in status["stages"]:
+        style = _STATE_STYLE.get(s["state"], "")
+        secs = s["seconds"]
+        t.add_row(s["stage"], s["budget"] or "", f"[{style}]{s['state']}[/{style}]",
+                  "" if secs is None else f"{secs:.0f} s", str(s["detail"]))
+    console.print(t)
+    run = status.get("running")
+    if run:
+        console.print(f"[yellow]a lana run is working in this directory now: pid "
+                      f"{run.get('pid')} on {run.get('host', '?')} ({run.get('command', '?')}, "
+                      f"since {run.get('since', '?')})[/yellow]")
+    if any(s["state"] == "corrupt" for s in status["stages"]):
+        console.print("[red]corrupt files: re-run with --recompute-corrupt to move them "
+                      "aside and recompute them[/red]")
+    if status["next"]:
+        console.print("re-running `lana run CONFIG --out DIR` with these settings (and the "
+                      "budget flag shown) computes:\n  " + "\n  ".join(status["next"]))
+    else:
+        console.print("every stage is done: a re-run computes nothing")
