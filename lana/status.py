@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ def _budget_of(tag: str):
     value = float(m.group(2))
     return BudgetConfig(speedup=value) if m.group(1) == "speedup" else \
         BudgetConfig(latency_ms=value)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _read(path: Path) -> tuple[str, Any]:
@@ -138,8 +147,16 @@ def run_status(run_dir: str | Path) -> dict:
         except ArtifactError as exc:
             add("distill", "corrupt", str(exc), "distill_s")
         else:
-            state = "done" if left == 0 else "missing" if left == total else "partial"
-            add("distill", state, f"{total - left}/{total} candidates trained", "distill_s")
+            ckpts = sorted((d / "distill").glob("checkpoint-*.pt"),
+                           key=lambda p: p.stat().st_mtime)
+            state = ("done" if left == 0 else "partial" if left < total or ckpts
+                     else "missing")
+            detail = f"{total - left}/{total} candidates trained"
+            if ckpts and left:  # a group stopped (or running) between checkpoints
+                age = time.time() - ckpts[-1].stat().st_mtime
+                detail += (f"; {len(ckpts)} group(s) under way, last checkpoint "
+                           f"{_ago(age)} ago")
+            add("distill", state, detail, "distill_s")
 
     state, data = _keyed(d / "latency.json", stage_inputs(config, "profile"))
     add("profile", state, f"teacher {data['teacher_measured_ms']:.4g} ms measured, "

@@ -48,6 +48,7 @@ def test_changed_settings_missing_weights_and_a_second_budget(run_copy) -> None:
     cands = [layer["ops"] for layer in read_json(run_dir / "candidates.json")["layers"]]
     trained = [(i, s) for i, ops in enumerate(cands) for s in ops if s not in UNTRAINED]
     weight_path(run_dir, *trained[0]).unlink()
+    (run_dir / "distill" / "checkpoint-0123abcd.pt").write_bytes(b"")  # its group, stopped
     (run_dir / "students" / "speedup3").mkdir()
     write_json(run_dir / "students" / "speedup3" / "search.json", {"inputs": "old"})
     status = run_status(run_dir)
@@ -60,7 +61,8 @@ def test_changed_settings_missing_weights_and_a_second_budget(run_copy) -> None:
     assert st[("finetune", tag)] == "stale" and st[("export", tag)] == "stale"
     assert st[("search", "speedup3")] == "stale" and st[("finetune", "speedup3")] == "missing"
     distill = next(s for s in status["stages"] if s["stage"] == "distill")
-    assert distill["detail"] == f"{len(trained) - 1}/{len(trained)} candidates trained"
+    assert distill["detail"].startswith(f"{len(trained) - 1}/{len(trained)} candidates "
+                                        "trained; 1 group(s) under way, last checkpoint ")
     assert status["next"] == ["distill", "score",
                               f"{tag} (the config budget): search, finetune, export",
                               "speedup3 (--speedup 3): search, finetune, export"]
