@@ -184,9 +184,10 @@ def run_status(run_dir: str | Path) -> dict:
                 detail += f", measured {sp:.2f}x faster than the teacher"
             elif ch.get("latency_ms_measured") is not None:
                 detail += f", measured {ch['latency_ms_measured']:.4g} ms"
-            detail += (", within budget" if ch.get("meets_budget") else
-                       ", not verified (remote device)" if not ch.get("verified", True)
-                       else ", OVER budget")
+            if not ch.get("verified", True):  # a LUT from another device: predicted only
+                detail += ", not measured here (the LUT is from the target device)"
+            else:
+                detail += ", within budget" if ch.get("meets_budget") else ", OVER budget"
         else:
             detail = srch or "not searched yet"
         add("search", state, detail, f"search_{tag}_s", tag)
