@@ -75,6 +75,13 @@ def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypat
     chosen = res["chosen"]
     assert chosen["verified"] is False and chosen["latency_ms_measured"] is None
     assert chosen["latency_ms_predicted"] <= res["budget_ms"] * 1.0001
+    from lana.status import run_status
+
+    search_row = next(s for s in run_status(run_dir)["stages"]
+                      if s["stage"] == "search" and s["budget"] == "speedup1.2")
+    assert search_row["state"] == "done"
+    assert search_row["detail"].endswith("not measured here (the LUT is from the target "
+                                         "device)")
 
     # A LUT that lacks an entry is an error naming what to do.
     data = read_json(lut)
