@@ -97,8 +97,8 @@ def run_status(run_dir: str | Path) -> dict:
     "next": [...]}``; each stage is ``{"stage", "budget" (a tag or None), "state"`` (one of
     :data:`STATES`), ``"detail", "seconds"}`` and ``next`` names the stages a re-run
     would compute, in order: the shared ones, then per budget (``"speedup3 (--speedup 3):
-    finetune, export"``; the config's budget is the one ``lana run`` takes by default). Raises :class:`lana.errors.ConfigError` if ``run_dir`` is not
-    a run directory.
+    finetune, export"``; the config's budget is the one ``lana run`` takes by default).
+    Raises :class:`lana.errors.ConfigError` if ``run_dir`` is not a run directory.
     """
     from lana.config import load_config
     from lana.errors import ConfigError
@@ -175,8 +175,10 @@ def run_status(run_dir: str | Path) -> dict:
     for tag in tags:
         sdir = d / "students" / tag
         state, srch = _keyed(sdir / "search.json", stage_inputs(config, "search"))
-        if state in ("done", "stale"):
-            ch = srch.get("chosen") or {}
+        if state in ("done", "stale") and not srch.get("chosen"):
+            detail = "no chosen student recorded"
+        elif state in ("done", "stale"):
+            ch = srch["chosen"]
             pairs = ch.get("timings_ms") or []
             detail = f"chosen student: predicted {ch.get('latency_ms_predicted', 0):.4g} ms"
             if pairs:  # timed beside the teacher: the speed-up is the fair figure
