@@ -87,3 +87,12 @@ def progress() -> Progress | _LineProgress:
 def log(message: str) -> None:
     """One line of status for the user (stderr, so stdout stays machine-readable)."""
     console.print(message, highlight=False)
+
+
+def duration(seconds: float) -> str:
+    """A duration as a person reads it: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

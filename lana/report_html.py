@@ -29,6 +29,7 @@ from typing import Any
 
 from lana.errors import ArtifactError, LanaError
 from lana.io import atomic_write_bytes, read_json
+from lana.progress import duration
 from lana.select import budget_allowed_ms
 
 REPORT_DIR = "report"
@@ -586,25 +587,17 @@ def _timings(run: RunFiles) -> Section:
     ax.barh(range(len(keys)), vals, color="tab:blue")
     top = max(vals) or 1.0
     for y, v in enumerate(vals):
-        ax.text(v + 0.01 * top, y, _duration(v), va="center", fontsize=8)
+        ax.text(v + 0.01 * top, y, duration(v), va="center", fontsize=8)
     ax.set_yticks(range(len(keys)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, top * 1.2)
     ax.set_xlabel("seconds")
-    ax.set_title(f"total {_duration(sum(vals))}", fontsize=10)
+    ax.set_title(f"total {duration(sum(vals))}", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     sec.plots.append(_png(fig, "timings.png", "phase timings"))
-    sec.tables.append(TableData(["stage", "time"], [[lab, _duration(v)] for lab, v
+    sec.tables.append(TableData(["stage", "time"], [[lab, duration(v)] for lab, v
                                                     in zip(labels, vals, strict=True)]))
     return sec
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
 
 
 # ---------------------------------------------------------------- assembly

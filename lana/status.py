@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lana.errors import ArtifactError
+from lana.progress import duration
 
 #: The states a stage can be in, as ``run_status`` reports them.
 STATES = ("done", "partial", "stale", "missing", "corrupt")
@@ -33,14 +34,6 @@ def _budget_of(tag: str):
     value = float(m.group(2))
     return BudgetConfig(speedup=value) if m.group(1) == "speedup" else \
         BudgetConfig(latency_ms=value)
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _read(path: Path) -> tuple[str, Any]:
@@ -155,7 +148,7 @@ def run_status(run_dir: str | Path) -> dict:
             if ckpts and left:  # a group stopped (or running) between checkpoints
                 age = time.time() - ckpts[-1].stat().st_mtime
                 detail += (f"; {len(ckpts)} group(s) under way, last checkpoint "
-                           f"{_ago(age)} ago")
+                           f"{duration(age)} ago")
             add("distill", state, detail, "distill_s")
 
     state, data = _keyed(d / "latency.json", stage_inputs(config, "profile"))
