@@ -987,6 +987,17 @@ Targets (issue 6):
 
 """ + "\n".join(f"- {name}: **{mark[ok]}** ({why})" for name, ok, why in targets) + "\n"
     write_section(heading, body)
+    # The same numbers as plain data, for benchmarks/table3_summary.py (all families).
+    from lana.io import write_json
+
+    write_json(bench.work / "summary.json", {
+        "family": fam, "scale": scale, "teacher": bench.fam["teacher"], "member": member,
+        "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+        "member_speedup": msp, "tau": kend.get("tau"), "kendall_n": kend.get("n"),
+        "rows": [{"kind": r["kind"], "budget": r["budget"], "speedup": r.get("speedup"),
+                  "accuracy": r["mean"], "ms_b1": b1[r["key"]],
+                  "speedup_b1": sp1[r["key"]][0]} for r in rows],
+        "targets": [{"name": n, "met": ok, "detail": why} for n, ok, why in targets]})
     return body
 
 

@@ -134,28 +134,24 @@ def test_work_dir_is_tied_to_its_settings(tmp_path):
         table3.check_settings(tmp_path, {"a": 2, "b": None})
 
 
-@pytest.mark.parametrize(("scale", "sessions"), [(s, 1) for s in sorted(table3.SCALES)]
-                         + [("medium", 3)])
-def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
-    """The report runs only after hours of training: render it from a made-up result so a
-    formatting slip cannot lose a finished run."""
+def fake_run(tmp_path, scale: str, sessions: int = 1, family: str = "effnet"):
+    """A made-up finished table3 run of ``family``: ``(bench, res)`` as ``report`` takes
+    them; its work directory is ``tmp_path``."""
     from types import SimpleNamespace
 
-    written: dict[str, str] = {}
-    monkeypatch.setattr(table3, "write_section", lambda h, b: written.update({h: b}))
-    monkeypatch.setattr(table3, "HERE", tmp_path)
+    from lana.io import write_json
+
     steps = table3.Steps(tmp_path / "steps")
     steps.get("member_s0", lambda: {"accuracy": 0.80})
     steps.get("kendall", lambda: {"tau": 0.5})
-    bench = SimpleNamespace(family="effnet", scale=scale, seeds=1,
-                            fam=table3.FAMILIES["effnet"], steps=steps,
+    bench = SimpleNamespace(family=family, scale=scale, seeds=1,
+                            fam=table3.FAMILIES[family], steps=steps,
                             cfg=SimpleNamespace(threads=2),
                             run=SimpleNamespace(_timings=lambda: {"teacher_train_s": 60.0,
                                                                   "distill_s": 30.0},
-                                                dir=tmp_path / "run"))
+                                                dir=tmp_path / "run"),
+                            work=tmp_path)
     # The pipeline's own check of the 2x student: three timings beside the teacher.
-    from lana.io import write_json
-
     (tmp_path / "run" / "students" / "2x").mkdir(parents=True)
     write_json(tmp_path / "run" / "students" / "2x" / "search.json", {"chosen": {
         "latency_ms_measured": 0.5, "timings_ms": [
@@ -189,6 +185,20 @@ def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
         slower = {b: {**t, "lana_2x": t["lana_2x"] * 1.25} for b, t in one.items()}
         res["latency"]["windows"] = [{**one, "at": 100.0}, {**slower, "at": 400.0},
                                      {**slower, "at": 700.0}]
+    return bench, res
+
+
+@pytest.mark.parametrize(("scale", "sessions"), [(s, 1) for s in sorted(table3.SCALES)]
+                         + [("medium", 3)])
+def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
+    """The report runs only after hours of training: render it from a made-up result so a
+    formatting slip cannot lose a finished run."""
+    from lana.io import read_json
+
+    written: dict[str, str] = {}
+    monkeypatch.setattr(table3, "write_section", lambda h, b: written.update({h: b}))
+    monkeypatch.setattr(table3, "HERE", tmp_path)
+    bench, res = fake_run(tmp_path, scale, sessions)
     body = table3.report(bench, res, "python benchmarks/table3.py --family effnet", 12.0)
     assert list(written) == [f"## Table 3 on Fashion-MNIST: effnet ({scale} scale, issue 6)"]
     assert "| LANA | 2x | 82.00 | 50.00 |" in body
@@ -214,6 +224,11 @@ def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
     assert "training with 2 torch thread(s)" in body
     assert "within ±5%: 1.6x: True; 2x: True; 3x: False." in body
     assert (tmp_path / f"table3_effnet_{scale}.png").exists()
+    summary = read_json(tmp_path / "summary.json")  # the same numbers as plain data
+    lana2 = next(r for r in summary["rows"] if r["kind"] == "lana" and r["budget"] == "2x")
+    assert lana2["accuracy"] == pytest.approx(82.0) and lana2["speedup"] == 2.0
+    assert lana2["speedup_b1"] == pytest.approx(2.0 if sessions == 1 else 1.6)
+    assert [t["met"] for t in summary["targets"]][-1] is True
 
 
 def test_timing_sessions_are_pooled_by_their_own_ratios():
