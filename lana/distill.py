@@ -115,6 +115,18 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
                        "distill_group_estimate_mb": round(max(estimates), 1),
                        "distill_max_memory_mb": None if cfg.group_size else
                        cfg.max_memory_mb})
+    if world == 1:
+        # This process owns every candidate, so a checkpoint that belongs to none of the
+        # groups is left by an earlier grouping (distill.group_size or max_memory_mb changed
+        # since): its candidates start over in their new group.
+        current = {f"checkpoint-{_group_id(g)}.pt" for g in groups}
+        for old in sorted((run_dir / "distill").glob("checkpoint-*.pt")):
+            if old.name not in current:
+                log(f"[yellow]phase 1: {old.name} belongs to an earlier grouping of the "
+                    "candidates; dropped, its candidates train again in their new group"
+                    "[/yellow]")
+                old.unlink()
+                checksum_path(old).unlink(missing_ok=True)
     log(f"phase 1: distilling {len(todo)} candidates in {len(groups)} group(s) "
         f"(largest: {max(len(g) for g in groups)} candidates, ~{max(estimates):.0f} MiB), "
         f"{cfg.steps} steps of {cfg.batch_size} images each")

@@ -32,7 +32,7 @@ from torch import nn
 
 from lana import dist as D
 from lana.backends import deploy_env
-from lana.config import BudgetConfig, Config, config_from_dict, load_config
+from lana.config import BudgetConfig, Config, DistillConfig, config_from_dict, load_config
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
@@ -69,10 +69,17 @@ def _settings(section, exclude: set[str]) -> dict:
     return out
 
 
-# Settings of the locked sections that change how fast a run goes, never its results:
-# changing them neither retrains the teacher nor refuses a run directory. They keep their
-# default in the teacher's key, so keys made before they were left out still match.
-_SPEED_ONLY = {"data": {"workers": 0}}
+# Settings of the locked sections that change how fast a run goes (or how much memory it
+# takes), never its results: changing them neither retrains the teacher nor refuses a run
+# directory. They keep their default in the teacher's key, so keys made before they were
+# left out still match. Phase 1's grouping is among them (tests/test_distill.py:
+# test_grouping_does_not_change_results), so a run short of memory can lower
+# distill.max_memory_mb and resume.
+_SPEED_ONLY = {
+    "data": {"workers": 0},
+    "distill": {name: DistillConfig.model_fields[name].default
+                for name in ("group_size", "max_memory_mb", "checkpoint_every")},
+}
 
 
 def _locked(config: Config, section: str):

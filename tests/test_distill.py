@@ -214,6 +214,28 @@ def test_unreadable_checkpoint_restarts_group(seq_chain, synthetic_splits, tmp_p
         assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
 
 
+def test_regrouping_mid_run_drops_the_old_checkpoint(seq_chain, synthetic_splits,
+                                                     tmp_path: Path, capsys) -> None:
+    # A run short of memory is resumed with smaller groups: the group in progress has a
+    # checkpoint no new group owns; it is dropped (not left behind) and the result is the
+    # same as an uninterrupted run's.
+    cfg = DistillConfig(steps=4, batch_size=16, checkpoint_every=2, group_size=0)
+    D.distill(seq_chain, CANDIDATES, synthetic_splits.train, cfg, tmp_path / "ref", seed=0)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Crash):
+        D.distill(seq_chain, CANDIDATES, CrashingData(synthetic_splits.train, 3), cfg,
+                  run_dir, seed=0)
+    (old,) = (run_dir / "distill").glob("checkpoint-*.pt")
+    smaller = cfg.model_copy(update={"group_size": 1})
+    D.distill(seq_chain, CANDIDATES, synthetic_splits.train, smaller, run_dir, seed=0)
+    assert not old.exists() and not list((run_dir / "distill").glob("checkpoint-*"))
+    captured = capsys.readouterr()
+    assert "belongs to an earlier grouping" in captured.err + captured.out
+    a, b = _weights(tmp_path / "ref", seq_chain), _weights(run_dir, seq_chain)
+    for key in a:
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+
+
 def test_missing_weight_file_is_retrained(seq_chain, synthetic_splits, tmp_path: Path) -> None:
     cfg = DistillConfig(steps=2, batch_size=16)
     D.distill(seq_chain, CANDIDATES, synthetic_splits.train, cfg, tmp_path, seed=0)

@@ -258,6 +258,8 @@ def test_config_change_of_results_sections_is_rejected(run_copy) -> None:
     other["finetune"]["epochs"] = 2
     other["latency"]["warmup"] = 5
     other["data"]["workers"] = 2  # speed only, in a locked section
+    other["distill"]["max_memory_mb"] = 256  # grouping: speed and memory only
+    other["distill"]["checkpoint_every"] = 3
     Run(run_dir, config_from_dict(other))
     assert "k: 3" in (run_dir / "config.yaml").read_text()
 
