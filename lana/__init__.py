@@ -6,6 +6,7 @@ Public API::
     lana.run(config_or_yaml, out_dir) -> summary dict  # the whole pipeline, resumable
     lana.Run(out_dir, config)                          # stage by stage
     lana.load_student(path) -> nn.Module               # a saved student, rebuilt
+    lana.run_status(out_dir) -> dict                   # how far a run got (read only)
     lana.accelerate(model, train_ds, val_ds, budget=2) # one call: .student .summary .report
     lana.search.solve(library, budgets, k=...)          # the ILP alone (no torch needed)
 """
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lana.decompose import Chain, decompose
     from lana.errors import LanaError
     from lana.pipeline import Run, run
+    from lana.status import run_status
     from lana.student import load_student
 
 # Imported lazily so that `import lana.search` (the ILP) needs neither torch nor timm.
@@ -30,7 +32,7 @@ _LAZY = {
     "Config": "lana.config", "load_config": "lana.config",
     "Chain": "lana.decompose", "decompose": "lana.decompose",
     "LanaError": "lana.errors", "Run": "lana.pipeline", "run": "lana.pipeline",
-    "load_student": "lana.student",
+    "load_student": "lana.student", "run_status": "lana.status",
 }
 
 
@@ -43,4 +45,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["AccelerateResult", "Chain", "Config", "LanaError", "Run", "accelerate", "decompose",
-           "load_config", "load_student", "run", "__version__"]
+           "load_config", "load_student", "run", "run_status", "__version__"]

@@ -27,7 +27,9 @@ def _snapshot(root: Path) -> dict[str, float]:
 def test_a_finished_run_is_done_and_status_changes_nothing(run_copy, capsys) -> None:
     run_dir, _ = run_copy
     before = _snapshot(run_dir)
-    status = run_status(run_dir)
+    import lana
+
+    status = lana.run_status(run_dir)  # the public API's name for it
     assert set(_states(status).values()) == {"done"}, status
     assert status["next"] == [] and status["running"] is None
     stages = [s["stage"] for s in status["stages"]]
