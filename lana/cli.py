@@ -125,6 +125,17 @@ def _parser() -> argparse.ArgumentParser:
         if name == "search":
             _library_search_args(s)
 
+    v = sub.add_parser("verify", help="time an exported student beside the teacher again, "
+                       "in sessions spread out in time; exit 1 if the median misses the "
+                       "budget")
+    v.add_argument("dir", help="run directory")
+    _budget_args(v)
+    v.add_argument("--sessions", type=int, default=3,
+                   help="timing sessions to add (default 3); earlier ones are kept")
+    v.add_argument("--gap", type=float, default=300.0, metavar="S",
+                   help="seconds at least between sessions (default 300)")
+    _run_dir_args(v)
+
     w = sub.add_parser("sweep", help="Pareto front of a library: the ILP at evenly spaced "
                        "budgets on one cost, as CSV and a plot")
     w.add_argument("library", help="library JSON file")
@@ -304,8 +315,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             if (Path(args.dir) / "config.yaml").exists():
                 config = _with_device(load_config(Path(args.dir) / "config.yaml"), args.device)
         run = Run(Path(args.dir), config)
-        stage = getattr(run, args.cmd)
         budget = _budget(args)
+        if args.cmd == "verify":
+            return _verify(run, budget, args.sessions, args.gap)
+        stage = getattr(run, args.cmd)
         if args.cmd == "distill":
             result = run.distill()  # every rank under torchrun
         elif args.cmd == "finetune":
@@ -349,6 +362,22 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
         if create or run_dir.is_dir():
             dist.on_main(lambda: (stack.enter_context(run_lock(run_dir)), check()))
         yield
+
+
+def _verify(run, budget, sessions: int, gap: float) -> int:
+    from lana import dist
+    from lana.progress import log
+    from lana.report import print_verify
+
+    if sessions < 0 or gap < 0:
+        raise ConfigError("--sessions and --gap must be >= 0")
+    if dist.world() > 1:
+        raise ConfigError("lana verify times on one process; run it without torchrun")
+    res = run.verify(budget, sessions, gap, on_session=lambda n, t: log(
+        f"verify: session {n + 1}/{sessions}: teacher {t['teacher']:.4g} ms, student "
+        f"{t['student']:.4g} ms ({t['teacher'] / t['student']:.2f}x)"))
+    print_verify(res)
+    return 0 if res["meets_budget"] else 1
 
 
 def _profile_bundle(args: argparse.Namespace) -> int:

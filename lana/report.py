@@ -202,3 +202,28 @@ def print_status(status: dict, console: Console | None = None) -> None:
                       "budget flag shown) computes:\n  " + "\n  ".join(status["next"]))
     else:
         console.print("every stage is done: a re-run computes nothing")
+
+
+def print_verify(res: dict, console: Console | None = None) -> None:
+    """The timings of :meth:`lana.pipeline.Run.verify`: export's and every session's, then
+    the verdict on their median."""
+    import time
+
+    console = console or _out
+    b = res["budget"]
+    label = f"{b['speedup']:g}x" if "speedup" in b else f"{b['latency_ms']:g} ms"
+    t = Table(title=f"lana verify: student at {label} (budget {res['budget_ms']:.4g} ms)")
+    for col in ("timing", "teacher ms", "student ms", "speed-up"):
+        t.add_column(col, justify="right" if col != "timing" else "left")
+    rows = [(f"export, #{i + 1}", s) for i, s in enumerate(res["export_timings"])]
+    rows += [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["at"])), s)
+             for s in res["sessions"]]
+    for name, s in rows:
+        t.add_row(name, f"{s['teacher']:.4g}", f"{s['student']:.4g}",
+                  f"{s['teacher'] / s['student']:.2f}x")
+    console.print(t)
+    p = res["pooled"]
+    verdict = "[green]within budget[/green]" if res["meets_budget"] else "[red]OVER budget[/red]"
+    console.print(f"median of {len(rows)} timings: student {p['latency_ms']:.4g} ms, "
+                  f"{p['speedup']:.2f}x the teacher, {p['fraction']:.0%} of the budget: "
+                  f"{verdict}")

@@ -211,6 +211,11 @@ def run_status(run_dir: str | Path) -> dict:
                       + (", within budget" if ok else ", OVER budget"))
         else:
             detail = ex or "not exported yet"
+        v_state, ver = _read(sdir / "verify.json")
+        if v_state == "ok" and ver.get("sessions"):
+            sp = statistics.median(t["teacher"] / t["student"] for t in ver["sessions"])
+            detail += (f"; `lana verify`: {len(ver['sessions'])} later session(s), median "
+                       f"{sp:.2f}x")
         add("export", e_state, detail, f"export_{tag}_s", tag)
 
     # What re-running computes: the shared stages, then each budget's (the config's budget

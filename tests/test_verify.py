@@ -1,0 +1,90 @@
+"""``lana verify``: the exported student timed again in sessions spread out in time."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import lana.profile
+from lana.cli import main
+from lana.config import BudgetConfig
+from lana.errors import ArtifactError, ConfigError
+from lana.io import read_json, write_json
+from lana.pipeline import Run
+
+
+def _scripted(monkeypatch, timings: list[tuple[float, float]]):
+    """measure_models returns these (teacher ms, student ms) in turn; calls are counted."""
+    it = iter(timings)
+    calls = []
+
+    def fake(models, input_shape, cfg, rounds=None, lut=None):
+        assert set(models) == {"teacher", "student"} and lut is not None
+        calls.append(1)
+        t, s = next(it)
+        return {"teacher": t, "student": s}
+
+    monkeypatch.setattr(lana.profile, "measure_models", fake)
+    return calls
+
+
+def _export_timings(run_dir, tag: str, timings: list[tuple[float, float]]) -> None:
+    """Replace export's own timings (the tiny run's real ones vary by machine)."""
+    path = run_dir / "students" / tag / "export.json"
+    exp = read_json(path)
+    exp["timings_ms"] = [{"teacher": t, "student": s} for t, s in timings]
+    write_json(path, exp)
+
+
+def test_sessions_add_up_and_the_median_of_all_timings_decides(run_copy, monkeypatch,
+                                                               capsys) -> None:
+    run_dir, _ = run_copy
+    # budget 1.5x: a student of 0.6 ms beside a 1 ms teacher is at 90 % of its budget
+    _export_timings(run_dir, "speedup1.5", [(1.0, 0.6)] * 3)
+    sleeps = []
+    monkeypatch.setattr("time.sleep", sleeps.append)
+    calls = _scripted(monkeypatch, [(1.0, 0.62), (1.0, 0.6)] + [(1.0, 0.9)] * 8)
+    res = Run(run_dir).verify(BudgetConfig(speedup=1.5), sessions=2, gap_s=100.0)
+    assert len(calls) == 2 and len(res["sessions"]) == 2
+    assert len(sleeps) == 1 and 99 < sleeps[0] <= 100  # the gap, after the first session
+    assert res["meets_budget"] and res["pooled"]["speedup"] == pytest.approx(1 / 0.6)
+    stored = read_json(run_dir / "students" / "speedup1.5" / "verify.json")
+    assert [s["student"] for s in stored["sessions"]] == [0.62, 0.6]
+    # Later windows where the student is slow (135 % of the budget): three more sessions
+    # leave the median of all 8 timings within it (5 of them are fast), six more bring
+    # the median of all 11 over it, and the CLI exits 1.
+    assert main(["verify", str(run_dir), "--sessions", "3", "--gap", "0"]) == 0
+    assert "median of 8 timings: student 0.62 ms" in capsys.readouterr().out
+    assert main(["verify", str(run_dir), "--sessions", "3", "--gap", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "OVER budget" in out and "median of 11 timings: student 0.9 ms" in out
+    assert len(read_json(run_dir / "students" / "speedup1.5" / "verify.json")["sessions"]) == 8
+    from lana.status import run_status
+
+    export_row = next(s for s in run_status(run_dir)["stages"] if s["stage"] == "export")
+    assert export_row["detail"].endswith("`lana verify`: 8 later session(s), median 1.11x")
+
+
+def test_verify_needs_an_exported_student_timed_here(run_copy, monkeypatch) -> None:
+    run_dir, _ = run_copy
+    _scripted(monkeypatch, [])
+    with pytest.raises(ArtifactError, match=r"export the student first \(`lana export .* "
+                                            r"--speedup 3`\)"):
+        Run(run_dir).verify(BudgetConfig(speedup=3), sessions=1, gap_s=0)
+    path = run_dir / "students" / "speedup1.5" / "export.json"
+    exp = read_json(path)
+    exp["meets_budget"] = None  # what export records when the LUT is another device's
+    write_json(path, exp)
+    with pytest.raises(ConfigError, match="another machine"):
+        Run(run_dir).verify(sessions=1, gap_s=0)
+    assert main(["verify", str(run_dir), "--sessions", "-1"]) == 2
+
+
+def test_zero_sessions_judges_what_is_stored(run_copy, monkeypatch) -> None:
+    run_dir, _ = run_copy
+    _export_timings(run_dir, "speedup1.5", [(1.0, 0.6), (1.0, 0.7), (1.0, 0.65)])
+    calls = _scripted(monkeypatch, itertools.repeat((1.0, 0.6)))
+    res = Run(run_dir).verify(sessions=0)
+    assert calls == [] and res["sessions"] == []
+    assert res["pooled"]["latency_ms"] == 0.65 and res["meets_budget"]
