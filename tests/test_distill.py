@@ -198,20 +198,30 @@ def test_resume_after_crash_matches_uninterrupted_run(
     assert calls == []
 
 
+def _interrupted(chain, splits, tmp_path: Path, cfg: DistillConfig) -> tuple[Path, Path]:
+    """An uninterrupted reference run in ``tmp_path/ref`` and one killed at step 3 in
+    ``tmp_path/run``; returns the latter and the checkpoint it left."""
+    D.distill(chain, CANDIDATES, splits.train, cfg, tmp_path / "ref", seed=0)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Crash):
+        D.distill(chain, CANDIDATES, CrashingData(splits.train, 3), cfg, run_dir, seed=0)
+    (ckpt,) = (run_dir / "distill").glob("checkpoint-*.pt")
+    return run_dir, ckpt
+
+
+def _same_as_reference(chain, tmp_path: Path, run_dir: Path) -> None:
+    a, b = _weights(tmp_path / "ref", chain), _weights(run_dir, chain)
+    for key in a:
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+
+
 def test_unreadable_checkpoint_restarts_group(seq_chain, synthetic_splits, tmp_path: Path
                                               ) -> None:
     cfg = DistillConfig(steps=4, batch_size=16, checkpoint_every=2)
-    D.distill(seq_chain, CANDIDATES, synthetic_splits.train, cfg, tmp_path / "ref", seed=0)
-    run_dir = tmp_path / "run"
-    with pytest.raises(Crash):
-        D.distill(seq_chain, CANDIDATES, CrashingData(synthetic_splits.train, 3), cfg,
-                  run_dir, seed=0)
-    (ckpt,) = (run_dir / "distill").glob("checkpoint-*.pt")
+    run_dir, ckpt = _interrupted(seq_chain, synthetic_splits, tmp_path, cfg)
     ckpt.write_bytes(b"garbage")
     D.distill(seq_chain, CANDIDATES, synthetic_splits.train, cfg, run_dir, seed=0)
-    a, b = _weights(tmp_path / "ref", seq_chain), _weights(run_dir, seq_chain)
-    for key in a:
-        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    _same_as_reference(seq_chain, tmp_path, run_dir)
 
 
 def test_regrouping_mid_run_drops_the_old_checkpoint(seq_chain, synthetic_splits,
@@ -220,20 +230,13 @@ def test_regrouping_mid_run_drops_the_old_checkpoint(seq_chain, synthetic_splits
     # checkpoint no new group owns; it is dropped (not left behind) and the result is the
     # same as an uninterrupted run's.
     cfg = DistillConfig(steps=4, batch_size=16, checkpoint_every=2, group_size=0)
-    D.distill(seq_chain, CANDIDATES, synthetic_splits.train, cfg, tmp_path / "ref", seed=0)
-    run_dir = tmp_path / "run"
-    with pytest.raises(Crash):
-        D.distill(seq_chain, CANDIDATES, CrashingData(synthetic_splits.train, 3), cfg,
-                  run_dir, seed=0)
-    (old,) = (run_dir / "distill").glob("checkpoint-*.pt")
+    run_dir, old = _interrupted(seq_chain, synthetic_splits, tmp_path, cfg)
     smaller = cfg.model_copy(update={"group_size": 1})
     D.distill(seq_chain, CANDIDATES, synthetic_splits.train, smaller, run_dir, seed=0)
     assert not old.exists() and not list((run_dir / "distill").glob("checkpoint-*"))
     captured = capsys.readouterr()
     assert "belongs to an earlier grouping" in captured.err + captured.out
-    a, b = _weights(tmp_path / "ref", seq_chain), _weights(run_dir, seq_chain)
-    for key in a:
-        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    _same_as_reference(seq_chain, tmp_path, run_dir)
 
 
 def test_missing_weight_file_is_retrained(seq_chain, synthetic_splits, tmp_path: Path) -> None:
