@@ -650,7 +650,9 @@ class Run:
                               "with `lana profile`")
         path = sdir / "verify.json"
         record = read_json(path) if path.exists() else {"sessions": []}
-        student = self._finetuned_student(budget, self.search(budget)["chosen"])
+        # The exported architecture, as exported: a search whose settings changed since
+        # is not re-run here.
+        student = self._finetuned_student(budget, {"choices": exp["choices"]})
         lut = self.lut()
         target = exp["budget_ms"]
         for n in range(sessions):

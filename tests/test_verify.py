@@ -82,9 +82,15 @@ def test_verify_needs_an_exported_student_timed_here(run_copy, monkeypatch) -> N
 
 
 def test_zero_sessions_judges_what_is_stored(run_copy, monkeypatch) -> None:
-    run_dir, _ = run_copy
+    run_dir, cfg = run_copy
+    # search settings changed since the export: verify times the exported student and
+    # does not search again
+    cfg["search"]["k"] = 3
+    from lana.config import config_from_dict
+
+    monkeypatch.setattr(Run, "search", lambda *a, **k: pytest.fail("searched again"))
     _export_timings(run_dir, "speedup1.5", [(1.0, 0.6), (1.0, 0.7), (1.0, 0.65)])
     calls = _scripted(monkeypatch, itertools.repeat((1.0, 0.6)))
-    res = Run(run_dir).verify(sessions=0)
+    res = Run(run_dir, config_from_dict(cfg)).verify(sessions=0)
     assert calls == [] and res["sessions"] == []
     assert res["pooled"]["latency_ms"] == 0.65 and res["meets_budget"]
