@@ -31,9 +31,12 @@ def _budget_of(tag: str):
     m = _TAG.match(tag)
     if not m:
         return None
-    value = float(m.group(2))
-    return BudgetConfig(speedup=value) if m.group(1) == "speedup" else \
-        BudgetConfig(latency_ms=value)
+    try:
+        value = float(m.group(2))
+        return BudgetConfig(speedup=value) if m.group(1) == "speedup" else \
+            BudgetConfig(latency_ms=value)
+    except ValueError:  # also pydantic's ValidationError: a folder lana did not make
+        return None
 
 
 def _read(path: Path) -> tuple[str, Any]:

@@ -52,6 +52,8 @@ def test_changed_settings_missing_weights_and_a_second_budget(run_copy) -> None:
     weight_path(run_dir, *trained[0]).unlink()
     (run_dir / "distill" / "checkpoint-0123abcd.pt").write_bytes(b"")  # its group, stopped
     (run_dir / "students" / "speedup3").mkdir()
+    for other in ("speedup-1", "notes", "speedup1.2.3"):  # folders lana did not make
+        (run_dir / "students" / other).mkdir()
     write_json(run_dir / "students" / "speedup3" / "search.json", {"inputs": "old"})
     status = run_status(run_dir)
     st = _states(status)
