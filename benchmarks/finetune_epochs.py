@@ -42,9 +42,7 @@ def budget_step(steps_dir: Path, budget: str) -> str:
                                 "for this family and scale first")
     import table3
 
-    from lana.config import BudgetConfig
     from lana.io import read_json
-    from lana.pipeline import budget_tag
 
     if budget == "member":
         ratio_file = steps_dir / "member_ratio.json"
@@ -54,7 +52,7 @@ def budget_step(steps_dir: Path, budget: str) -> str:
         want = table3.member_speedup_of(read_json(ratio_file)["ratio"])
     else:
         want = float(budget)
-    name = f"lana_{budget_tag(BudgetConfig(speedup=want))}_s0"
+    name = table3.lana_step(want, 0)
     if name in names:
         return name
     have = ", ".join(n.removeprefix("lana_speedup").removesuffix("_s0") + "x" for n in names)

@@ -90,6 +90,14 @@ def member_speedup_of(ratio: float) -> float:
     ``ratio`` (member/teacher), rounded so the budget's step name is stable."""
     return round(1 / ratio, 3)
 
+def lana_step(speedup: float, seed: int) -> str:
+    """The step name of the LANA student at ``speedup`` for ``seed`` (``lana_<tag>_s<seed>``,
+    the tag being the pipeline's folder name of the budget)."""
+    from lana.config import BudgetConfig
+    from lana.pipeline import budget_tag
+
+    return f"lana_{budget_tag(BudgetConfig(speedup=speedup))}_s{seed}"
+
 # reduced: every path on one CPU core in ~30 min for one family (a smoke test of the
 # machinery, not of the method); medium: a real but smaller training budget that fits
 # one family in about 2 h on 2 CPU cores (15k training images, an 11-op space, the
@@ -444,7 +452,7 @@ class Table3:
             save_tensors(self.model_path(f"lana_{tag}_s{seed}"), student.state_dict())
             return {**base, **stats, "accuracy": self.test_acc(student)["accuracy"],
                     "accuracy_before": before}
-        return self.steps.get(f"lana_{tag}_s{seed}", go)
+        return self.steps.get(lana_step(speedup, seed), go)
 
     def lana_equal_training(self, lana0: dict) -> dict:
         """The LANA student at the member's latency fine-tuned (the fine-tuning recipe) for
@@ -735,22 +743,15 @@ class Table3:
 
 # ------------------------------------------------------------------ report
 def search_speedup(search_json: Path) -> float | None:
-    """The chosen student's speed-up over the teacher as the pipeline's search measured it:
-    the median over its timings of teacher ms / student ms, each pair timed in one
-    session (None when the search did not time it, e.g. for a remote device)."""
+    """The chosen student's speed-up over the teacher as the pipeline's search measured it
+    (:func:`lana.select.chosen_speedup`; None when the search did not time it or is
+    missing)."""
     if not search_json.exists():
         return None
     from lana.io import read_json
+    from lana.select import chosen_speedup
 
-    srch = read_json(search_json)
-    chosen = srch.get("chosen") or {}
-    pairs = chosen.get("timings_ms") or [
-        {"teacher": a["teacher_ms"], "student": chosen["latency_ms_measured"]}
-        for a in srch.get("attempts", []) if chosen in a["students"]
-        and chosen.get("latency_ms_measured")][:1]
-    if not pairs:
-        return None
-    return statistics.median(t["teacher"] / t["student"] for t in pairs)
+    return chosen_speedup(read_json(search_json))
 
 
 def timing_windows(lat: dict) -> list[dict]:

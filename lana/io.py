@@ -325,6 +325,26 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
         os.close(fd)
 
 
+def lock_holder(run_dir: str | os.PathLike[str]) -> dict | None:
+    """The process now holding ``DIR/lana.lock`` (:func:`run_lock`: pid, host, command,
+    since), or None when no live lana process works in the directory. Takes nothing."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_NAME
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(path) or {"pid": "?"}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _lock_holder(path: Path) -> dict:
     try:
         data = json.loads(path.read_text() or "{}")

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from functools import cached_property
 from pathlib import Path
@@ -47,6 +48,19 @@ def budget_tag(budget: BudgetConfig) -> str:
     if budget.speedup is not None:
         return f"speedup{budget.speedup:g}"
     return f"ms{budget.latency_ms:g}"
+
+
+def budget_from_tag(tag: str) -> BudgetConfig | None:
+    """The budget a ``students/<tag>`` folder is named for (:func:`budget_tag`), or None
+    when the name is not one lana makes."""
+    m = re.fullmatch(r"(speedup|ms)([0-9.eE+-]+)", tag)
+    if not m:
+        return None
+    field = "speedup" if m.group(1) == "speedup" else "latency_ms"
+    try:
+        return BudgetConfig(**{field: float(m.group(2))})
+    except ValueError:  # also pydantic's ValidationError: a folder lana did not make
+        return None
 
 
 def _hash(obj) -> str:
@@ -668,12 +682,11 @@ class Run:
             write_json(path, record)
             if on_session is not None:
                 on_session(n, record["sessions"][-1])
-        timings = [*(exp.get("timings_ms") or []),
-                   *({"teacher": s["teacher"], "student": s["student"]}
-                     for s in record["sessions"])]
-        pooled = pool_timings(timings, "student", budget.speedup, target)
+        exported = list(exp.get("timings_ms") or [])
+        pooled = pool_timings([*exported, *record["sessions"]], "student", budget.speedup,
+                              target)
         return {**record, "budget": budget.model_dump(exclude_none=True),
-                "budget_ms": target, "export_timings": list(exp.get("timings_ms") or []),
+                "budget_ms": target, "export_timings": exported,
                 "pooled": pooled, "meets_budget": pooled["fraction"] <= 1 + 1e-9}
 
     def all(self, budget: BudgetConfig | None = None) -> dict:

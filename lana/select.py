@@ -96,6 +96,28 @@ def pool_timings(timings: Sequence[dict[str, float]], name: str, speedup: float 
             "speedup": t["teacher"] / t[name], "fraction": fractions[k], "timing": k}
 
 
+def median_speedup(timings: Sequence[dict[str, float]], name: str = "student") -> float:
+    """The median over ``timings`` (each a dict of ms with the teacher timed alongside) of
+    teacher ms / ``name`` ms: a speed-up from pairs timed in the same session."""
+    import statistics
+
+    return statistics.median(t["teacher"] / t[name] for t in timings)
+
+
+def chosen_speedup(search: dict) -> float | None:
+    """The chosen student's speed-up over the teacher as a search result (``search.json``)
+    measured it: the median of its confirmation timings, else its one timing beside the
+    teacher of its attempt; None when nothing was timed (a LUT from another device)."""
+    chosen = search.get("chosen") or {}
+    if chosen.get("timings_ms"):
+        return median_speedup(chosen["timings_ms"])
+    if chosen.get("latency_ms_measured"):
+        for att in search.get("attempts", []):
+            if chosen in att["students"]:
+                return att["teacher_ms"] / chosen["latency_ms_measured"]
+    return None
+
+
 def _fractions(timings: Sequence[dict[str, float]], name: str, speedup: float | None,
                target_ms: float) -> list[float]:
     """Per timing: the student's ms over the budget allowed in that timing."""

@@ -9,8 +9,6 @@ recompute under) and against its checksum.
 
 from __future__ import annotations
 
-import re
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -20,24 +18,6 @@ from lana.progress import duration
 
 #: The states a stage can be in, as ``run_status`` reports them.
 STATES = ("done", "partial", "stale", "missing", "corrupt")
-
-_TAG = re.compile(r"^(speedup|ms)([0-9.eE+-]+)$")
-
-
-def _budget_of(tag: str):
-    """The BudgetConfig a ``students/<tag>`` folder was made for (None if not a budget)."""
-    from lana.config import BudgetConfig
-
-    m = _TAG.match(tag)
-    if not m:
-        return None
-    try:
-        value = float(m.group(2))
-        return BudgetConfig(speedup=value) if m.group(1) == "speedup" else \
-            BudgetConfig(latency_ms=value)
-    except ValueError:  # also pydantic's ValidationError: a folder lana did not make
-        return None
-
 
 def _read(path: Path) -> tuple[str, Any]:
     """("missing" | "corrupt" | "ok", the JSON or the error message)."""
@@ -52,38 +32,16 @@ def _read(path: Path) -> tuple[str, Any]:
 
 
 def _keyed(path: Path, inputs: dict | None) -> tuple[str, Any]:
-    """A stage file's state against the inputs it would be computed from now."""
+    """A stage file's state against the inputs it would be computed from now; ``None``
+    inputs: the stage before it is not done, so a file kept from before is stale."""
     from lana.pipeline import _hash
 
     state, data = _read(path)
     if state != "ok":
         return state, data
-    if inputs is not None and data.get("inputs") != _hash(inputs):
+    if inputs is None or data.get("inputs") != _hash(inputs):
         return "stale", data
     return "done", data
-
-
-def lock_holder(run_dir: str | Path) -> dict | None:
-    """The process now holding ``DIR/lana.lock`` (pid, host, command, since), or None
-    when no live lana process works in the directory."""
-    import fcntl
-    import os
-
-    from lana.io import LOCK_NAME, _lock_holder
-
-    path = Path(run_dir) / LOCK_NAME
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _lock_holder(path) or {"pid": "?"}
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def run_status(run_dir: str | Path) -> dict:
@@ -98,7 +56,9 @@ def run_status(run_dir: str | Path) -> dict:
     """
     from lana.config import load_config
     from lana.errors import ConfigError
-    from lana.pipeline import budget_tag, stage_inputs
+    from lana.io import lock_holder
+    from lana.pipeline import budget_from_tag, budget_tag, stage_inputs
+    from lana.select import chosen_speedup, median_speedup
 
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
@@ -166,7 +126,7 @@ def run_status(run_dir: str | Path) -> dict:
     # Per budget: the configured one and every one the directory holds.
     tags = {budget_tag(config.search.budget): config.search.budget}
     for sdir in sorted((d / "students").glob("*")):
-        if sdir.is_dir() and (b := _budget_of(sdir.name)) is not None:
+        if sdir.is_dir() and (b := budget_from_tag(sdir.name)) is not None:
             tags.setdefault(sdir.name, b)
     for tag in tags:
         sdir = d / "students" / tag
@@ -175,13 +135,10 @@ def run_status(run_dir: str | Path) -> dict:
             detail = "no chosen student recorded"
         elif state in ("done", "stale"):
             ch = srch["chosen"]
-            pairs = ch.get("timings_ms") or []
             detail = f"chosen student: predicted {ch.get('latency_ms_predicted', 0):.4g} ms"
-            if pairs:  # timed beside the teacher: the speed-up is the fair figure
-                sp = statistics.median(t["teacher"] / t["student"] for t in pairs)
+            # timed beside the teacher: the speed-up is the fair figure
+            if (sp := chosen_speedup(srch)) is not None:
                 detail += f", measured {sp:.2f}x faster than the teacher"
-            elif ch.get("latency_ms_measured") is not None:
-                detail += f", measured {ch['latency_ms_measured']:.4g} ms"
             if not ch.get("verified", True):  # a LUT from another device: predicted only
                 detail += ", not measured here (the LUT is from the target device)"
             else:
@@ -190,22 +147,13 @@ def run_status(run_dir: str | Path) -> dict:
             detail = srch or "not searched yet"
         add("search", state, detail, f"search_{tag}_s", tag)
         chosen = srch.get("chosen") if state == "done" else None
-        f_inputs = None if chosen is None else {**stage_inputs(config, "finetune"),
-                                                "choices": chosen}
-        if chosen is None:
-            f_state, ft = _read(sdir / "finetune.json")
-            f_state = {"ok": "stale"}.get(f_state, f_state)
-        else:
-            f_state, ft = _keyed(sdir / "finetune.json", f_inputs)
+        f_state, ft = _keyed(sdir / "finetune.json", None if chosen is None else {
+            **stage_inputs(config, "finetune"), "choices": chosen})
         add("finetune", f_state, f"test accuracy {100 * ft['accuracy']:.2f} % (before: "
             f"{100 * ft['accuracy_before']:.2f} %)" if f_state in ("done", "stale") else
             ft or "not fine-tuned yet", f"finetune_{tag}_s", tag)
-        e_inputs = {"finetune": ft.get("inputs")} if f_state == "done" else None
-        if e_inputs is None:
-            e_state, ex = _read(sdir / "export.json")
-            e_state = {"ok": "stale"}.get(e_state, e_state)
-        else:
-            e_state, ex = _keyed(sdir / "export.json", e_inputs)
+        e_state, ex = _keyed(sdir / "export.json", {"finetune": ft.get("inputs")}
+                             if f_state == "done" else None)
         if e_state in ("done", "stale"):
             sp, ok = ex.get("speedup"), ex.get("meets_budget")
             detail = ("latency not measured here (remote device)" if ok is None else
@@ -216,7 +164,7 @@ def run_status(run_dir: str | Path) -> dict:
             detail = ex or "not exported yet"
         v_state, ver = _read(sdir / "verify.json")
         if v_state == "ok" and ver.get("sessions"):
-            sp = statistics.median(t["teacher"] / t["student"] for t in ver["sessions"])
+            sp = median_speedup(ver["sessions"])
             detail += (f"; `lana verify`: {len(ver['sessions'])} later session(s), median "
                        f"{sp:.2f}x")
         add("export", e_state, detail, f"export_{tag}_s", tag)
