@@ -184,6 +184,12 @@ class SearchConfig(_Section):
                          "meets the budget: the chosen student's in the search, and the "
                          "final check's at export; up to 2 x confirm + 1 while the median "
                          "is within half the timings' spread of the budget")
+    skip_dominated: bool = Field(True, description="leave out every candidate that costs "
+                                 "at least as much as the teacher's own layer in every cost "
+                                 "column (each latency column, params, FLOPs): the search "
+                                 "could pick it only for a replace-one score better than "
+                                 "exact, i.e. by noise, so phase 1 does not train it either "
+                                 "(latency is measured first)")
 
 
 class FinetuneConfig(_Section):

@@ -5,11 +5,13 @@ Layout of a run directory ``DIR``::
     config.yaml                 the validated configuration of the run
     teacher.safetensors         teacher weights; teacher.json: layers, accuracy
     candidates.json             candidate specs per layer
-    distill/                    phase 1: L###/<spec>.safetensors + index.json
     latency.json                phase 2b: ms per candidate, stem, head, teacher end to end
+    costs.json                  params and FLOPs per candidate, stem, head
+    distill/                    phase 1: L###/<spec>.safetensors + index.json
     lut.json                    the latency LUT (cache keyed by op, shape and settings)
     scores.json                 phase 2a: replace-one scores
-    library.json                scores + costs per layer and op (input of the search)
+    library.json                scores + costs per layer and op (input of the search); ops
+                                no cheaper than the teacher's own layer are left out
     students/<budget>/          search.json, finetune.json, weights, and the exported student
     summary.json                teacher vs students
 
@@ -70,7 +72,7 @@ def _hash(obj) -> str:
 # Settings added after runs were already cached, with their defaults. At the default they
 # are left out of a stage's key, so a run made before they existed still resumes instead
 # of retraining; any other value changes the key.
-_LATER_SETTINGS = {"optimizer": "adamw"}
+_LATER_SETTINGS = {"optimizer": "adamw", "skip_dominated": True}
 
 
 def _settings(section, exclude: set[str]) -> dict:
@@ -114,6 +116,26 @@ def stage_inputs(config: Config, stage: str) -> dict:
     # How often a stage checkpoints does not change its result.
     return {name: _settings(getattr(config, name), {"budget", "checkpoint_every"})
             for name in deps}
+
+
+def op_costs(candidates: list[list[str]], latency: dict, costs: dict
+             ) -> list[dict[str, dict[str, float]]]:
+    """Per layer and op, every cost column the search can bound: the configured latency
+    (``latency_ms``), each extra latency column, params and FLOPs; from the contents of
+    ``latency.json`` and ``costs.json``."""
+    columns = {"latency_ms": latency, **latency.get("extra", {})}
+    return [{spec: {**{col: c["layers"][i][j] for col, c in columns.items()},
+                    **costs["layers"][i][j]}
+             for j, spec in enumerate(specs)}
+            for i, specs in enumerate(candidates)]
+
+
+def score_inputs(config: Config, left_out: list[list[str]]) -> dict:
+    """The score stage's key: its settings, and the candidates it left out when any."""
+    inputs = stage_inputs(config, "score")
+    if any(left_out):  # keys of runs that leave nothing out stay as they were
+        inputs["left_out"] = left_out
+    return inputs
 
 
 class Run:
@@ -396,20 +418,60 @@ class Run:
         _ = self.device  # every rank checks its device before any of them waits for another
         if D.world() > 1:
             self._teacher_on_every_rank()  # a teacher to train is trained by every rank
-            D.on_main(self.prepare)  # one rank evaluates it and lists candidates
+            # One rank evaluates it, lists the candidates and measures their latency.
+            D.on_main(lambda: (self.prepare(), self.left_out("phase 1")))
         rank = D.rank() if rank is None else rank
         world = D.world() if world is None else world
         index_path = self.dir / "distill" / "index.json"
-        todo = pending(self.candidates, self.dir, rank, world)
+        # Every rank reads the same latency.json, so every rank shards the same list.
+        to_train = self.to_train("phase 1")
+        todo = pending(to_train, self.dir, rank, world)
         start = time.time()
         plan: dict = {}  # groups and their estimated memory (rank 0's, under torchrun)
         if todo:
             D.reset_peak_rss()
-            distill(self.chain, self.candidates, self.splits.train, self.config.distill,
+            distill(self.chain, to_train, self.splits.train, self.config.distill,
                     self.dir, self.config.seed, rank, world, report=plan, device=self.device)
         if not D.all_ok(not todo):  # also the barrier after which every shard is saved
             self._timed("distill", start, plan)
         return read_json(index_path) if index_path.exists() else {}
+
+    def dominated(self) -> list[list[str]]:
+        """Per layer, the candidates that cost at least as much as the teacher's own layer
+        in every cost column (:func:`lana.search.dominated`); empty lists with
+        ``search.skip_dominated`` off. Measures the latency first if it is not yet."""
+        if not self.config.search.skip_dominated:
+            return [[] for _ in self.candidates]
+        from lana.search import dominated
+
+        return dominated(op_costs(self.candidates, self.profile(), self.costs()))
+
+    def left_out(self, stage: str = "phase 1") -> list[list[str]]:
+        """:meth:`dominated`, or none left out while the latency cannot be had yet: a run
+        profiled on another machine (``latency.device``) whose LUT has not come back. Then
+        ``stage`` keeps every candidate, and says so."""
+        try:
+            return self.dominated()
+        except (ArtifactError, ConfigError) as exc:
+            if self.config.latency.device is None:  # timed on this machine: a real error
+                raise
+            log(f"[yellow]{stage} keeps every candidate: the target's latency is not in the "
+                f"LUT yet, so lana cannot tell which are no cheaper than the teacher's "
+                f"layers ({exc})[/yellow]")
+            return [[] for _ in self.candidates]
+
+    def to_train(self, stage: str = "phase 1") -> list[list[str]]:
+        """Per layer, the candidates phase 1 trains and the score stage scores: all but
+        :meth:`left_out`."""
+        out = self.left_out(stage)
+        if any(out):
+            n = sum(map(len, out))
+            names = [f"{self.chain.names[i]}:{s}" for i, ops in enumerate(out) for s in ops]
+            log(f"{stage}: {n} candidate(s) left out, no cheaper than the teacher's own "
+                f"layer in any cost column (search.skip_dominated), e.g. "
+                f"{', '.join(names[:4])}")
+        return [[s for s in specs if s not in skip]
+                for specs, skip in zip(self.candidates, out, strict=True)]
 
     def _stage(self, name: str, path: Path, inputs: dict, compute) -> dict:
         """Return ``path``'s content if made from the same ``inputs``; else compute it,
@@ -468,25 +530,29 @@ class Run:
 
     def score(self) -> dict:
         """Phase 2a: replace-one scores on held-out data."""
-        return self._stage("score", self.dir / "scores.json", self._stage_inputs("score"),
-                           self._score)
+        left_out = self.left_out("score")
+        return self._stage("score", self.dir / "scores.json",
+                           score_inputs(self.config, left_out),
+                           lambda: self._score(left_out))
 
-    def _score(self) -> dict:
+    def _score(self, left_out: list[list[str]]) -> dict:
         from lana.score import replace_one_scores
 
-        self._require_distilled()
+        self._require_distilled(left_out)
         cfg = self.config.score
         res = replace_one_scores(self.chain, self.candidates, self._load,
                                  self.splits.val.subset(cfg.samples, self.config.seed),
-                                 cfg.metric, cfg.batch_size, device=self.device)
+                                 cfg.metric, cfg.batch_size, device=self.device,
+                                 skip=left_out)
         res["specs"] = self.candidates
+        res["left_out"] = left_out
         return res
 
-    def _require_distilled(self) -> None:
+    def _require_distilled(self, left_out: list[list[str]]) -> None:
         from lana.distill import UNTRAINED, weight_path
 
         missing = [f"{self.chain.names[i]}:{s}" for i, specs in enumerate(self.candidates)
-                   for s in specs if s not in UNTRAINED
+                   for s in specs if s not in UNTRAINED and s not in left_out[i]
                    and not weight_path(self.dir, i, s).exists()]
         if missing:
             raise ArtifactError(f"{len(missing)} candidates have no phase-1 weights yet "
@@ -497,15 +563,17 @@ class Run:
         lat, sc, costs = self.profile(), self.score(), self.costs()
         # Every cost column: the configured latency, extra latency columns (other backends
         # or batch sizes), parameters and FLOPs; the search can bound any of them.
-        columns = {"latency_ms": lat, **lat.get("extra", {})}
+        per_op = op_costs(self.candidates, lat, costs)
+        left_out = sc.get("left_out") or [[] for _ in self.candidates]
         layers = []
-        for i, (name, specs, scores) in enumerate(zip(self.chain.names, self.candidates,
-                                                      sc["scores"], strict=True)):
+        for name, specs, scores, cost, out in zip(self.chain.names, self.candidates,
+                                                  sc["scores"], per_op, left_out, strict=True):
             layers.append({"name": name, "ops": [
-                {"spec": s, "score": a, "cost": {
-                    **{col: c["layers"][i][j] for col, c in columns.items()},
-                    **costs["layers"][i][j]}}
-                for j, (s, a) in enumerate(zip(specs, scores, strict=True))]})
+                {"spec": s, "score": a, "cost": cost[s]}
+                for s, a in zip(specs, scores, strict=True) if s not in out],
+                # Not searched: no cheaper than the teacher's layer (search.skip_dominated).
+                **({"left_out": out} if out else {})})
+        columns = {"latency_ms": lat, **lat.get("extra", {})}
         fixed = {col: c["stem_ms"] + c["head_ms"] for col, c in columns.items()}
         fixed.update({k: costs["stem"][k] + costs["head"][k] for k in ("params", "flops")})
         lib = {"layers": layers, "fixed_cost": fixed, "latency": lat["settings"]}
@@ -701,8 +769,8 @@ class Run:
             D.on_main(lambda: self.export(budget))
             return read_json(self.dir / "summary.json")
         self.prepare()
+        self.profile()  # phase 1 skips the candidates the latency shows cannot help
         self.distill()
-        self.profile()
         self.score()
         self.search(budget)
         self.finetune(budget)

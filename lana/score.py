@@ -10,7 +10,7 @@ not grow with the number of held-out images.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,24 +36,31 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor,
 @torch.no_grad()
 def replace_one_scores(chain: Chain, candidates: list[list[str]], load: LoadFn, data: Data,
                        metric: str = "ce", batch_size: int = 256,
-                       device: torch.device | str | None = None) -> dict:
+                       device: torch.device | str | None = None,
+                       skip: Sequence[Collection[str]] | None = None) -> dict:
     """Score every candidate; returns ``{"teacher_loss", "scores": [[a_ij]], ...}``.
 
     ``load(i, spec)`` returns candidate ``spec`` of layer ``i`` with its phase-1 weights.
     ``device`` (default the CPU) runs the passes there; the chain is back on the CPU after.
+    ``skip[i]`` names candidates of layer ``i`` that are neither loaded nor scored (their
+    score is None).
     """
     chain.eval()
     dev = torch.device(device or "cpu")
-    mods: list[list[nn.Module | None]] = []
+    # Per candidate: its module, None for the teacher op, False for a skipped one.
+    mods: list[list[nn.Module | None | bool]] = []
     for i, specs in enumerate(candidates):
-        row: list[nn.Module | None] = []
+        row: list[nn.Module | None | bool] = []
         for spec in specs:
+            if skip is not None and spec in skip[i] and spec != "teacher":
+                row.append(False)
+                continue
             m = None if spec == "teacher" else load(i, spec)
             if m is not None:
                 m.eval().to(dev)
             row.append(m)
         mods.append(row)
-    n_cands = sum(len(r) for r in mods)
+    n_cands = sum(m is not False for r in mods for m in r)
     zero = torch.zeros((), dtype=torch.float64, device=dev)
     sums = [[zero.clone() for _ in r] for r in mods]
     teacher_sum, teacher_correct, count = zero.clone(), zero.clone(), 0
@@ -69,6 +76,8 @@ def replace_one_scores(chain: Chain, candidates: list[list[str]], load: LoadFn, 
             count += len(y)
             for i, row in enumerate(mods):
                 for j, m in enumerate(row):
+                    if m is False:
+                        continue
                     if m is None:  # the teacher op: its loss is the teacher's
                         sums[i][j] += _loss(t_logits, y, t_logits, metric)
                     else:
@@ -76,7 +85,9 @@ def replace_one_scores(chain: Chain, candidates: list[list[str]], load: LoadFn, 
                         sums[i][j] += _loss(out, y, t_logits, metric)
                     bar.advance(task)
     teacher_loss = teacher_sum.item() / count
-    scores = [[s.item() / count - teacher_loss for s in row] for row in sums]
+    scores = [[None if m is False else s.item() / count - teacher_loss
+               for s, m in zip(srow, mrow, strict=True)]
+              for srow, mrow in zip(sums, mods, strict=True)]
     for i, specs in enumerate(candidates):
         for j, spec in enumerate(specs):
             if spec == "teacher":

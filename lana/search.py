@@ -36,6 +36,7 @@ __all__ = [
     "SearchResult",
     "Solution",
     "brute_force",
+    "dominated",
     "minimum_reachable",
     "normalize_budgets",
     "solve",
@@ -433,6 +434,25 @@ def normalize_budgets(library: Library, budgets: Sequence[Budget | str]) -> list
 # ---------------------------------------------------------------------------------------------
 # Reachability
 # ---------------------------------------------------------------------------------------------
+
+
+def dominated(costs: Sequence[Mapping[str, Mapping[str, float]]],
+              reference: str = "teacher") -> list[list[str]]:
+    """Per layer, the ops that cost at least as much as ``reference`` in every cost column.
+
+    ``costs[i]`` maps each op of layer ``i`` to its cost columns (``{spec: {key: value}}``).
+    Such an op lowers no whole-network cost the search may be bounded by, while the
+    reference (the teacher's own layer) is exact: its replace-one score is 0 by definition,
+    so the search could prefer the op only for a score better than exact, i.e. by noise.
+    A layer without ``reference`` has none; ``reference`` itself is never listed.
+    """
+    out: list[list[str]] = []
+    for layer in costs:
+        ref = layer.get(reference)
+        out.append([] if ref is None else [
+            spec for spec, cost in layer.items()
+            if spec != reference and all(cost[k] >= v for k, v in ref.items())])
+    return out
 
 
 def minimum_reachable(library: Library, key: str, sense: str = "min") -> float:

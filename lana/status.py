@@ -44,6 +44,23 @@ def _keyed(path: Path, inputs: dict | None) -> tuple[str, Any]:
     return "done", data
 
 
+def _left_out(d: Path, config, candidates: list[list[str]] | None) -> list[list[str]] | None:
+    """The candidates phase 1 and the score stage leave out, judged from ``latency.json``
+    and ``costs.json`` as the directory holds them; None while either is not done."""
+    from lana.pipeline import op_costs, stage_inputs
+    from lana.search import dominated
+
+    if candidates is None:
+        return None
+    if not config.search.skip_dominated:
+        return [[] for _ in candidates]
+    l_state, lat = _keyed(d / "latency.json", stage_inputs(config, "profile"))
+    c_state, costs = _keyed(d / "costs.json", {"specs": candidates})
+    if l_state != "done" or c_state != "done":
+        return None
+    return dominated(op_costs(candidates, lat, costs))
+
+
 def run_status(run_dir: str | Path) -> dict:
     """The state of every stage of the run in ``run_dir`` as plain data.
 
@@ -57,7 +74,7 @@ def run_status(run_dir: str | Path) -> dict:
     from lana.config import load_config
     from lana.errors import ConfigError
     from lana.io import lock_holder
-    from lana.pipeline import budget_from_tag, budget_tag, stage_inputs
+    from lana.pipeline import budget_from_tag, budget_tag, score_inputs, stage_inputs
     from lana.select import chosen_speedup, median_speedup
 
     d = Path(run_dir)
@@ -91,15 +108,20 @@ def run_status(run_dir: str | Path) -> dict:
             "teacher trained and evaluated" if t_state == "ok" else
             "teacher not trained or evaluated yet", "teacher_train_s")
 
-    # distill: one weight file per trained candidate.
+    # distill: one weight file per trained candidate, but for those left out (which the
+    # latency tells, once measured).
+    left_out = _left_out(d, config, candidates)
     if candidates is None:
         add("distill", "missing", "waits for prepare (the candidate list)")
     else:
         from lana.distill import UNTRAINED, pending
 
-        total = sum(s not in UNTRAINED for ops in candidates for s in ops)
+        to_train = candidates if left_out is None else [
+            [s for s in ops if s not in out] for ops, out in zip(candidates, left_out,
+                                                                 strict=True)]
+        total = sum(s not in UNTRAINED for ops in to_train for s in ops)
         try:
-            left = len(pending(candidates, d))
+            left = len(pending(to_train, d))
         except ArtifactError as exc:
             add("distill", "corrupt", str(exc), "distill_s")
         else:
@@ -108,6 +130,8 @@ def run_status(run_dir: str | Path) -> dict:
             state = ("done" if left == 0 else "partial" if left < total or ckpts
                      else "missing")
             detail = f"{total - left}/{total} candidates trained"
+            if left_out is not None and (n := sum(map(len, left_out))):
+                detail += f" ({n} more left out: no cheaper than the teacher's layer)"
             if ckpts and left:  # a group stopped (or running) between checkpoints
                 age = time.time() - ckpts[-1].stat().st_mtime
                 detail += (f"; {len(ckpts)} group(s) under way, last checkpoint "
@@ -118,7 +142,8 @@ def run_status(run_dir: str | Path) -> dict:
     add("profile", state, f"teacher {data['teacher_measured_ms']:.4g} ms measured, "
         f"{data['settings']['backend']}" if state in ("done", "stale") else
         data or "candidate latencies not measured yet", "profile_s")
-    state, data = _keyed(d / "scores.json", stage_inputs(config, "score"))
+    state, data = _keyed(d / "scores.json", score_inputs(
+        config, left_out or [[] for _ in candidates or []]))
     add("score", state, f"{data.get('samples', '?')} held-out samples, "
         f"{data.get('metric', '')}".rstrip(", ") if state in ("done", "stale") else
         data or "replace-one scores not computed yet", "score_s")

@@ -34,7 +34,11 @@ TINY_CONFIG: dict = {
     # test_profile_drift.py and test_latency_trust.py).
     "latency": {"backend": "onnxruntime", "max_seconds": 0.02, "warmup": 2, "drift_every": 0},
     "score": {"samples": 32},
-    "search": {"k": 2, "eval_samples": 32, "budget": {"speedup": 1.5}},
+    # Leaving out the candidates no cheaper than the teacher's layer depends on measured
+    # latency, which on a busy machine flips for ops of near-equal cost; tests compare exact
+    # results, so it is off here and tested with a deterministic clock (test_dominated.py).
+    "search": {"k": 2, "eval_samples": 32, "budget": {"speedup": 1.5},
+               "skip_dominated": False},
     "finetune": {"epochs": 1, "batch_size": 32},
 }
 
