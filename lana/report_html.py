@@ -333,6 +333,14 @@ def _sweep(run: RunFiles, points: int, baselines: Sequence[str]) -> Section:
     from lana.sweep import sweep
 
     library = Library.from_dict(lib)
+    left_out = [(layer["name"], spec) for layer in lib["layers"]
+                for spec in layer.get("left_out", [])]
+    if left_out:
+        sec.notes.append(
+            f"{len(left_out)} candidate(s) were left out, neither trained nor searched: "
+            "each costs at least as much as the teacher's own layer in every cost column "
+            "(search.skip_dominated), e.g. "
+            + ", ".join(f"{name}:{spec}" for name, spec in left_out[:6]) + ".")
     rows = sweep(library, "latency_ms", points=points, baselines=list(baselines),
                  baseline_time_limit=0.05 if baselines else None)
     fixed, ratio = _calibration(run.json("latency.json"))

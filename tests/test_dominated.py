@@ -16,6 +16,7 @@ from lana.backends import BACKENDS
 from lana.config import config_from_dict
 from lana.distill import weight_path
 from lana.pipeline import Run
+from lana.report_html import build_sections
 from lana.search import Library, dominated
 from lana.status import run_status
 
@@ -106,6 +107,8 @@ def test_left_out_candidates_are_not_trained_scored_or_searched(param_latency: d
 
     chosen = run.search()["chosen"]["choices"]
     assert chosen[0] in ("teacher", "identity")
+    sweep = next(sec for sec in build_sections(run_dir, sweep_points=3) if sec.id == "sweep")
+    assert any(note.startswith("3 candidate(s) were left out") for note in sweep.notes)
 
     # Turned off, the same directory trains and scores what was left out, nothing else.
     param_latency["search"]["skip_dominated"] = False
