@@ -74,11 +74,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
                  "medium_space": ["teacher", "identity", "ir_k3_e{1,3,6}", "ir_k3_e3_se",
                                   "er_k3_e{1,2}", "ds_k3", "cc_k3_w0.5", "bn_k3_w0.25"]},
     "resnest": {"teacher": "resnest26d", "member": "resnest14d",
+                # Dense blocks end with the activation (a), as ResNet blocks do.
                 "reduced_space": ["teacher", "identity", "rb_w{0.25,0.5}", "basic",
-                                  "cb_k3"],
+                                  "cb_k3_a"],
                 "medium_space": ["teacher", "identity", "rb_w{0.25,0.5}", "rb_w0.5_r2",
-                                 "basic", "rep_k3_a", "cc_k3_w0.5", "bn_k3_w0.25",
-                                 "cb_k{1,3}"]},
+                                 "basic", "rep_k3_a", "cc_k3_w0.5_a", "bn_k3_w0.25_a",
+                                 "cb_k{1,3}_a"]},
 }
 
 #: Speed-ups over the teacher (the paper's 2x/3x/5x); the member's ratio is added at run time.

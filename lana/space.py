@@ -60,7 +60,8 @@ _MBCONV_SPACE = (
     "rep_k3",
 )
 # ResNet/ResNeXt/ResNeSt: bottlenecks at three widths, cardinality and radix {1,2,4}, the
-# basic block, a RepVGG block with the family's activation, and the dense conv blocks.
+# basic block, a RepVGG block with the family's activation, and the dense conv blocks
+# ending with it.
 _RESNET_SPACE = (
     "teacher",
     "identity",
@@ -69,9 +70,12 @@ _RESNET_SPACE = (
     "rb_w{0.5,1}_r{2,4}",
     "basic",
     "rep_k3_a",
-    "cc_k3_w{0.5,1}",
-    "bn_k3_w{0.25,0.5}",
-    "cb_k{1,3}",
+    # With the activation at the end (a): a ResNet block's output is post-ReLU, and the
+    # linear versions do not learn it (normalised MSE ~1 at resnest26d's identity-shaped
+    # blocks, where the bottlenecks reach 0.001).
+    "cc_k3_w{0.5,1}_a",
+    "bn_k3_w{0.25,0.5}_a",
+    "cb_k{1,3}_a",
 )
 
 
@@ -252,6 +256,18 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
+class ResidualAct(Residual):
+    """``act(x + body(x))``: a residual block that ends with its activation, after the
+    sum, as ResNet blocks do."""
+
+    def __init__(self, body: nn.Module, act: nn.Module) -> None:
+        super().__init__(body)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
 def _cna(cin: int, cout: int, k: int, stride: int, act: str | None) -> nn.Module:
     from timm.layers import ConvNormAct
 
@@ -259,8 +275,18 @@ def _cna(cin: int, cout: int, k: int, stride: int, act: str | None) -> nn.Module
                        act_layer=_act_layer(act or "relu"))
 
 
-def _maybe_residual(info: LayerInfo, body: nn.Module) -> nn.Module:
-    return Residual(body) if _has_skip(info) else body
+def _dense_block(info: LayerInfo, spec: OpSpec, make) -> nn.Module:
+    """A dense block from ``make(last_act)`` (its conv-BN(-act) layers, the last one's
+    activation ``last_act``): residual when the shapes agree. With the op's ``a`` flag it
+    ends with the family's activation (after the sum, if residual), like the ResNet blocks
+    it replaces, whose post-ReLU outputs a linear block would have to learn to clip."""
+    end = spec.get("a")
+    skip = _has_skip(info)
+    layers = make(info.act if end and not skip else None)
+    body = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+    if not skip:
+        return body
+    return ResidualAct(body, _act_layer(info.act)()) if end else Residual(body)
 
 
 def _build_teacher(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
@@ -305,21 +331,22 @@ def _build_ds(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
 def _build_cc(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
     cin, cout, k = info.in_shape[0], info.out_shape[0], spec.get("k")
     mid = _make_div(cout * spec.get("w"))
-    body = nn.Sequential(_cna(cin, mid, k, info.stride, info.act), _cna(mid, cout, k, 1, None))
-    return _maybe_residual(info, body)
+    return _dense_block(info, spec, lambda act: [_cna(cin, mid, k, info.stride, info.act),
+                                                 _cna(mid, cout, k, 1, act)])
 
 
 def _build_bn(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
     cin, cout, k = info.in_shape[0], info.out_shape[0], spec.get("k")
     mid = _make_div(cout * spec.get("w"))
-    body = nn.Sequential(_cna(cin, mid, 1, 1, info.act), _cna(mid, mid, k, info.stride, info.act),
-                         _cna(mid, cout, 1, 1, None))
-    return _maybe_residual(info, body)
+    return _dense_block(info, spec, lambda act: [_cna(cin, mid, 1, 1, info.act),
+                                                 _cna(mid, mid, k, info.stride, info.act),
+                                                 _cna(mid, cout, 1, 1, act)])
 
 
 def _build_cb(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
     cin, cout = info.in_shape[0], info.out_shape[0]
-    return _maybe_residual(info, _cna(cin, cout, spec.get("k"), info.stride, None))
+    return _dense_block(info, spec, lambda act: [_cna(cin, cout, spec.get("k"), info.stride,
+                                                      act)])
 
 
 _K = Param("k", int, 3, (1, 3, 5, 7))
@@ -334,11 +361,15 @@ register_op(OpType("er", _build_er, (_K, Param("e", float, 4), _SE),
                    doc="fused inverted residual (EfficientNetV2): kxk expand, [SE], 1x1 project"))
 register_op(OpType("ds", _build_ds, (_K, _SE),
                    doc="depthwise separable: kxk depthwise, [SE], 1x1 pointwise"))
-register_op(OpType("cc", _build_cc, (_K, Param("w", float, 1.0)),
-                   doc="two stacked dense convs CBR-CB, middle width w x out channels"))
-register_op(OpType("bn", _build_bn, (_K, Param("w", float, 0.25)),
-                   doc="bottleneck CBR(1x1)-CBR(kxk)-CB(1x1), middle width w x out channels"))
-register_op(OpType("cb", _build_cb, (_K,), doc="single conv-BN (residual when shapes agree)"))
+_A = Param("a", bool, False)
+register_op(OpType("cc", _build_cc, (_K, Param("w", float, 1.0), _A),
+                   doc="two stacked dense convs CBR-CB, middle width w x out channels "
+                       "(residual when shapes agree; [activation at the end with a])"))
+register_op(OpType("bn", _build_bn, (_K, Param("w", float, 0.25), _A),
+                   doc="bottleneck CBR(1x1)-CBR(kxk)-CB(1x1), middle width w x out channels "
+                       "(residual when shapes agree; [activation at the end with a])"))
+register_op(OpType("cb", _build_cb, (_K, _A), doc="single conv-BN (residual when shapes "
+                                                   "agree; [activation at the end with a])"))
 
 
 # --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from lana.space import (
     OP_TYPES,
     OpSpec,
     Residual,
+    _act_layer,
     applicable,
     build_op,
     canonical,
@@ -129,6 +130,25 @@ def test_residual_when_shapes_agree() -> None:
     assert torch.equal(cb.eval()(x), x)
     assert not isinstance(build_op("cb_k3", LAYERS["stride2"]), Residual)
     assert not isinstance(build_op("cc_k3_w1", LAYERS["wider"]), Residual)
+
+
+@pytest.mark.parametrize("spec", ["cb_k1", "cb_k3", "cc_k3_w0.5", "bn_k3_w0.25"])
+def test_dense_blocks_end_with_the_activation_with_a(spec: str, randomize_bn) -> None:
+    from lana.space import ResidualAct
+
+    for name in ("same", "stride2", "wider"):
+        info = LAYERS[name]
+        plain, act = build_op(spec, info), build_op(f"{spec}_a", info)
+        # the flag adds a parameter-free activation and nothing else
+        assert plain.state_dict().keys() == act.state_dict().keys()
+        assert isinstance(act, ResidualAct) == isinstance(plain, Residual) == (name == "same")
+        act.load_state_dict(randomize_bn(plain).state_dict())
+        x = torch.randn(2, *info.in_shape)
+        with torch.no_grad():
+            y_plain, y_act = plain.eval()(x), act.eval()(x)
+        assert (y_plain < 0).any()
+        expected = _act_layer(info.act)()(y_plain)
+        assert torch.allclose(y_act, expected), (spec, name)
 
 
 def test_op_parameters_reach_the_module() -> None:
@@ -246,7 +266,8 @@ from lana.space import (  # noqa: E402
 )
 
 NEW_OPS = ["rb_w1", "rb_w0.5", "rb_w0.25", "rb_w0.5_g2", "rb_w1_g4", "rb_w0.5_r2", "rb_w1_r4",
-           "rb_w1_g2_r2", "basic", "rep_k3", "rep_k3_a", "rep_k5", "er_k3_e1", "er_k3_e2"]
+           "rb_w1_g2_r2", "basic", "rep_k3", "rep_k3_a", "rep_k5", "er_k3_e1", "er_k3_e2",
+           "cb_k1_a", "cc_k3_w0.5_a", "bn_k3_w0.25_a"]
 # stride 1 and 2, with and without channel changes, odd sizes
 SHAPE_LAYERS = ["same", "stride2", "stride2_same_c", "wider", "narrower", "odd", "odd_same"]
 
@@ -360,7 +381,10 @@ def test_family_default_spaces() -> None:
     rbs = [parse_spec(s) for s in resnet if s.startswith("rb")]
     assert {s.get("g") for s in rbs} == {1, 2, 4} and {s.get("r") for s in rbs} == {1, 2, 4}
     assert {s.get("w") for s in rbs} == {0.25, 0.5, 1.0}
-    assert {"basic", "rep_k3_a", "cc_k3_w0.5", "bn_k3_w0.25", "cb_k3"} <= set(resnet)
+    # dense blocks end with the activation, as the ResNet blocks they replace do
+    assert {"basic", "rep_k3_a", "cc_k3_w0.5_a", "bn_k3_w0.25_a", "cb_k3_a"} <= set(resnet)
+    assert not any(s.startswith(("cc", "bn", "cb")) and not parse_spec(s).get("a")
+                   for s in resnet)
     assert not any(s.startswith("ir") for s in resnet)
     # EfficientNet V1/V2, MobileNetV3: MBConv with/without SE, fused MBConv with lower
     # expansion and without SE, dense blocks, RepVGG
