@@ -108,6 +108,12 @@ def run_status(run_dir: str | Path) -> dict:
             "teacher trained and evaluated" if t_state == "ok" else
             "teacher not trained or evaluated yet", "teacher_train_s")
 
+    # profile: measured before phase 1, which leaves out what it shows cannot help.
+    state, data = _keyed(d / "latency.json", stage_inputs(config, "profile"))
+    add("profile", state, f"teacher {data['teacher_measured_ms']:.4g} ms measured, "
+        f"{data['settings']['backend']}" if state in ("done", "stale") else
+        data or "candidate latencies not measured yet", "profile_s")
+
     # distill: one weight file per trained candidate, but for those left out (which the
     # latency tells, once measured).
     left_out = _left_out(d, config, candidates)
@@ -138,10 +144,6 @@ def run_status(run_dir: str | Path) -> dict:
                            f"{duration(age)} ago")
             add("distill", state, detail, "distill_s")
 
-    state, data = _keyed(d / "latency.json", stage_inputs(config, "profile"))
-    add("profile", state, f"teacher {data['teacher_measured_ms']:.4g} ms measured, "
-        f"{data['settings']['backend']}" if state in ("done", "stale") else
-        data or "candidate latencies not measured yet", "profile_s")
     state, data = _keyed(d / "scores.json", score_inputs(
         config, left_out or [[] for _ in candidates or []]))
     add("score", state, f"{data.get('samples', '?')} held-out samples, "

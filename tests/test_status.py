@@ -33,7 +33,7 @@ def test_a_finished_run_is_done_and_status_changes_nothing(run_copy, capsys) -> 
     assert set(_states(status).values()) == {"done"}, status
     assert status["next"] == [] and status["running"] is None
     stages = [s["stage"] for s in status["stages"]]
-    assert stages == ["prepare", "distill", "profile", "score", "search", "finetune", "export"]
+    assert stages == ["prepare", "profile", "distill", "score", "search", "finetune", "export"]
     assert all(s["seconds"] > 0 for s in status["stages"] if s["stage"] != "prepare")
     assert main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
