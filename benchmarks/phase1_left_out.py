@@ -36,7 +36,7 @@ def measure(family: str, scale: str, steps: int, threads: int) -> dict:
 
     from lana.distill import UNTRAINED, distill
     from lana.errors import ArtifactError
-    from lana.pipeline import Run
+    from lana.pipeline import Run, op_costs, without
 
     run_dir = HERE / "work" / f"table3-{family}-{scale}" / "run"
     if not (run_dir / "latency.json").exists():
@@ -46,19 +46,16 @@ def measure(family: str, scale: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     if not run.config.search.skip_dominated:
         raise ArtifactError(f"{run_dir} has search.skip_dominated off: nothing to compare")
-    left_out = run.dominated()
     every = [[s for s in ops if s not in UNTRAINED] for ops in run.candidates]
-    kept = [[s for s in ops if s not in out] for ops, out in zip(every, left_out, strict=True)]
+    kept = without(every, run.dominated())
     cfg = run.config.distill.model_copy(update={"steps": steps, "checkpoint_every": steps + 1})
     data = run.splits.train
     out: dict = {"family": family, "scale": scale, "teacher": run.config.model.name,
                  "steps": steps, "run_steps": run.config.distill.steps, "threads": threads,
                  "batch_size": cfg.batch_size, "layers": len(every)}
-    costs = run.costs()["layers"]
+    per_op = op_costs(run.candidates, run.profile(), run.costs())
     for name, cands in (("all", every), ("kept", kept)):
-        params = sum(c["params"] for row, ops, specs in zip(costs, run.candidates, cands,
-                                                            strict=True)
-                     for c, s in zip(row, ops, strict=True) if s in specs)
+        params = sum(per_op[i][s]["params"] for i, specs in enumerate(cands) for s in specs)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             distill(run.chain, cands, data, cfg, tmp, run.config.seed, device=run.device)

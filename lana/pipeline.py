@@ -118,16 +118,28 @@ def stage_inputs(config: Config, stage: str) -> dict:
             for name in deps}
 
 
+def _latency_columns(latency: dict) -> dict[str, dict]:
+    """The latency cost columns of ``latency.json``: the configured one (``latency_ms``)
+    and each extra one (other backends or batch sizes), by column name."""
+    return {"latency_ms": latency, **latency.get("extra", {})}
+
+
 def op_costs(candidates: list[list[str]], latency: dict, costs: dict
              ) -> list[dict[str, dict[str, float]]]:
     """Per layer and op, every cost column the search can bound: the configured latency
     (``latency_ms``), each extra latency column, params and FLOPs; from the contents of
     ``latency.json`` and ``costs.json``."""
-    columns = {"latency_ms": latency, **latency.get("extra", {})}
+    columns = _latency_columns(latency)
     return [{spec: {**{col: c["layers"][i][j] for col, c in columns.items()},
                     **costs["layers"][i][j]}
              for j, spec in enumerate(specs)}
             for i, specs in enumerate(candidates)]
+
+
+def without(candidates: list[list[str]], left_out: list[list[str]]) -> list[list[str]]:
+    """Per layer, the candidates not in ``left_out`` (what phase 1 trains)."""
+    return [[s for s in specs if s not in out]
+            for specs, out in zip(candidates, left_out, strict=True)]
 
 
 def score_inputs(config: Config, left_out: list[list[str]]) -> dict:
@@ -424,7 +436,7 @@ class Run:
         world = D.world() if world is None else world
         index_path = self.dir / "distill" / "index.json"
         # Every rank reads the same latency.json, so every rank shards the same list.
-        to_train = self.to_train("phase 1")
+        to_train = self.to_train()
         todo = pending(to_train, self.dir, rank, world)
         start = time.time()
         plan: dict = {}  # groups and their estimated memory (rank 0's, under torchrun)
@@ -460,18 +472,16 @@ class Run:
                 f"layers ({exc})[/yellow]")
             return [[] for _ in self.candidates]
 
-    def to_train(self, stage: str = "phase 1") -> list[list[str]]:
-        """Per layer, the candidates phase 1 trains and the score stage scores: all but
-        :meth:`left_out`."""
-        out = self.left_out(stage)
+    def to_train(self) -> list[list[str]]:
+        """Per layer, the candidates phase 1 trains: all but :meth:`left_out`."""
+        out = self.left_out("phase 1")
         if any(out):
             n = sum(map(len, out))
             names = [f"{self.chain.names[i]}:{s}" for i, ops in enumerate(out) for s in ops]
-            log(f"{stage}: {n} candidate(s) left out, no cheaper than the teacher's own "
+            log(f"phase 1: {n} candidate(s) left out, no cheaper than the teacher's own "
                 f"layer in any cost column (search.skip_dominated), e.g. "
                 f"{', '.join(names[:4])}")
-        return [[s for s in specs if s not in skip]
-                for specs, skip in zip(self.candidates, out, strict=True)]
+        return without(self.candidates, out)
 
     def _stage(self, name: str, path: Path, inputs: dict, compute) -> dict:
         """Return ``path``'s content if made from the same ``inputs``; else compute it,
@@ -573,8 +583,7 @@ class Run:
                 for s, a in zip(specs, scores, strict=True) if s not in out],
                 # Not searched: no cheaper than the teacher's layer (search.skip_dominated).
                 **({"left_out": out} if out else {})})
-        columns = {"latency_ms": lat, **lat.get("extra", {})}
-        fixed = {col: c["stem_ms"] + c["head_ms"] for col, c in columns.items()}
+        fixed = {col: c["stem_ms"] + c["head_ms"] for col, c in _latency_columns(lat).items()}
         fixed.update({k: costs["stem"][k] + costs["head"][k] for k in ("params", "flops")})
         lib = {"layers": layers, "fixed_cost": fixed, "latency": lat["settings"]}
         write_json(self.dir / "library.json", lib)

@@ -74,7 +74,7 @@ def run_status(run_dir: str | Path) -> dict:
     from lana.config import load_config
     from lana.errors import ConfigError
     from lana.io import lock_holder
-    from lana.pipeline import budget_from_tag, budget_tag, score_inputs, stage_inputs
+    from lana.pipeline import budget_from_tag, budget_tag, score_inputs, stage_inputs, without
     from lana.select import chosen_speedup, median_speedup
 
     d = Path(run_dir)
@@ -122,9 +122,7 @@ def run_status(run_dir: str | Path) -> dict:
     else:
         from lana.distill import UNTRAINED, pending
 
-        to_train = candidates if left_out is None else [
-            [s for s in ops if s not in out] for ops, out in zip(candidates, left_out,
-                                                                 strict=True)]
+        to_train = candidates if left_out is None else without(candidates, left_out)
         total = sum(s not in UNTRAINED for ops in to_train for s in ops)
         try:
             left = len(pending(to_train, d))
