@@ -29,6 +29,44 @@ def test_prune_to_latency_reaches_the_target_within_tolerance():
         assert all(0.0 < r < 0.95 for r, _ in res["history"])
 
 
+def test_prune_to_latency_interpolates_once_the_target_is_bracketed():
+    # Pruned latency is about quadratic in the kept width; with a 1 % tolerance plain
+    # halving of [0, 0.95] needs 6 prunes for this target, interpolation fewer.
+    def latency(ratio: float) -> float:
+        return 0.1 + 0.9 * (1 - ratio) ** 2
+
+    target = latency(0.62)
+    res = table3.prune_to_latency(lambda r: r, latency, target, tol=0.01)
+    assert res["within"]
+    assert len(res["history"]) <= 4, res["history"]
+    bisect_steps, lo, hi = 0, 0.0, 0.95
+    while True:
+        bisect_steps += 1
+        mid = (lo + hi) / 2
+        if abs(latency(mid) - target) <= 0.01 * target:
+            break
+        lo, hi = (mid, hi) if latency(mid) > target else (lo, mid)
+    assert len(res["history"]) < bisect_steps
+
+
+def test_prune_to_latency_survives_noisy_timings():
+    # A timing that is not monotone in the ratio (a noisy VM) must not stall the search or
+    # leave the bracket: every point stays inside (0, 0.95) and the best one is returned.
+    import random
+
+    rng = random.Random(0)
+
+    def noisy(ratio: float) -> float:
+        return (1 - ratio) * (1 + rng.uniform(-0.15, 0.15))
+
+    lines: list[str] = []
+    res = table3.prune_to_latency(lambda r: r, noisy, 0.4, tol=0.01, max_iter=8,
+                                  say=lines.append)
+    assert len(res["history"]) == len(lines) <= 8
+    assert all(0.0 < r < 0.95 for r, _ in res["history"])
+    assert abs(res["latency"] - 0.4) == min(abs(ms - 0.4) for _, ms in res["history"])
+
+
 def test_prune_to_latency_reports_an_unreachable_target():
     res = table3.prune_to_latency(lambda r: r, lambda r: 1.0 - 0.5 * r, 0.1, max_iter=6)
     assert not res["within"]
