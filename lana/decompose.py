@@ -8,7 +8,7 @@ asks every family in turn; no if-chains elsewhere in the code know about model c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,6 +24,11 @@ class LayerInfo:
     in_shape: tuple[int, ...]  # without batch dimension, e.g. (C, H, W)
     out_shape: tuple[int, ...]
     act: str  # activation of the teacher family, used by candidate builders
+    # The layer's output comes straight out of an activation (a ResNet block's final ReLU,
+    # a conv-BN-ReLU layer): candidates that end linear would have to learn to clip. Found
+    # by decompose from the model; not part of the signature, to_dict or equality, so
+    # cache keys and stored students do not change with it.
+    ends_with_act: bool = field(default=False, compare=False)
 
     @property
     def spatial(self) -> bool:
@@ -461,6 +466,42 @@ def find_family(model: nn.Module) -> Family:
     )
 
 
+# The hidden-layer activations of torch and timm (by class name, so timm's memory-efficient
+# variants count too). Gates (sigmoid, tanh) and softmax are not what a block ends with.
+_ACTIVATIONS = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "SiLU",
+                "Swish", "SwishMe", "GELU", "GELUTanh", "QuickGELU", "Mish", "MishMe",
+                "Hardswish", "HardSwish", "HardSwishMe", "Softplus"}
+
+
+def _is_activation(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ in _ACTIVATIONS and cls.__module__.startswith(("torch.nn", "timm."))
+
+
+def _run_recording_end(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``layer(x)`` and whether its output is an activation's: the tensor the last
+    activation module returned, or (a functional ``relu`` at the end) non-negative with
+    both exact zeros and positive values, which a linear output practically never has (an
+    all-zero output, as random weights give on a zero input, says nothing)."""
+    produced: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args, out) -> None:
+        if isinstance(out, torch.Tensor):
+            produced.append(out)
+
+    handles = [m.register_forward_hook(hook) for m in layer.modules() if _is_activation(m)]
+    try:
+        y = layer(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(y, torch.Tensor):
+        return y, False
+    if any(out is y for out in produced[-1:]):
+        return y, True
+    return y, bool(y.numel() > 0 and y.min() >= 0 and (y == 0).any() and (y > 0).any())
+
+
 def decompose(model: nn.Module, example_input: torch.Tensor,
               layers: Sequence[str] | None = None) -> Chain:
     """Split ``model`` into a :class:`Chain` and record every layer's input/output shape.
@@ -504,7 +545,7 @@ def decompose(model: nn.Module, example_input: torch.Tensor,
                     f"layer {name!r} of {type(model).__name__} receives a "
                     f"{type(x).__name__}, not one tensor; lana needs single-tensor layers")
             try:
-                y = layer(x)
+                y, ends = _run_recording_end(layer, x)
             except Exception as exc:
                 raise UnsupportedModelError(
                     f"layer {name!r} ({type(layer).__name__}) fails on the output of the "
@@ -515,7 +556,8 @@ def decompose(model: nn.Module, example_input: torch.Tensor,
                 raise UnsupportedModelError(
                     f"layer {name!r} ({type(layer).__name__}) returns a {type(y).__name__}; "
                     "lana needs layers that return one tensor")
-            info.append(LayerInfo(name, tuple(x.shape[1:]), tuple(y.shape[1:]), act))
+            info.append(LayerInfo(name, tuple(x.shape[1:]), tuple(y.shape[1:]), act,
+                                  ends_with_act=ends))
             x = y
     chain.info = info
     chain.train(was_training)

@@ -59,6 +59,19 @@ _MBCONV_SPACE = (
     "cb_k{1,3}",
     "rep_k3",
 )
+# Generic chains (nn.Sequential, torch.fx): the default ops, the dense ones in both
+# endings; each layer gets the form that matches how the teacher's layer ends (a
+# conv-BN-ReLU layer the ``_a`` one, see :func:`matches_ending`).
+_GENERIC_SPACE = (
+    "teacher",
+    "identity",
+    "ir_k{3,5}_e{1,3,6}{,_se}",
+    "er_k3_e{1,3}",
+    "ds_k{3,5}",
+    "cc_k3_w{0.5,1}{,_a}",
+    "bn_k3_w{0.25,0.5}{,_a}",
+    "cb_k{1,3}{,_a}",
+)
 # ResNet/ResNeXt/ResNeSt: bottlenecks at three widths, cardinality and radix {1,2,4}, the
 # basic block, a RepVGG block with the family's activation, and the dense conv blocks
 # ending with it.
@@ -557,9 +570,33 @@ def check_shapes(module: nn.Module, info: LayerInfo) -> None:
                           f"{tuple(out.shape[1:])}, expected {info.out_shape}")
 
 
+def _other_ending(spec: str) -> str | None:
+    """The same op with its ``a`` flag (activation at the end) flipped, or None when the
+    op type has no such flag."""
+    parsed = parse_spec(spec)
+    params = dict(parsed.params)
+    if not isinstance(params.get("a"), bool):
+        return None
+    flipped = tuple((n, (not v) if n == "a" else v) for n, v in parsed.params)
+    return str(OpSpec(parsed.kind, flipped))
+
+
+def matches_ending(spec: str, info: LayerInfo, specs: list[str]) -> bool:
+    """False when ``specs`` also hold ``spec`` with the other ending and that one suits the
+    layer better: the ``_a`` form where the teacher's layer ends with an activation
+    (``info.ends_with_act``), the linear form where it does not. A space that lists only
+    one form keeps it everywhere (e.g. ResNet spaces list only ``cc_k3_w1_a``)."""
+    other = _other_ending(spec)
+    if other is None or other not in specs:
+        return True
+    return parse_spec(spec).get("a") == info.ends_with_act
+
+
 def layer_candidates(info: LayerInfo, specs: list[str]) -> list[str]:
-    """The subset of canonical ``specs`` that applies to the layer, teacher first."""
-    out = [s for s in specs if applicable(s, info)]
+    """The subset of canonical ``specs`` that applies to the layer, teacher first; of an op
+    listed with both endings, only the one that matches the layer's (see
+    :func:`matches_ending`)."""
+    out = [s for s in specs if applicable(s, info) and matches_ending(s, info, specs)]
     if "teacher" in out:
         out.remove("teacher")
     return ["teacher", *out]
@@ -602,6 +639,8 @@ def log10_space_size(candidates: list[list[str]]) -> float:
 register_family_space("timm-efficientnet", _MBCONV_SPACE)
 register_family_space("timm-mobilenetv3", _MBCONV_SPACE)
 register_family_space("timm-resnet", _RESNET_SPACE)
+register_family_space("sequential", _GENERIC_SPACE)
+register_family_space("fx-chain", _GENERIC_SPACE)
 
 #: Values of ``space.ops`` that select the teacher family's default space.
 AUTO = "auto"

@@ -364,3 +364,33 @@ def test_fx_rejects_modules_called_twice_and_many_inputs() -> None:
         decompose(Twice(), torch.zeros(1, 3, 4, 4))
     with pytest.raises(UnsupportedModelError, match="one input tensor"):
         decompose(TwoInputs(), torch.zeros(1, 3))
+
+
+def test_decompose_finds_layers_that_end_with_an_activation() -> None:
+    import timm
+    import torch.nn.functional as F
+
+    class AddRelu(nn.Module):  # a functional ReLU after the residual sum
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(x + self.conv(x))
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),                                       # linear
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)),     # linear
+        AddRelu(),
+        nn.Sequential(nn.Conv2d(8, 8, 1), nn.SiLU(), nn.Conv2d(8, 8, 1)),    # act inside
+    ).eval()
+    chain = decompose(seq, torch.randn(2, 1, 8, 8))
+    assert [i.ends_with_act for i in chain.info] == [False, True, False, True, False]
+    # ResNet blocks end with their ReLU, EfficientNet's MBConv blocks linear; a zero input
+    # (all-zero features in a random network) decides nothing by itself
+    for name, ends in (("resnet18", True), ("efficientnet_b0", False)):
+        model = timm.create_model(name, num_classes=4).eval()
+        for x in (torch.zeros(1, 3, 32, 32), torch.randn(2, 3, 32, 32)):
+            assert {i.ends_with_act for i in decompose(model, x).info} == {ends}, name

@@ -373,7 +373,12 @@ def test_export_and_timing_use_the_reparameterized_block(randomize_bn) -> None:
 
 def test_family_default_spaces() -> None:
     assert set(FAMILY_SPACES) >= {"timm-efficientnet", "timm-mobilenetv3", "timm-resnet"}
-    assert family_space("sequential") == DEFAULT_SPACE == family_space(None)
+    assert family_space("some-registered-family") == DEFAULT_SPACE == family_space(None)
+    # generic chains: the default ops, the dense ones in both endings (one per layer)
+    generic = space_specs(family_space("sequential"))
+    assert family_space("fx-chain") == family_space("sequential")
+    assert set(generic) == set(space_specs(DEFAULT_SPACE)) | {
+        "cc_k3_w0.5_a", "cc_k3_w1_a", "bn_k3_w0.25_a", "bn_k3_w0.5_a", "cb_k1_a", "cb_k3_a"}
     resnet = space_specs(family_space("timm-resnet"))
     effnet = space_specs(family_space("timm-efficientnet"))
     assert resnet[:2] == effnet[:2] == ["teacher", "identity"]
@@ -394,7 +399,7 @@ def test_family_default_spaces() -> None:
     # space.ops: a list is used as given; 'auto' or None resolve by family
     assert resolve_space(["teacher", "cb_k3"], "timm-resnet") == ["teacher", "cb_k3"]
     assert resolve_space("auto", "timm-resnet") == list(family_space("timm-resnet"))
-    assert resolve_space(None, "fx-chain") == list(DEFAULT_SPACE)
+    assert resolve_space(None, "fx-chain") == list(family_space("fx-chain"))
     with pytest.raises(ConfigError, match="auto"):
         resolve_space("everything", "timm-resnet")
 
@@ -416,3 +421,20 @@ def test_lut_key_follows_teacher_dependent_structure() -> None:
     assert keys["resnest14d"]["rb_w1_g1_r1"] != keys["resnet18"]["rb_w1_g1_r1"]
     assert keys["resnest14d"]["basic"] != keys["resnet18"]["basic"]
     assert keys["resnest14d"]["cb_k3"] == keys["resnet18"]["cb_k3"] == "cb_k3@" + info.signature
+
+
+def test_a_space_with_both_endings_gives_each_layer_the_matching_one() -> None:
+    specs = space_specs(["teacher", "cc_k3_w1{,_a}", "cb_k3", "rep_k3{,_a}", "ds_k3"])
+    linear = LayerInfo("l", (8, 8, 8), (8, 8, 8), "relu")
+    post_act = LayerInfo("a", (8, 8, 8), (8, 8, 8), "relu", ends_with_act=True)
+    assert layer_candidates(linear, specs) == ["teacher", "cc_k3_w1", "cb_k3", "rep_k3",
+                                               "ds_k3"]
+    assert layer_candidates(post_act, specs) == ["teacher", "cc_k3_w1_a", "cb_k3",
+                                                 "rep_k3_a", "ds_k3"]
+    # one form listed: kept at every layer, whatever the ending
+    assert layer_candidates(linear, ["cc_k3_w1_a"]) == ["teacher", "cc_k3_w1_a"]
+    assert layer_candidates(post_act, ["cb_k3"]) == ["teacher", "cb_k3"]
+    # the ending is not part of the layer's identity: cache keys and stored students
+    assert post_act.signature == linear.signature
+    assert post_act == LayerInfo("a", (8, 8, 8), (8, 8, 8), "relu")
+    assert "ends_with_act" not in post_act.to_dict()
