@@ -46,6 +46,10 @@ def inherit(candidate: nn.Module, spec: str, teacher: nn.Module | None) -> str |
     """
     if teacher is None:
         return None
+    from lana.space import PostAct
+
+    if isinstance(candidate, PostAct):  # an op with the activation at the end: its block
+        candidate = candidate.block
     kind = spec.split("_")[0]
     for rule in INIT_RULES:
         if ("*" in rule.ops or kind in rule.ops) and rule.matches(candidate, teacher):

@@ -59,15 +59,15 @@ _MBCONV_SPACE = (
     "cb_k{1,3}",
     "rep_k3",
 )
-# Generic chains (nn.Sequential, torch.fx): the default ops, the dense ones in both
-# endings; each layer gets the form that matches how the teacher's layer ends (a
-# conv-BN-ReLU layer the ``_a`` one, see :func:`matches_ending`).
+# Generic chains (nn.Sequential, torch.fx): the default ops in both endings; each layer
+# gets the form that matches how the teacher's layer ends (a conv-BN-ReLU layer the ``_a``
+# one, see :func:`matches_ending`).
 _GENERIC_SPACE = (
     "teacher",
     "identity",
-    "ir_k{3,5}_e{1,3,6}{,_se}",
-    "er_k3_e{1,3}",
-    "ds_k{3,5}",
+    "ir_k{3,5}_e{1,3,6}{,_se}{,_a}",
+    "er_k3_e{1,3}{,_a}",
+    "ds_k{3,5}{,_a}",
     "cc_k3_w{0.5,1}{,_a}",
     "bn_k3_w{0.25,0.5}{,_a}",
     "cb_k{1,3}{,_a}",
@@ -281,6 +281,23 @@ class ResidualAct(Residual):
         return self.act(x + self.body(x))
 
 
+class PostAct(nn.Module):
+    """``act(block(x))``: an MBConv-type block (its residual sum inside) followed by the
+    family's activation, for layers whose teacher output is post-activation."""
+
+    def __init__(self, block: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.block(x))
+
+
+def _post_act(block: nn.Module, spec: OpSpec, info: LayerInfo) -> nn.Module:
+    return PostAct(block, _act_layer(info.act)()) if spec.get("a") else block
+
+
 def _cna(cin: int, cout: int, k: int, stride: int, act: str | None) -> nn.Module:
     from timm.layers import ConvNormAct
 
@@ -317,9 +334,10 @@ def _build_ir(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
 
     cin, cout = info.in_shape[0], info.out_shape[0]
     mid = _make_div(cin * spec.get("e"))
-    return InvertedResidual(cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride,
-                            exp_ratio=spec.get("e"), act_layer=_act_layer(info.act),
-                            se_layer=_se_layer(info, mid, spec.get("se")))
+    return _post_act(InvertedResidual(
+        cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
+        act_layer=_act_layer(info.act), se_layer=_se_layer(info, mid, spec.get("se"))),
+        spec, info)
 
 
 def _build_er(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
@@ -327,18 +345,20 @@ def _build_er(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
 
     cin, cout = info.in_shape[0], info.out_shape[0]
     mid = _make_div(cin * spec.get("e"))
-    return EdgeResidual(cin, cout, exp_kernel_size=spec.get("k"), stride=info.stride,
-                        exp_ratio=spec.get("e"), act_layer=_act_layer(info.act),
-                        se_layer=_se_layer(info, mid, spec.get("se")))
+    return _post_act(EdgeResidual(
+        cin, cout, exp_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
+        act_layer=_act_layer(info.act), se_layer=_se_layer(info, mid, spec.get("se"))),
+        spec, info)
 
 
 def _build_ds(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
     from timm.models._efficientnet_blocks import DepthwiseSeparableConv
 
     cin, cout = info.in_shape[0], info.out_shape[0]
-    return DepthwiseSeparableConv(cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride,
-                                  act_layer=_act_layer(info.act),
-                                  se_layer=_se_layer(info, cin, spec.get("se")))
+    return _post_act(DepthwiseSeparableConv(
+        cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride,
+        act_layer=_act_layer(info.act), se_layer=_se_layer(info, cin, spec.get("se"))),
+        spec, info)
 
 
 def _build_cc(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
@@ -364,17 +384,20 @@ def _build_cb(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
 
 _K = Param("k", int, 3, (1, 3, 5, 7))
 _SE = Param("se", bool, False)
+_A = Param("a", bool, False)
 register_op(OpType("teacher", _build_teacher, doc="the teacher's own layer (score 0)",
                    spatial_only=False))
 register_op(OpType("identity", _build_identity, doc="skip the layer (needs equal shapes)",
                    spatial_only=False, applies=lambda info: info.in_shape == info.out_shape))
-register_op(OpType("ir", _build_ir, (_K, Param("e", float, 6), _SE),
-                   doc="inverted residual (MBConv): 1x1 expand, kxk depthwise, [SE], 1x1 project"))
-register_op(OpType("er", _build_er, (_K, Param("e", float, 4), _SE),
-                   doc="fused inverted residual (EfficientNetV2): kxk expand, [SE], 1x1 project"))
-register_op(OpType("ds", _build_ds, (_K, _SE),
-                   doc="depthwise separable: kxk depthwise, [SE], 1x1 pointwise"))
-_A = Param("a", bool, False)
+register_op(OpType("ir", _build_ir, (_K, Param("e", float, 6), _SE, _A),
+                   doc="inverted residual (MBConv): 1x1 expand, kxk depthwise, [SE], 1x1 "
+                       "project; [activation at the end, after the sum, with a]"))
+register_op(OpType("er", _build_er, (_K, Param("e", float, 4), _SE, _A),
+                   doc="fused inverted residual (EfficientNetV2): kxk expand, [SE], 1x1 "
+                       "project; [activation at the end with a]"))
+register_op(OpType("ds", _build_ds, (_K, _SE, _A),
+                   doc="depthwise separable: kxk depthwise, [SE], 1x1 pointwise; [activation "
+                       "at the end with a]"))
 register_op(OpType("cc", _build_cc, (_K, Param("w", float, 1.0), _A),
                    doc="two stacked dense convs CBR-CB, middle width w x out channels "
                        "(residual when shapes agree; [activation at the end with a])"))

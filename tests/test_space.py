@@ -193,7 +193,7 @@ def test_parse_spec_canonical_form() -> None:
         assert str(parse_spec(text)) == canon, text
         assert canonical(canon) == canon
     spec = parse_spec("ir_k5_e3_se")
-    assert spec == OpSpec("ir", (("k", 5), ("e", 3.0), ("se", True)))
+    assert spec == OpSpec("ir", (("k", 5), ("e", 3.0), ("se", True), ("a", False)))
     assert spec.get("k") == 5 and spec.get("se") is True
     assert isinstance(parse_spec("cc_k3_w0.5").get("w"), float)
     assert hash(parse_spec("ir_e6_k3")) == hash(parse_spec("ir"))
@@ -378,7 +378,8 @@ def test_family_default_spaces() -> None:
     generic = space_specs(family_space("sequential"))
     assert family_space("fx-chain") == family_space("sequential")
     assert set(generic) == set(space_specs(DEFAULT_SPACE)) | {
-        "cc_k3_w0.5_a", "cc_k3_w1_a", "bn_k3_w0.25_a", "bn_k3_w0.5_a", "cb_k1_a", "cb_k3_a"}
+        canonical(s + "_a") for s in space_specs(DEFAULT_SPACE)
+        if s not in ("teacher", "identity")}
     resnet = space_specs(family_space("timm-resnet"))
     effnet = space_specs(family_space("timm-efficientnet"))
     assert resnet[:2] == effnet[:2] == ["teacher", "identity"]
@@ -438,3 +439,23 @@ def test_a_space_with_both_endings_gives_each_layer_the_matching_one() -> None:
     assert post_act.signature == linear.signature
     assert post_act == LayerInfo("a", (8, 8, 8), (8, 8, 8), "relu")
     assert "ends_with_act" not in post_act.to_dict()
+
+
+@pytest.mark.parametrize("spec", ["ir_k3_e3_se", "er_k3_e2", "ds_k5"])
+def test_mbconv_ops_with_the_activation_at_the_end(spec: str) -> None:
+    from lana.inherit import inherit
+    from lana.space import PostAct
+
+    for info in (LayerInfo("same", (16, 8, 8), (16, 8, 8), "relu"),
+                 LayerInfo("down", (16, 8, 8), (24, 4, 4), "relu")):
+        torch.manual_seed(0)
+        linear = build_op(spec, info).eval()
+        torch.manual_seed(0)
+        post = build_op(spec + "_a", info).eval()
+        assert isinstance(post, PostAct) and not isinstance(linear, PostAct)
+        x = torch.randn(2, 16, 8, 8)
+        with torch.no_grad():  # the same block, then the family's ReLU (after any sum)
+            assert torch.equal(post(x), torch.relu(linear(x)))
+        # inherits from a teacher block of its own kind, as the linear form does
+        teacher = build_op(spec, info)
+        assert inherit(post, spec + "_a", teacher) == inherit(linear, spec, teacher)
