@@ -159,15 +159,19 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
     t = Table(title=f"{model} at {input_shape} (family {chain.family}): {len(chain.layers)} "
               f"layers, {len(specs)} ops in the space, "
               f"10^{log10_space_size(cands):.1f} architectures")
-    for col in ("layer", "in", "out", "stride", "candidates"):
+    # "ends": whether the layer's output is post-activation, which picks an op's `_a` form
+    # where the space lists both endings (lana.space.matches_ending).
+    for col in ("layer", "in", "out", "stride", "ends", "candidates"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     for info, c in zip(chain.info, cands, strict=True):
         t.add_row(info.name, "x".join(map(str, info.in_shape)),
-                  "x".join(map(str, info.out_shape)), str(info.stride), str(len(c)))
+                  "x".join(map(str, info.out_shape)), str(info.stride),
+                  "act" if info.ends_with_act else "linear", str(len(c)))
     console.print(t)
     console.print("space: " + " ".join(patterns), soft_wrap=True)
     return {"family": chain.family, "space": patterns, "layers": len(cands),
             "candidates": [len(c) for c in cands],
+            "ends_with_act": [info.ends_with_act for info in chain.info],
             "log10_space_size": log10_space_size(cands)}
 
 

@@ -148,5 +148,6 @@ def test_list_models(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "11 layers" in out and "blocks.4.1" in out and "timm-efficientnet" in out
     assert "26 ops in the space" in out and "er_k3_e{1,2,4}" in out
+    assert " linear " in out  # MBConv blocks end linear (the ends column)
     assert main(["list-models", "--model", "lana:tiny_effnet", "--input", "32x32"]) == 2
     assert "CxHxW" in capsys.readouterr().err
