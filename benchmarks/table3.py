@@ -759,6 +759,11 @@ class Table3:
 
 
 # ------------------------------------------------------------------ report
+def summary_path(family: str, scale: str, root: Path | None = None) -> Path:
+    """Where a rendered run's numbers go as plain data (read by table3_summary.py)."""
+    return (root or HERE / "table3_results") / f"{family}-{scale}.json"
+
+
 def search_speedup(search_json: Path) -> float | None:
     """The chosen student's speed-up over the teacher as the pipeline's search measured it
     (:func:`lana.select.chosen_speedup`; None when the search did not time it or is
@@ -1006,10 +1011,12 @@ Targets (issue 6):
 
 """ + "\n".join(f"- {name}: **{mark[ok]}** ({why})" for name, ok, why in targets) + "\n"
     write_section(heading, body)
-    # The same numbers as plain data, for benchmarks/table3_summary.py (all families).
+    # The same numbers as plain data, for benchmarks/table3_summary.py (all families). Kept
+    # in the repository beside RESULTS.md, not in the work directory: the summary must not
+    # depend on work directories (hours of training each) surviving.
     from lana.io import write_json
 
-    write_json(bench.work / "summary.json", {
+    write_json(summary_path(fam, scale), {
         "family": fam, "scale": scale, "teacher": bench.fam["teacher"], "member": member,
         "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "member_speedup": msp, "tau": kend.get("tau"), "kendall_n": kend.get("n"),

@@ -5,9 +5,9 @@ one or more families):
 
     python benchmarks/table3_summary.py [--scale medium] [--no-write]
 
-Each table3 run leaves ``WORK/summary.json`` (the numbers of its RESULTS.md section as
-plain data) when it renders; this script reads those of every family at one scale, trains
-and times nothing, and writes one section to benchmarks/RESULTS.md (placed before the
+Each table3 run leaves ``benchmarks/table3_results/<family>-<scale>.json`` (the numbers of
+its RESULTS.md section as plain data, kept in the repository) when it renders; this script
+reads those of every family at one scale, trains and times nothing, and writes one section to benchmarks/RESULTS.md (placed before the
 families' own sections) with a plot ``table3_summary_<scale>.png``: LANA against the
 teacher, the smaller member, random search and Torch-Pruning per family, and which of the
 issue's targets each family met. A family not run yet is named as such.
@@ -34,15 +34,17 @@ TARGETS = (("at the member's latency, LANA is more accurate", "LANA beats the me
            ("beats Torch-Pruning and random search", "LANA beats both baselines everywhere"))
 
 
-def load(scale: str, work_root: Path) -> dict[str, dict | None]:
-    """Every family's summary.json at ``scale`` (None where the run has not rendered)."""
+def load(scale: str, root: Path | None = None) -> dict[str, dict | None]:
+    """Every family's numbers at ``scale`` as its table3 run rendered them
+    (``benchmarks/table3_results/<family>-<scale>.json``, or under ``root``); None where
+    the run has not rendered."""
     import table3
 
     from lana.io import read_json
 
     out: dict[str, dict | None] = {}
     for fam in table3.FAMILIES:
-        p = work_root / f"table3-{fam}-{scale}" / "summary.json"
+        p = table3.summary_path(fam, scale, root)
         out[fam] = read_json(p) if p.exists() else None
     return out
 
@@ -197,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", default="medium", choices=sorted(table3.SCALES))
-    ap.add_argument("--work-root", default=str(HERE / "work"),
-                    help="folder of the table3 work directories (default: %(default)s)")
+    ap.add_argument("--results", default=str(HERE / "table3_results"),
+                    help="folder of the rendered runs' <family>-<scale>.json files "
+                    "(default: %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
-    summaries = load(args.scale, Path(args.work_root))
+    summaries = load(args.scale, Path(args.results))
     if not any(summaries.values()):
         print(f"table3_summary: no family has a rendered {args.scale} run yet; run "
               f"benchmarks/table3.py --scale {args.scale} first", file=sys.stderr)

@@ -262,7 +262,7 @@ def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
     assert "training with 2 torch thread(s)" in body
     assert "within ±5%: 1.6x: True; 2x: True; 3x: False." in body
     assert (tmp_path / f"table3_effnet_{scale}.png").exists()
-    summary = read_json(tmp_path / "summary.json")  # the same numbers as plain data
+    summary = read_json(table3.summary_path("effnet", scale))  # the same numbers as plain data
     lana2 = next(r for r in summary["rows"] if r["kind"] == "lana" and r["budget"] == "2x")
     assert lana2["accuracy"] == pytest.approx(82.0) and lana2["speedup"] == 2.0
     assert lana2["speedup_b1"] == pytest.approx(2.0 if sessions == 1 else 1.6)

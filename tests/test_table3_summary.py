@@ -24,7 +24,8 @@ def test_summary_reads_what_the_family_reports_wrote(tmp_path, monkeypatch):
         if fam == "resnest":  # a family whose LANA student lost to random search at 3x
             res["random"][3.0][0]["accuracy"] = 0.9
         table3.report(bench, res, f"python benchmarks/table3.py --family {fam}", 1.0)
-    summaries = table3_summary.load("medium", tmp_path / "work")
+    summaries = table3_summary.load("medium", tmp_path / "table3_results")
+    assert (tmp_path / "table3_results" / "effnet-medium.json").exists()
     assert summaries["effnetv2"] is None and summaries["effnet"]["family"] == "effnet"
     heading, body = table3_summary.render(summaries, "medium")
     assert heading == "## Table 3 summary: all families (medium scale, issue 6)"
@@ -60,7 +61,7 @@ def test_summary_goes_before_the_family_sections(tmp_path, monkeypatch):
 
 
 def test_no_rendered_run_is_a_clear_error(tmp_path, capsys):
-    assert table3_summary.main(["--scale", "full", "--work-root", str(tmp_path)]) == 2
+    assert table3_summary.main(["--scale", "full", "--results", str(tmp_path)]) == 2
     assert "no family has a rendered full run yet" in capsys.readouterr().err
 
 
@@ -72,5 +73,5 @@ def test_every_scale_has_a_setup_line(scale, tmp_path, monkeypatch):
     work.mkdir(parents=True)
     bench, res = fake_run(work, scale)
     table3.report(bench, res, "cmd", 1.0)
-    _, body = table3_summary.render(table3_summary.load(scale, tmp_path / "work"), scale)
+    _, body = table3_summary.render(table3_summary.load(scale), scale)
     assert "Set-up at this scale: " in body and "epochs from scratch" in body
