@@ -29,7 +29,10 @@ def replace_section(text: str, heading: str, body: str) -> str:
     if start < 0:
         return text.rstrip() + "\n\n" + body
     end = text.find("\n## ", start + len(heading))
-    return text[:start] + body + (text[end + 1:] if end >= 0 else "")
+    if end < 0:
+        return text[:start] + body
+    # A blank line before the next heading, however the body ends.
+    return text[:start] + body.rstrip("\n") + "\n\n" + text[end + 1:]
 
 
 def write_section(heading: str, body: str) -> None:

@@ -101,7 +101,7 @@ def lana_step(speedup: float, seed: int) -> str:
 
 # reduced: every path on one CPU core in ~30 min for one family (a smoke test of the
 # machinery, not of the method); medium: a real but smaller training budget that fits
-# one family in about 2 h on 2 CPU cores (15k training images, an 11-op space, the
+# one family in 1.3-3 h on 2 CPU cores (15k training images, an 11-op space, the
 # full test set); full: the set-up (full Fashion-MNIST at 32 px, the family's
 # default space), about 8 h per family on 2 CPU cores.
 SCALES: dict[str, dict[str, Any]] = {

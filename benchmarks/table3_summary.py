@@ -111,6 +111,7 @@ def render(summaries: dict[str, dict | None], scale: str) -> tuple[str, str]:
              f"{sc['teacher_training']['epochs']:g} epochs from scratch, phase 1 "
              f"{sc['distill']['steps']} steps, fine-tuning {sc['finetune']['epochs']:g} "
              f"epoch(s), {sc['seeds']} seed(s)")
+    not_run = ("\nNot run yet at this scale: " + ", ".join(missing) + ".") if missing else ""
     png = f"table3_summary_{scale}.png"
     body = f"""{heading}
 
@@ -120,8 +121,7 @@ Accuracy is test accuracy %; in brackets the measured speed-up over the teacher 
 (ONNX Runtime, 1 thread, the median over the run's timing sessions). Baselines were
 matched to the LANA student's measured latency (±5 %, the two timed side by side when
 matched; the brackets are the final timing, which can differ on a shared machine) and
-fine-tuned like it. Set-up at this scale: {setup}.
-{"Not run yet at this scale: " + ", ".join(missing) + "." if missing else ""}
+fine-tuned like it. Set-up at this scale: {setup}.{not_run}
 
 {chr(10).join(lines)}
 
