@@ -25,11 +25,14 @@ def _classifier(seed: int = 0) -> nn.Module:
 def test_both_optimizers_train(optimizer: str, kind: type, synthetic_splits) -> None:
     assert isinstance(make_optimizer(optimizer, _classifier().parameters(), 0.1), kind)
     model = _classifier()
-    first = evaluate(model, synthetic_splits.train)["loss"]
+    # Batch statistics: after 16 steps the BatchNorm running statistics still lag the
+    # weights, so an eval-mode loss moves by chance (AdamW: 1.406 -> 1.411 on one CPU,
+    # lower on another) while the loss the optimizer sees falls clearly (-> 1.11).
+    first = evaluate(model, synthetic_splits.train, batch_stats=True)["loss"]
     stats = train_classifier(model, synthetic_splits.train, epochs=4, batch_size=32,
                              lr=0.05 if optimizer == "sgd" else 0.01, optimizer=optimizer)
     assert stats["steps"] == 16
-    assert evaluate(model, synthetic_splits.train)["loss"] < first
+    assert evaluate(model, synthetic_splits.train, batch_stats=True)["loss"] < 0.97 * first
 
 
 def test_the_two_optimizers_give_different_weights(synthetic_splits) -> None:
