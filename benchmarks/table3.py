@@ -992,12 +992,12 @@ Budgets: the member's measured latency ({msp:.2f}× faster than the teacher) and
   (BatchNorm in batch-statistics mode, {kend['eval_samples']} test images): **τ = {kend['tau']:.3f}**
   (p = {kend['p_value']:.2g}) over {kend['n']} architectures (ILP optima and random ones over
   the whole budget range); score vs loss τ = {kend['tau_score_vs_loss']:.3f}. The paper: 0.966.
-- Torch-Pruning: magnitude importance, uniform ratio, searched (bisection, then regula falsi)
-  until the measured latency is
-  within ±5% of the LANA student's (timed side by side in one session): {'; '.join(prune_within) or 'none'}.
+- Torch-Pruning: magnitude importance, uniform ratio, searched (bisection, then regula
+  falsi) until the measured latency is within ±5% of the LANA student's (timed side by
+  side in one session): {'; '.join(prune_within) or 'none'}.
 - Random search: best predicted score of 2000 random feasible architectures from the same
-  phase-1 weights, under a LUT budget searched the same way until the measured latency is within ±5% of
-  the LANA student's; within ±5%: {'; '.join(random_within) or 'none'}.
+  phase-1 weights, under a LUT budget searched the same way until the measured latency is
+  within ±5% of the LANA student's; within ±5%: {'; '.join(random_within) or 'none'}.
 - {member} + KD: trained from scratch by the teacher's recipe with the KD loss added.
 - LANA's speed-up at batch 1 as the search's own check measured it when it chose the
   student (the median of its back-to-back timings beside the teacher):

@@ -497,7 +497,7 @@ def _run_recording_end(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
             h.remove()
     if not isinstance(y, torch.Tensor):
         return y, False
-    if any(out is y for out in produced[-1:]):
+    if produced and produced[-1] is y:
         return y, True
     return y, bool(y.numel() > 0 and y.min() >= 0 and (y == 0).any() and (y > 0).any())
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lana.space import PostAct
+
 
 @dataclass(frozen=True)
 class InitRule:
@@ -46,8 +48,6 @@ def inherit(candidate: nn.Module, spec: str, teacher: nn.Module | None) -> str |
     """
     if teacher is None:
         return None
-    from lana.space import PostAct
-
     if isinstance(candidate, PostAct):  # an op with the activation at the end: its block
         candidate = candidate.block
     kind = spec.split("_")[0]
