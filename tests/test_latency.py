@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -374,10 +375,12 @@ else:
 with torch.inference_mode():
     for _ in range(3):
         run()
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    per_run = []
+    for _ in range(7):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         run()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 5)
+        per_run.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    print(*per_run)
 """
 
 
@@ -393,13 +396,18 @@ def test_torch_backend_does_not_page_fault_every_run() -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MALLOC_") and k not in ("LANA_MALLOC", "LD_PRELOAD")}
 
-    def faults(mode: str) -> float:
+    def faults(mode: str) -> list[int]:
         out = subprocess.run([sys.executable, "-c", FAULTS_PER_FORWARD, mode], env=env,
                              capture_output=True, text=True, check=True).stdout
-        return float(out.split()[-1])
+        return [int(f) for f in out.split()]
 
-    assert faults("plain") > 1000  # the problem: thousands of 4 KiB pages per run
-    assert faults("torch-backend") < 50
+    # The claim is about every run, so it is checked per run, by the median: the kernel
+    # may still move a page of a busy process once in a while (one run in ~12 faulted
+    # ~2300 pages on a loaded VM, the other runs none), which says nothing about malloc.
+    plain = faults("plain")
+    assert min(plain) > 1000, plain  # the problem: thousands of 4 KiB pages every run
+    steady = faults("torch-backend")
+    assert statistics.median(steady) < 50, steady
 
 
 def test_steady_malloc_leaves_a_users_allocator_alone(monkeypatch) -> None:
