@@ -8,9 +8,10 @@ one or more families):
 Each table3 run leaves ``benchmarks/table3_results/<family>-<scale>.json`` (the numbers of
 its RESULTS.md section as plain data, kept in the repository) when it renders; this script
 reads those of every family at one scale, trains and times nothing, and writes one section
-to benchmarks/RESULTS.md (placed before the families' own sections) with a plot ``table3_summary_<scale>.png``: LANA against the
-teacher, the smaller member, random search and Torch-Pruning per family, and which of the
-issue's targets each family met. A family not run yet is named as such.
+to benchmarks/RESULTS.md (placed before the families' own sections) with a plot
+``table3_summary_<scale>.png``: LANA against the teacher, the smaller member, random search
+and Torch-Pruning per family, and which of the issue's targets each family met. A family
+not run yet is named as such.
 """
 
 from __future__ import annotations
