@@ -810,6 +810,13 @@ def _fmt_acc(rows: list[dict]) -> str:
     return f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
+def _arch(step: dict) -> dict:
+    """What rebuilds a row's network without the work directory (which may not survive
+    the run): the op per layer of a LANA or random-search student, the pruning ratio of a
+    pruned teacher (deterministic, :meth:`Table3.pruned_model`)."""
+    return {k: step[k] for k in ("choices", "ratio") if k in step}
+
+
 def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     """Write the RESULTS.md section and the plot; return the section's text."""
     from lana.latency import E2E_ROUNDS
@@ -847,14 +854,14 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
                 continue
             rows.append({"method": name, "budget": label, "acc": _fmt_acc(rr),
                          "mean": _acc(rr)[0], "key": f"{kind}_{tag}", "kind": kind,
-                         "speedup": sp,
+                         "speedup": sp, "arch": _arch(rr[0]),
                          "before": 100 * rr[0].get("accuracy_before", math.nan)})
             eq = res.get("lana_equal")
             if kind == "lana" and eq and eq["tag"] == tag:
                 rows.append({"method": f"LANA, fine-tuned {eq['epochs']:g} epochs (as the "
                              "member trains)", "budget": label, "acc": _fmt_acc([eq]),
                              "mean": 100 * eq["accuracy"], "key": f"lana_{tag}",
-                             "kind": "lana_equal", "speedup": sp})
+                             "kind": "lana_equal", "speedup": sp, "arch": _arch(lrows[0])})
     lines = ["| method | budget | test accuracy % (± sd over seeds) | before fine-tune % | "
              "ms b1 | ms b32 | speed-up b1 | speed-up b32 |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -1022,7 +1029,8 @@ Targets (issue 6):
         "member_speedup": msp, "tau": kend.get("tau"), "kendall_n": kend.get("n"),
         "rows": [{"kind": r["kind"], "budget": r["budget"], "speedup": r.get("speedup"),
                   "accuracy": r["mean"], "ms_b1": b1[r["key"]],
-                  "speedup_b1": sp1[r["key"]][0]} for r in rows],
+                  "speedup_b1": sp1[r["key"]][0],
+                  **({"arch": r["arch"]} if r.get("arch") else {})} for r in rows],
         "targets": [{"name": n, "met": ok, "detail": why} for n, ok, why in targets]})
     return body
 

@@ -196,14 +196,15 @@ def fake_run(tmp_path, scale: str, sessions: int = 1, family: str = "effnet"):
             {"teacher": 1.0, "student": 0.45}, {"teacher": 1.0, "student": 0.5},
             {"teacher": 1.1, "student": 0.5}]}})
     msp = 1.6
-    lana = {sp: [{"tag": f"{sp:g}x", "accuracy": 0.84 - 0.01 * sp, "accuracy_before": 0.5}]
-            for sp in (msp, 2.0, 3.0)}
+    lana = {sp: [{"tag": f"{sp:g}x", "accuracy": 0.84 - 0.01 * sp, "accuracy_before": 0.5,
+                  "choices": ["teacher", f"ir_k3_e{sp:g}"]}] for sp in (msp, 2.0, 3.0)}
     lana[5.0] = [{"infeasible": "budget below the minimum 0.3 ms"}]
     res = {
         "prep": {"accuracy": 0.85}, "member_speedup": msp,
         "members": [{"accuracy": 0.80}],
         "lana": lana,
-        "random": {sp: [{"tag": r[0]["tag"], "accuracy": 0.7, "within": sp != 3.0}]
+        "random": {sp: [{"tag": r[0]["tag"], "accuracy": 0.7, "within": sp != 3.0,
+                         "choices": ["identity", "ds_k3"]}]
                    for sp, r in lana.items()
                    if "tag" in r[0]},
         "prune": {sp: [{"tag": r[0]["tag"], "accuracy": 0.75, "ratio": 0.3, "within": True}]
@@ -267,6 +268,12 @@ def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
     assert lana2["accuracy"] == pytest.approx(82.0) and lana2["speedup"] == 2.0
     assert lana2["speedup_b1"] == pytest.approx(2.0 if sessions == 1 else 1.6)
     assert [t["met"] for t in summary["targets"]][-1] is True
+    # Enough to rebuild every network and time it again once the work directory is gone.
+    assert lana2["arch"] == {"choices": ["teacher", "ir_k3_e2"]}
+    archs = {r["kind"]: r.get("arch") for r in summary["rows"] if r["budget"] == "2x"}
+    assert archs["random"] == {"choices": ["identity", "ds_k3"]}
+    assert archs["prune"] == {"ratio": 0.3}
+    assert archs.get("lana_equal") is None  # equal training sits at the member's budget
 
 
 def test_timing_sessions_are_pooled_by_their_own_ratios():
