@@ -155,6 +155,29 @@ def test_every_family_and_scale_is_a_valid_lana_config(family, scale, tmp_path):
     assert cfg.teacher_training.cache_dir == str(tmp_path / "teacher-cache")
 
 
+def test_random_baseline_uses_its_budget():
+    """Random search draws in a band under its LUT budget: a looser budget gives a costlier
+    architecture (without the floor the effnet full run could not reach LANA's latency),
+    and a budget past the costliest architecture still gives one."""
+    from lana.search import Layer, Library, Op, minimum_reachable
+
+    # Cheap ops score well here, as phase 1's low-loss identity-like ops often do: a
+    # floorless best-of-random sits near the cheapest end whatever the budget.
+    lib = Library(layers=[Layer(name=f"L{i}", ops=[
+        Op(spec=f"op{j}", score=0.1 * j, cost={"latency_ms": 0.1 + 0.2 * j})
+        for j in range(6)]) for i in range(8)])
+    lo, hi = (minimum_reachable(lib, "latency_ms", s) for s in ("min", "max"))
+    costs = []
+    for frac in (0.2, 0.5, 0.8, 1.0, 3.0):
+        budget = lo + frac * (hi - lo)
+        sol = table3.Table3.random_solution(lib, budget)
+        cost = sol.cost["latency_ms"]
+        assert cost <= min(budget, hi) * (1 + 1e-6)
+        assert cost >= table3.RANDOM_BAND * min(budget, hi) * (1 - 1e-6), (frac, cost)
+        costs.append(cost)
+    assert costs == sorted(costs) and costs[-1] > 0.9 * hi
+
+
 def test_spread_and_budget_label():
     assert table3.spread([1.0]) == (1.0, None)
     mean, sd = table3.spread([1.0, 3.0])
