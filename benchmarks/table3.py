@@ -104,7 +104,7 @@ def lana_step(speedup: float, seed: int) -> str:
 # machinery, not of the method); medium: a real but smaller training budget that fits
 # one family in 1.3-3 h on 2 CPU cores (15k training images, an 11-op space, the
 # full test set); full: the set-up (full Fashion-MNIST at 32 px, the family's
-# default space), about 8 h per family on 2 CPU cores.
+# default space), about twice the medium time on 2 CPU cores (effnet: 4.4 h).
 SCALES: dict[str, dict[str, Any]] = {
     "reduced": {
         "data": {"train_samples": 2000, "val_samples": 1000, "test_samples": 1000},
