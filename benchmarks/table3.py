@@ -20,8 +20,8 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
   LANA and the member are also compared at equal training images;
 - ``member+KD``: the smaller family member trained from scratch with KD from the teacher,
   by the teacher's training recipe (epochs, batch, lr) plus the fine-tuning KD loss;
-- ``Torch-Pruning``: the teacher pruned (magnitude, uniform ratio) until its measured
-  latency is within 5% of the LANA student's, the two timed side by side in one session
+- ``Torch-Pruning``: the teacher pruned (magnitude, uniform ratio; ResNeSt's split-attention
+  outputs kept whole, :func:`radix_coupled_layers`) until its measured latency is within 5% of the LANA student's, the two timed side by side in one session
   (bisection, then regula falsi on the ratio), then fine-tuned;
 - ``random search``: :func:`lana.baselines.random_search` (best predicted score of 2000
   random feasible architectures whose LUT sum is within 90-100 % of a LUT budget,
@@ -304,6 +304,46 @@ def prune_to_latency(make: Callable[[float], Any], latency: Callable[[Any], floa
             "history": history, "model": model}
 
 
+def radix_coupled_layers(model: Any) -> list[Any]:
+    """Layers whose output channels Torch-Pruning must leave alone in ``model``.
+
+    timm's split attention (ResNeSt's ``SplitAttn``) views its conv's output as
+    ``(radix, channels / radix)`` and multiplies it by ``fc2``'s output viewed the same way;
+    Torch-Pruning does not trace that coupling through the reshapes and prunes the two
+    differently at some ratios (resnest26d at 0.1 or 0.2375: the pruned model cannot run).
+    Their output widths are kept; their inputs (the bottleneck width) are still pruned.
+    """
+    from timm.layers import SplitAttn
+
+    return [layer for m in model.modules() if isinstance(m, SplitAttn)
+            for layer in (m.conv, m.fc2)]
+
+
+def prune_teacher(teacher: Any, ratio: float, input_shape: tuple[int, ...]) -> Any:
+    """A copy of ``teacher`` pruned by Torch-Pruning (magnitude importance, uniform
+    ``ratio``, channels rounded to 8), its classifier and :func:`radix_coupled_layers`
+    kept whole. Raises RuntimeError naming the ratio when the pruned copy cannot run."""
+    import torch
+    import torch_pruning as tp
+
+    model = copy.deepcopy(teacher).eval()
+    example = torch.zeros(1, *input_shape)
+    ignored = [model.get_classifier()] if hasattr(model, "get_classifier") else []
+    ignored += radix_coupled_layers(model)
+    pruner = tp.pruner.MagnitudePruner(
+        model, example, importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio, ignored_layers=ignored, round_to=8)
+    pruner.step()
+    try:
+        with torch.no_grad():
+            model(example)
+    except RuntimeError as e:
+        raise RuntimeError(f"Torch-Pruning at ratio {ratio:.4f} left "
+                           f"{type(model).__name__} unable to run ({e}); a layer coupling "
+                           "it does not trace must be added to radix_coupled_layers") from e
+    return model.eval()
+
+
 def kendall(scores: list[float], accuracies: list[float]) -> dict:
     """Kendall tau between the additive predicted score (lower is better) and measured
     accuracy: computed on ``-score`` so that a perfect predictor gives +1."""
@@ -567,20 +607,13 @@ class Table3:
     def pruned_model(self, ratio: float):
         """The trained teacher pruned by Torch-Pruning at ``ratio`` (deterministic:
         magnitude importance of the same weights gives the same structure)."""
-        import torch
-        import torch_pruning as tp
-
-        model = copy.deepcopy(self.run.teacher).eval()
-        example = torch.zeros(1, *self.run.input_shape)
-        ignored = [model.get_classifier()] if hasattr(model, "get_classifier") else []
-        pruner = tp.pruner.MagnitudePruner(
-            model, example, importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=ratio, ignored_layers=ignored, round_to=8)
-        pruner.step()
-        return model.eval()
+        return prune_teacher(self.run.teacher, ratio, self.run.input_shape)
 
     def prune(self, lana0: dict, seed: int) -> dict:
         tag = lana0["tag"]
+        # Steps pruned before radix-coupled layers were kept whole (ResNeSt) had a
+        # different structure at the same ratio: computed again. Other families: unchanged.
+        kept = len(radix_coupled_layers(self.run.teacher))
 
         def match() -> dict:
             ref = self.lana_student(lana0)
@@ -589,9 +622,11 @@ class Table3:
                                    max_iter=SCALES[self.scale]["prune_iters"],
                                    say=self.steps.say)
             res.pop("model")
-            return {**res, "target": "LANA student, timed alongside"}
+            return {**res, "target": "LANA student, timed alongside", "kept_whole": kept}
         # Older runs matched the teacher ratio (no "target"): computed again.
-        search = self.steps.get(f"prune_{tag}_search", match, valid=lambda r: "target" in r)
+        search = self.steps.get(f"prune_{tag}_search", match,
+                                valid=lambda r: "target" in r
+                                and r.get("kept_whole", 0) == kept)
 
         def go() -> dict:
             from lana.io import save_tensors
@@ -601,11 +636,12 @@ class Table3:
             stats = self.train(model, seed, f"prune_{tag}_s{seed}")
             save_tensors(self.model_path(f"prune_{tag}_s{seed}"), model.state_dict())
             return {"tag": tag, "ratio": search["ratio"], "within": search["within"],
-                    **stats, "accuracy": self.test_acc(model)["accuracy"],
+                    "kept_whole": kept, **stats, "accuracy": self.test_acc(model)["accuracy"],
                     "accuracy_before": before,
                     "params": sum(p.numel() for p in model.parameters())}
         return self.steps.get(f"prune_{tag}_s{seed}", go,
-                              valid=lambda r: r["ratio"] == search["ratio"])
+                              valid=lambda r: r["ratio"] == search["ratio"]
+                              and r.get("kept_whole", 0) == kept)
 
     def kendall_step(self) -> dict:
         def go() -> dict:

@@ -105,6 +105,29 @@ def test_prune_to_latency_with_torch_pruning_on_a_tiny_model():
     assert abs(fake_latency(res["model"]) - 0.4 * full) <= 0.1 * 0.4 * full
 
 
+def test_prune_teacher_keeps_split_attention_consistent():
+    # Plain Torch-Pruning breaks this tiny ResNeSt at ratio 0.05 (split conv and fc2
+    # pruned to different widths: "shape '[1, 2, 116, 1, 1]' is invalid").
+    pytest.importorskip("torch_pruning")
+    import torch
+    from timm.models.resnest import ResNestBottleneck
+    from timm.models.resnet import ResNet
+
+    torch.manual_seed(0)
+    teacher = ResNet(block=ResNestBottleneck, layers=[1, 1, 1, 1], in_chans=1,
+                     num_classes=10, stem_type="deep", stem_width=8, avg_down=True,
+                     channels=(16, 32, 64, 128),
+                     block_args=dict(radix=2, avd=True, avd_first=False)).eval()
+    kept = table3.radix_coupled_layers(teacher)
+    assert len(kept) == 8  # conv and fc2 of each block's SplitAttn
+    pruned = table3.prune_teacher(teacher, 0.05, (1, 32, 32))
+    assert pruned(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    params = sum(p.numel() for p in pruned.parameters())
+    assert params < sum(p.numel() for p in teacher.parameters())
+    assert teacher.layer1[0].conv1.out_channels == 16  # the teacher itself is untouched
+    assert table3.radix_coupled_layers(torch.nn.Linear(2, 2)) == []
+
+
 def test_kendall_tau_sign_and_size():
     scores = [0.1, 0.2, 0.3, 0.4]
     assert table3.kendall(scores, [0.9, 0.8, 0.7, 0.6])["tau"] == pytest.approx(1.0)
