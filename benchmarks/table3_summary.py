@@ -54,6 +54,22 @@ def _cell(row: dict | None) -> str:
     return "-" if row is None else f"{row['accuracy']:.2f} ({row['speedup_b1']:.2f}×)"
 
 
+#: A baseline whose final speed-up is off LANA's by more than this is not at equal latency.
+MATCH = 0.05
+
+
+def _base_cell(row: dict | None, lana: dict) -> str:
+    """A baseline's cell, marked ↑ (faster) or ↓ (slower) when its final timing is more than
+    ±5 % off the LANA student's: the match holds in the search's side-by-side timing, and a
+    baseline that could not reach the student's latency (or drifted away since) is a
+    different network, not one at equal latency."""
+    if row is None:
+        return "-"
+    ratio = row["speedup_b1"] / lana["speedup_b1"]
+    mark = " ↑" if ratio > 1 + MATCH else " ↓" if ratio < 1 - MATCH else ""
+    return _cell(row) + mark
+
+
 def _find(s: dict, kind: str, speedup: float | None = None) -> dict | None:
     return next((r for r in s["rows"] if r["kind"] == kind
                  and (speedup is None or r["speedup"] == speedup)), None)
@@ -86,7 +102,8 @@ def render(summaries: dict[str, dict | None], scale: str) -> tuple[str, str]:
             gap = (f"{lana['accuracy'] - max(r['accuracy'] for r in others):+.2f}"
                    if others else "-")
             base.append(f"| {fam} | {lana['budget']} | {lana['accuracy']:.2f} | "
-                        f"{_cell(_find(s, 'random', sp))} | {_cell(_find(s, 'prune', sp))} | "
+                        f"{_base_cell(_find(s, 'random', sp), lana)} | "
+                        f"{_base_cell(_find(s, 'prune', sp), lana)} | "
                         f"{gap} |")
     mark = {True: "met", False: "NOT met", None: "not measurable"}
     tgt = ["| target | " + " | ".join(done) + " |", "|---|" + "---|" * len(done)]
@@ -126,7 +143,9 @@ fine-tuned like it. Set-up at this scale: {setup}.{not_run}
 
 {chr(10).join(lines)}
 
-LANA against the baselines at each budget (the member's latency, 2x, 3x, 5x):
+LANA against the baselines at each budget (the member's latency, 2x, 3x, 5x); ↑ marks a
+baseline more than 5 % faster than the LANA student in the final timing, ↓ more than 5 %
+slower (it could not reach, or no longer holds, the student's latency: compare with care):
 
 {chr(10).join(base)}
 

@@ -36,6 +36,13 @@ def test_summary_reads_what_the_family_reports_wrote(tmp_path, monkeypatch):
     assert "| effnet | 3x | 81.00 | 70.00 (3.00×) | 75.00 (3.00×) | +6.00 |" in body
     assert "| resnest | 3x | 81.00 | 90.00 (3.00×) | 75.00 (3.00×) | -9.00 |" in body
     assert "| target | effnet | resnest |" in body
+    # a baseline off the student's final speed-up by more than 5 % is marked, either way
+    cell = table3_summary._base_cell
+    lana = {"speedup_b1": 2.0}
+    assert cell({"accuracy": 80.0, "speedup_b1": 2.09}, lana) == "80.00 (2.09×)"
+    assert cell({"accuracy": 80.0, "speedup_b1": 2.2}, lana) == "80.00 (2.20×) ↑"
+    assert cell({"accuracy": 80.0, "speedup_b1": 1.8}, lana) == "80.00 (1.80×) ↓"
+    assert cell(None, lana) == "-"
     assert "| LANA beats both baselines everywhere | **met** | **NOT met** |" in body
     assert "| 5x faster for <= 1.5 points | **not measurable** (budget infeasible" in body
     assert "effnet τ = 0.600 (30 architectures)" in body
