@@ -503,7 +503,7 @@ class Table3:
             chosen = srch["chosen"]
             base = {"tag": tag, "choices": chosen["choices"], "score": chosen["score"],
                     "latency_ms_lut": chosen["latency_ms_lut"], "fixed_ms": srch["fixed_ms"],
-                    "meets_budget": chosen["meets_budget"]}
+                    "meets_budget": chosen["meets_budget"], "trace": search_trace(srch)}
             if seed == 0:
                 ft = self.run.finetune(budget)
                 return {**base, "accuracy": ft["accuracy"],
@@ -862,6 +862,25 @@ def _fmt_acc(rows: list[dict]) -> str:
     return f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
+def search_trace(srch: dict) -> list[dict]:
+    """Each solve of a LANA search, compact: its LUT budget, the ms its budget allowed in
+    that solve's timing, and per student the LUT sum, measured ms, held-out loss, whether
+    it met the budget and whether it is the student the search kept. Stored with the row so
+    that why the search chose its student (say, well under its budget) can be read after
+    the work directory, which holds ``search.json``, is gone."""
+    fixed = srch["fixed_ms"]
+    kept = srch["chosen"]["choices"]
+    return [{"lut_budget_ms": round(a["layer_budget_ms"] + fixed, 4),
+             "allowed_ms": round(a["allowed_ms"], 4),
+             "students": [{"lut_ms": round(r["latency_ms_lut"], 4),
+                           "ms": (None if r["latency_ms_measured"] is None
+                                  else round(r["latency_ms_measured"], 4)),
+                           "val_loss": round(r["val_loss"], 5), "meets": r["meets_budget"],
+                           **({"kept": True} if r["choices"] == kept else {})}
+                          for r in a["students"]]}
+            for a in srch["attempts"]]
+
+
 def _arch(step: dict) -> dict:
     """What rebuilds a row's network without the work directory (which may not survive
     the run): the op per layer of a LANA or random-search student, the pruning ratio of a
@@ -906,7 +925,7 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
                 continue
             rows.append({"method": name, "budget": label, "acc": _fmt_acc(rr),
                          "mean": _acc(rr)[0], "key": f"{kind}_{tag}", "kind": kind,
-                         "speedup": sp, "arch": _arch(rr[0]),
+                         "speedup": sp, "arch": _arch(rr[0]), "trace": rr[0].get("trace"),
                          "before": 100 * rr[0].get("accuracy_before", math.nan)})
             eq = res.get("lana_equal")
             if kind == "lana" and eq and eq["tag"] == tag:
@@ -1083,7 +1102,8 @@ Targets (issue 6):
         "rows": [{"kind": r["kind"], "budget": r["budget"], "speedup": r.get("speedup"),
                   "accuracy": r["mean"], "ms_b1": b1[r["key"]],
                   "speedup_b1": sp1[r["key"]][0],
-                  **({"arch": r["arch"]} if r.get("arch") else {})} for r in rows],
+                  **({"arch": r["arch"]} if r.get("arch") else {}),
+                  **({"search": r["trace"]} if r.get("trace") else {})} for r in rows],
         "targets": [{"name": n, "met": ok, "detail": why} for n, ok, why in targets]})
     return body
 

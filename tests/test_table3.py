@@ -245,6 +245,8 @@ def fake_run(tmp_path, scale: str, sessions: int = 1, family: str = "effnet"):
     lana = {sp: [{"tag": f"{sp:g}x", "accuracy": 0.84 - 0.01 * sp, "accuracy_before": 0.5,
                   "choices": ["teacher", f"ir_k3_e{sp:g}"]}] for sp in (msp, 2.0, 3.0)}
     lana[5.0] = [{"infeasible": "budget below the minimum 0.3 ms"}]
+    lana[2.0][0]["trace"] = [{"lut_budget_ms": 0.6, "allowed_ms": 0.5, "students": [
+        {"lut_ms": 0.6, "ms": 0.5, "val_loss": 0.3, "meets": True, "kept": True}]}]
     res = {
         "prep": {"accuracy": 0.85}, "member_speedup": msp,
         "members": [{"accuracy": 0.80}],
@@ -320,6 +322,28 @@ def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
     assert archs["random"] == {"choices": ["identity", "ds_k3"]}
     assert archs["prune"] == {"ratio": 0.3}
     assert archs.get("lana_equal") is None  # equal training sits at the member's budget
+    # the search's solves, where the step kept them (steps stored earlier did not)
+    assert lana2["search"][0]["students"][0]["kept"] is True
+    assert all("search" not in r for r in summary["rows"] if r["budget"] != "2x")
+
+
+def test_search_trace_keeps_every_solve_and_marks_the_kept_student():
+    def student(choices, lut, ms, loss, meets):
+        return {"choices": choices, "latency_ms_lut": lut, "latency_ms_measured": ms,
+                "val_loss": loss, "meets_budget": meets}
+
+    first = student(["teacher", "ds_k3"], 1.2, 1.0, 0.40, True)
+    srch = {"fixed_ms": 0.2, "chosen": first, "attempts": [
+        {"layer_budget_ms": 1.0, "allowed_ms": 1.5,
+         "students": [first, student(["ds_k3", "ds_k3"], 1.1, None, 0.5, True)]},
+        {"layer_budget_ms": 1.4, "allowed_ms": 1.5,  # looser: a costlier student, no better
+         "students": [student(["teacher", "teacher"], 1.6, 1.4, 0.41, True)]}]}
+    trace = table3.search_trace(srch)
+    assert [a["lut_budget_ms"] for a in trace] == [1.2, 1.6]
+    assert trace[0]["students"][0] == {"lut_ms": 1.2, "ms": 1.0, "val_loss": 0.4,
+                                       "meets": True, "kept": True}
+    assert trace[0]["students"][1]["ms"] is None and "kept" not in trace[0]["students"][1]
+    assert "kept" not in trace[1]["students"][0]
 
 
 def test_timing_sessions_are_pooled_by_their_own_ratios():
