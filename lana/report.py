@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from lana.select import budget_allowed_ms
+from lana.select import budget_allowed_ms, explain
 
 _out = Console()
 
@@ -69,6 +69,10 @@ def print_search(result: dict, console: Console | None = None) -> None:
                   _num(r["latency_ms_measured"]), f"{r['val_loss']:.4f}",
                   _pct(r["val_accuracy"]), "yes" if r["meets_budget"] else "no")
     console.print(t)
+    if len(result["attempts"]) > 1:
+        console.print("  (the table is the last solve; * marks the kept student if it is there)")
+    for line in explain(result):
+        console.print(f"  {line}")
 
 
 def print_library_search(result: dict, cost_keys: list[str],

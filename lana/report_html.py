@@ -30,7 +30,7 @@ from typing import Any
 from lana.errors import ArtifactError, LanaError
 from lana.io import atomic_write_bytes, read_json
 from lana.progress import duration
-from lana.select import budget_allowed_ms
+from lana.select import budget_allowed_ms, explain
 
 REPORT_DIR = "report"
 HTML_NAME = "report.html"
@@ -239,6 +239,10 @@ def _overview(run: RunFiles) -> Section:
         exp = run.student(tag, "export.json")
         ft = run.student(tag, "finetune.json")
         budget = _budget_label(search.get("budget"), tag)
+        story = explain(search)
+        if any(line.startswith("why under budget") for line in story):
+            # A student well under its budget looks like a search that gave accuracy away.
+            sec.notes.append(f"Student {tag}: " + "; ".join(story[-2:]) + ".")
         if exp:
             acc, t_acc = exp["accuracy"], teacher.get("accuracy")
             drop = "" if t_acc is None else f" ({100 * (acc - t_acc):+.2f} points)"

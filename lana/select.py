@@ -487,3 +487,63 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
         evaluate=lambda student: evaluate(student, val, batch_stats=True, device=run.device),
         extra_budgets=extra,
     )
+
+
+def explain(result: dict) -> list[str]:
+    """What a search did and why it kept its student, as plain sentences (``search.json``
+    in, lines out; the terminal and the report print them).
+
+    One line per solve (its LUT budget, how many of its students met the budget in the
+    timing, the best of those), then the kept student and the share of its budget it uses.
+    A kept student well under its budget (below 85 % of it) gets a reason: either costlier
+    students met the budget but had no lower held-out loss (the search keeps the lowest
+    loss, as the paper does, not the largest network), or none did.
+    """
+    attempts = result.get("attempts") or []
+    chosen = result.get("chosen")
+    if not attempts or chosen is None:
+        return []
+    fixed = result.get("fixed_ms", 0.0)
+    lines = []
+    where = None  # (solve, student) of the kept student
+    for a, att in enumerate(attempts):
+        rows = att["students"]
+        met = [r for r in rows if r["meets_budget"]]
+        for n, r in enumerate(rows):
+            if r["choices"] == chosen["choices"] and where is None:
+                where = (a, n)
+        text = (f"solve {a + 1}: LUT budget {att['layer_budget_ms'] + fixed:.4g} ms, "
+                f"{len(met)}/{len(rows)} students met the {att['allowed_ms']:.4g} ms allowed")
+        if met:
+            top = min(met, key=lambda r: r["val_loss"])
+            ms = top["latency_ms_measured"] or top["latency_ms_predicted"]
+            text += (f"; the best of them {ms:.4g} ms ({ms / att['allowed_ms']:.0%}), "
+                     f"val loss {top['val_loss']:.4f}")
+        lines.append(text)
+    if not chosen["meets_budget"]:
+        lines.append("kept: the fastest student, as none met the budget")
+        return lines
+    a, n = where if where is not None else (len(attempts) - 1, 0)
+    allowed = attempts[a]["allowed_ms"]
+    ms = chosen["latency_ms_measured"] or chosen["latency_ms_predicted"]
+    used = ms / allowed
+    lines.append(f"kept: student {n} of solve {a + 1}, {ms:.4g} ms = {used:.0%} of the "
+                 f"{allowed:.4g} ms allowed, val loss {chosen['val_loss']:.4f}")
+    if used < 0.85:
+        # The same network solved again (timed anew) is not a costlier alternative.
+        costlier = [r for att in attempts for r in att["students"] if r["meets_budget"]
+                    and r["choices"] != chosen["choices"]
+                    and (r["latency_ms_measured"] or r["latency_ms_predicted"]) > ms * 1.02]
+        if costlier:
+            big = max(costlier, key=lambda r: r["latency_ms_measured"]
+                      or r["latency_ms_predicted"])
+            lines.append(
+                f"why under budget: {len(costlier)} costlier student(s) met the budget (up "
+                f"to {big['latency_ms_measured'] or big['latency_ms_predicted']:.4g} ms) "
+                f"with no lower held-out loss (the lowest of them "
+                f"{min(r['val_loss'] for r in costlier):.4f}); the search keeps the lowest "
+                "loss, not the largest network")
+        else:
+            lines.append(f"why under budget: no costlier student met the budget in "
+                         f"{len(attempts)} solve(s)")
+    return lines

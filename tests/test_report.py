@@ -170,6 +170,27 @@ def test_missing_stages_give_notes_not_errors(run_copy, tmp_path: Path) -> None:
     assert "lana prepare" in write_report(run_dir).with_name("report.md").read_text()
 
 
+def test_a_student_well_under_its_budget_gets_a_reason(run_copy) -> None:
+    """A kept student far under its budget reads like a search that gave accuracy away: the
+    report says why (here: a costlier student met the budget with a higher held-out loss)."""
+    from lana.io import write_json
+
+    run_dir, _ = run_copy
+    path = run_dir / "students" / "speedup1.5" / "search.json"
+    search = read_json(path)
+    last = search["attempts"][-1]
+    search["chosen"].update(latency_ms_measured=0.5 * last["allowed_ms"], meets_budget=True)
+    costly = {**search["chosen"], "choices": ["teacher"] * len(search["chosen"]["choices"]),
+              "latency_ms_measured": 0.9 * last["allowed_ms"],
+              "val_loss": search["chosen"]["val_loss"] + 1.0}
+    search["attempts"].append({**last, "students": [costly]})
+    write_json(path, search)
+    md = write_report(run_dir).with_name("report.md").read_text()
+    assert "Student speedup1.5: kept: student " in md
+    note = md[md.index("Student speedup1.5: kept: "):].split("\n")[0]
+    assert "% of the" in note and "costlier student(s) met the budget" in note, note
+
+
 def test_corrupt_file_is_named_in_the_report(run_copy) -> None:
     run_dir, _ = run_copy
     (run_dir / "students" / "speedup1.5" / "search.json").write_text("{not json")

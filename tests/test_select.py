@@ -11,7 +11,7 @@ import pytest
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.search import Library
-from lana.select import pool_timings, select, time_until_decided
+from lana.select import explain, pool_timings, select, time_until_decided
 
 # 4 layers; per layer: teacher (slow, score 0), a mid op, identity-like fast op.
 LIB = Library.from_dict({"layers": [
@@ -285,3 +285,54 @@ def test_the_best_student_is_timed_beside_every_later_solve():
     first = res["attempts"][0]["students"][0]
     assert len(first["retimed_ms"]) == len(calls) - 1  # really under budget: kept meeting it
     assert first["meets_budget"]
+
+
+def test_explain_says_why_a_student_sits_well_under_its_budget():
+    """A costlier student that met the budget but did worse on held-out data is not kept
+    (the paper's rule: the lowest loss wins), and the explanation says so."""
+    latency = {**LATENCY, "teacher_measured_ms": 10.0}
+
+    def costlier_is_worse(specs):  # the teacher's ops overfit the held-out split here
+        return {"loss": sum({"teacher": 0.9, "mid": 0.1, "fast": 0.5}[s] for s in specs),
+                "accuracy": 0.9}
+
+    res = select(LIB, latency, BudgetConfig(speedup=2.0), 5.0, cfg(k=1), build=list,
+                 measure=overpredicting_device, evaluate=costlier_is_worse)
+    assert res["resolves"] >= 1 and res["chosen"]["latency_ms_measured"] < 0.85 * 5.0
+    lines = explain(res)
+    assert lines[0].startswith("solve 1: LUT budget ") and "1/1 students met the 5 ms" in lines[0]
+    assert len([x for x in lines if x.startswith("solve ")]) == len(res["attempts"])
+    kept = next(x for x in lines if x.startswith("kept: "))
+    assert kept.startswith("kept: student 0 of solve 1, ")
+    why = lines[-1]
+    assert why.startswith("why under budget: ") and "no lower held-out loss" in why
+    # `lana search` prints it under its table
+    from rich.console import Console
+
+    from lana.report import print_search
+
+    console = Console(record=True, width=300)
+    print_search(res, console)
+    out = console.export_text()
+    assert "the table is the last solve" in out and why in out
+
+
+def test_explain_is_quiet_about_a_student_that_uses_its_budget():
+    latency = {**LATENCY, "teacher_measured_ms": 10.0}
+    res = select(LIB, latency, BudgetConfig(speedup=2.0), 5.0, cfg(k=1), build=list,
+                 measure=overpredicting_device, evaluate=evaluate)
+    lines = explain(res)
+    assert lines[-1].startswith("kept: ") and "= 95% of the 5 ms allowed" in lines[-1]
+    assert not any(x.startswith("why") for x in lines)
+
+
+def test_explain_names_a_search_that_met_nothing():
+    def slow_device(students: dict) -> dict:
+        return {name: v + 1.0 for name, v in fake_device(0.0)(students).items()}
+
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=1.45), 1.45, cfg(k=2), build=list,
+                 measure=slow_device, evaluate=evaluate)
+    lines = explain(res)
+    assert all(" 0/" in x for x in lines if x.startswith("solve "))
+    assert lines[-1] == "kept: the fastest student, as none met the budget"
+    assert explain({}) == []
