@@ -468,6 +468,22 @@ def minimum_reachable(library: Library, key: str, sense: str = "min") -> float:
     return _reach(library, key, sense)
 
 
+def score_optimum_cost(library: Library, key: str) -> float:
+    """The summed ``key`` cost of the best-scoring architecture of the whole library (each
+    layer at its lowest-score op, the cheapest of equal scores). A budget above it gives the
+    ILP nothing better: its optimum is this architecture. Well-trained teachers make it the
+    costliest one; where candidates score better than the teacher's own layer (redundant
+    late blocks, noisy scores), it can be far cheaper."""
+    library.validate()
+    if key not in library.cost_keys():
+        raise ConfigError(
+            f"the library has no cost {key!r}; available: {', '.join(library.cost_keys())}"
+        )
+    per_layer = [min((op.score, op.cost[key]) for op in layer.ops)[1]
+                 for layer in library.layers]
+    return _worst_total(per_layer, ">=")
+
+
 def _reach(library: Library, key: str, sense: str) -> float:
     pick = min if sense == "min" else max
     per_layer = [pick(op.cost[key] for op in layer.ops) for layer in library.layers]

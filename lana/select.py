@@ -22,7 +22,7 @@ from typing import Any
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.progress import log, progress
-from lana.search import Budget, Library, minimum_reachable, solve
+from lana.search import Budget, Library, minimum_reachable, score_optimum_cost, solve
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,12 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             "budget (or lower the speed-up), or add cheaper candidate ops.",
             minimum={"latency_ms": minimum})
     ceiling = minimum_reachable(library, "latency_ms", "max")
+    optimum = score_optimum_cost(library, "latency_ms")
+    if not extra_budgets:
+        # Looser than the best-scoring architecture, the ILP's optimum stays that one: a
+        # re-solve there only times the same students again. (Another cost column may rule
+        # that architecture out, and then a costlier latency can still buy a better one.)
+        ceiling = min(ceiling, optimum)
     attempts = []
     best = None  # the most accurate student confirmed within budget over all solves
     # The best student is timed again beside every later solve's students. The machine's
@@ -421,6 +427,7 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             "calibration": final.to_dict(), "fixed_ms": fixed, "k": cfg.k,
             "overlap": cfg.overlap, "log10_space_size": library.log10_space_size(),
             "solve_seconds": solve_seconds, "resolves": len(attempts) - 1,
+            "score_optimum_ms_lut": optimum + fixed,
             "attempts": attempts, "chosen": chosen}
 
 
@@ -495,9 +502,11 @@ def explain(result: dict) -> list[str]:
 
     One line per solve (its LUT budget, how many of its students met the budget in the
     timing, the best of those), then the kept student and the share of its budget it uses.
-    A kept student well under its budget (below 85 % of it) gets a reason: either costlier
-    students met the budget but had no lower held-out loss (the search keeps the lowest
-    loss, as the paper does, not the largest network), or none did.
+    A kept student well under its budget (below 85 % of it) gets a reason: the search
+    reached the best-scoring architecture of the whole space (no looser budget can give a
+    better one), or costlier students met the budget but had no lower held-out loss (the
+    search keeps the lowest loss, as the paper does, not the largest network), or none
+    did.
     """
     attempts = result.get("attempts") or []
     chosen = result.get("chosen")
@@ -534,6 +543,12 @@ def explain(result: dict) -> list[str]:
         costlier = [r for att in attempts for r in att["students"] if r["meets_budget"]
                     and r["choices"] != chosen["choices"]
                     and (r["latency_ms_measured"] or r["latency_ms_predicted"]) > ms * 1.02]
+        best_lut = result.get("score_optimum_ms_lut")
+        reached = best_lut is not None and any(
+            att["layer_budget_ms"] + fixed >= best_lut * (1 - 1e-9) for att in attempts)
+        optimum = (f"the best-scoring architecture of the whole space costs {best_lut:.4g} ms "
+                   "by the LUT, within a LUT budget the search tried, so no looser budget "
+                   "gives a better-scoring one") if reached else ""
         if costlier:
             big = max(costlier, key=lambda r: r["latency_ms_measured"]
                       or r["latency_ms_predicted"])
@@ -542,7 +557,9 @@ def explain(result: dict) -> list[str]:
                 f"to {big['latency_ms_measured'] or big['latency_ms_predicted']:.4g} ms) "
                 f"with no lower held-out loss (the lowest of them "
                 f"{min(r['val_loss'] for r in costlier):.4f}); the search keeps the lowest "
-                "loss, not the largest network")
+                "loss, not the largest network" + (f"; and {optimum}" if reached else ""))
+        elif reached:
+            lines.append(f"why under budget: {optimum}")
         else:
             lines.append(f"why under budget: no costlier student met the budget in "
                          f"{len(attempts)} solve(s)")

@@ -189,6 +189,13 @@ def test_a_student_well_under_its_budget_gets_a_reason(run_copy) -> None:
     assert "Student speedup1.5: kept: student " in md
     note = md[md.index("Student speedup1.5: kept: "):].split("\n")[0]
     assert "% of the" in note and "costlier student(s) met the budget" in note, note
+    # Without the injected student: this run's search reached the best-scoring architecture
+    # of its space (candidates score better than some of the tiny teacher's layers).
+    search["attempts"].pop()
+    write_json(path, search)
+    md = write_report(run_dir).with_name("report.md").read_text()
+    note = md[md.index("Student speedup1.5: kept: "):].split("\n")[0]
+    assert "so no looser budget gives a better-scoring one" in note, note
 
 
 def test_corrupt_file_is_named_in_the_report(run_copy) -> None:

@@ -666,3 +666,17 @@ def test_brute_force_refuses_large_spaces():
     lib = make_library([[(0.0, {"c": 1.0})] * 10 for _ in range(7)])
     with pytest.raises(ConfigError, match="tiny"):
         brute_force(lib, [])
+
+
+def test_score_optimum_cost_takes_the_cheapest_of_equal_scores():
+    from lana.search import score_optimum_cost
+
+    lib = Library.from_dict({"layers": [
+        {"name": "a", "ops": [{"spec": "x", "score": 0.0, "cost": {"latency_ms": 3.0}},
+                              {"spec": "y", "score": 0.0, "cost": {"latency_ms": 1.0}},
+                              {"spec": "z", "score": 0.2, "cost": {"latency_ms": 0.1}}]},
+        {"name": "b", "ops": [{"spec": "x", "score": -0.1, "cost": {"latency_ms": 0.5}},
+                              {"spec": "y", "score": 0.0, "cost": {"latency_ms": 2.0}}]}]})
+    assert score_optimum_cost(lib, "latency_ms") == pytest.approx(1.5)
+    with pytest.raises(ConfigError, match="no cost 'params'"):
+        score_optimum_cost(lib, "params")

@@ -313,7 +313,7 @@ def test_explain_says_why_a_student_sits_well_under_its_budget():
 
     console = Console(record=True, width=300)
     print_search(res, console)
-    out = console.export_text()
+    out = " ".join(console.export_text().split())  # rich wraps long lines
     assert "the table is the last solve" in out and why in out
 
 
@@ -336,3 +336,35 @@ def test_explain_names_a_search_that_met_nothing():
     assert all(" 0/" in x for x in lines if x.startswith("solve "))
     assert lines[-1] == "kept: the fastest student, as none met the budget"
     assert explain({}) == []
+
+
+def test_no_resolve_looser_than_the_best_scoring_architecture():
+    """Where a cheaper candidate scores better than the teacher's own layer, the ILP's
+    optimum is that cheap architecture at any looser budget: loosening would only time the
+    same students again. The search stops there and says why the student is under budget."""
+    from lana.search import score_optimum_cost
+
+    lib = Library.from_dict({"layers": [
+        {"name": f"l{i}", "ops": [
+            {"spec": "teacher", "score": 0.0, "cost": {"latency_ms": 1.0}},
+            {"spec": "mid", "score": -0.05, "cost": {"latency_ms": 0.5}},
+            {"spec": "fast", "score": 0.5, "cost": {"latency_ms": 0.1}},
+        ]} for i in range(4)]})
+    assert score_optimum_cost(lib, "latency_ms") == pytest.approx(2.0)
+    res = select(lib, LATENCY, BudgetConfig(latency_ms=4.0), 4.0, cfg(k=1), build=list,
+                 measure=fake_device(0.0), evaluate=evaluate)
+    assert res["resolves"] == 0
+    assert res["chosen"]["choices"] == ["mid"] * 4  # 3 ms measured: 75 % of the budget
+    assert res["score_optimum_ms_lut"] == pytest.approx(3.0)
+    assert explain(res)[-1] == (
+        "why under budget: the best-scoring architecture of the whole space costs 3 ms by "
+        "the LUT, within a LUT budget the search tried, so no looser budget gives a "
+        "better-scoring one")
+    # Another cost column may rule the best-scoring architecture out: then the latency
+    # ceiling stays the costliest architecture's and the search may loosen past it.
+    from lana.search import Budget
+
+    res = select(lib, LATENCY, BudgetConfig(latency_ms=4.0), 4.0, cfg(k=1), build=list,
+                 measure=fake_device(0.0), evaluate=evaluate,
+                 extra_budgets=[Budget("latency_ms", "<=", 10.0)])
+    assert res["resolves"] >= 1 and res["chosen"]["choices"] == ["mid"] * 4
