@@ -1099,6 +1099,7 @@ Targets (issue 6):
         "family": fam, "scale": scale, "teacher": bench.fam["teacher"], "member": member,
         "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "member_speedup": msp, "tau": kend.get("tau"), "kendall_n": kend.get("n"),
+        "seeds": bench.seeds,
         "rows": [{"kind": r["kind"], "budget": r["budget"], "speedup": r.get("speedup"),
                   "accuracy": r["mean"], "ms_b1": b1[r["key"]],
                   "speedup_b1": sp1[r["key"]][0],

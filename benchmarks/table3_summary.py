@@ -125,10 +125,14 @@ def render(summaries: dict[str, dict | None], scale: str) -> tuple[str, str]:
                         f"\"Table 3 on Fashion-MNIST: {fam} ({scale} scale, issue 6)\""
                         for fam, s in done.items())
     sc = table3.SCALES[scale]
+    # A run may have used more fine-tuning seeds than its scale's default (--seeds).
+    seeds = {fam: s.get("seeds", sc["seeds"]) for fam, s in done.items()}
+    seed_text = (f"{next(iter(seeds.values()))} seed(s)" if len(set(seeds.values())) <= 1
+                 else "seeds: " + ", ".join(f"{fam} {n}" for fam, n in seeds.items()))
     setup = (f"{sc['data']['train_samples'] or 'all'} training images, teacher and member "
              f"{sc['teacher_training']['epochs']:g} epochs from scratch, phase 1 "
              f"{sc['distill']['steps']} steps, fine-tuning {sc['finetune']['epochs']:g} "
-             f"epoch(s), {sc['seeds']} seed(s)")
+             f"epoch(s), {seed_text}")
     not_run = ("\nNot run yet at this scale: " + ", ".join(missing) + ".") if missing else ""
     png = f"table3_summary_{scale}.png"
     body = f"""{heading}

@@ -82,3 +82,18 @@ def test_every_scale_has_a_setup_line(scale, tmp_path, monkeypatch):
     table3.report(bench, res, "cmd", 1.0)
     _, body = table3_summary.render(table3_summary.load(scale), scale)
     assert "Set-up at this scale: " in body and "epochs from scratch" in body
+
+
+def test_setup_line_names_the_seeds_each_run_used():
+    """A run made with --seeds N says so; runs without the field have the scale's default."""
+    rows = [{"kind": "teacher", "budget": "-", "speedup": None, "accuracy": 90.0,
+             "ms_b1": 1.0, "speedup_b1": 1.0}]
+    run = {"teacher": "t", "member": "m", "member_speedup": 1.5, "tau": None,
+           "kendall_n": 0, "rows": rows, "targets": [], "command": "c", "date": "d",
+           "machine": "x"}
+    _, body = table3_summary.render({"effnet": run, "resnest": {**run, "seeds": 1}},
+                                    "medium")
+    assert "epoch(s), 1 seed(s)." in body
+    _, body = table3_summary.render({"effnet": run, "resnest": {**run, "seeds": 2}},
+                                    "medium")
+    assert "epoch(s), seeds: effnet 1, resnest 2." in body
