@@ -99,7 +99,7 @@ def render(summaries: dict[str, dict | None], scale: str) -> tuple[str, str]:
             if lana is None:
                 continue
             others = [r for r in (_find(s, "random", sp), _find(s, "prune", sp)) if r]
-            gap = (f"{lana['accuracy'] - max(r['accuracy'] for r in others):+.2f}"
+            gap = (f"{round(lana['accuracy'] - max(r['accuracy'] for r in others), 2) + 0.0:+.2f}"
                    if others else "-")
             base.append(f"| {fam} | {lana['budget']} | {lana['accuracy']:.2f} | "
                         f"{_base_cell(_find(s, 'random', sp), lana)} | "
