@@ -99,6 +99,7 @@ def render(summaries: dict[str, dict | None], scale: str) -> tuple[str, str]:
             if lana is None:
                 continue
             others = [r for r in (_find(s, "random", sp), _find(s, "prune", sp)) if r]
+            # round, then + 0.0: a tie prints +0.00, not -0.00
             gap = (f"{round(lana['accuracy'] - max(r['accuracy'] for r in others), 2) + 0.0:+.2f}"
                    if others else "-")
             base.append(f"| {fam} | {lana['budget']} | {lana['accuracy']:.2f} | "

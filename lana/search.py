@@ -460,12 +460,16 @@ def minimum_reachable(library: Library, key: str, sense: str = "min") -> float:
     architecture in the library can reach: each layer at its cheapest (costliest) op."""
     if sense not in ("min", "max"):
         raise ConfigError(f"sense must be 'min' or 'max', got {sense!r}")
+    _check_cost_key(library, key)
+    return _reach(library, key, sense)
+
+
+def _check_cost_key(library: Library, key: str) -> None:
     library.validate()
     if key not in library.cost_keys():
         raise ConfigError(
             f"the library has no cost {key!r}; available: {', '.join(library.cost_keys())}"
         )
-    return _reach(library, key, sense)
 
 
 def score_optimum_cost(library: Library, key: str) -> float:
@@ -474,11 +478,7 @@ def score_optimum_cost(library: Library, key: str) -> float:
     ILP nothing better: its optimum is this architecture. Well-trained teachers make it the
     costliest one; where candidates score better than the teacher's own layer (redundant
     late blocks, noisy scores), it can be far cheaper."""
-    library.validate()
-    if key not in library.cost_keys():
-        raise ConfigError(
-            f"the library has no cost {key!r}; available: {', '.join(library.cost_keys())}"
-        )
+    _check_cost_key(library, key)
     per_layer = [min((op.score, op.cost[key]) for op in layer.ops)[1]
                  for layer in library.layers]
     return _worst_total(per_layer, ">=")

@@ -513,6 +513,10 @@ def explain(result: dict) -> list[str]:
     if not attempts or chosen is None:
         return []
     fixed = result.get("fixed_ms", 0.0)
+
+    def ms_of(r: dict) -> float:  # measured, or the corrected prediction where unmeasured
+        return r["latency_ms_measured"] or r["latency_ms_predicted"]
+
     lines = []
     where = None  # (solve, student) of the kept student
     for a, att in enumerate(attempts):
@@ -525,7 +529,7 @@ def explain(result: dict) -> list[str]:
                 f"{len(met)}/{len(rows)} students met the {att['allowed_ms']:.4g} ms allowed")
         if met:
             top = min(met, key=lambda r: r["val_loss"])
-            ms = top["latency_ms_measured"] or top["latency_ms_predicted"]
+            ms = ms_of(top)
             text += (f"; the best of them {ms:.4g} ms ({ms / att['allowed_ms']:.0%}), "
                      f"val loss {top['val_loss']:.4f}")
         lines.append(text)
@@ -534,7 +538,7 @@ def explain(result: dict) -> list[str]:
         return lines
     a, n = where if where is not None else (len(attempts) - 1, 0)
     allowed = attempts[a]["allowed_ms"]
-    ms = chosen["latency_ms_measured"] or chosen["latency_ms_predicted"]
+    ms = ms_of(chosen)
     used = ms / allowed
     lines.append(f"kept: student {n} of solve {a + 1}, {ms:.4g} ms = {used:.0%} of the "
                  f"{allowed:.4g} ms allowed, val loss {chosen['val_loss']:.4f}")
@@ -542,7 +546,7 @@ def explain(result: dict) -> list[str]:
         # The same network solved again (timed anew) is not a costlier alternative.
         costlier = [r for att in attempts for r in att["students"] if r["meets_budget"]
                     and r["choices"] != chosen["choices"]
-                    and (r["latency_ms_measured"] or r["latency_ms_predicted"]) > ms * 1.02]
+                    and ms_of(r) > ms * 1.02]
         best_lut = result.get("score_optimum_ms_lut")
         reached = best_lut is not None and any(
             att["layer_budget_ms"] + fixed >= best_lut * (1 - 1e-9) for att in attempts)
@@ -550,11 +554,9 @@ def explain(result: dict) -> list[str]:
                    "by the LUT, within a LUT budget the search tried, so no looser budget "
                    "gives a better-scoring one") if reached else ""
         if costlier:
-            big = max(costlier, key=lambda r: r["latency_ms_measured"]
-                      or r["latency_ms_predicted"])
             lines.append(
                 f"why under budget: {len(costlier)} costlier student(s) met the budget (up "
-                f"to {big['latency_ms_measured'] or big['latency_ms_predicted']:.4g} ms) "
+                f"to {max(ms_of(r) for r in costlier):.4g} ms) "
                 f"with no lower held-out loss (the lowest of them "
                 f"{min(r['val_loss'] for r in costlier):.4f}); the search keeps the lowest "
                 "loss, not the largest network" + (f"; and {optimum}" if reached else ""))
