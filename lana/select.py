@@ -425,7 +425,8 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     final = fit_calibration(points)
     return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target_ms,
             "calibration": final.to_dict(), "fixed_ms": fixed, "k": cfg.k,
-            "overlap": cfg.overlap, "log10_space_size": library.log10_space_size(),
+            "overlap": cfg.overlap, "margin": cfg.margin, "slack": cfg.slack,
+            "log10_space_size": library.log10_space_size(),
             "solve_seconds": solve_seconds, "resolves": len(attempts) - 1,
             "score_optimum_ms_lut": optimum + fixed,
             "attempts": attempts, "chosen": chosen}
@@ -502,7 +503,9 @@ def explain(result: dict) -> list[str]:
 
     One line per solve (its LUT budget, how many of its students met the budget in the
     timing, the best of those), then the kept student and the share of its budget it uses.
-    A kept student well under its budget (below 85 % of it) gets a reason: the search
+    A kept student well under its budget (below ``(1 - margin) * (1 - slack)`` of it, the
+    point where the search itself loosens the budget; the run's own ``search.margin`` and
+    ``search.slack``, recorded in ``search.json``) gets a reason: the search
     reached the best-scoring architecture of the whole space (no looser budget can give a
     better one), or costlier students met the budget but had no lower held-out loss (the
     search keeps the lowest loss, as the paper does, not the largest network), or none
@@ -513,6 +516,10 @@ def explain(result: dict) -> list[str]:
     if not attempts or chosen is None:
         return []
     fixed = result.get("fixed_ms", 0.0)
+    # search.json files written before margin and slack were recorded ran on the defaults
+    defaults = SearchConfig.model_fields
+    under = ((1 - result.get("margin", defaults["margin"].default))
+             * (1 - result.get("slack", defaults["slack"].default)))
 
     def ms_of(r: dict) -> float:  # measured, or the corrected prediction where unmeasured
         return r["latency_ms_measured"] or r["latency_ms_predicted"]
@@ -542,7 +549,7 @@ def explain(result: dict) -> list[str]:
     used = ms / allowed
     lines.append(f"kept: student {n} of solve {a + 1}, {ms:.4g} ms = {used:.0%} of the "
                  f"{allowed:.4g} ms allowed, val loss {chosen['val_loss']:.4f}")
-    if used < 0.85:
+    if used < under * (1 - 1e-9):
         # The same network solved again (timed anew) is not a costlier alternative.
         costlier = [r for att in attempts for r in att["students"] if r["meets_budget"]
                     and r["choices"] != chosen["choices"]

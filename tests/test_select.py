@@ -360,6 +360,13 @@ def test_no_resolve_looser_than_the_best_scoring_architecture():
         "why under budget: the best-scoring architecture of the whole space costs 3 ms by "
         "the LUT, within a LUT budget the search tried, so no looser budget gives a "
         "better-scoring one")
+    # The threshold is the run's own (1 - margin) * (1 - slack), as search.json records it:
+    # at slack 0.3 a student using 75 % of its budget is where the search means it to be.
+    assert (res["margin"], res["slack"]) == (0.0, 0.15)  # cfg(): no margin
+    assert not explain({**res, "slack": 0.3})[-1].startswith("why")
+    # a search.json from before they were recorded reads as the defaults
+    older = {k: v for k, v in res.items() if k not in ("margin", "slack")}
+    assert explain(older) == explain(res)
     # Another cost column may rule the best-scoring architecture out: then the latency
     # ceiling stays the costliest architecture's and the search may loosen past it.
     from lana.search import Budget
