@@ -78,6 +78,9 @@ class Chain(nn.Module):
         self.names = list(names) if names is not None else [f"layers.{i}" for i in
                                                              range(len(layers))]
         self.info = list(info)
+        #: Per layer: does it write into its input (an ``inplace=True`` activation that is a
+        #: layer of its own, as in torchvision's ResNet stem)? Set by :func:`decompose`.
+        self.mutates_input = [False] * len(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -85,17 +88,25 @@ class Chain(nn.Module):
             x = layer(x)
         return self.head(x)
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return ``[x_0, ..., x_N]``: the stem output and every layer's output."""
+    def _run(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        # A stored feature is the input of the next layer and of every candidate for it
+        # (phase 1 and scoring): a layer that overwrites its input would hand them its
+        # output instead. Copy only for those layers; the others pay nothing.
+        return self.layers[i](x.clone() if self.mutates_input[i] else x)
+
+    def features(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """Return ``[x_0, ..., x_N]``: the stem output and every layer's output (with
+        ``upto``, only ``[x_0, ..., x_upto]``)."""
         feats = [self.stem(x)]
-        for layer in self.layers:
-            feats.append(layer(feats[-1]))
+        for i in range(len(self.layers) if upto is None else upto):
+            feats.append(self._run(i, feats[-1]))
         return feats
 
     def forward_from(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Run layers ``i..N-1`` and the head on ``x`` (the input of layer ``i``)."""
-        for layer in self.layers[i:]:
-            x = layer(x)
+        """Run layers ``i..N-1`` and the head on ``x`` (the input of layer ``i``, left as
+        it is)."""
+        for j in range(i, len(self.layers)):
+            x = self._run(j, x)
         return self.head(x)
 
 
@@ -544,6 +555,7 @@ def decompose(model: nn.Module, example_input: torch.Tensor,
                 raise UnsupportedModelError(
                     f"layer {name!r} of {type(model).__name__} receives a "
                     f"{type(x).__name__}, not one tensor; lana needs single-tensor layers")
+            version = x._version  # bumped by any in-place write, whatever the values
             try:
                 y, ends = _run_recording_end(layer, x)
             except Exception as exc:
@@ -558,6 +570,7 @@ def decompose(model: nn.Module, example_input: torch.Tensor,
                     "lana needs layers that return one tensor")
             info.append(LayerInfo(name, tuple(x.shape[1:]), tuple(y.shape[1:]), act,
                                   ends_with_act=ends))
+            chain.mutates_input[len(info) - 1] = x._version != version
             x = y
     chain.info = info
     chain.train(was_training)

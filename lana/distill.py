@@ -285,10 +285,7 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
             x, _ = next(stream)
             x = x.to(device, non_blocking=True)
             with torch.no_grad():
-                feats = [chain.stem(x)]
-                for layer in chain.layers[:last_layer + 1]:
-                    feats.append(layer(feats[-1]))
-                feats = [_channels_last(f) for f in feats]
+                feats = [_channels_last(f) for f in chain.features(x, upto=last_layer + 1)]
             losses = [_nmse(m(feats[i]), feats[i + 1]) for m, (i, _) in zip(modules, members,
                                                                             strict=True)]
             total = torch.stack(losses).sum()

@@ -394,3 +394,45 @@ def test_decompose_finds_layers_that_end_with_an_activation() -> None:
         model = timm.create_model(name, num_classes=4).eval()
         for x in (torch.zeros(1, 3, 32, 32), torch.randn(2, 3, 32, 32)):
             assert {i.ends_with_act for i in decompose(model, x).info} == {ends}, name
+
+
+@pytest.mark.parametrize("name,layers,first", [
+    ("resnet18", 14, "conv1"), ("mobilenet_v2", 21, "features.0"),
+    ("mobilenet_v3_small", 18, "features.0"), ("efficientnet_b0", 21, "features.0")])
+def test_torchvision_models_take_the_generic_path(name: str, layers: int, first: str,
+                                                  randomize_bn) -> None:
+    """A user's "own model" is often a torchvision one: no family knows its classes, and
+    the generic fx split must still cut it into an exact chain of its blocks."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=4)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    chain = _check_exact(model, x, randomize_bn)
+    assert chain.family == "fx-chain"
+    assert len(chain.layers) == layers and chain.names[0] == first
+    # in-place activations that are layers of their own are found (and only those)
+    inplace = {"resnet18": ["relu"], "mobilenet_v3_small": ["classifier.1"]}.get(name, [])
+    assert [n for n, m in zip(chain.names, chain.mutates_input, strict=True) if m] == inplace
+
+
+def test_stored_features_survive_an_in_place_layer(randomize_bn) -> None:
+    """Phase 1 trains layer i's candidates on the stored x_i and scoring runs the rest of
+    the teacher from it: a layer that overwrites its input (a non-idempotent in-place
+    activation standing alone) must not turn x_i into its output, or its candidates learn
+    the identity and score as if they were exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+                          nn.Hardswish(inplace=True), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    chain = _check_exact(model, x, randomize_bn)  # forward_from(i, x_i) is the output
+    assert chain.mutates_input == [False, False, True, False, False, False, False]
+    with torch.no_grad():
+        feats = chain.features(x)
+        assert not torch.equal(feats[2], feats[3])  # x_2 is the BN output, not hardswish's
+        assert torch.equal(feats[3], nn.functional.hardswish(feats[2]))
+        kept = feats[2].clone()
+        chain.forward_from(2, feats[2])
+        assert torch.equal(feats[2], kept)
+        assert [f.shape for f in chain.features(x, upto=3)] == [f.shape for f in feats[:4]]
