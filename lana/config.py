@@ -22,7 +22,8 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The teacher: a model name from lana's model registry plus constructor kwargs."""
 
-    name: str = Field("lana:tiny_effnet", description="'timm:<name>' for any timm model, or "
+    name: str = Field("lana:tiny_effnet", description="'timm:<name>' for any timm model, "
+                      "'torchvision:<name>' for any torchvision classification model, or "
                       "'lana:<name>' for a built-in model")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
     weights: str | None = Field(None, description="safetensors state dict of the trained "

@@ -1,4 +1,5 @@
-"""Teacher models: a registry of builders (timm's models and lana's own small ones)."""
+"""Teacher models: a registry of builders (timm's and torchvision's models and lana's own
+small ones)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,36 @@ def tiny_effnet(num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module
                         stem_size=16, num_features=256, act_layer=nn.SiLU, **kwargs)
 
 
+def _torchvision_model(model_name: str, in_chans: int = 3, **kwargs) -> nn.Module:
+    """torchvision's ``model_name`` (random weights). torchvision models take RGB only;
+    for ``in_chans`` other than 3 the first convolution is rebuilt for that many channels,
+    as timm's ``in_chans`` does (nothing is lost: the weights are random or loaded after)."""
+    import torchvision
+
+    if model_name not in torchvision.models.list_models():
+        raise ConfigError(f"model.name 'torchvision:{model_name}': torchvision has no model "
+                          f"{model_name!r} (see torchvision.models.list_models())")
+    # weights=None: never download; weights come from model.weights or lana's training.
+    model = torchvision.models.get_model(model_name, weights=None, **kwargs)
+    if in_chans != 3:
+        parent, attr, conv = next(
+            ((p, a, m) for p in model.modules() for a, m in p.named_children()
+             if isinstance(m, nn.Conv2d) and m.in_channels == 3), (None, None, None))
+        if conv is None:
+            raise ConfigError(f"torchvision:{model_name} has no 3-channel convolution to "
+                              f"adapt to {in_chans} input channels")
+        setattr(parent, attr, nn.Conv2d(
+            in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode))
+    return model
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a teacher architecture (random weights): ``timm:<name>`` or ``lana:<name>``."""
+    """Build a teacher architecture (random weights): ``timm:<name>``,
+    ``torchvision:<name>`` or ``lana:<name>``."""
     source, _, model_name = name.partition(":")
+    if source == "torchvision" and model_name:
+        return _torchvision_model(model_name, **kwargs)
     if source == "timm" and model_name:
         import timm
 
@@ -49,5 +77,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if source == "lana" and model_name in MODELS:
         return MODELS[model_name](**kwargs)
     raise ConfigError(f"model.name {name!r} is unknown: use 'timm:<model>' (e.g. "
-                      f"'timm:efficientnet_b0') or one of "
+                      f"'timm:efficientnet_b0'), 'torchvision:<model>' (e.g. "
+                      f"'torchvision:resnet18') or one of "
                       f"{['lana:' + n for n in sorted(MODELS)]}")

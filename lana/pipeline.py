@@ -215,7 +215,7 @@ class Run:
 
     def _model_kwargs(self) -> dict:
         kw = dict(self.config.model.kwargs)
-        if self.config.model.name.startswith(("timm:", "lana:")):
+        if self.config.model.name.startswith(("timm:", "torchvision:", "lana:")):
             kw.setdefault("num_classes", self.splits.num_classes)
             kw.setdefault("in_chans", self.splits.in_chans)
         return kw

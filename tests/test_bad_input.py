@@ -49,6 +49,7 @@ def test_missing_dataset_path(tmp_path: Path, capsys, tiny_config: dict, name: s
 
 def test_unsupported_model(tmp_path: Path, capsys, tiny_config: dict) -> None:
     for name, needle in [("timm:no_such_net", "timm has no model"),
+                         ("torchvision:no_such_net", "torchvision has no model"),
                          ("keras:resnet", "is unknown")]:
         tiny_config["model"]["name"] = name
         path = tmp_path / "c.yaml"

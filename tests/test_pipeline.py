@@ -379,7 +379,10 @@ def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_spl
 @pytest.mark.parametrize("model_name,ops", [
     ("timm:resnest14d", ["teacher", "identity", "rb_w0.5", "rep_k3_a"]),
     ("timm:tf_efficientnetv2_b0", ["teacher", "identity", "er_k3_e1"]),
-    ("timm:mobilenetv3_small_050", ["teacher", "identity", "rep_k3"])])
+    ("timm:mobilenetv3_small_050", ["teacher", "identity", "rep_k3"]),
+    # a torchvision model by name: the generic fx split, its 1-channel stem rebuilt, an
+    # in-place Hardswish layer in its head, and the student loads back by rebuilding it
+    ("torchvision:mobilenet_v3_small", ["teacher", "identity", "ds_k3"])])
 def test_tiny_end_to_end_per_family(model_name: str, ops: list[str], tmp_path: Path,
                                     synthetic_splits) -> None:
     """Every phase on one small model of each teacher family beyond EfficientNet V1, with
