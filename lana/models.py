@@ -60,23 +60,39 @@ def _torchvision_model(model_name: str, in_chans: int = 3, **kwargs) -> nn.Modul
     return model
 
 
+def _timm_model(model_name: str, **kwargs) -> nn.Module:
+    import timm
+
+    if model_name not in timm.list_models():
+        raise ConfigError(f"model.name 'timm:{model_name}': timm has no model {model_name!r} "
+                          "(see timm.list_models())")
+    # Never download: weights come from model.weights or lana's own training.
+    return timm.create_model(model_name, pretrained=False, **kwargs)
+
+
+def _unknown(name: str) -> ConfigError:
+    return ConfigError(f"model.name {name!r} is unknown: use 'timm:<model>' (e.g. "
+                       f"'timm:efficientnet_b0'), 'torchvision:<model>' (e.g. "
+                       f"'torchvision:resnet18') or one of "
+                       f"{['lana:' + n for n in sorted(MODELS)]}")
+
+
+def _lana_model(model_name: str, **kwargs) -> nn.Module:
+    if model_name not in MODELS:
+        raise _unknown(f"lana:{model_name}")
+    return MODELS[model_name](**kwargs)
+
+
+#: ``model.name`` is ``<source>:<model>``; each source builds its models with
+#: ``num_classes`` and ``in_chans`` (the pipeline passes the data's).
+SOURCES: dict[str, Callable[..., nn.Module]] = {
+    "timm": _timm_model, "torchvision": _torchvision_model, "lana": _lana_model}
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a teacher architecture (random weights): ``timm:<name>``,
     ``torchvision:<name>`` or ``lana:<name>``."""
     source, _, model_name = name.partition(":")
-    if source == "torchvision" and model_name:
-        return _torchvision_model(model_name, **kwargs)
-    if source == "timm" and model_name:
-        import timm
-
-        if model_name not in timm.list_models():
-            raise ConfigError(f"model.name {name!r}: timm has no model {model_name!r} "
-                              "(see timm.list_models())")
-        # Never download: weights come from model.weights or lana's own training.
-        return timm.create_model(model_name, pretrained=False, **kwargs)
-    if source == "lana" and model_name in MODELS:
-        return MODELS[model_name](**kwargs)
-    raise ConfigError(f"model.name {name!r} is unknown: use 'timm:<model>' (e.g. "
-                      f"'timm:efficientnet_b0'), 'torchvision:<model>' (e.g. "
-                      f"'torchvision:resnet18') or one of "
-                      f"{['lana:' + n for n in sorted(MODELS)]}")
+    if source not in SOURCES or not model_name:
+        raise _unknown(name)
+    return SOURCES[source](model_name, **kwargs)

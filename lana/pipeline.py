@@ -40,6 +40,7 @@ from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
 from lana.io import load_tensors, read_json, save_tensors, write_json
+from lana.models import SOURCES
 from lana.progress import log
 
 SUMMARY_FORMAT = "lana-summary/1"
@@ -215,7 +216,7 @@ class Run:
 
     def _model_kwargs(self) -> dict:
         kw = dict(self.config.model.kwargs)
-        if self.config.model.name.startswith(("timm:", "torchvision:", "lana:")):
+        if self.config.model.name.partition(":")[0] in SOURCES:
             kw.setdefault("num_classes", self.splits.num_classes)
             kw.setdefault("in_chans", self.splits.in_chans)
         return kw

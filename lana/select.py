@@ -386,7 +386,7 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             # Met. Far under the budget, it gave away accuracy that a costlier student
             # would keep: search again with a looser LUT budget (unless this solve, between
             # budgets already tried, found nothing better: there is nothing left between).
-            if (used >= (1 - cfg.margin) * (1 - cfg.slack) or layer_budget >= ceiling
+            if (used >= _loosen_below(cfg.margin, cfg.slack) or layer_budget >= ceiling
                     or (not improved and over is not None)):
                 break
             under = layer_budget if under is None else max(under, layer_budget)
@@ -430,6 +430,12 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             "solve_seconds": solve_seconds, "resolves": len(attempts) - 1,
             "score_optimum_ms_lut": optimum + fixed,
             "attempts": attempts, "chosen": chosen}
+
+
+def _loosen_below(margin: float, slack: float) -> float:
+    """The share of its budget below which a student that met it gave away accuracy: the
+    search loosens the LUT budget there, and :func:`explain` says why it stayed there."""
+    return (1 - margin) * (1 - slack)
 
 
 def _next_budget(points: list[tuple[float, float]], rows: list[dict], layer_budget: float,
@@ -518,8 +524,8 @@ def explain(result: dict) -> list[str]:
     fixed = result.get("fixed_ms", 0.0)
     # search.json files written before margin and slack were recorded ran on the defaults
     defaults = SearchConfig.model_fields
-    under = ((1 - result.get("margin", defaults["margin"].default))
-             * (1 - result.get("slack", defaults["slack"].default)))
+    under = _loosen_below(result.get("margin", defaults["margin"].default),
+                          result.get("slack", defaults["slack"].default))
 
     def ms_of(r: dict) -> float:  # measured, or the corrected prediction where unmeasured
         return r["latency_ms_measured"] or r["latency_ms_predicted"]
