@@ -282,10 +282,15 @@ class _LayerTracer(torch.fx.Tracer):
     def __init__(self, layers: set[str] | None) -> None:
         super().__init__()
         self.layer_names = layers
+        # With named layers, only the modules that hold one need tracing through: any
+        # other module is one opaque call, so its forward may do what fx cannot trace
+        # (branch on a tensor's value or shape) as it may in the default mode.
+        self.holders = {name.rsplit(".", k)[0] for name in layers or ()
+                        for k in range(1, name.count(".") + 1)}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.layer_names is not None:
-            return qualname in self.layer_names or super().is_leaf_module(m, qualname)
+            return qualname not in self.holders
         return type(m) not in _CONTAINERS
 
 
@@ -352,9 +357,14 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
         graph = _LayerTracer(set(wanted) if wanted is not None else None).trace(
             model, concrete_args=concrete or None)
     except Exception as exc:  # fx raises many types for untraceable code
+        where = _user_line(exc)
         raise UnsupportedModelError(
             f"lana cannot split {cls}: no registered family matches it and torch.fx cannot "
-            f"trace it ({type(exc).__name__}: {exc}). {_MARK_BY_HAND}.") from None
+            f"trace it ({type(exc).__name__}: {exc}){where}. The code that calls the "
+            "layers one after another must be traceable (naming layers does not change "
+            "that); code inside any other submodule need not be. Move the untraceable "
+            "part into a submodule of its own, keep it from depending on tensor values, "
+            "or pass an nn.Sequential(stem, *blocks, head)") from None
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1 + len(concrete):
@@ -442,6 +452,25 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
                                                const)))
     head = _segment(model, values[pos[layer_nodes[-1]] + 1:], layer_nodes[-1], result, const)
     return stem, named, head
+
+
+def _user_line(exc: BaseException) -> str:
+    """`` at FILE:LINE: `source` `` for the innermost frame of the traceback outside torch."""
+    import linecache
+    import os
+
+    torch_dir = os.path.dirname(torch.__file__)
+    frame = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(torch_dir):
+            frame = tb
+        tb = tb.tb_next
+    if frame is None or frame.tb_frame.f_code.co_filename == __file__:
+        return ""
+    name, line = frame.tb_frame.f_code.co_filename, frame.tb_lineno
+    source = linecache.getline(name, line).strip()
+    return f" at {name}:{line}" + (f": `{source}`" if source else "")
 
 
 def _describe_node(n: torch.fx.Node) -> str:

@@ -347,6 +347,58 @@ def test_layers_named_by_hand(randomize_bn) -> None:
         decompose(model, x, layers=["spare", "stage"])
 
 
+class _PadToEven(nn.Module):
+    """Python control flow on a tensor's shape: fx cannot trace through it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2:
+            x = nn.functional.pad(x, (0, 1, 0, 1))
+        return x
+
+
+class _Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_PadToEven(), nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.blocks = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(8, 8, 3, stride=2, padding=1))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class _BranchyTop(_Branchy):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if x.mean() > 0:  # on a tensor's value, in the code that calls the layers
+            x = self.blocks(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_untraceable_code_outside_the_layers(randomize_bn) -> None:
+    model = randomize_bn(_Branchy()).eval()
+    x = torch.randn(2, 3, 15, 15, generator=torch.Generator().manual_seed(0))
+    # a module that holds no named layer is one opaque call, whatever its forward does
+    chain = decompose(model, x, layers=["blocks.0", "blocks.2"])
+    assert chain.names == ["blocks.0", "blocks.2"]
+    assert chain.info[0].in_shape == (8, 16, 16)  # the stem's padding ran
+    with torch.no_grad():
+        assert (chain(x) - model(x)).abs().max().item() <= 1e-6
+    chain = decompose(model, x)  # the default split treats every non-container as opaque
+    assert chain.names[:2] == ["stem.0", "stem.1"]
+    with torch.no_grad():
+        assert (chain(x) - model(x)).abs().max().item() <= 1e-6
+    # untraceable code around the layers: the error points at the line and does not send
+    # the user to naming layers, which would not help
+    with pytest.raises(UnsupportedModelError) as info:
+        decompose(_BranchyTop().eval(), x, layers=["blocks.0"])
+    msg = str(info.value)
+    assert "cannot trace" in msg and "test_decompose.py:" in msg
+    assert "`if x.mean() > 0:" in msg and "into a submodule" in msg
+    assert "Name the replaceable layers by hand" not in msg
+
+
 def test_fx_rejects_modules_called_twice_and_many_inputs() -> None:
     class Twice(nn.Module):
         def __init__(self) -> None:
