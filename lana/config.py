@@ -23,9 +23,12 @@ class ModelConfig(_Section):
     """The teacher: a model name from lana's model registry plus constructor kwargs."""
 
     name: str = Field("lana:tiny_effnet", description="'timm:<name>' for any timm model, "
-                      "'torchvision:<name>' for any torchvision classification model, or "
-                      "'lana:<name>' for a built-in model")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
+                      "'torchvision:<name>' for any torchvision classification model, "
+                      "'lana:<name>' for a built-in model, or your own: "
+                      "'python:<file.py or dotted.module>:<class or function>'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder "
+                                   "(with the data's num_classes and in_chans, where it "
+                                   "takes them)")
     weights: str | None = Field(None, description="safetensors state dict of the trained "
                                 "teacher; when absent the teacher is trained (and cached)")
     layers: list[str] | None = Field(None, description="names of the replaceable layers "

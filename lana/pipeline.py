@@ -40,7 +40,7 @@ from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
 from lana.io import load_tensors, read_json, save_tensors, write_json
-from lana.models import SOURCES
+from lana.models import SOURCES, source_digest
 from lana.progress import log
 
 SUMMARY_FORMAT = "lana-summary/1"
@@ -251,7 +251,10 @@ class Run:
     def _teacher_cache(self) -> tuple[str, Path]:
         """The teacher's training key (its settings) and its file in the teacher cache."""
         cfg = self.config
-        key = _hash({"model": cfg.model.name, "kwargs": self._model_kwargs(),
+        # Your own model's code is part of the key (timm's and torchvision's are fixed by
+        # their versions): editing it trains a new teacher instead of loading a stale one.
+        code = {"code": digest} if (digest := source_digest(cfg.model.name)) else {}
+        key = _hash({"model": cfg.model.name, **code, "kwargs": self._model_kwargs(),
                      "data": _locked(cfg, "data"),
                      "train": _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"}),
                      "seed": cfg.seed, "v": 1})

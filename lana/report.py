@@ -131,6 +131,8 @@ def print_families(console: Console | None = None) -> None:
                   "are dropped (identity needs equal input and output shapes):")
     for fam in FAMILIES.values():
         console.print(f"  {fam.name}: " + " ".join(family_space(fam.name)), soft_wrap=True)
+    console.print("model.name: timm:<name>, torchvision:<name>, lana:<name> or your own, "
+                  "python:<file.py or dotted.module>:<class or function>", soft_wrap=True)
     console.print("Show one model's layers and candidates: lana list-models --model "
                   "timm:efficientnet_b0 --input 3x224x224")
 

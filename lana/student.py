@@ -66,8 +66,9 @@ def save_student(out_dir: str | Path, student: Chain, arch: dict, onnx: bool = T
 def load_student(path: str | Path, teacher: nn.Module | None = None) -> Chain:
     """Rebuild a saved student (eval mode) from its folder.
 
-    ``teacher`` is only needed for models that lana's model registry cannot build (your
-    own classes); pass an instance of the teacher architecture (its weights are not used).
+    ``teacher`` is only needed for models that ``model.name`` cannot build (a module you
+    handed to :func:`lana.accelerate` or ``Run`` as an object); pass an instance of the
+    teacher architecture (its weights are not used).
     """
     from lana.models import create_model
 

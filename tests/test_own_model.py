@@ -1,0 +1,126 @@
+"""Your own model from the CLI: ``model.name: python:<module or file.py>:<callable>``."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_config_dict
+
+import lana
+from lana.cli import main
+from lana.errors import ConfigError
+from lana.io import read_json
+from lana.models import create_model, source_digest
+
+NETS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    def block(cin, cout, stride):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU())
+
+
+    class Net(nn.Module):
+        """A small conv net of the user's own (the data's classes and channels by name)."""
+
+        def __init__(self, num_classes=10, in_chans=3, width=8):
+            super().__init__()
+            self.stem = block(in_chans, width, 1)
+            self.blocks = nn.Sequential(block(width, width, 1), block(width, 2 * width, 2),
+                                        block(2 * width, 2 * width, 1))
+            self.fc = nn.Linear(2 * width, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+    def fixed_head(width=8):
+        """Takes neither num_classes nor in_chans: lana must not pass them."""
+        return Net(num_classes=4, in_chans=3, width=width)
+
+
+    def not_a_model():
+        return 42
+
+
+    def broken():
+        raise RuntimeError("my constructor is broken")
+''')
+
+
+def _write_nets(folder: Path, name: str = "my_nets.py") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(NETS)
+    return path
+
+
+def test_own_model_from_a_file_end_to_end(tmp_path: Path, capsys) -> None:
+    nets = _write_nets(tmp_path / "code")
+    cfg = tiny_config_dict(tmp_path / "cache")
+    cfg["model"] = {"name": f"python:{nets}:Net", "kwargs": {"width": 8}}
+    cfg["space"]["ops"] = ["teacher", "identity", "cb_k3"]
+    cfg["search"]["budget"] = {"latency_ms": 1000.0}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    teacher = read_json(tmp_path / "run" / "teacher.json")
+    # the generic split looks through the nn.Sequential blocks to their modules
+    names = [layer["name"] for layer in teacher["layers"]]
+    assert names[:3] == ["stem.0", "stem.1", "stem.2"] and names[-1] == "fc"
+    summary = read_json(tmp_path / "run" / "summary.json")
+    student = summary["students"][0]
+    # the student loads back with no teacher given: lana rebuilds it from the same file,
+    # with the data's class and channel counts (the synthetic set: 4 classes, 1 channel)
+    loaded = lana.load_student(student["path"])
+    assert loaded(torch.zeros(2, 1, 16, 16)).shape == (2, 4)
+
+
+def test_own_model_by_module_name(tmp_path: Path, monkeypatch) -> None:
+    _write_nets(tmp_path / "my_pkg", "nets.py")
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)  # importable from the current directory, as `python -m` has
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    model = create_model("python:my_pkg.nets:Net", num_classes=5, in_chans=1)
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 5)
+    # a builder that takes neither is called without them
+    model = create_model("python:my_pkg.nets:fixed_head", num_classes=5, in_chans=3, width=4)
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 4)
+    monkeypatch.delitem(sys.modules, "my_pkg.nets")
+    monkeypatch.delitem(sys.modules, "my_pkg")
+
+
+def test_edited_code_is_a_new_teacher(tmp_path: Path) -> None:
+    nets = _write_nets(tmp_path)
+    name = f"python:{nets}:Net"
+    before = source_digest(name)
+    assert before and source_digest(name) == before and source_digest("timm:resnet18") is None
+    nets.write_text(NETS.replace("width=8", "width=6"))
+    assert source_digest(name) != before  # so the teacher cache key changes
+    # and the edited file is what gets built, in the same process
+    assert create_model(name).fc.in_features == 12
+
+
+@pytest.mark.parametrize("target,needle", [
+    ("python:Net", "must be 'python:<module>:<callable>'"),
+    ("python:{dir}/missing.py:Net", "there is no file"),
+    ("python:{nets}:Nett", "has no 'Nett'; it defines ['Net', 'block', 'broken', "
+                           "'fixed_head', 'not_a_model']"),
+    ("python:{nets}:not_a_model", "returned a int, not a torch.nn.Module"),
+    ("python:{nets}:broken", "raised RuntimeError: my constructor is broken"),
+    ("python:{dir}/bad.py:Net", "importing"),
+    ("python:no_such_module_xyz:Net", "ModuleNotFoundError"),
+])
+def test_own_model_errors(tmp_path: Path, target: str, needle: str) -> None:
+    nets = _write_nets(tmp_path)
+    (tmp_path / "bad.py").write_text("def Net(:\n")
+    with pytest.raises(ConfigError) as info:
+        create_model(target.format(dir=tmp_path, nets=nets), num_classes=3)
+    assert needle in str(info.value)
