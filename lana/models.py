@@ -141,6 +141,13 @@ def _python_model(target: str, **kwargs) -> nn.Module:
     where it takes them (by name or through ``**kwargs``)."""
     import inspect
 
+    if ":" not in target:
+        # lana.accelerate(model, ...) labels a run with the model's class this way.
+        raise ConfigError(
+            f"model.name 'python:{target}' labels a model that was handed to lana as an "
+            f"object (lana.accelerate or Run(teacher=...)), so lana cannot build it: pass "
+            f"an instance again (load_student(path, teacher={target}(...))), or name where "
+            f"it is defined: 'python:<file.py or dotted.module>:{target}'")
     fn = _import_callable(target)
     if not callable(fn):
         raise ConfigError(f"model.name 'python:{target}' names a {type(fn).__name__}, not a "
@@ -172,7 +179,7 @@ def source_digest(name: str) -> str | None:
     import inspect
 
     source, _, target = name.partition(":")
-    if source != "python":
+    if source != "python" or ":" not in target:  # not python:, or accelerate()'s label
         return None
     try:
         path = inspect.getsourcefile(_import_callable(target))

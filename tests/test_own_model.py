@@ -101,7 +101,8 @@ def test_edited_code_is_a_new_teacher(tmp_path: Path) -> None:
     nets = _write_nets(tmp_path)
     name = f"python:{nets}:Net"
     before = source_digest(name)
-    assert before and source_digest(name) == before and source_digest("timm:resnet18") is None
+    assert before and source_digest(name) == before
+    assert source_digest("timm:resnet18") is None and source_digest("python:Net") is None
     nets.write_text(NETS.replace("width=8", "width=6"))
     assert source_digest(name) != before  # so the teacher cache key changes
     # and the edited file is what gets built, in the same process
@@ -109,7 +110,7 @@ def test_edited_code_is_a_new_teacher(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("target,needle", [
-    ("python:Net", "must be 'python:<module>:<callable>'"),
+    ("python::Net", "must be 'python:<module>:<callable>'"),
     ("python:{dir}/missing.py:Net", "there is no file"),
     ("python:{nets}:Nett", "has no 'Nett'; it defines ['Net', 'block', 'broken', "
                            "'fixed_head', 'not_a_model']"),
@@ -117,6 +118,8 @@ def test_edited_code_is_a_new_teacher(tmp_path: Path) -> None:
     ("python:{nets}:broken", "raised RuntimeError: my constructor is broken"),
     ("python:{dir}/bad.py:Net", "importing"),
     ("python:no_such_module_xyz:Net", "ModuleNotFoundError"),
+    # lana.accelerate's label of a model given as an object
+    ("python:Net", "handed to lana as an object"),
 ])
 def test_own_model_errors(tmp_path: Path, target: str, needle: str) -> None:
     nets = _write_nets(tmp_path)
