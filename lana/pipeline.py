@@ -230,7 +230,36 @@ class Run:
         # on what the process did before (a CLI run and the Python API agree).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            return create_model(self.config.model.name, **self._model_kwargs())
+            model = create_model(self.config.model.name, **self._model_kwargs())
+        self._check_fits_data(model)
+        return model
+
+    def _check_fits_data(self, model: nn.Module) -> None:
+        """Say it plainly when the model cannot take the data's images or has fewer
+        outputs than it has classes, before training fails deep inside torch."""
+        name, s = self.config.model.name, self.splits
+        x = torch.zeros(2, *self.input_shape)
+        was = model.training
+        try:
+            with torch.no_grad():
+                out = model.eval()(x)
+        except Exception as exc:
+            raise ConfigError(
+                f"model {name} cannot take the data's images, batches of shape "
+                f"{tuple(x.shape)} ({s.in_chans} channel(s), data.image_size "
+                f"{s.image_size}): {type(exc).__name__}: {exc}. Build it for the data "
+                "(model.kwargs, e.g. in_chans) or change data.image_size") from None
+        finally:
+            model.train(was)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"model {name} returns {shape} for a batch of 2 images; lana "
+                              "needs class logits of shape (batch, classes)")
+        if out.shape[1] < s.num_classes:
+            raise ConfigError(
+                f"model {name} gives {out.shape[1]} class logits, but the data has "
+                f"{s.num_classes} classes: build it with {s.num_classes} outputs "
+                f"(num_classes: {s.num_classes} in model.kwargs, where its builder takes it)")
 
     @cached_property
     def teacher(self) -> nn.Module:

@@ -46,6 +46,10 @@ NETS = textwrap.dedent('''
         return Net(num_classes=4, in_chans=3, width=width)
 
 
+    def two_classes():
+        return Net(num_classes=2, in_chans=1)
+
+
     def not_a_model():
         return 42
 
@@ -113,7 +117,8 @@ def test_edited_code_is_a_new_teacher(tmp_path: Path) -> None:
     ("python::Net", "must be 'python:<module>:<callable>'"),
     ("python:{dir}/missing.py:Net", "there is no file"),
     ("python:{nets}:Nett", "has no 'Nett'; it defines ['Net', 'block', 'broken', "
-                           "'fixed_head', 'not_a_model']"),
+                           "'fixed_head', 'not_a_model', "
+                           "'two_classes']"),
     ("python:{nets}:not_a_model", "returned a int, not a torch.nn.Module"),
     ("python:{nets}:broken", "raised RuntimeError: my constructor is broken"),
     ("python:{dir}/bad.py:Net", "importing"),
@@ -127,3 +132,18 @@ def test_own_model_errors(tmp_path: Path, target: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
         create_model(target.format(dir=tmp_path, nets=nets), num_classes=3)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("builder,needle", [
+    ("fixed_head", "cannot take the data's images, batches of shape (2, 1, 16, 16) "
+                   "(1 channel(s), data.image_size 16): RuntimeError"),
+    ("two_classes", "gives 2 class logits, but the data has 4 classes")])
+def test_a_model_that_does_not_fit_the_data(tmp_path: Path, capsys, builder: str,
+                                            needle: str) -> None:
+    """Said before training starts, not as a traceback from inside torch."""
+    cfg = tiny_config_dict(tmp_path / "cache")
+    cfg["model"] = {"name": f"python:{_write_nets(tmp_path)}:{builder}"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert needle in capsys.readouterr().err.replace("\n", " ")
