@@ -29,8 +29,11 @@ class ModelConfig(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder "
                                    "(with the data's num_classes and in_chans, where it "
                                    "takes them)")
-    weights: str | None = Field(None, description="safetensors state dict of the trained "
-                                "teacher; when absent the teacher is trained (and cached)")
+    weights: str | None = Field(None, description="the trained teacher's state dict: "
+                                "safetensors, or a torch.save checkpoint (loaded with "
+                                "weights_only=True; FILE#key picks a nested entry, else "
+                                "state_dict/model are tried; module. prefixes dropped); "
+                                "when absent the teacher is trained (and cached)")
     layers: list[str] | None = Field(None, description="names of the replaceable layers "
                                      "(modules called in a chain), for models lana cannot "
                                      "split by itself; default: the family's own split")

@@ -161,6 +161,79 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
 
 
+#: Where training scripts nest the state dict in a checkpoint, in the order timm's
+#: ``load_checkpoint`` looks (the non-EMA weights first).
+_NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+#: Prefixes that wrappers add to every key: DDP/DataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A trained model's weights from the user: a safetensors file, or a ``torch.save``
+    checkpoint loaded with ``weights_only=True`` (torch's restricted unpickler: tensors and
+    plain containers only, never arbitrary objects). ``path#key`` picks a nested state dict
+    (e.g. ``ckpt.pth#state_dict_ema``); without it the usual nestings are tried. Wrapper
+    prefixes (``module.``, ``_orig_mod.``) are removed. lana's own files stay safetensors."""
+    import torch
+
+    raw, _, key = str(path).rpartition("#") if "#" in str(path) else (str(path), "", "")
+    if key and Path(str(path)).is_file():  # a file name that holds a '#'
+        raw, key = str(path), ""
+    path = Path(raw)
+    try:
+        head = path.open("rb").read(8)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{path} is a directory, not a weights file") from None
+    if not _pickle_kind(head):
+        state = load_tensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ArtifactError(
+                f"{path} is {_pickle_kind(head)} that torch.load(weights_only=True) refuses "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); it "
+                "holds more than tensors (e.g. a whole pickled model or an argparse "
+                "Namespace), and lana never unpickles arbitrary objects. Save the model's "
+                "state_dict() instead, e.g. as safetensors (safetensors.torch.save_file)"
+            ) from None
+    state = _pick_state(state, key, path)
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _pick_state(obj: Any, key: str, path: Path) -> dict[str, Any]:
+    import torch
+
+    def is_state(d: Any) -> bool:
+        return isinstance(d, dict) and bool(d) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+    if key:
+        if not isinstance(obj, dict) or key not in obj:
+            keys = sorted(obj) if isinstance(obj, dict) else []
+            raise ArtifactError(f"{path} has no entry {key!r} (it has {keys})")
+        obj = obj[key]
+        if not is_state(obj):
+            raise ArtifactError(f"{path}#{key} is not a state dict of named tensors")
+        return obj
+    if is_state(obj):
+        return obj
+    if isinstance(obj, dict):
+        for k in _NESTED_STATE_KEYS:
+            if is_state(obj.get(k)):
+                return obj[k]
+        keys = sorted(map(str, obj))
+        raise ArtifactError(f"{path} holds no state dict of named tensors at its top level "
+                            f"or under {list(_NESTED_STATE_KEYS)}; its keys: {keys[:20]}. "
+                            f"Name the entry to use: {path}#<key>")
+    raise ArtifactError(f"{path} holds a {type(obj).__name__}, not a state dict")
+
+
 def _pickle_kind(data: bytes) -> str | None:
     if data[:4] == b"PK\x03\x04":
         return "a zip archive (the format of torch.save)"

@@ -39,7 +39,7 @@ from lana.config import BudgetConfig, Config, DistillConfig, config_from_dict, l
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
-from lana.io import load_tensors, read_json, save_tensors, write_json
+from lana.io import load_state_dict, load_tensors, read_json, save_tensors, write_json
 from lana.models import SOURCES, source_digest
 from lana.progress import log
 
@@ -297,7 +297,7 @@ class Run:
         False when none applies and the teacher must be trained."""
         cfg = self.config
         if cfg.model.weights:
-            state = load_tensors(cfg.model.weights)
+            state = load_state_dict(cfg.model.weights)
             _load_state(model, state, Path(cfg.model.weights))
             save_tensors(path, model.state_dict())
             return True
@@ -863,7 +863,35 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ArtifactError(f"{path} does not fit the model: {exc}") from None
+        why = _state_mismatch(model, state) or str(exc)
+        raise ArtifactError(f"{path} does not fit the model: {why}") from None
+
+
+def _state_mismatch(model: nn.Module, state: dict) -> str:
+    """What differs between ``model``'s state dict and ``state``, in a few lines (torch's
+    own message lists every key, hundreds for a real network)."""
+    own = model.state_dict()
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in own.items() if k in state and hasattr(state[k], "shape")
+              and tuple(state[k].shape) != tuple(v.shape)]
+    parts = [f"{len(missing)} of the model's {len(own)} entries missing ({some(missing)})"
+             if missing else "",
+             f"{len(extra)} unexpected ({some(extra)})" if extra else "",
+             f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
+    text = "; ".join(p for p in parts if p)
+    if text and shapes and not missing and not extra:
+        text += (". Same layers, other sizes: build the model as it was trained "
+                 "(model.kwargs, e.g. num_classes)")
+    elif text and missing and len(missing) == len(own):
+        text += ". No name matches: is it another architecture, or are the weights "
+        text += "nested or prefixed (pick an entry with weights: FILE#key)?"
+    return text
 
 
 def run(config: Config | dict | str | os.PathLike, out: str | Path,

@@ -91,5 +91,7 @@ def test_pickle_where_safetensors_is_expected(tmp_path: Path, capsys, tiny_confi
     tiny_config["model"]["weights"] = str(weights)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny_config))
+    # as model.weights a torch.save file is read with weights_only=True; these weights
+    # belong to no layer of the model, which the error says
     err = _cli(["run", str(path), "--out", str(tmp_path / "run")], capsys)
-    assert "teacher.pt" in err and "save_file" in err
+    assert "teacher.pt" in err and "No name matches" in err

@@ -147,3 +147,69 @@ def test_a_model_that_does_not_fit_the_data(tmp_path: Path, capsys, builder: str
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
     assert needle in capsys.readouterr().err.replace("\n", " ")
+
+
+def _nets_state(tmp_path: Path, **kwargs) -> dict:
+    torch.manual_seed(0)
+    return create_model(f"python:{_write_nets(tmp_path)}:Net", **kwargs).state_dict()
+
+
+def test_weights_from_a_training_scripts_checkpoint(tmp_path: Path) -> None:
+    """model.weights takes what training scripts save: torch.save checkpoints, nested and
+    DDP-prefixed, read with weights_only=True (never arbitrary unpickling)."""
+    import argparse
+
+    from lana.errors import ArtifactError
+    from lana.io import load_state_dict, save_tensors
+
+    state = _nets_state(tmp_path, num_classes=4, in_chans=1)
+
+    def same(got: dict) -> bool:
+        return got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in got)
+
+    ddp = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"epoch": 7, "model": ddp, "best_acc": 0.9}, tmp_path / "ckpt.pth")
+    assert same(load_state_dict(tmp_path / "ckpt.pth"))
+    torch.save({"state_dict": {}, "ema": state}, tmp_path / "ema.pth")
+    assert same(load_state_dict(f"{tmp_path / 'ema.pth'}#ema"))
+    save_tensors(tmp_path / "w.safetensors", state)
+    assert same(load_state_dict(tmp_path / "w.safetensors"))
+    compiled = {f"_orig_mod.{k}": v for k, v in state.items()}
+    torch.save(compiled, tmp_path / "compiled.pt", _use_new_zipfile_serialization=False)
+    assert same(load_state_dict(tmp_path / "compiled.pt"))
+    for path, needle in [
+            (tmp_path / "ema.pth", "no state dict of named tensors at its top level"),
+            (f"{tmp_path / 'ema.pth'}#swa", "has no entry 'swa' (it has ['ema', 'state_dict'])"),
+            (tmp_path / "nope.pth", "does not exist")]:
+        with pytest.raises(ArtifactError, match=None) as info:
+            load_state_dict(path)
+        assert needle in str(info.value)
+    # an object that the restricted unpickler refuses is never loaded
+    torch.save({"args": argparse.Namespace(lr=0.1), "model": state}, tmp_path / "args.pth")
+    with pytest.raises(ArtifactError, match="weights_only=True. refuses.*never unpickles"):
+        load_state_dict(tmp_path / "args.pth")
+
+
+def test_run_loads_a_checkpoint_and_names_a_mismatch(tmp_path: Path, capsys) -> None:
+    nets = _write_nets(tmp_path)
+    state = _nets_state(tmp_path, num_classes=4, in_chans=1)
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "t.pth")
+    cfg = tiny_config_dict(tmp_path / "cache")
+    cfg["model"] = {"name": f"python:{nets}:Net", "weights": str(tmp_path / "t.pth")}
+    from lana.config import config_from_dict
+    from lana.io import load_tensors
+    from lana.pipeline import Run
+
+    Run(tmp_path / "run", config_from_dict(cfg)).prepare()
+
+    got = load_tensors(tmp_path / "run" / "teacher.safetensors")
+    assert all(torch.equal(got[k], v) for k, v in state.items())  # loaded, not trained
+    # weights of another head size: a short message naming the difference
+    torch.save(_nets_state(tmp_path, num_classes=10, in_chans=1), tmp_path / "t10.pth")
+    cfg["model"]["weights"] = str(tmp_path / "t10.pth")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run10")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "2 of another shape (fc.weight (10, 16) in the file, (4, 16) in the model" in err
+    assert "Same layers, other sizes" in err
