@@ -79,30 +79,6 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _sample_shape(data: Dataset, what: str) -> tuple[int, int, int]:
-    try:
-        n = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigError(f"{what} must be a map-style torch Dataset (with len())") from None
-    if n == 0:
-        raise ConfigError(f"{what} is empty")
-    item = data[0]
-    if not (isinstance(item, tuple | list) and len(item) == 2
-            and isinstance(item[0], torch.Tensor)):
-        raise ConfigError(f"{what}[0] must be an (image tensor CxHxW, int label) pair, got "
-                          f"{type(item).__name__}")
-    x, y = item
-    if x.dim() != 3:
-        raise ConfigError(f"{what}[0] has an image of shape {tuple(x.shape)}; lana needs "
-                          "CxHxW tensors (no batch dimension)")
-    if x.shape[1] != x.shape[2]:
-        raise ConfigError(f"{what}[0] has a {x.shape[1]}x{x.shape[2]} image; lana needs "
-                          "square images (resize or crop them in the dataset)")
-    if not isinstance(y, int | torch.Tensor) or (isinstance(y, torch.Tensor) and y.numel() != 1):
-        raise ConfigError(f"{what}[0] has label {y!r}; labels must be class indices (int)")
-    return tuple(int(s) for s in x.shape)  # type: ignore[return-value]
-
-
 def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
                test_data: Dataset | None = None,
                budget: float | str | dict | BudgetConfig = 2.0,
@@ -124,14 +100,14 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     search={"k": 4}, seed=1, device="cuda"`` (where training runs; default ``auto``: a GPU
     when there is one). Everything is written to ``out`` and resumes from there.
     """
-    from lana.data import Data, Splits
+    from lana.data import Data, Splits, sample_shape
     from lana.pipeline import Run
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    shape = _sample_shape(train_data, "train_data")
+    shape = sample_shape(train_data, "train_data")
     for data, what in ((val_data, "val_data"), (test_data, "test_data")):
-        if data is not None and _sample_shape(data, what) != shape:
+        if data is not None and sample_shape(data, what) != shape:
             raise ConfigError(f"{what} images have a different shape than train_data's "
                               f"{shape}")
     # lana keeps the teacher on the CPU between stages and moves it to config.device to

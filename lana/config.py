@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lana.errors import ConfigError
 
@@ -39,19 +39,41 @@ class ModelConfig(_Section):
                                      "split by itself; default: the family's own split")
 
 
+#: lana's own datasets (``data.name``); any other name is ``python:<module>:<function>``.
+DATA_NAMES = ("fashion-mnist", "image-folder", "synthetic")
+
+
 class DataConfig(_Section):
     """Dataset and splits. ``val`` is held out from the training data (for scoring/search)."""
 
-    name: Literal["fashion-mnist", "image-folder", "synthetic"] = Field(
+    name: str = Field(
         "fashion-mnist", description="fashion-mnist (Debian package dataset-fashion-mnist), "
-        "image-folder (data.path with train/ and val/ class folders) or synthetic (a toy "
-        "set for tests)")
+        "image-folder (data.path with train/ and val/ class folders), synthetic (a toy set "
+        "for tests) or your own: 'python:<file.py or dotted.module>:<function>' returning "
+        "(train, test), (train, val, test) or a dict of them plus 'num_classes', each a "
+        "Dataset of (image CxHxW tensor, int label); it gets data.kwargs, and image_size "
+        "and path where it takes them")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to a python: "
+                                   "dataset builder")
+    @field_validator("name")
+    @classmethod
+    def _known_source(cls, name: str) -> str:
+        import difflib
+
+        if name in DATA_NAMES or name.startswith("python:"):
+            return name
+        close = difflib.get_close_matches(name, DATA_NAMES, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown dataset {name!r}{hint}: use one of {list(DATA_NAMES)} or "
+                         "your own, 'python:<file.py or dotted.module>:<function>'")
+
     path: str | None = Field(None, description="dataset folder (default: the Debian "
                              "package's /usr/share/datasets/fashion-mnist)")
     image_size: int = Field(32, ge=8, le=1024, description="square input size in pixels "
                             "(images are resized to it)")
     train_samples: int | None = Field(None, ge=16, description="subset of the training split")
-    val_samples: int = Field(2000, ge=16, description="held out from training data")
+    val_samples: int = Field(2000, ge=16, description="held out from training data (unused "
+                             "when a python: builder returns its own val split)")
     test_samples: int | None = Field(None, ge=16, description="subset of the test split "
                                      "(default: all of it)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes (speed only: "
@@ -244,6 +266,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
+        if err["type"] == "value_error":  # our validators' own words, without pydantic's tag
+            msg = msg.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key" + _suggest(err["loc"]) + \
                 " (check the spelling; see `lana config --defaults`)"

@@ -1,4 +1,5 @@
-"""Datasets and deterministic splits: Fashion-MNIST (offline), image folders, synthetic.
+"""Datasets and deterministic splits: Fashion-MNIST (offline), image folders, synthetic, or
+the user's own (``data.name: python:<module or file.py>:<callable>``).
 
 Every split is a :class:`Data`: a torch ``Dataset`` plus a ``batches()`` iterator with a
 seeded shuffle, so every stage sees the same images in the same order on a re-run.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lana.config import DataConfig
 from lana.errors import ConfigError
+from lana.usercode import import_callable, takes
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -207,14 +209,116 @@ def _image_folder(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
     return train, test, len(train.classes), 3
 
 
+def sample_shape(data: Dataset, what: str) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` of ``data[0]``'s image, checking that ``data`` is a map-style
+    dataset of ``(image CxHxW tensor, int label)`` pairs with square images."""
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(f"{what} must be a map-style torch Dataset (with len()), got "
+                          f"{type(data).__name__}") from None
+    if n == 0:
+        raise ConfigError(f"{what} is empty")
+    item = data[0]
+    if not (isinstance(item, tuple | list) and len(item) == 2
+            and isinstance(item[0], torch.Tensor)):
+        raise ConfigError(f"{what}[0] must be an (image tensor CxHxW, int label) pair, got "
+                          f"{type(item).__name__} (for PIL images add a ToTensor transform)")
+    x, y = item
+    if x.dim() != 3:
+        raise ConfigError(f"{what}[0] has an image of shape {tuple(x.shape)}; lana needs "
+                          "CxHxW tensors (no batch dimension)")
+    if x.shape[1] != x.shape[2]:
+        raise ConfigError(f"{what}[0] has a {x.shape[1]}x{x.shape[2]} image; lana needs "
+                          "square images (resize or crop them in the dataset)")
+    if not isinstance(y, int | torch.Tensor) or (isinstance(y, torch.Tensor) and y.numel() != 1):
+        raise ConfigError(f"{what}[0] has label {y!r}; labels must be class indices (int)")
+    return tuple(int(s) for s in x.shape)  # type: ignore[return-value]
+
+
+_BUILDER_FORMS = ("(train, test), (train, val, test) or a dict with 'train', 'test' and "
+                  "optionally 'val' and 'num_classes'")
+
+
+def _count_classes(ds: Dataset, what: str) -> int:
+    """Classes of a dataset that says (torchvision's ``classes``/``targets``, a
+    TensorDataset's labels), without loading its images."""
+    if isinstance(getattr(ds, "classes", None), list | tuple) and ds.classes:
+        return len(ds.classes)
+    labels = getattr(ds, "targets", None)
+    if labels is None and isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
+        labels = ds.tensors[1]
+    if labels is not None and len(labels):
+        return int(torch.as_tensor(labels).max()) + 1
+    raise ConfigError(f"{what}: lana cannot tell how many classes the data has without "
+                      "reading every image; return a dict with 'num_classes' (e.g. "
+                      "{'train': train, 'test': test, 'num_classes': 10}), or give the "
+                      "training dataset a 'classes' list as torchvision's datasets have")
+
+
+def _python_data(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset, int, int]:
+    """The user's dataset builder, called with ``data.kwargs`` (plus ``image_size`` and
+    ``data.path`` as ``path`` where it takes them): train, val (None: carve it from train),
+    test, number of classes, channels."""
+    what = f"data.name {cfg.name!r}"
+    fn = import_callable(cfg.name.partition(":")[2], "data.name")
+    if not callable(fn):
+        raise ConfigError(f"{what} names a {type(fn).__name__}, not a function that builds "
+                          "the datasets")
+    offered = {"image_size": cfg.image_size, **({"path": cfg.path} if cfg.path else {})}
+    accepted = takes(fn, offered)
+    if cfg.path and "path" not in accepted:
+        raise ConfigError(f"data.path is set but {what} takes no 'path' argument: give the "
+                          "builder a path parameter, or pass what it needs in data.kwargs")
+    kwargs = {**{k: v for k, v in offered.items() if k in accepted}, **cfg.kwargs}
+    try:
+        out = fn(**kwargs)
+    except Exception as exc:
+        raise ConfigError(f"{what}: calling it with {kwargs} raised {type(exc).__name__}: "
+                          f"{exc}") from exc
+    num_classes = None
+    if isinstance(out, Mapping):
+        unknown = sorted(set(out) - {"train", "val", "test", "num_classes"})
+        if unknown or "train" not in out or "test" not in out:
+            raise ConfigError(f"{what} returned a dict with keys {sorted(out)}; it must "
+                              f"return {_BUILDER_FORMS}")
+        train, val, test, num_classes = out["train"], out.get("val"), out["test"], \
+            out.get("num_classes")
+    elif isinstance(out, tuple | list) and len(out) in (2, 3):
+        train, val, test = (out[0], None, out[1]) if len(out) == 2 else out
+    else:
+        raise ConfigError(f"{what} returned {type(out).__name__}; it must return "
+                          f"{_BUILDER_FORMS}")
+    shape = sample_shape(train, f"{what}'s train split")
+    for ds, split in ((val, "val"), (test, "test")):
+        if ds is not None and (other := sample_shape(ds, f"{what}'s {split} split")) != shape:
+            raise ConfigError(f"{what}: the {split} split's images are {other}, the train "
+                              f"split's {shape}; every split needs images of one shape")
+    if shape[1] != cfg.image_size:
+        raise ConfigError(
+            f"{what} yields {shape[0]}x{shape[1]}x{shape[2]} images but data.image_size is "
+            f"{cfg.image_size}: set data.image_size: {shape[1]}, or resize in the builder "
+            "(it is passed image_size= when it takes that argument)")
+    if num_classes is None:
+        num_classes = _count_classes(train, what)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"{what}: num_classes must be an integer of at least 2, got "
+                          f"{num_classes!r}")
+    return train, val, test, num_classes, shape[0]
+
+
 def load_data(cfg: DataConfig, seed: int = 0) -> Splits:
-    """Load the configured dataset and cut deterministic train / val / test splits."""
-    if cfg.path and not Path(cfg.path).is_dir():
+    """Load the configured dataset and cut deterministic train / val / test splits (val is
+    carved from the training data unless the user's own builder returns one)."""
+    given_val = None
+    if cfg.name.startswith("python:"):
+        train, given_val, test, num_classes, in_chans = _python_data(cfg)
+    elif cfg.path and not Path(cfg.path).is_dir():
         raise ConfigError(
             f"data.path {cfg.path!r} not found (no such folder). Point it at the "
             "dataset folder (image-folder: train/ and val/ subfolders, one folder per class; "
             "fashion-mnist: the four IDX .gz files), or remove it to use the default.")
-    if cfg.name == "fashion-mnist":
+    elif cfg.name == "fashion-mnist":
         train, test, num_classes, in_chans = _fashion_mnist(cfg)
     elif cfg.name == "image-folder":
         train, test, num_classes, in_chans = _image_folder(cfg)
@@ -224,6 +328,13 @@ def load_data(cfg: DataConfig, seed: int = 0) -> Splits:
         test = synthetic_dataset(cfg.test_samples or 256, cfg.image_size, seed=seed + 1)
         num_classes, in_chans = 4, 1
     n = len(train)  # type: ignore[arg-type]
+    if given_val is not None:
+        return Splits(
+            train=Data(train, cfg.workers).subset(cfg.train_samples, seed),
+            val=Data(given_val, cfg.workers),
+            test=Data(test, cfg.workers).subset(cfg.test_samples, seed),
+            num_classes=num_classes, in_chans=in_chans, image_size=cfg.image_size,
+            name=cfg.name)
     if cfg.val_samples >= n:
         raise ConfigError(f"data.val_samples={cfg.val_samples} leaves no training data "
                           f"(the training split has {n} items)")

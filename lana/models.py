@@ -4,11 +4,11 @@ small ones)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from torch import nn
 
 from lana.errors import ConfigError
+from lana.usercode import code_digest, import_callable, takes
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -79,68 +79,10 @@ def _unknown(name: str) -> ConfigError:
                        f"{['lana:' + n for n in sorted(MODELS)]}")
 
 
-def _import_callable(target: str) -> Callable[..., object]:
-    """``<module>:<attr>`` -> the object; ``<module>`` is a dotted name or a .py file."""
-    import hashlib
-    import importlib
-    import importlib.util
-    import os
-    import sys
-
-    where, _, attr = target.rpartition(":")
-    if not where or not attr:
-        raise ConfigError(f"model.name 'python:{target}' must be 'python:<module>:<callable>' "
-                          "or 'python:<path/to/file.py>:<callable>', e.g. "
-                          "'python:my_nets.py:Net'")
-    try:
-        if where.endswith(".py") or os.sep in where or "/" in where:
-            path = os.path.abspath(where)
-            if not os.path.isfile(path):
-                raise ConfigError(f"model.name 'python:{target}': there is no file {path} "
-                                  "(a relative path is taken from the current directory)")
-            # Named by path and content: an edited file is imported afresh (a notebook
-            # need not restart), an unchanged one once.
-            with open(path, "rb") as f:
-                key = hashlib.sha256(path.encode() + b"\0" + f.read()).hexdigest()[:16]
-            name = f"lana_user_model_{key}"
-            module = sys.modules.get(name)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(name, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module  # dataclasses and pickling look a module up
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[name]
-                    raise
-        else:
-            # As `python -m` does: modules beside the user (the console script lacks it).
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.append(os.getcwd())
-            module = importlib.import_module(where)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"model.name 'python:{target}': importing {where!r} failed "
-                          f"({type(exc).__name__}: {exc}); a module must be importable from "
-                          "the current directory or PYTHONPATH, a file given by its "
-                          "path") from exc
-    if not hasattr(module, attr):
-        found = sorted(k for k, v in vars(module).items() if not k.startswith("_")
-                       and (isinstance(v, type) and issubclass(v, nn.Module)
-                            or callable(v) and getattr(v, "__module__", None)
-                            == module.__name__))
-        raise ConfigError(f"model.name 'python:{target}': {where} has no {attr!r}; it "
-                          f"defines {found}")
-    return getattr(module, attr)
-
-
 def _python_model(target: str, **kwargs) -> nn.Module:
     """Your own builder or nn.Module class, ``python:<module or file.py>:<callable>``,
     called with ``model.kwargs``; the data's ``num_classes`` and ``in_chans`` are added only
     where it takes them (by name or through ``**kwargs``)."""
-    import inspect
-
     if ":" not in target:
         # lana.accelerate(model, ...) labels a run with the model's class this way.
         raise ConfigError(
@@ -148,18 +90,11 @@ def _python_model(target: str, **kwargs) -> nn.Module:
             f"object (lana.accelerate or Run(teacher=...)), so lana cannot build it: pass "
             f"an instance again (load_student(path, teacher={target}(...))), or name where "
             f"it is defined: 'python:<file.py or dotted.module>:{target}'")
-    fn = _import_callable(target)
+    fn = import_callable(target, "model.name", (nn.Module,))
     if not callable(fn):
         raise ConfigError(f"model.name 'python:{target}' names a {type(fn).__name__}, not a "
                           "class or function that builds the model")
-    try:
-        params = inspect.signature(fn).parameters.values()
-        takes = {p.name for p in params} | (
-            {"num_classes", "in_chans"} if any(p.kind is p.VAR_KEYWORD for p in params)
-            else set())
-    except (TypeError, ValueError):  # no signature (a builtin): pass everything
-        takes = {"num_classes", "in_chans"}
-    for key in _DATA_KWARGS - takes:
+    for key in _DATA_KWARGS - takes(fn, _DATA_KWARGS):
         kwargs.pop(key, None)
     try:
         model = fn(**kwargs)
@@ -175,17 +110,7 @@ def _python_model(target: str, **kwargs) -> nn.Module:
 def source_digest(name: str) -> str | None:
     """For ``python:`` models, the SHA-256 of the file that defines the callable, so that a
     teacher trained from an earlier version of your code is not reused; else None."""
-    import hashlib
-    import inspect
-
-    source, _, target = name.partition(":")
-    if source != "python" or ":" not in target:  # not python:, or accelerate()'s label
-        return None
-    try:
-        path = inspect.getsourcefile(_import_callable(target))
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
-    except (TypeError, OSError):  # defined outside a readable .py file
-        return None
+    return code_digest(name, "model.name")
 
 
 #: What the pipeline adds to ``model.kwargs`` from the data (see :data:`SOURCES`).

@@ -42,6 +42,7 @@ from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
 from lana.io import load_state_dict, load_tensors, read_json, save_tensors, write_json
 from lana.models import SOURCES, source_digest
 from lana.progress import log
+from lana.usercode import code_digest
 
 SUMMARY_FORMAT = "lana-summary/1"
 
@@ -105,7 +106,10 @@ def _locked(config: Config, section: str):
     value = getattr(config, section)
     if section not in _SPEED_ONLY:
         return value
-    return {**value.model_dump(), **_SPEED_ONLY[section]}
+    out = {**value.model_dump(), **_SPEED_ONLY[section]}
+    if section == "data" and not out["kwargs"]:
+        del out["kwargs"]  # added later: keys made before it still match
+    return out
 
 
 def stage_inputs(config: Config, stage: str) -> dict:
@@ -283,6 +287,8 @@ class Run:
         # Your own model's code is part of the key (timm's and torchvision's are fixed by
         # their versions): editing it trains a new teacher instead of loading a stale one.
         code = {"code": digest} if (digest := source_digest(cfg.model.name)) else {}
+        if data_code := code_digest(cfg.data.name, "data.name"):
+            code["data_code"] = data_code
         key = _hash({"model": cfg.model.name, **code, "kwargs": self._model_kwargs(),
                      "data": _locked(cfg, "data"),
                      "train": _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"}),
