@@ -240,16 +240,26 @@ _BUILDER_FORMS = ("(train, test), (train, val, test) or a dict with 'train', 'te
                   "optionally 'val' and 'num_classes'")
 
 
+def _known_labels(ds: Dataset | None) -> torch.Tensor | None:
+    """All labels of a dataset that holds them apart from its images (torchvision's
+    ``targets``, a TensorDataset's second tensor); None for any other."""
+    labels = getattr(ds, "targets", None)
+    if labels is None and isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
+        labels = ds.tensors[1]
+    try:
+        return None if labels is None else torch.as_tensor(labels).flatten()
+    except (TypeError, ValueError, RuntimeError):  # not numbers: left to the first batch
+        return None
+
+
 def _count_classes(ds: Dataset, what: str) -> int:
     """Classes of a dataset that says (torchvision's ``classes``/``targets``, a
     TensorDataset's labels), without loading its images."""
     if isinstance(getattr(ds, "classes", None), list | tuple) and ds.classes:
         return len(ds.classes)
-    labels = getattr(ds, "targets", None)
-    if labels is None and isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
-        labels = ds.tensors[1]
+    labels = _known_labels(ds)
     if labels is not None and len(labels):
-        return int(torch.as_tensor(labels).max()) + 1
+        return int(labels.max()) + 1
     raise ConfigError(f"{what}: lana cannot tell how many classes the data has without "
                       "reading every image; return a dict with 'num_classes' (e.g. "
                       "{'train': train, 'test': test, 'num_classes': 10}), or give the "
@@ -304,6 +314,14 @@ def _python_data(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset, int
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"{what}: num_classes must be an integer of at least 2, got "
                           f"{num_classes!r}")
+    for ds, split in ((train, "train"), (val, "val"), (test, "test")):
+        labels = _known_labels(ds)
+        if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(
+                labels.max()) < num_classes:
+            raise ConfigError(
+                f"{what}: the {split} split has labels from {int(labels.min())} to "
+                f"{int(labels.max())}, outside 0..{num_classes - 1} for {num_classes} "
+                "classes; labels must be class indices (return the right num_classes)")
     return train, val, test, num_classes, shape[0]
 
 

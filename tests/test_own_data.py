@@ -93,6 +93,10 @@ DATASETS = textwrap.dedent('''
                 "classes": 2}
 
 
+    def too_few(image_size):
+        return {**as_dict(image_size, classes=4), "num_classes": 3}
+
+
     def broken(image_size):
         raise FileNotFoundError("labels.csv")
 ''')
@@ -159,6 +163,7 @@ def test_the_forms_a_builder_may_return(tmp_path: Path) -> None:
     ("one_split", {}, "returned Shapes; it must return (train, test), (train, val, test)"),
     ("extra_key", {}, "returned a dict with keys ['classes', 'test', 'train']"),
     ("broken", {}, "raised FileNotFoundError: labels.csv"),
+    ("too_few", {}, "the train split has labels from 0 to 3, outside 0..2 for 3 classes"),
     ("missing", {}, "has no 'missing'; it defines ['Shapes', 'as_dict', 'broken'"),
 ])
 def test_a_builder_that_does_not_fit(tmp_path: Path, fn: str, over: dict, needle: str) -> None:
