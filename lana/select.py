@@ -338,9 +338,12 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
                          "latency_ms_measured": ms, "verified": ms is not None,
                          "meets_budget": judged <= allowed * (1 - cfg.margin) * (1 + 1e-9),
                          "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]})
-        # The best student that met the budget in the timing of all K is timed again
-        # (cfg.confirm timings in all): picking the best of K noisy timings favours one
-        # that was timed fast by luck. A student the median fails gives way to the next.
+        # The best student that met the budget in the timing of all K is timed again,
+        # cfg.confirm fresh timings: picking the best of K noisy timings favours one that
+        # was timed fast by luck, so the timing that picked it is no evidence and takes no
+        # part in the verdict (counting it biased the median low: a student passed the
+        # search that later timings put over budget). A student the median fails gives way
+        # to the next.
         chosen, used = None, 1.0
         for n in sorted((n for n, r in enumerate(rows) if r["meets_budget"]),
                         key=lambda n: rows[n]["val_loss"]):
@@ -349,15 +352,17 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             if measure is not None and cfg.confirm > 1:
                 timings, pooled = time_until_decided(
                     lambda one={name: students[name]}: measure(one), name, budget.speedup,
-                    target_ms, 1 - cfg.margin, cfg.confirm, first=measured)
+                    target_ms, 1 - cfg.margin, cfg.confirm)
+                r["selected_by_ms"] = {"teacher": measured["teacher"],
+                                       "student": measured[name]}
                 r["timings_ms"] = [{"teacher": t["teacher"], "student": t[name]}
                                    for t in timings]
                 r["latency_ms_measured"] = pooled["latency_ms"]
                 used = pooled["fraction"]
                 r["meets_budget"] = used <= (1 - cfg.margin) * (1 + 1e-9)
                 if not r["meets_budget"]:
-                    log(f"[yellow]search: {name} met the budget in the first timing but "
-                        f"not in the median of {len(timings)} "
+                    log(f"[yellow]search: {name} met the budget in the timing of all K "
+                        f"but not in the median of {len(timings)} more "
                         f"({pooled['fraction']:.1%} of the budget): not chosen[/yellow]")
             if r["meets_budget"]:
                 chosen = r

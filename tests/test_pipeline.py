@@ -267,11 +267,11 @@ def test_config_change_of_results_sections_is_rejected(run_copy) -> None:
 # The settings that feed the teacher's cache key and the stage keys (pipeline._settings),
 # less those left out of them. A new setting in one of these sections changes every key,
 # so runs cached before it would retrain: give it its default in
-# pipeline._LATER_SETTINGS (or, if it changes only speed, pipeline._SPEED_ONLY), then
-# add it here.
+# pipeline._LATER_SETTINGS (or, if it changes only speed, pipeline._SPEED_ONLY; data.kwargs
+# is dropped from pipeline._locked when empty), then add it here.
 _KEYED = {
-    "data": {"image_size", "name", "path", "test_samples", "train_samples", "val_samples",
-             "workers"},
+    "data": {"image_size", "kwargs", "name", "path", "test_samples", "train_samples",
+             "val_samples", "workers"},
     "teacher_training": {"batch_size", "cache_dir", "checkpoint_every", "epochs", "lr",
                          "optimizer"},
     "latency": {"backend", "batch_size", "device", "drift_every", "drift_threshold", "extra",
