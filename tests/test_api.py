@@ -111,3 +111,26 @@ def test_bad_inputs_are_explained(tmp_path: Path) -> None:
         lana.accelerate("resnet", train, val, out=tmp_path / "d")
     with pytest.raises(ConfigError, match="different shape"):
         lana.accelerate(model, train, [(torch.zeros(1, 8, 8), 0)], out=tmp_path / "e")
+
+
+@pytest.mark.parametrize("budget, want", [("1.5ms", {"latency_ms": 1.5}),
+                                          ("3x", {"speedup": 3.0})])
+def test_the_budget_argument_replaces_the_configs(tmp_path: Path, monkeypatch, budget,
+                                                  want) -> None:
+    """A millisecond budget over a config whose budget is a speed-up (the default) is
+    that budget alone, not both (which the config refuses)."""
+    from lana.pipeline import Run
+
+    seen = {}
+
+    def all_stages(self, bud):
+        seen["config"], seen["budget"] = self.config.search.budget, bud
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(Run, "all", all_stages)
+    for config in (None, {"search": {"budget": {"speedup": 2.0}}},
+                   {"search": {"budget": {"latency_ms": 9.0}}}):
+        with pytest.raises(KeyboardInterrupt):
+            lana.accelerate(_model(), Pairs(32, 0), Pairs(16, 1), budget=budget,
+                            out=tmp_path / str(len(seen)), config=config)
+        assert seen["config"] == seen["budget"] == BudgetConfig(**want)
