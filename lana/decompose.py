@@ -7,6 +7,7 @@ asks every family in turn; no if-chains elsewhere in the code know about model c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,34 +30,82 @@ class LayerInfo:
     # by decompose from the model; not part of the signature, to_dict or equality, so
     # cache keys and stored students do not change with it.
     ends_with_act: bool = field(default=False, compare=False)
+    # Whether the input and the output are (H, W, C) maps, as Swin's, MambaOut's or PVTv2's
+    # stages pass them (see :func:`channels_last_edges`); convolutional candidates see such
+    # a layer through permutes. Part of the signature and to_dict only when set, so keys and
+    # stored students of NCHW layers are as before.
+    hwc: tuple[bool, bool] = (False, False)
 
     @property
     def spatial(self) -> bool:
-        """True for NCHW feature maps, where convolutional candidates apply."""
+        """True for feature maps (CHW, or HWC: see :attr:`hwc`), where convolutional
+        candidates apply."""
         return len(self.in_shape) == 3 and len(self.out_shape) == 3
+
+    def as_nchw(self) -> LayerInfo:
+        """This layer with its maps as NCHW (itself when they already are)."""
+        if not any(self.hwc):
+            return self
+
+        def chw(shape: tuple[int, ...], last: bool) -> tuple[int, ...]:
+            return (shape[2], shape[0], shape[1]) if last else shape
+
+        return LayerInfo(self.name, chw(self.in_shape, self.hwc[0]),
+                         chw(self.out_shape, self.hwc[1]), self.act, self.ends_with_act)
 
     @property
     def stride(self) -> int:
         """Spatial down-sampling factor of the layer (1 when it keeps the resolution)."""
         if not self.spatial:
             return 1
-        h_in, h_out = self.in_shape[1], self.out_shape[1]
+        nchw = self.as_nchw()
+        h_in, h_out = nchw.in_shape[1], nchw.out_shape[1]
         return max(1, round(h_in / h_out))
 
     @property
     def signature(self) -> str:
         """Short, stable description of the layer's shape contract (part of cache keys)."""
         fmt = "x".join
+        hwc = "".join("hwc" if last else "chw" for last in self.hwc)
         return (f"in{fmt(map(str, self.in_shape))}-out{fmt(map(str, self.out_shape))}"
-                f"-{self.act}")
+                f"-{self.act}" + (f"-{hwc}" if any(self.hwc) else ""))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "in_shape": list(self.in_shape),
-                "out_shape": list(self.out_shape), "act": self.act}
+                "out_shape": list(self.out_shape), "act": self.act,
+                **({"hwc": list(self.hwc)} if any(self.hwc) else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerInfo:
-        return cls(d["name"], tuple(d["in_shape"]), tuple(d["out_shape"]), d["act"])
+        return cls(d["name"], tuple(d["in_shape"]), tuple(d["out_shape"]), d["act"],
+                   hwc=tuple(d.get("hwc", (False, False))))
+
+
+def channels_last_edges(shapes: Sequence[tuple[int, ...]]) -> list[bool]:
+    """Which of a chain's maps (each a shape without the batch) are (H, W, C).
+
+    Images are square, so an NCHW map has H == W: a map whose first two sizes agree and
+    whose last differs is channels-last, one whose last two agree and first differs is
+    NCHW. A map with all three sizes equal says nothing by itself; it takes the layout of
+    the nearest map that does, the one after it first (a backbone changes layout at its
+    stem, NCHW images to (H, W, C) maps, and keeps it to the head), else NCHW. Non-map
+    shapes (tokens, logits) are False."""
+    def kind(shape: tuple[int, ...]) -> bool | None:
+        if len(shape) != 3 or shape[0] == shape[1] == shape[2]:
+            return None
+        if shape[1] == shape[2]:
+            return False
+        return True if shape[0] == shape[1] else None
+
+    kinds = [kind(s) for s in shapes]
+    out = []
+    for i, (shape, k) in enumerate(zip(shapes, kinds, strict=True)):
+        if k is None and len(shape) == 3:
+            before = [v for v in kinds[:i] if v is not None]
+            after = [v for v in kinds[i + 1:] if v is not None]
+            k = after[0] if after else (before[-1] if before else False)
+        out.append(bool(k))
+    return out
 
 
 class Chain(nn.Module):
@@ -601,6 +650,9 @@ def decompose(model: nn.Module, example_input: torch.Tensor,
                                   ends_with_act=ends))
             chain.mutates_input[len(info) - 1] = x._version != version
             x = y
+    edges = channels_last_edges([info[0].in_shape, *(i.out_shape for i in info)])
+    info = [dataclasses.replace(i, hwc=(edges[n], edges[n + 1])) if any(edges[n:n + 2])
+            else i for n, i in enumerate(info)]
     chain.info = info
     chain.train(was_training)
     model.train(was_training)

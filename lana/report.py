@@ -170,8 +170,10 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
     for col in ("layer", "in", "out", "stride", "ends", "candidates"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     for info, c in zip(chain.info, cands, strict=True):
-        t.add_row(info.name, "x".join(map(str, info.in_shape)),
-                  "x".join(map(str, info.out_shape)), str(info.stride),
+        # (H, W, C) maps are marked: their candidates see them through permutes.
+        t.add_row(info.name, "x".join(map(str, info.in_shape)) + " HWC" * info.hwc[0],
+                  "x".join(map(str, info.out_shape)) + " HWC" * info.hwc[1],
+                  str(info.stride),
                   "act" if info.ends_with_act else "linear", str(len(c)))
     console.print(t)
     console.print("space: " + " ".join(patterns), soft_wrap=True)

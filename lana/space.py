@@ -298,11 +298,25 @@ def _post_act(block: nn.Module, spec: OpSpec, info: LayerInfo) -> nn.Module:
     return PostAct(block, _act_layer(info.act)()) if spec.get("a") else block
 
 
-def _cna(cin: int, cout: int, k: int, stride: int, act: str | None) -> nn.Module:
+def _pad_type(info: LayerInfo, k: int) -> str:
+    """The timm padding with which a kernel-``k`` conv at the layer's stride maps its input
+    size to its output size: ``''`` (symmetric, (s-1+k-1)//2) wherever that fits, as every
+    candidate had before; else ``'same'`` (TF style, ceil(H/s): stride-4 patchify stems
+    at sizes it divides) or ``'valid'`` (no padding: stems such as Xception's 3x3/2 or
+    ConvMixer's 7x7/7 at sizes it does not divide). Candidates that none fits are dropped
+    by :func:`fitting_candidates`."""
+    h, want, s = info.in_shape[1], info.out_shape[1], info.stride
+    sizes = {"": (h + 2 * ((s - 1 + k - 1) // 2) - k) // s + 1,
+             "same": -(-h // s), "valid": (h - k) // s + 1}
+    return next((pad for pad, out in sizes.items() if out == want), "")
+
+
+def _cna(cin: int, cout: int, k: int, stride: int, act: str | None, padding: str = ""
+         ) -> nn.Module:
     from timm.layers import ConvNormAct
 
-    return ConvNormAct(cin, cout, k, stride=stride, apply_act=act is not None,
-                       act_layer=_act_layer(act or "relu"))
+    return ConvNormAct(cin, cout, k, stride=stride, padding=padding,
+                       apply_act=act is not None, act_layer=_act_layer(act or "relu"))
 
 
 def _dense_block(info: LayerInfo, spec: OpSpec, make) -> nn.Module:
@@ -336,7 +350,8 @@ def _build_ir(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     mid = _make_div(cin * spec.get("e"))
     return _post_act(InvertedResidual(
         cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
-        act_layer=_act_layer(info.act), se_layer=_se_layer(info, mid, spec.get("se"))),
+        pad_type=_pad_type(info, spec.get("k")), act_layer=_act_layer(info.act),
+        se_layer=_se_layer(info, mid, spec.get("se"))),
         spec, info)
 
 
@@ -347,7 +362,8 @@ def _build_er(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     mid = _make_div(cin * spec.get("e"))
     return _post_act(EdgeResidual(
         cin, cout, exp_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
-        act_layer=_act_layer(info.act), se_layer=_se_layer(info, mid, spec.get("se"))),
+        pad_type=_pad_type(info, spec.get("k")), act_layer=_act_layer(info.act),
+        se_layer=_se_layer(info, mid, spec.get("se"))),
         spec, info)
 
 
@@ -357,14 +373,16 @@ def _build_ds(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     cin, cout = info.in_shape[0], info.out_shape[0]
     return _post_act(DepthwiseSeparableConv(
         cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride,
-        act_layer=_act_layer(info.act), se_layer=_se_layer(info, cin, spec.get("se"))),
+        pad_type=_pad_type(info, spec.get("k")), act_layer=_act_layer(info.act),
+        se_layer=_se_layer(info, cin, spec.get("se"))),
         spec, info)
 
 
 def _build_cc(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
     cin, cout, k = info.in_shape[0], info.out_shape[0], spec.get("k")
     mid = _make_div(cout * spec.get("w"))
-    return _dense_block(info, spec, lambda act: [_cna(cin, mid, k, info.stride, info.act),
+    pad = _pad_type(info, k)
+    return _dense_block(info, spec, lambda act: [_cna(cin, mid, k, info.stride, info.act, pad),
                                                  _cna(mid, cout, k, 1, act)])
 
 
@@ -372,14 +390,15 @@ def _build_bn(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     cin, cout, k = info.in_shape[0], info.out_shape[0], spec.get("k")
     mid = _make_div(cout * spec.get("w"))
     return _dense_block(info, spec, lambda act: [_cna(cin, mid, 1, 1, info.act),
-                                                 _cna(mid, mid, k, info.stride, info.act),
+                                                 _cna(mid, mid, k, info.stride, info.act,
+                                                      _pad_type(info, k)),
                                                  _cna(mid, cout, 1, 1, act)])
 
 
 def _build_cb(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Module:
-    cin, cout = info.in_shape[0], info.out_shape[0]
-    return _dense_block(info, spec, lambda act: [_cna(cin, cout, spec.get("k"), info.stride,
-                                                      act)])
+    cin, cout, k = info.in_shape[0], info.out_shape[0], spec.get("k")
+    return _dense_block(info, spec, lambda act: [_cna(cin, cout, k, info.stride, act,
+                                                      _pad_type(info, k))])
 
 
 _K = Param("k", int, 3, (1, 3, 5, 7))
@@ -566,7 +585,20 @@ def applicable(spec: str | OpSpec, info: LayerInfo) -> bool:
     op = OP_TYPES[(parse_spec(spec) if isinstance(spec, str) else spec).kind]
     if op.spatial_only and not info.spatial:
         return False
-    return op.applies(info)
+    return op.applies(info.as_nchw() if op.spatial_only else info)
+
+
+class ChannelsLast(nn.Module):
+    """A convolutional candidate for a layer whose input and/or output is an (N, H, W, C)
+    map: it sees NCHW, as it was built for, and the chain sees the layer's own layout."""
+
+    def __init__(self, op: nn.Module, last_in: bool, last_out: bool) -> None:
+        super().__init__()
+        self.op, self.last_in, self.last_out = op, last_in, last_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.op(x.permute(0, 3, 1, 2) if self.last_in else x)
+        return y.permute(0, 2, 3, 1) if self.last_out else y
 
 
 def build_op(spec: str | OpSpec, info: LayerInfo, teacher: nn.Module | None = None
@@ -576,7 +608,11 @@ def build_op(spec: str | OpSpec, info: LayerInfo, teacher: nn.Module | None = No
     if not applicable(parsed, info):
         raise ConfigError(f"candidate {parsed} does not apply to layer {info.name} "
                           f"({info.signature})")
-    return OP_TYPES[parsed.kind].build(parsed, info, teacher)
+    op = OP_TYPES[parsed.kind]
+    nchw = info.as_nchw()
+    if op.spatial_only and nchw is not info:
+        return ChannelsLast(op.build(parsed, nchw, teacher), *info.hwc)
+    return op.build(parsed, info, teacher)
 
 
 def check_shapes(module: nn.Module, info: LayerInfo) -> None:
