@@ -454,6 +454,19 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
     else:
         layer_nodes = [n for n in values if n.op == "call_module"
                        and not (len(calls[n.target]) > 1 and stateless(n.target))]
+    def one_tensor(node: torch.fx.Node) -> bool:
+        return (len(node.args) == 1 and not node.kwargs
+                and len([i for i in _inputs(node) if i not in const]) == 1)
+
+    if wanted is None:
+        # timm's newer heads take a flag (self.head(x, pre_logits=...)), some patch
+        # embeddings a mask: such calls at the end of the chain belong to the head, the
+        # first call to the stem, which stay as they are. Anywhere else they still end the
+        # split: the replaceable blocks would otherwise vanish into a stem or head.
+        while layer_nodes and not one_tensor(layer_nodes[-1]):
+            layer_nodes.pop()
+        if layer_nodes and not one_tensor(layer_nodes[0]):
+            layer_nodes.pop(0)
     repeated = sorted({n.target for n in layer_nodes if len(calls[n.target]) > 1})
     if repeated:
         raise UnsupportedModelError(
@@ -482,9 +495,8 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
                 f"(a skip connection or a branch). {_MARK_BY_HAND}.")
 
     for L in layer_nodes:
-        ins = _inputs(L)
-        data_in = [i for i in ins if i not in const]
-        if len(data_in) != 1 or len(L.args) != 1 or L.kwargs:
+        data_in = [i for i in _inputs(L) if i not in const]
+        if not one_tensor(L):
             raise UnsupportedModelError(
                 f"layer {L.target!r} of {cls} is called with {len(L.args)} positional and "
                 f"{len(L.kwargs)} keyword arguments; a layer takes exactly one tensor. "

@@ -418,6 +418,77 @@ def test_fx_rejects_modules_called_twice_and_many_inputs() -> None:
         decompose(TwoInputs(), torch.zeros(1, 3))
 
 
+class _FlagHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+
+class _MaskedEmbed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 2, stride=2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.conv(x)
+        return x if mask is None else x * mask
+
+
+class _MaskedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.conv(x)
+        return x if mask is None else x * mask
+
+
+class _FlaggedEnds(nn.Module):
+    """timm's newer pattern: forward_head passes pre_logits to the head, the patch
+    embedding takes an optional mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = _MaskedEmbed()
+        self.blocks = nn.Sequential(*(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1),
+                                                    nn.BatchNorm2d(8), nn.ReLU())
+                                      for _ in range(3)))
+        self.head = _FlagHead()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.blocks(self.patch_embed(x, mask=None))
+        return self.head(x, pre_logits=pre_logits)
+
+
+def test_calls_with_flags_at_the_ends_go_to_the_stem_and_head(randomize_bn) -> None:
+    model = randomize_bn(_FlaggedEnds()).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    chain = decompose(model, x)
+    # the default split looks through the Sequentials: conv, BN, ReLU of each block
+    assert chain.names == [f"blocks.{i}.{j}" for i in range(3) for j in range(3)]
+    with torch.no_grad():
+        assert torch.equal(chain(x), model(x))
+
+    class BlockWithMask(_FlaggedEnds):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mid = _MaskedBlock()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.blocks[0](self.patch_embed(x))
+            x = self.blocks[2](self.mid(self.blocks[1](x), mask=None))
+            return self.head(x)
+
+    # a flagged call between replaceable blocks still ends the split, with the usual error
+    with pytest.raises(UnsupportedModelError, match="'mid' .* 1 keyword"):
+        decompose(BlockWithMask().eval(), x)
+
+
 def test_decompose_finds_layers_that_end_with_an_activation() -> None:
     import timm
     import torch.nn.functional as F
