@@ -603,6 +603,34 @@ def _run_recording_end(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
     return y, bool(y.numel() > 0 and y.min() >= 0 and (y == 0).any() and (y > 0).any())
 
 
+def _check_input_size(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Raise ConfigError when the whole model fails on ``example_input`` but runs at a larger
+    size: then a layer failing says nothing about the model's shape, the input is too small
+    (an Inception's late convolutions) or not the size a patch embedding is fixed to."""
+    def fails(x: torch.Tensor) -> BaseException | None:
+        try:
+            model(x)
+        except Exception as exc:
+            return exc
+        return None
+
+    exc = fails(example_input)
+    if exc is None or example_input.dim() != 4:
+        return
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    own = cfg.get("input_size", (0, 0, 0))[-1] if isinstance(cfg, dict) else 0
+    h = example_input.shape[-1]
+    for size in dict.fromkeys(s for s in (own, 224, 2 * h) if s and s > h):
+        bigger = torch.zeros(*example_input.shape[:2], size, size)
+        if fails(bigger) is None:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(
+                f"{type(model).__name__} does not run on an input of shape "
+                f"{tuple(example_input.shape)} ({type(exc).__name__}: {first}), but does at "
+                f"{size}x{size}: use an input size the model takes (data.image_size in the "
+                "config, --input for list-models)") from None
+
+
 def decompose(model: nn.Module, example_input: torch.Tensor,
               layers: Sequence[str] | None = None) -> Chain:
     """Split ``model`` into a :class:`Chain` and record every layer's input/output shape.
@@ -649,6 +677,7 @@ def decompose(model: nn.Module, example_input: torch.Tensor,
             try:
                 y, ends = _run_recording_end(layer, x)
             except Exception as exc:
+                _check_input_size(model, example_input)
                 raise UnsupportedModelError(
                     f"layer {name!r} ({type(layer).__name__}) fails on the output of the "
                     f"previous layer, shape {tuple(x.shape)}: {exc}. The model is not a plain "

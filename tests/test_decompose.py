@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lana.decompose import FAMILIES, Chain, LayerInfo, decompose, find_family
-from lana.errors import LanaError, UnsupportedModelError
+from lana.errors import ConfigError, LanaError, UnsupportedModelError
 from lana.models import create_model
 
 TIMM_MODELS = ["efficientnet_b0", "efficientnet_b2", "tf_efficientnet_lite0", "mobilenetv2_050",
@@ -559,3 +559,13 @@ def test_stored_features_survive_an_in_place_layer(randomize_bn) -> None:
         chain.forward_from(2, feats[2])
         assert torch.equal(feats[2], kept)
         assert [f.shape for f in chain.features(x, upto=3)] == [f.shape for f in feats[:4]]
+
+
+def test_an_input_the_model_cannot_take_is_named_as_such() -> None:
+    """A layer failing because the whole model cannot take the input (too small here) is
+    not a model that is no chain: the error says to change the input size."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 5)).eval()
+    with pytest.raises(ConfigError, match=r"does not run on an input of shape \(1, 3, 6, 6\) "
+                       r"\(RuntimeError: .*but does at 224x224: use an input size"):
+        decompose(model, torch.zeros(1, 3, 6, 6))
+    assert len(decompose(model, torch.zeros(1, 3, 9, 9)).layers) == 3
