@@ -494,15 +494,32 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
                 f"uses {src} {where}, so that layer is not the only path from input to output "
                 f"(a skip connection or a branch). {_MARK_BY_HAND}.")
 
-    for L in layer_nodes:
-        data_in = [i for i in _inputs(L) if i not in const]
+    def check(k: int) -> None:
+        L = layer_nodes[k]
         if not one_tensor(L):
             raise UnsupportedModelError(
                 f"layer {L.target!r} of {cls} is called with {len(L.args)} positional and "
                 f"{len(L.kwargs)} keyword arguments; a layer takes exactly one tensor. "
                 f"{_MARK_BY_HAND}.")
+        data_in = [i for i in _inputs(L) if i not in const]
         check_cut(pos[L] - 1, data_in[0], f"across layer {L.target!r}")
         check_cut(pos[L], L, f"after layer {L.target!r}")
+
+    k = 0
+    while k < len(layer_nodes):
+        try:
+            check(k)
+        except UnsupportedModelError:
+            # A branch among the last, classifier-like calls (a distilled second head,
+            # (head(x) + head_dist(x)) / 2, as DeiT-style EfficientFormer, LeViT and
+            # SwiftFormer have): they join the head. Replaceable blocks never do.
+            if wanted is not None or k == 0 or not all(
+                    _head_like(model.get_submodule(n.target)) for n in layer_nodes[k:]):
+                raise
+            layer_nodes = layer_nodes[:k]
+            k = 0
+            continue
+        k += 1
     firsts = [_inputs(L)[0] for L in layer_nodes]
     stem = _segment(model, values[1:pos[layer_nodes[0]]], placeholders[0], firsts[0], const)
     named: list[tuple[str, nn.Module]] = []
@@ -513,6 +530,21 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
                                                const)))
     head = _segment(model, values[pos[layer_nodes[-1]] + 1:], layer_nodes[-1], result, const)
     return stem, named, head
+
+
+#: Modules a classifier head is made of (see :func:`_head_like`).
+_HEAD_PARTS = (nn.Linear, nn.Identity, nn.Flatten, nn.LayerNorm, nn.GroupNorm,
+               nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,
+               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
+               nn.AdaptiveMaxPool2d)
+
+
+def _head_like(module: nn.Module) -> bool:
+    """Whether ``module`` is (part of) a classifier head: made only of linear layers, norms,
+    dropout, pooling, flattening and activations, no convolution or attention block."""
+    leaves = [m for m in module.modules() if not any(True for _ in m.children())]
+    return all(isinstance(m, _HEAD_PARTS) or _is_activation(m)
+               or not any(True for _ in m.parameters(recurse=False)) for m in leaves)
 
 
 def _user_line(exc: BaseException) -> str:

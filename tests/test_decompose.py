@@ -569,3 +569,40 @@ def test_an_input_the_model_cannot_take_is_named_as_such() -> None:
                        r"\(RuntimeError: .*but does at 224x224: use an input size"):
         decompose(model, torch.zeros(1, 3, 6, 6))
     assert len(decompose(model, torch.zeros(1, 3, 9, 9)).layers) == 3
+
+
+class _DistilledHeads(nn.Module):
+    """DeiT-style distillation heads, as timm's EfficientFormer, LeViT and SwiftFormer
+    have: the pooled features feed two classifiers whose logits are averaged."""
+
+    def __init__(self, branch_in_blocks: bool = False) -> None:
+        super().__init__()
+        self.branch_in_blocks = branch_in_blocks
+        self.blocks = nn.Sequential(*(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1),
+                                                    nn.BatchNorm2d(8), nn.ReLU())
+                                      for _ in range(2)))
+        self.norm = nn.LayerNorm(8)
+        self.head_drop = nn.Dropout(0.0)
+        self.head = nn.Linear(8, 3)
+        self.head_dist = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.blocks[0](x)
+        y = self.blocks[1](y) + (y if self.branch_in_blocks else 0)
+        y = self.head_drop(self.norm(y.mean((2, 3))))
+        return (self.head(y) + self.head_dist(y)) / 2
+
+
+def test_a_branch_among_the_classifier_calls_joins_the_head(randomize_bn) -> None:
+    model = randomize_bn(_DistilledHeads()).eval()
+    x = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    chain = decompose(model, x)
+    assert chain.names[-2:] == ["norm", "head_drop"]  # head, head_dist: the head
+    with torch.no_grad():
+        assert torch.equal(chain(x), model(x))
+    # a branch across convolutional blocks is still refused: blocks never join the head
+    with pytest.raises(UnsupportedModelError, match="not a chain of layers"):
+        decompose(_DistilledHeads(branch_in_blocks=True).eval(), x)
+    # and layers named by hand are taken as named
+    with pytest.raises(UnsupportedModelError, match="after layer 'head'"):
+        decompose(model, x, layers=["blocks.0", "head"])
