@@ -460,10 +460,11 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
 
     if wanted is None:
         # timm's newer heads take a flag (self.head(x, pre_logits=...)), some patch
-        # embeddings a mask: such calls at the end of the chain belong to the head, the
-        # first call to the stem, which stay as they are. Anywhere else they still end the
+        # embeddings a mask: such calls at the end of the chain (if classifier-like)
+        # belong to the head, the first call to the stem, which stay as they are. Anywhere else they still end the
         # split: the replaceable blocks would otherwise vanish into a stem or head.
-        while layer_nodes and not one_tensor(layer_nodes[-1]):
+        while (layer_nodes and not one_tensor(layer_nodes[-1])
+               and _head_like(model.get_submodule(layer_nodes[-1].target))):
             layer_nodes.pop()
         if layer_nodes and not one_tensor(layer_nodes[0]):
             layer_nodes.pop(0)
@@ -510,11 +511,12 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
         try:
             check(k)
         except UnsupportedModelError:
-            # A branch among the last, classifier-like calls (a distilled second head,
+            # A branch among the last few, classifier-like calls (a distilled second head,
             # (head(x) + head_dist(x)) / 2, as DeiT-style EfficientFormer, LeViT and
             # SwiftFormer have): they join the head. Replaceable blocks never do.
-            if wanted is not None or k == 0 or not all(
-                    _head_like(model.get_submodule(n.target)) for n in layer_nodes[k:]):
+            tail = layer_nodes[k:]
+            if wanted is not None or k == 0 or len(tail) > 4 or not all(
+                    _head_like(model.get_submodule(n.target)) for n in tail):
                 raise
             layer_nodes = layer_nodes[:k]
             k = 0
@@ -540,10 +542,17 @@ _HEAD_PARTS = (nn.Linear, nn.Identity, nn.Flatten, nn.LayerNorm, nn.GroupNorm,
 
 
 def _head_like(module: nn.Module) -> bool:
-    """Whether ``module`` is (part of) a classifier head: made only of linear layers, norms,
-    dropout, pooling, flattening and activations, no convolution or attention block."""
+    """Whether ``module`` is (part of) a classifier head: made only of linear layers (two at
+    most, as timm's NormMlpClassifierHead), 1x1 convolutions (a conv_head), norms, dropout,
+    pooling, flattening and activations. A spatial convolution, or a transformer or
+    MLP-Mixer block (four linear layers, a layer scale), is not."""
     leaves = [m for m in module.modules() if not any(True for _ in m.children())]
+    if sum(isinstance(m, nn.Linear) for m in leaves) > 2 or any(
+            True for m in module.modules() if any(m.children())
+            for _ in m.parameters(recurse=False)):
+        return False
     return all(isinstance(m, _HEAD_PARTS) or _is_activation(m)
+               or isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)  # a conv_head
                or not any(True for _ in m.parameters(recurse=False)) for m in leaves)
 
 

@@ -488,6 +488,29 @@ def test_calls_with_flags_at_the_ends_go_to_the_stem_and_head(randomize_bn) -> N
     with pytest.raises(UnsupportedModelError, match="'mid' .* 1 keyword"):
         decompose(BlockWithMask().eval(), x)
 
+    class TokenBlock(nn.Module):  # a transformer-style MLP block: four linear layers
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = nn.Sequential(*(nn.Linear(8, 8) for _ in range(4)))
+
+        def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return x + scale * self.mlp(x)
+
+    class BlocksWithFlagsLast(_FlaggedEnds):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens = nn.ModuleList(TokenBlock() for _ in range(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.blocks(self.patch_embed(x)).mean((2, 3))
+            for blk in self.tokens:
+                x = blk(x, scale=0.5)
+            return x
+
+    # blocks that take a flag at the very end are not a head: refused, not swallowed
+    with pytest.raises(UnsupportedModelError, match="'tokens.0' .* 1 keyword"):
+        decompose(BlocksWithFlagsLast().eval(), x)
+
 
 def test_decompose_finds_layers_that_end_with_an_activation() -> None:
     import timm
