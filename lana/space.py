@@ -350,7 +350,8 @@ def _build_ir(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     mid = _make_div(cin * spec.get("e"))
     return _post_act(InvertedResidual(
         cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
-        pad_type=_pad_type(info, spec.get("k")), act_layer=_act_layer(info.act),
+        pad_type=_pad_type(info, spec.get("k")), noskip=not _has_skip(info),
+        act_layer=_act_layer(info.act),
         se_layer=_se_layer(info, mid, spec.get("se"))),
         spec, info)
 
@@ -362,7 +363,8 @@ def _build_er(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     mid = _make_div(cin * spec.get("e"))
     return _post_act(EdgeResidual(
         cin, cout, exp_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
-        pad_type=_pad_type(info, spec.get("k")), act_layer=_act_layer(info.act),
+        pad_type=_pad_type(info, spec.get("k")), noskip=not _has_skip(info),
+        act_layer=_act_layer(info.act),
         se_layer=_se_layer(info, mid, spec.get("se"))),
         spec, info)
 
@@ -373,7 +375,8 @@ def _build_ds(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     cin, cout = info.in_shape[0], info.out_shape[0]
     return _post_act(DepthwiseSeparableConv(
         cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride,
-        pad_type=_pad_type(info, spec.get("k")), act_layer=_act_layer(info.act),
+        pad_type=_pad_type(info, spec.get("k")), noskip=not _has_skip(info),
+        act_layer=_act_layer(info.act),
         se_layer=_se_layer(info, cin, spec.get("se"))),
         spec, info)
 
@@ -622,6 +625,9 @@ def check_shapes(module: nn.Module, info: LayerInfo) -> None:
     try:
         with torch.no_grad():
             out = module(torch.zeros(2, *info.in_shape))
+    except Exception as exc:  # a candidate that cannot run on the layer's input
+        raise ConfigError(f"candidate for {info.name} fails on its input {info.in_shape}: "
+                          f"{type(exc).__name__}: {exc}") from None
     finally:
         module.train(was)
     if tuple(out.shape[1:]) != tuple(info.out_shape):

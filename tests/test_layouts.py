@@ -193,3 +193,21 @@ def test_a_channels_last_model_runs_end_to_end(tmp_path) -> None:
     layers = [r["choices"] for r in [res.summary["students"][0]]][0]
     assert len(layers) == len(decompose(teacher.eval(), torch.zeros(1, 1, 32, 32)).layers)
     assert res.student(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_a_stride_1_conv_without_padding_gets_no_skip() -> None:
+    """InceptionV3's second conv maps 32x149x149 to 32x147x147: same channels at stride 1,
+    so timm's blocks would add the input (149) to their output (147)."""
+    info = LayerInfo("Conv2d_2a_3x3", (32, 37, 37), (32, 35, 35), "relu")
+    for spec in ("ir_k3_e3", "ds_k3", "er_k3_e2", "cb_k3", "cc_k3_w1"):
+        check_shapes(build_op(spec, info).eval(), info)
+    # a candidate that cannot run on the layer's input is a shape mismatch, dropped by
+    # fitting_candidates like any other, never an error that stops the run
+    from lana.errors import ConfigError
+
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ x  # (5, 6) @ (5, 6): a RuntimeError
+
+    with pytest.raises(ConfigError, match="fails on its input"):
+        check_shapes(Broken(), LayerInfo("x", (4, 5, 6), (4, 5, 6), "relu"))
