@@ -461,12 +461,13 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
     if wanted is None:
         # timm's newer heads take a flag (self.head(x, pre_logits=...)), some patch
         # embeddings a mask: such calls at the end of the chain (if classifier-like)
-        # belong to the head, the first call to the stem, which stay as they are. Anywhere else they still end the
+        # belong to the head, a small first call to the stem, which stay as they are. Anywhere else they still end the
         # split: the replaceable blocks would otherwise vanish into a stem or head.
         while (layer_nodes and not one_tensor(layer_nodes[-1])
                and _head_like(model.get_submodule(layer_nodes[-1].target))):
             layer_nodes.pop()
-        if layer_nodes and not one_tensor(layer_nodes[0]):
+        if (layer_nodes and not one_tensor(layer_nodes[0])
+                and _stem_like(model.get_submodule(layer_nodes[0].target))):
             layer_nodes.pop(0)
     repeated = sorted({n.target for n in layer_nodes if len(calls[n.target]) > 1})
     if repeated:
@@ -554,6 +555,13 @@ def _head_like(module: nn.Module) -> bool:
     return all(isinstance(m, _HEAD_PARTS) or _is_activation(m)
                or isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)  # a conv_head
                or not any(True for _ in m.parameters(recurse=False)) for m in leaves)
+
+
+def _stem_like(module: nn.Module) -> bool:
+    """Whether ``module`` is small enough to be (part of) a stem, e.g. a patch embedding:
+    at most two modules with weights (a conv and a norm). A whole encoder is not."""
+    return sum(1 for m in module.modules()
+               if any(True for _ in m.parameters(recurse=False))) <= 2
 
 
 def _user_line(exc: BaseException) -> str:
