@@ -62,7 +62,19 @@ def _size(model: torch.nn.Module, default: int) -> int:
     return int((model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-1])
 
 
-def check(name: str, image_size: int) -> dict:
+def check(name: str, image_size: int, max_size: int = 320) -> dict:
+    """Split ``name`` at ``image_size``; where lana says the model runs only at a larger
+    size (up to ``max_size``), at that size, as a user told so would."""
+    import re
+
+    rec = _check(name, image_size)
+    larger = re.search(r"but does at (\d+)x", rec.get("error", ""))
+    if larger and int(larger.group(1)) <= max_size:
+        rec = {**_check(name, int(larger.group(1))), "retried": True}
+    return rec
+
+
+def _check(name: str, image_size: int) -> dict:
     import timm
 
     t0 = time.time()
@@ -89,7 +101,8 @@ def check(name: str, image_size: int) -> dict:
 
 def _reason(error: str) -> str:
     """The kind of refusal, for the summary."""
-    for needle, kind in (("positional and", "a layer called with extra arguments"),
+    for needle, kind in (("but does at", "runs only at an input size above 320 px"),
+                         ("positional and", "a layer called with extra arguments"),
                          ("not a chain of layers", "a branch or skip across layers"),
                          ("more than once", "a module called more than once"),
                          ("torch.fx cannot trace", "forward not traceable by torch.fx"),
@@ -126,7 +139,9 @@ def main() -> int:
         f"Command: `{cmd}`. Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}; "
         f"{time.time() - t0:.0f} s; timm {__import__('timm').__version__}.", "",
         f"{len(models)} timm models (one per model module, random weights, 10 classes, "
-        f"{args.image_size} px unless the model fixes its size): **{len(split)} split by "
+        f"{args.image_size} px unless the model fixes its size, or at the size lana's "
+        f"error names when the model does not run at {args.image_size} px, up to 320 px: "
+        f"{sum('retried' in r for r in rows)} models): **{len(split)} split by "
         f"lana itself**, {len(refused)} refused with a lana error, **{len(crashed)} "
         "crashed** (a crash is a bug). Candidates: the family's default space, built as "
         "phase 1 builds them and kept when they map the layer's shapes (the pipeline "
