@@ -2,10 +2,11 @@
 others?
 
 Usage: python benchmarks/timm_coverage.py [--models resnet18 swin_tiny_patch4_window7_224]
-           [--image-size 64] [--no-write]
+           [--image-size 64] [--torchvision] [--no-write]
 
 Default models: one per timm model module (the smallest-named of each: ``atto``, ``tiny``,
-``b0``, ``18``, ... first), random weights, 10 classes. Each is split by
+``b0``, ``18``, ... first), random weights, 10 classes; with ``--torchvision``, every
+torchvision classification model instead (``torchvision:<name>``, its own section). Each is split by
 :func:`lana.decompose` at ``--image-size`` px (models with a fixed patch-embedding size at
 their own input size), and every candidate of its family's default space is built for
 every layer as phase 1 builds it (:func:`lana.distill.build_candidate`, teacher weight
@@ -39,6 +40,7 @@ from lana.space import (
 )
 
 SECTION = "## timm coverage: which models lana splits by itself"
+TV_SECTION = "## torchvision coverage: which models lana splits by itself"
 _SMALL = ("atto", "femto", "pico", "nano", "tiny", "small", "b0", "18", "xxs", "xs", "050",
           "100")
 
@@ -59,28 +61,30 @@ def _size(model: torch.nn.Module, default: int) -> int:
     """A model that fixes its patch embedding's image size runs at that size."""
     if getattr(model, "patch_embed", None) is None:
         return default
-    return int((model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-1])
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return int(cfg.get("input_size", (3, 224, 224))[-1])
 
 
-def check(name: str, image_size: int, max_size: int = 320) -> dict:
+def check(name: str, image_size: int, max_size: int = 320, source: str = "timm") -> dict:
     """Split ``name`` at ``image_size``; where lana says the model runs only at a larger
     size (up to ``max_size``), at that size, as a user told so would."""
     import re
 
-    rec = _check(name, image_size)
+    rec = _check(name, image_size, source)
     larger = re.search(r"but does at (\d+)x", rec.get("error", ""))
     if larger and int(larger.group(1)) <= max_size:
-        rec = {**_check(name, int(larger.group(1))), "retried": True}
+        rec = {**_check(name, int(larger.group(1)), source), "retried": True}
     return rec
 
 
-def _check(name: str, image_size: int) -> dict:
-    import timm
+def _check(name: str, image_size: int, source: str) -> dict:
+    from lana.models import create_model
 
     t0 = time.time()
     rec: dict = {"model": name}
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+        # lana's own model sources: timm (pretrained=False) or torchvision (weights=None)
+        model = create_model(f"{source}:{name}", num_classes=10).eval()
         size = _size(model, image_size)
         chain = decompose(model, torch.randn(2, 3, size, size))
         specs = space_specs(resolve_space("auto", chain.family))
@@ -117,14 +121,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--torchvision", action="store_true",
+                    help="every torchvision classification model instead of timm's")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = ap.parse_args()
     torch.manual_seed(0)
-    models = args.models or default_models()
+    source, section = ("torchvision", TV_SECTION) if args.torchvision else ("timm", SECTION)
+    if args.models:
+        models = args.models
+    elif args.torchvision:
+        import torchvision
+
+        models = torchvision.models.list_models(module=torchvision.models)
+    else:
+        models = default_models()
     t0 = time.time()
     rows = []
     for name in models:
-        rec = check(name, args.image_size)
+        rec = check(name, args.image_size, source=source)
         rows.append(rec)
         what = rec.get("family") or rec.get("error") or rec.get("crash")
         print(f"{name}: {what[:150]} [{rec['seconds']} s]", flush=True)
@@ -135,10 +149,12 @@ def main() -> int:
     cmd = "python benchmarks/timm_coverage.py" + (
         " " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     lines = [
-        SECTION, "",
+        section, "",
         f"Command: `{cmd}`. Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}; "
-        f"{time.time() - t0:.0f} s; timm {__import__('timm').__version__}.", "",
-        f"{len(models)} timm models (one per model module, random weights, 10 classes, "
+        f"{time.time() - t0:.0f} s; {source} {__import__(source).__version__}.", "",
+        f"{len(models)} {source} models ("
+        + ("one per model module, " if source == "timm" and not args.models else "")
+        + "random weights, 10 classes, "
         f"{args.image_size} px unless the model fixes its size, or at the size lana's "
         f"error names when the model does not run at {args.image_size} px, up to 320 px: "
         f"{sum('retried' in r for r in rows)} models): **{len(split)} split by "
@@ -163,8 +179,8 @@ def main() -> int:
     if args.no_write:
         print(body)
     else:
-        write_section(SECTION, body)
-        print(f"wrote the '{SECTION[3:]}' section of benchmarks/RESULTS.md")
+        write_section(section, body)
+        print(f"wrote the '{section[3:]}' section of benchmarks/RESULTS.md")
     return 1 if crashed else 0
 
 
