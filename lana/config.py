@@ -55,18 +55,6 @@ class DataConfig(_Section):
         "and path where it takes them")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to a python: "
                                    "dataset builder")
-    @field_validator("name")
-    @classmethod
-    def _known_source(cls, name: str) -> str:
-        import difflib
-
-        if name in DATA_NAMES or name.startswith("python:"):
-            return name
-        close = difflib.get_close_matches(name, DATA_NAMES, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown dataset {name!r}{hint}: use one of {list(DATA_NAMES)} or "
-                         "your own, 'python:<file.py or dotted.module>:<function>'")
-
     path: str | None = Field(None, description="dataset folder (default: the Debian "
                              "package's /usr/share/datasets/fashion-mnist)")
     image_size: int = Field(32, ge=8, le=1024, description="square input size in pixels "
@@ -78,6 +66,18 @@ class DataConfig(_Section):
                                      "(default: all of it)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes (speed only: "
                          "changing it retrains nothing)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_source(cls, name: str) -> str:
+        import difflib
+
+        if name in DATA_NAMES or name.startswith("python:"):
+            return name
+        close = difflib.get_close_matches(name, DATA_NAMES, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown dataset {name!r}{hint}: use one of {list(DATA_NAMES)} or "
+                         "your own, 'python:<file.py or dotted.module>:<function>'")
 
 
 #: lana's training optimizers (:func:`lana.train.make_optimizer`).

@@ -50,8 +50,9 @@ class LayerInfo:
         def chw(shape: tuple[int, ...], last: bool) -> tuple[int, ...]:
             return (shape[2], shape[0], shape[1]) if last else shape
 
-        return LayerInfo(self.name, chw(self.in_shape, self.hwc[0]),
-                         chw(self.out_shape, self.hwc[1]), self.act, self.ends_with_act)
+        return dataclasses.replace(self, in_shape=chw(self.in_shape, self.hwc[0]),
+                                   out_shape=chw(self.out_shape, self.hwc[1]),
+                                   hwc=(False, False))
 
     @property
     def stride(self) -> int:
@@ -461,8 +462,9 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
     if wanted is None:
         # timm's newer heads take a flag (self.head(x, pre_logits=...)), some patch
         # embeddings a mask: such calls at the end of the chain (if classifier-like)
-        # belong to the head, a small first call to the stem, which stay as they are. Anywhere else they still end the
-        # split: the replaceable blocks would otherwise vanish into a stem or head.
+        # belong to the head, a small first call to the stem, which stay as they are.
+        # Anywhere else they still end the split: the replaceable blocks would otherwise
+        # vanish into a stem or head.
         while (layer_nodes and not one_tensor(layer_nodes[-1])
                and _head_like(model.get_submodule(layer_nodes[-1].target))):
             layer_nodes.pop()
@@ -519,9 +521,10 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
             if wanted is not None or k == 0 or len(tail) > 4 or not all(
                     _head_like(model.get_submodule(n.target)) for n in tail):
                 raise
+            # The layers before k passed their checks, which do not depend on the
+            # layers after them: nothing is left to check.
             layer_nodes = layer_nodes[:k]
-            k = 0
-            continue
+            break
         k += 1
     firsts = [_inputs(L)[0] for L in layer_nodes]
     stem = _segment(model, values[1:pos[layer_nodes[0]]], placeholders[0], firsts[0], const)

@@ -311,6 +311,13 @@ def _pad_type(info: LayerInfo, k: int) -> str:
     return next((pad for pad, out in sizes.items() if out == want), "")
 
 
+def _timm_block_kw(info: LayerInfo, k: int) -> dict:
+    """What timm's MBConv/fused/DS blocks take from the layer: stride, the padding that
+    gives its output size, no skip unless the shapes agree, the family's activation."""
+    return {"stride": info.stride, "pad_type": _pad_type(info, k),
+            "noskip": not _has_skip(info), "act_layer": _act_layer(info.act)}
+
+
 def _cna(cin: int, cout: int, k: int, stride: int, act: str | None, padding: str = ""
          ) -> nn.Module:
     from timm.layers import ConvNormAct
@@ -349,10 +356,8 @@ def _build_ir(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     cin, cout = info.in_shape[0], info.out_shape[0]
     mid = _make_div(cin * spec.get("e"))
     return _post_act(InvertedResidual(
-        cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
-        pad_type=_pad_type(info, spec.get("k")), noskip=not _has_skip(info),
-        act_layer=_act_layer(info.act),
-        se_layer=_se_layer(info, mid, spec.get("se"))),
+        cin, cout, dw_kernel_size=spec.get("k"), exp_ratio=spec.get("e"),
+        se_layer=_se_layer(info, mid, spec.get("se")), **_timm_block_kw(info, spec.get("k"))),
         spec, info)
 
 
@@ -362,10 +367,8 @@ def _build_er(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
     cin, cout = info.in_shape[0], info.out_shape[0]
     mid = _make_div(cin * spec.get("e"))
     return _post_act(EdgeResidual(
-        cin, cout, exp_kernel_size=spec.get("k"), stride=info.stride, exp_ratio=spec.get("e"),
-        pad_type=_pad_type(info, spec.get("k")), noskip=not _has_skip(info),
-        act_layer=_act_layer(info.act),
-        se_layer=_se_layer(info, mid, spec.get("se"))),
+        cin, cout, exp_kernel_size=spec.get("k"), exp_ratio=spec.get("e"),
+        se_layer=_se_layer(info, mid, spec.get("se")), **_timm_block_kw(info, spec.get("k"))),
         spec, info)
 
 
@@ -374,10 +377,8 @@ def _build_ds(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.Mo
 
     cin, cout = info.in_shape[0], info.out_shape[0]
     return _post_act(DepthwiseSeparableConv(
-        cin, cout, dw_kernel_size=spec.get("k"), stride=info.stride,
-        pad_type=_pad_type(info, spec.get("k")), noskip=not _has_skip(info),
-        act_layer=_act_layer(info.act),
-        se_layer=_se_layer(info, cin, spec.get("se"))),
+        cin, cout, dw_kernel_size=spec.get("k"),
+        se_layer=_se_layer(info, cin, spec.get("se")), **_timm_block_kw(info, spec.get("k"))),
         spec, info)
 
 

@@ -428,20 +428,13 @@ class _FlagHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class _MaskedEmbed(nn.Module):
-    def __init__(self) -> None:
+class _Masked(nn.Module):
+    """A conv whose forward takes an optional mask: a patch embedding (2x2/2 from RGB) or
+    a block (3x3 on 8 channels)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 2, stride=2)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.conv(x)
-        return x if mask is None else x * mask
-
-
-class _MaskedBlock(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv = conv
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.conv(x)
@@ -454,7 +447,7 @@ class _FlaggedEnds(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.patch_embed = _MaskedEmbed()
+        self.patch_embed = _Masked(nn.Conv2d(3, 8, 2, stride=2))
         self.blocks = nn.Sequential(*(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1),
                                                     nn.BatchNorm2d(8), nn.ReLU())
                                       for _ in range(3)))
@@ -477,7 +470,7 @@ def test_calls_with_flags_at_the_ends_go_to_the_stem_and_head(randomize_bn) -> N
     class BlockWithMask(_FlaggedEnds):
         def __init__(self) -> None:
             super().__init__()
-            self.mid = _MaskedBlock()
+            self.mid = _Masked(nn.Conv2d(8, 8, 3, padding=1))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.blocks[0](self.patch_embed(x))
