@@ -378,7 +378,8 @@ class Table3:
         from lana.pipeline import Run
 
         self.family, self.scale, self.work, self.seeds = family, scale, work, seeds
-        self.fam = FAMILIES[family]
+        self.fam, self.sc = FAMILIES[family], SCALES[scale]
+        self.match_tol = PRUNE_TOLERANCE
         self.timing_windows, self.timing_gap_s = timing_windows, timing_gap_s
         self.work.mkdir(parents=True, exist_ok=True)
         self.cfg = config_from_dict(run_config(family, scale, work, threads), "table3")
@@ -580,7 +581,7 @@ class Table3:
             ref = self.lana_student(lana0)
             # Latency relative to the LANA student, both timed in the same session.
             res = prune_to_latency(make, lambda m: self.ratio_to(m, ref), 1.0,
-                                   max_iter=SCALES[self.scale]["prune_iters"],
+                                   tol=self.match_tol, max_iter=self.sc["prune_iters"],
                                    say=self.steps.say)
             res.pop("model")
             sol = sols[res["ratio"]]
@@ -619,7 +620,7 @@ class Table3:
             ref = self.lana_student(lana0)
             # Latency relative to the LANA student, both timed in the same session.
             res = prune_to_latency(self.pruned_model, lambda m: self.ratio_to(m, ref), 1.0,
-                                   max_iter=SCALES[self.scale]["prune_iters"],
+                                   tol=self.match_tol, max_iter=self.sc["prune_iters"],
                                    say=self.steps.say)
             res.pop("model")
             return {**res, "target": "LANA student, timed alongside", "kept_whole": kept}
@@ -651,8 +652,8 @@ class Table3:
             from lana.student import assemble
             from lana.sweep import budget_range, sweep
 
-            n = SCALES[self.scale]["kendall"]["archs"]
-            samples = SCALES[self.scale]["kendall"]["eval_samples"]
+            n = self.sc["kendall"]["archs"]
+            samples = self.sc["kendall"]["eval_samples"]
             lib = Library.from_dict(read_json(self.run.dir / "library.json"))
             archs: dict[tuple, float] = {}
             # ILP optima over the whole budget range, then random architectures at evenly

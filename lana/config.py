@@ -92,6 +92,13 @@ class TeacherTrainingConfig(_Section):
     batch_size: int = Field(128, ge=1, description="images per training step")
     lr: float = Field(3e-3, gt=0, description="peak learning rate (cosine schedule)")
     optimizer: Optimizer = Field("adamw", description=_OPTIMIZER_HELP)
+    init: str | None = Field(None, description="pretrained weights the teacher's training "
+                             "starts from, e.g. ImageNet weights to fine-tune on your data "
+                             "(safetensors or a torch.save checkpoint, read as model.weights "
+                             "is): every tensor whose name and shape match is loaded, the "
+                             "rest (a classifier for another class count) keeps its fresh "
+                             "initialisation; the file's SHA-256 joins the teacher cache key. "
+                             "Default: train from scratch")
     cache_dir: str | None = Field(None, description="default: ~/.cache/lana/teachers")
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable "
                                   "checkpoints (does not change the result)")

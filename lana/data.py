@@ -167,15 +167,25 @@ def _to_images(x: torch.Tensor, size: int, mean: float, std: float) -> torch.Ten
     return (x - mean) / std
 
 
+def fashion_mnist(path: str | Path | None = None, image_size: int = 28,
+                  mean: float = 0.286, std: float = 0.353, channels: int = 1
+                  ) -> tuple[TensorDataset, TensorDataset]:
+    """Fashion-MNIST's (train, test) from the IDX files in ``path`` (default: the Debian
+    package's folder), resized to ``image_size``, normalised by ``mean``/``std`` (default:
+    the dataset's own statistics) and repeated to ``channels`` (e.g. 3 for a network
+    pretrained on RGB; the copies are views, so memory stays that of one channel)."""
+    root = Path(path or FASHION_MNIST_DIR)
+    out = []
+    for split in ("train", "t10k"):
+        x = _to_images(_read_idx(root / f"{split}-images-idx3-ubyte.gz"), image_size, mean,
+                       std)
+        y = _read_idx(root / f"{split}-labels-idx1-ubyte.gz").long()
+        out.append(TensorDataset(x.expand(-1, channels, -1, -1), y))
+    return out[0], out[1]
+
+
 def _fashion_mnist(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
-    root = Path(cfg.path or FASHION_MNIST_DIR)
-    tr_x = _read_idx(root / "train-images-idx3-ubyte.gz")
-    tr_y = _read_idx(root / "train-labels-idx1-ubyte.gz").long()
-    te_x = _read_idx(root / "t10k-images-idx3-ubyte.gz")
-    te_y = _read_idx(root / "t10k-labels-idx1-ubyte.gz").long()
-    mean, std = 0.286, 0.353
-    train = TensorDataset(_to_images(tr_x, cfg.image_size, mean, std), tr_y)
-    test = TensorDataset(_to_images(te_x, cfg.image_size, mean, std), te_y)
+    train, test = fashion_mnist(cfg.path, cfg.image_size)
     return train, test, 10, 1
 
 

@@ -206,6 +206,19 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
+def file_digest(path: str | os.PathLike[str], what: str) -> str:
+    """The SHA-256 of a weights file named in the config as ``what`` (a ``#key`` suffix
+    included: another entry of the same checkpoint is other weights); ArtifactError
+    naming ``what`` when the file does not exist."""
+    raw = str(path)
+    file = Path(raw.rpartition("#")[0] if "#" in raw and not Path(raw).is_file() else raw)
+    try:
+        data = file.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise ArtifactError(f"{what}: {file} does not exist or is not a file") from None
+    return hashlib.sha256(data + b"#" + raw.encode()[len(str(file)):]).hexdigest()
+
+
 def _pick_state(obj: Any, key: str, path: Path) -> dict[str, Any]:
     import torch
 

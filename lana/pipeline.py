@@ -39,7 +39,14 @@ from lana.config import BudgetConfig, Config, DistillConfig, config_from_dict, l
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
-from lana.io import load_state_dict, load_tensors, read_json, save_tensors, write_json
+from lana.io import (
+    file_digest,
+    load_state_dict,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from lana.models import SOURCES, source_digest
 from lana.progress import log
 from lana.usercode import code_digest
@@ -74,7 +81,7 @@ def _hash(obj) -> str:
 # Settings added after runs were already cached, with their defaults. At the default they
 # are left out of a stage's key, so a run made before they existed still resumes instead
 # of retraining; any other value changes the key.
-_LATER_SETTINGS = {"optimizer": "adamw", "skip_dominated": True}
+_LATER_SETTINGS = {"optimizer": "adamw", "skip_dominated": True, "init": None}
 
 
 def _settings(section, exclude: set[str]) -> dict:
@@ -289,9 +296,11 @@ class Run:
         code = {"code": digest} if (digest := source_digest(cfg.model.name)) else {}
         if data_code := code_digest(cfg.data.name, "data.name"):
             code["data_code"] = data_code
+        train = _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"})
+        if "init" in train:  # the starting weights' content, wherever the file lies
+            train["init"] = file_digest(cfg.teacher_training.init, "teacher_training.init")
         key = _hash({"model": cfg.model.name, **code, "kwargs": self._model_kwargs(),
-                     "data": _locked(cfg, "data"),
-                     "train": _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"}),
+                     "data": _locked(cfg, "data"), "train": train,
                      "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
@@ -335,6 +344,8 @@ class Run:
             f"{len(self.splits.train)} images")
         start = time.time()
         torch.manual_seed(cfg.seed)
+        if t.init:
+            log(f"teacher: starting from {t.init} ({load_matching(model, t.init)})")
         D.reset_peak_rss()
         train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
                          lr=t.lr, optimizer=t.optimizer, seed=cfg.seed, description="teacher",
@@ -871,6 +882,25 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
     except RuntimeError as exc:
         why = _state_mismatch(model, state) or str(exc)
         raise ArtifactError(f"{path} does not fit the model: {why}") from None
+
+
+def load_matching(model: nn.Module, path: str | Path) -> str:
+    """Load every tensor of the weights file ``path`` whose name and shape match ``model``'s
+    (pretrained weights for a model with another classifier or input channels); the rest of
+    ``model`` keeps its initialisation. Returns what was loaded, in words; raises
+    ArtifactError when nothing matches (another architecture)."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items()
+            if k in own and tuple(getattr(v, "shape", ())) == tuple(own[k].shape)}
+    if not fits:
+        raise ArtifactError(f"teacher_training.init {path} does not fit the model: "
+                            f"{_state_mismatch(model, state)}")
+    model.load_state_dict(fits, strict=False)
+    kept = [k for k in own if k not in fits and not k.endswith("num_batches_tracked")]
+    return (f"{len(fits)} of {len(own)} tensors loaded" +
+            (f"; freshly initialised: {', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''}"
+             if kept else ""))
 
 
 def _state_mismatch(model: nn.Module, state: dict) -> str:

@@ -272,8 +272,8 @@ def test_config_change_of_results_sections_is_rejected(run_copy) -> None:
 _KEYED = {
     "data": {"image_size", "kwargs", "name", "path", "test_samples", "train_samples",
              "val_samples", "workers"},
-    "teacher_training": {"batch_size", "cache_dir", "checkpoint_every", "epochs", "lr",
-                         "optimizer"},
+    "teacher_training": {"batch_size", "cache_dir", "checkpoint_every", "epochs", "init",
+                         "lr", "optimizer"},
     "latency": {"backend", "batch_size", "device", "drift_every", "drift_threshold", "extra",
                 "lut", "max_seconds", "normalize", "threads", "warmup"},
     "score": {"batch_size", "metric", "samples"},
