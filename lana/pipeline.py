@@ -768,7 +768,8 @@ class Run:
 
         Export's check times the student a few times back to back, inside one time window;
         on a shared machine the student/teacher ratio moves from one window to the next,
-        so a student that met its budget then can miss it later (README, "Latency").
+        so a student that met its budget then can miss it later (docs/latency.md, "Whole
+        networks").
         Sessions are stored as they end in ``students/<budget>/verify.json`` (re-running
         adds to them; Ctrl-C loses only the session under way). ``on_session(n, timing)``
         is called after each. Returns the stored record with ``pooled`` (as
@@ -837,7 +838,7 @@ class Run:
         return self.write_summary()
 
     def write_summary(self) -> dict:
-        """Collect ``summary.json`` from the stage outputs (documented in the README)."""
+        """Collect ``summary.json`` from the stage outputs (docs/run-directory.md)."""
         lat = self.profile()
         teacher = self.teacher_eval
         students = []

@@ -43,7 +43,8 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     console.print(t)
     if lat.get("deploy_env"):
         console.print(f"  measured with `{lat['deploy_env']}`: deploy with the same "
-                      "environment to get these latencies (README, \"Latency\")")
+                      "environment to get these latencies (docs/latency.md, \"The torch backends "
+                      "and malloc\")")
     for s in summary["students"]:
         changed = sum(1 for c in s["choices"] if c != "teacher")
         console.print(f"  {s['path']}: {changed}/{len(s['choices'])} layers replaced: "
