@@ -12,7 +12,11 @@ Layout of a run directory ``DIR``::
     scores.json                 phase 2a: replace-one scores
     library.json                scores + costs per layer and op (input of the search); ops
                                 no cheaper than the teacher's own layer are left out
-    students/<budget>/          search.json, finetune.json, weights, and the exported student
+    students/<budget>/          search.json, finetune.json, weights, the exported student
+                                (model/: arch.json, weights.safetensors, model.onnx) and
+                                verify.json (``lana verify``)
+    teacher/model.onnx          the teacher exported as the students are (export), so anyone
+                                can time teacher and student side by side with their own tools
     summary.json                teacher vs students
 
 A stage whose output exists is skipped, so an interrupted ``lana run`` resumes, and a new
@@ -52,6 +56,8 @@ from lana.progress import log
 from lana.usercode import code_digest
 
 SUMMARY_FORMAT = "lana-summary/1"
+#: The teacher's ONNX export, relative to the run directory (:meth:`Run.teacher_onnx`).
+TEACHER_ONNX = "teacher/model.onnx"
 
 
 def budget_tag(budget: BudgetConfig) -> str:
@@ -702,8 +708,23 @@ class Run:
         res = self._stage(f"export_{budget_tag(budget)}",
                           self.student_dir(budget) / "export.json",
                           {"finetune": ft.get("inputs")}, lambda: self._export(budget, ft))
+        # Outside the cached stage: a run exported before the teacher's file existed, or
+        # one whose file was deleted, gets it on the next `lana export`.
+        self.teacher_onnx()
         self.write_summary()
         return res
+
+    def teacher_onnx(self) -> Path:
+        """``teacher/model.onnx``: the teacher exported exactly as the students'
+        ``model/model.onnx`` (:func:`lana.student.onnx_bytes`), written once per run,
+        atomically, and again only when missing. Returns its path."""
+        from lana.io import atomic_write_bytes
+        from lana.student import onnx_bytes
+
+        path = self.dir / TEACHER_ONNX
+        if not path.exists() and D.is_main():
+            atomic_write_bytes(path, onnx_bytes(self.teacher, self.input_shape))
+        return path
 
     def _export(self, budget: BudgetConfig, ft: dict) -> dict:
         from lana.profile import measure_models
@@ -721,10 +742,10 @@ class Run:
         D.maybe_kill("export", "saved")  # crash-safety tests: files written, not verified
         target = self.budget_ms(budget)
         if self.profile().get("remote"):
-            # The target is another machine: time model/student.onnx there with
+            # The target is another machine: time model/model.onnx there with
             # `lana profile`; here only the prediction is known.
             log("[yellow]export: latency.device is another machine; the student's latency "
-                "is predicted, not measured (measure model/student.onnx on the "
+                "is predicted, not measured (measure model/model.onnx on the "
                 "target)[/yellow]")
             return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
                     "latency_ms_predicted": chosen["latency_ms_predicted"],
@@ -787,7 +808,7 @@ class Run:
         exp = read_json(sdir / "export.json")
         if exp.get("meets_budget") is None:
             raise ConfigError("latency.device is another machine, so nothing can be timed "
-                              "here: time the student's model/student.onnx on the target "
+                              "here: time the student's model/model.onnx on the target "
                               "with `lana profile`")
         path = sdir / "verify.json"
         record = read_json(path) if path.exists() else {"sessions": []}

@@ -94,3 +94,27 @@ def test_zero_sessions_judges_what_is_stored(run_copy, monkeypatch) -> None:
     res = Run(run_dir, config_from_dict(cfg)).verify(sessions=0)
     assert calls == [] and res["sessions"] == []
     assert res["pooled"]["latency_ms"] == 0.65 and res["meets_budget"]
+
+
+def test_teacher_onnx_is_exported_beside_the_students_and_gives_its_outputs(run_copy) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    run_dir, _ = run_copy
+    path = run_dir / "teacher" / "model.onnx"
+    assert path.exists() and (run_dir / "teacher" / "model.onnx.sha256").exists()
+    run = Run(run_dir)
+    x = torch.randn(1, *run.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = run.teacher(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    # written once per run; a missing file is written again by the next export
+    mtime = path.stat().st_mtime_ns
+    assert run.teacher_onnx() == path and path.stat().st_mtime_ns == mtime
+    path.unlink()
+    Run(run_dir).export()
+    assert path.exists()
+
