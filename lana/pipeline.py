@@ -14,7 +14,7 @@ Layout of a run directory ``DIR``::
                                 no cheaper than the teacher's own layer are left out
     students/<budget>/          search.json, finetune.json, weights, the exported student
                                 (model/: arch.json, weights.safetensors, model.onnx) and
-                                verify.json (``lana verify``)
+                                verify.json (``lana verify``, also its ``independent`` windows)
     teacher/model.onnx          the teacher exported as the students are (export), so anyone
                                 can time teacher and student side by side with their own tools
     summary.json                teacher vs students
@@ -31,6 +31,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from lana.config import BudgetConfig, Config, DistillConfig, config_from_dict, l
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
+from lana.independent import TEACHER_ONNX, independent_summary
 from lana.io import (
     file_digest,
     load_state_dict,
@@ -56,8 +58,6 @@ from lana.progress import log
 from lana.usercode import code_digest
 
 SUMMARY_FORMAT = "lana-summary/1"
-#: The teacher's ONNX export, relative to the run directory (:meth:`Run.teacher_onnx`).
-TEACHER_ONNX = "teacher/model.onnx"
 
 
 def budget_tag(budget: BudgetConfig) -> str:
@@ -800,18 +800,10 @@ class Run:
 
         budget = budget or self.config.search.budget
         sdir = self.student_dir(budget)
-        if not (sdir / "export.json").exists():
-            raise ArtifactError(f"{sdir / 'export.json'} does not exist: export the student "
-                                f"first (`lana export {self.dir}"
-                                + (f" --speedup {budget.speedup:g}`)" if budget.speedup
-                                   else f" --latency-ms {budget.latency_ms:g}`)"))
-        exp = read_json(sdir / "export.json")
-        if exp.get("meets_budget") is None:
-            raise ConfigError("latency.device is another machine, so nothing can be timed "
-                              "here: time the student's model/model.onnx on the target "
-                              "with `lana profile`")
+        exp = self._exported(budget)
         path = sdir / "verify.json"
-        record = read_json(path) if path.exists() else {"sessions": []}
+        record = read_json(path) if path.exists() else {}
+        record.setdefault("sessions", [])  # a file with only independent windows has none
         # The exported architecture, as exported: a search whose settings changed since
         # is not re-run here.
         student = self._finetuned_student(budget, {"choices": exp["choices"]})
@@ -836,6 +828,37 @@ class Run:
         return {**record, "budget": budget.model_dump(exclude_none=True),
                 "budget_ms": target, "export_timings": exported,
                 "pooled": pooled, "meets_budget": pooled["fraction"] <= 1 + 1e-9}
+
+    def _exported(self, budget: BudgetConfig) -> dict:
+        """The student's ``export.json``, for a verification; ArtifactError when it is not
+        exported, ConfigError when its latency belongs to another machine."""
+        path = self.student_dir(budget) / "export.json"
+        if not path.exists():
+            raise ArtifactError(f"{path} does not exist: export the student "
+                                f"first (`lana export {self.dir}"
+                                + (f" --speedup {budget.speedup:g}`)" if budget.speedup
+                                   else f" --latency-ms {budget.latency_ms:g}`)"))
+        exp = read_json(path)
+        if exp.get("meets_budget") is None:
+            raise ConfigError("latency.device is another machine, so nothing can be timed "
+                              "here: time the student's model/model.onnx on the target "
+                              "with `lana profile`")
+        return exp
+
+    def verify_independent(self, budget: BudgetConfig | None = None, windows: int = 3,
+                           gap_s: float = 300.0,
+                           on_window: Callable[[int, dict], None] | None = None) -> dict:
+        """Check the budget the way a user with their own timer would: ``teacher/model.onnx``
+        and the student's ``model/model.onnx`` timed with plain ONNX Runtime, interleaved in
+        rounds, each of ``windows`` timing windows in a fresh process, windows at least
+        ``gap_s`` seconds apart; none of lana's measuring code runs there. ONNX Runtime CPU
+        backends only. Windows are stored under ``independent`` in
+        ``students/<budget>/verify.json`` and summarised in ``summary.json``
+        (``independent_verify``); ``on_window(n, record)`` is called after each. Returns the
+        windows and their distribution (:func:`lana.independent.verify_independent`)."""
+        from lana.independent import verify_independent
+
+        return verify_independent(self, budget, windows, gap_s, on_window)
 
     def all(self, budget: BudgetConfig | None = None) -> dict:
         """Every stage in order, skipping what the directory already holds.
@@ -876,7 +899,8 @@ class Run:
                              "timings_ms": exp.get("timings_ms"),
                              "accuracy": exp["accuracy"],
                              "accuracy_before_finetune": exp["accuracy_before_finetune"],
-                             "choices": exp["choices"], "path": str(sdir / "model")})
+                             "choices": exp["choices"], "path": str(sdir / "model"),
+                             "independent_verify": independent_summary(self.dir, sdir)})
             search_info = {"solve_seconds": srch["solve_seconds"],
                            "log10_space_size": srch["log10_space_size"], "k": srch["k"]}
         settings = lat["settings"]
