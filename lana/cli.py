@@ -133,7 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--sessions", type=int, default=3,
                    help="timing sessions to add (default 3); earlier ones are kept")
     v.add_argument("--gap", type=float, default=300.0, metavar="S",
-                   help="seconds at least between sessions (default 300)")
+                   help="seconds at least between sessions or windows (default 300)")
+    v.add_argument("--independent", action="store_true",
+                   help="time DIR/teacher/model.onnx and the student's model.onnx with "
+                   "plain ONNX Runtime, each window in a fresh process (no lana timing "
+                   "code); exit 1 if the median speed-up over windows misses the budget")
+    v.add_argument("--windows", type=int, default=None,
+                   help="with --independent: timing windows to add (default 3)")
     _run_dir_args(v)
 
     w = sub.add_parser("sweep", help="Pareto front of a library: the ILP at evenly spaced "
@@ -317,6 +323,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         run = Run(Path(args.dir), config)
         budget = _budget(args)
         if args.cmd == "verify":
+            if args.independent:
+                return _verify_independent(run, budget, args.windows, args.gap)
+            if args.windows is not None:
+                raise ConfigError("--windows goes with --independent; lana's own timing "
+                                  "takes --sessions")
             return _verify(run, budget, args.sessions, args.gap)
         stage = getattr(run, args.cmd)
         if args.cmd == "distill":
@@ -377,6 +388,23 @@ def _verify(run, budget, sessions: int, gap: float) -> int:
         f"verify: session {n + 1}/{sessions}: teacher {t['teacher']:.4g} ms, student "
         f"{t['student']:.4g} ms ({t['teacher'] / t['student']:.2f}x)"))
     print_verify(res)
+    return 0 if res["meets_budget"] else 1
+
+
+def _verify_independent(run, budget, windows: int | None, gap: float) -> int:
+    from lana import dist
+    from lana.progress import log
+    from lana.report import print_independent
+
+    windows = 3 if windows is None else windows
+    if windows < 0 or gap < 0:
+        raise ConfigError("--windows and --gap must be >= 0")
+    if dist.world() > 1:
+        raise ConfigError("lana verify times on one process; run it without torchrun")
+    res = run.verify_independent(budget, windows, gap, on_window=lambda n, w: log(
+        f"verify --independent: window {n + 1}/{windows} (pid {w['pid']}): teacher "
+        f"{w['teacher_ms']:.4g} ms, student {w['student_ms']:.4g} ms ({w['speedup']:.2f}x)"))
+    print_independent(res)
     return 0 if res["meets_budget"] else 1
 
 

@@ -12,7 +12,11 @@ Layout of a run directory ``DIR``::
     scores.json                 phase 2a: replace-one scores
     library.json                scores + costs per layer and op (input of the search); ops
                                 no cheaper than the teacher's own layer are left out
-    students/<budget>/          search.json, finetune.json, weights, and the exported student
+    students/<budget>/          search.json, finetune.json, weights, the exported student
+                                (model/: arch.json, weights.safetensors, model.onnx) and
+                                verify.json (``lana verify``, also its ``independent`` windows)
+    teacher/model.onnx          the teacher exported as the students are (export), so anyone
+                                can time teacher and student side by side with their own tools
     summary.json                teacher vs students
 
 A stage whose output exists is skipped, so an interrupted ``lana run`` resumes, and a new
@@ -27,6 +31,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from lana.config import BudgetConfig, Config, DistillConfig, config_from_dict, l
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
+from lana.independent import TEACHER_ONNX, independent_summary
 from lana.io import (
     file_digest,
     load_state_dict,
@@ -702,8 +708,23 @@ class Run:
         res = self._stage(f"export_{budget_tag(budget)}",
                           self.student_dir(budget) / "export.json",
                           {"finetune": ft.get("inputs")}, lambda: self._export(budget, ft))
+        # Outside the cached stage: a run exported before the teacher's file existed, or
+        # one whose file was deleted, gets it on the next `lana export`.
+        self.teacher_onnx()
         self.write_summary()
         return res
+
+    def teacher_onnx(self) -> Path:
+        """``teacher/model.onnx``: the teacher exported exactly as the students'
+        ``model/model.onnx`` (:func:`lana.student.onnx_bytes`), written once per run,
+        atomically, and again only when missing. Returns its path."""
+        from lana.io import atomic_write_bytes
+        from lana.student import onnx_bytes
+
+        path = self.dir / TEACHER_ONNX
+        if not path.exists() and D.is_main():
+            atomic_write_bytes(path, onnx_bytes(self.teacher, self.input_shape))
+        return path
 
     def _export(self, budget: BudgetConfig, ft: dict) -> dict:
         from lana.profile import measure_models
@@ -721,10 +742,10 @@ class Run:
         D.maybe_kill("export", "saved")  # crash-safety tests: files written, not verified
         target = self.budget_ms(budget)
         if self.profile().get("remote"):
-            # The target is another machine: time model/student.onnx there with
+            # The target is another machine: time model/model.onnx there with
             # `lana profile`; here only the prediction is known.
             log("[yellow]export: latency.device is another machine; the student's latency "
-                "is predicted, not measured (measure model/student.onnx on the "
+                "is predicted, not measured (measure model/model.onnx on the "
                 "target)[/yellow]")
             return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target,
                     "latency_ms_predicted": chosen["latency_ms_predicted"],
@@ -780,18 +801,10 @@ class Run:
 
         budget = budget or self.config.search.budget
         sdir = self.student_dir(budget)
-        if not (sdir / "export.json").exists():
-            raise ArtifactError(f"{sdir / 'export.json'} does not exist: export the student "
-                                f"first (`lana export {self.dir}"
-                                + (f" --speedup {budget.speedup:g}`)" if budget.speedup
-                                   else f" --latency-ms {budget.latency_ms:g}`)"))
-        exp = read_json(sdir / "export.json")
-        if exp.get("meets_budget") is None:
-            raise ConfigError("latency.device is another machine, so nothing can be timed "
-                              "here: time the student's model/student.onnx on the target "
-                              "with `lana profile`")
+        exp = self._exported(budget)
         path = sdir / "verify.json"
-        record = read_json(path) if path.exists() else {"sessions": []}
+        record = read_json(path) if path.exists() else {}
+        record.setdefault("sessions", [])  # a file with only independent windows has none
         # The exported architecture, as exported: a search whose settings changed since
         # is not re-run here.
         student = self._finetuned_student(budget, {"choices": exp["choices"]})
@@ -816,6 +829,37 @@ class Run:
         return {**record, "budget": budget.model_dump(exclude_none=True),
                 "budget_ms": target, "export_timings": exported,
                 "pooled": pooled, "meets_budget": pooled["fraction"] <= 1 + 1e-9}
+
+    def _exported(self, budget: BudgetConfig) -> dict:
+        """The student's ``export.json``, for a verification; ArtifactError when it is not
+        exported, ConfigError when its latency belongs to another machine."""
+        path = self.student_dir(budget) / "export.json"
+        if not path.exists():
+            raise ArtifactError(f"{path} does not exist: export the student "
+                                f"first (`lana export {self.dir}"
+                                + (f" --speedup {budget.speedup:g}`)" if budget.speedup
+                                   else f" --latency-ms {budget.latency_ms:g}`)"))
+        exp = read_json(path)
+        if exp.get("meets_budget") is None:
+            raise ConfigError("latency.device is another machine, so nothing can be timed "
+                              "here: time the student's model/model.onnx on the target "
+                              "with `lana profile`")
+        return exp
+
+    def verify_independent(self, budget: BudgetConfig | None = None, windows: int = 3,
+                           gap_s: float = 300.0,
+                           on_window: Callable[[int, dict], None] | None = None) -> dict:
+        """Check the budget the way a user with their own timer would: ``teacher/model.onnx``
+        and the student's ``model/model.onnx`` timed with plain ONNX Runtime, interleaved in
+        rounds, each of ``windows`` timing windows in a fresh process, windows at least
+        ``gap_s`` seconds apart; none of lana's measuring code runs there. ONNX Runtime CPU
+        backends only. Windows are stored under ``independent`` in
+        ``students/<budget>/verify.json`` and summarised in ``summary.json``
+        (``independent_verify``); ``on_window(n, record)`` is called after each. Returns the
+        windows and their distribution (:func:`lana.independent.verify_independent`)."""
+        from lana.independent import verify_independent
+
+        return verify_independent(self, budget, windows, gap_s, on_window)
 
     def all(self, budget: BudgetConfig | None = None) -> dict:
         """Every stage in order, skipping what the directory already holds.
@@ -856,7 +900,8 @@ class Run:
                              "timings_ms": exp.get("timings_ms"),
                              "accuracy": exp["accuracy"],
                              "accuracy_before_finetune": exp["accuracy_before_finetune"],
-                             "choices": exp["choices"], "path": str(sdir / "model")})
+                             "choices": exp["choices"], "path": str(sdir / "model"),
+                             "independent_verify": independent_summary(self.dir, sdir)})
             search_info = {"solve_seconds": srch["solve_seconds"],
                            "log10_space_size": srch["log10_space_size"], "k": srch["k"]}
         settings = lat["settings"]

@@ -49,6 +49,9 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         changed = sum(1 for c in s["choices"] if c != "teacher")
         console.print(f"  {s['path']}: {changed}/{len(s['choices'])} layers replaced: "
                       + " ".join(s["choices"]))
+        if s.get("independent_verify"):
+            console.print("    timed independently (`lana verify --independent`): "
+                          + independent_line(s["independent_verify"]))
 
 
 def _num(value: float | None) -> str:
@@ -240,3 +243,45 @@ def print_verify(res: dict, console: Console | None = None) -> None:
     console.print(f"median of {len(rows)} timings: student {p['latency_ms']:.4g} ms, "
                   f"{p['speedup']:.2f}x the teacher, {p['fraction']:.0%} of the budget: "
                   f"{verdict}")
+
+
+def _budget_label(budget: dict) -> str:
+    return f"{budget['speedup']:g}x" if "speedup" in budget else f"{budget['latency_ms']:g} ms"
+
+
+def independent_line(s: dict) -> str:
+    """One sentence on an ``independent_verify`` summary (:func:`lana.independent.summarize`):
+    the speed-up's median and range over windows and how many met the budget."""
+    verdict = "within budget" if s["meets_budget"] else "OVER budget"
+    return (f"speed-up over {s['window_count']} window(s): median "
+            f"{s['speedup_median']:.2f}x (min {s['speedup_min']:.2f}x, max "
+            f"{s['speedup_max']:.2f}x), student {s['student_ms_median']:.4g} ms; the "
+            f"{_budget_label(s['budget'])} budget holds in {s['windows_held']} of "
+            f"{s['window_count']} window(s); median: {verdict}")
+
+
+def print_independent(res: dict, console: Console | None = None) -> None:
+    """The windows of :meth:`lana.pipeline.Run.verify_independent`, one row each (its fresh
+    process's pid, median ms over rounds, the range of the rounds' speed-ups, whether the
+    budget holds), then the distribution over windows and the verdict on its median."""
+    import time
+
+    console = console or _out
+    key = res["key"]
+    # A speed-up budget is judged on each window's own ratio, never on export's ms target.
+    t = Table(title=f"lana verify --independent: student at {_budget_label(res['budget'])}; "
+              f"plain ONNX Runtime, a fresh process per window, batch {key['batch_size']}, "
+              f"{key['threads']} thread(s)")
+    for col in ("window", "pid", "rounds", "teacher ms", "student ms", "speed-up",
+                "rounds' range", "holds"):
+        t.add_column(col, justify="right" if col != "window" else "left")
+    for w, ok in zip(res["windows"], res["holds"], strict=True):
+        ratios = [a / b for a, b in w["rounds"]]
+        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["at"])), str(w["pid"]),
+                  f"{len(w['rounds'])} x {w['runs_per_round']}", f"{w['teacher_ms']:.4g}",
+                  f"{w['student_ms']:.4g}", f"{w['speedup']:.2f}x",
+                  f"{min(ratios):.2f}-{max(ratios):.2f}x", "yes" if ok else "[red]no[/red]")
+    console.print(t)
+    line = independent_line(res).replace("OVER budget", "[red]OVER budget[/red]")
+    console.print(line.replace("median: within budget", "median: [green]within budget[/green]"))
+    console.print(f"  files: {res['teacher_onnx']} and {res['student_onnx']}", soft_wrap=True)

@@ -7,7 +7,8 @@ model weights) and writes ``run_dir/report/``:
     report.md       the same content; plots as the PNG files next to it
     *.png           the plots
 
-Sections: teacher vs students; accuracy vs measured latency; the budget sweep (Pareto
+Sections: teacher vs students; the students timed independently (``lana verify
+--independent``); accuracy vs measured latency; the budget sweep (Pareto
 front of the ILP); per-layer teacher op vs chosen op with their latencies; predicted vs
 measured latency; additive score vs held-out loss (Kendall tau); phase timings. A section
 whose stage has not run yet is replaced by a note saying which command produces it, so a
@@ -276,6 +277,54 @@ def _overview(run: RunFiles) -> Section:
     if not tags:
         sec.notes.append(f"No student yet: run `lana search {run.dir}` (or `lana run`).")
     return sec
+
+
+def _independent(run: RunFiles) -> Section:
+    from lana.independent import TEACHER_ONNX, independent_summary
+
+    sec = Section("independent", "Timed independently",
+                  f"`lana verify DIR --independent` times `{TEACHER_ONNX}` and each student's "
+                  "`model/model.onnx` the way a user would: plain ONNX Runtime sessions, "
+                  "interleaved rounds timed with time.perf_counter, each window in a fresh "
+                  "process (its pid below) and none of lana's measuring code. Per window: "
+                  "medians over its rounds; the range is that of the rounds' speed-ups.",
+                  nav="Independent timing")
+    rows = []
+    for tag in run.budgets():
+        exp = run.student(tag, "export.json")
+        if not exp or exp.get("meets_budget") is None:
+            continue  # not exported, or timed on another machine: nothing to check here
+        summary = independent_summary(run.dir, run.dir / "students" / tag)
+        if summary is None:
+            flag = _budget_flag(exp["budget"])
+            sec.notes.append(f"Student {tag} is not timed independently yet: "
+                             f"`lana verify {run.dir} {flag} --independent`.")
+            continue
+        n = summary["window_count"]
+        sec.headline.append(f"**{tag}**: {summary['speedup_median']:.2f}x faster than the "
+                            f"teacher (median of {n} window(s), "
+                            f"{summary['speedup_min']:.2f}-{summary['speedup_max']:.2f}x); "
+                            f"budget held in {summary['windows_held']} of {n}, median "
+                            + ("met." if summary["meets_budget"] else "**missed**."))
+        windows = run.student(tag, "verify.json")["independent"]["windows"]
+        for w, ok in zip(windows, summary["holds"], strict=True):
+            ratios = [a / b for a, b in w["rounds"]]
+            rows.append([tag, time.strftime("%Y-%m-%d %H:%M", time.localtime(w["at"])),
+                         str(w["pid"]), _ms(w["teacher_ms"]), _ms(w["student_ms"]),
+                         f"{w['speedup']:.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x",
+                         "yes" if ok else "NO"])
+    if rows:
+        sec.tables.append(TableData(["student", "window", "pid", "teacher ms", "student ms",
+                                     "speed-up", "rounds' range", "holds"], rows,
+                                    "One row per timing window (local time)."))
+    elif not sec.notes:
+        sec.notes.append("No exported student timed on this machine yet.")
+    return sec
+
+
+def _budget_flag(budget: dict) -> str:
+    return (f"--speedup {budget['speedup']:g}" if budget.get("speedup") is not None
+            else f"--latency-ms {budget['latency_ms']:g}")
 
 
 def _accuracy_latency(run: RunFiles) -> Section:
@@ -621,6 +670,7 @@ def build_sections(run_dir: str | os.PathLike[str], *, sweep_points: int = 20,
     run = RunFiles(run_dir)
     builders: list[tuple[str, str, Callable[[], Section]]] = [
         ("result", "Teacher vs students", lambda: _overview(run)),
+        ("independent", "Timed independently", lambda: _independent(run)),
         ("accuracy-latency", "Accuracy vs measured latency", lambda: _accuracy_latency(run)),
         ("sweep", "Budget sweep", lambda: _sweep(run, sweep_points, baselines)),
         ("layers", "Per-layer choices", lambda: _layers(run)),

@@ -9,6 +9,7 @@ recompute under) and against its checksum.
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,11 @@ def run_status(run_dir: str | Path) -> dict:
             sp = median_speedup(ver["sessions"])
             detail += (f"; `lana verify`: {len(ver['sessions'])} later session(s), median "
                        f"{sp:.2f}x")
+        if v_state == "ok" and (ind := (ver.get("independent") or {}).get("windows")):
+            sp = statistics.median(w["speedup"] for w in ind)
+            detail += (f"; independently timed: {len(ind)} window(s), median {sp:.2f}x "
+                       f"({min(w['speedup'] for w in ind):.2f}-"
+                       f"{max(w['speedup'] for w in ind):.2f}x)")
         add("export", e_state, detail, f"export_{tag}_s", tag)
 
     # What re-running computes: the shared stages, then each budget's (the config's budget

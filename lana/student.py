@@ -2,7 +2,9 @@
 
 A saved student is a folder with ``arch.json`` (teacher model spec, input shape, one op spec
 per layer), ``weights.safetensors`` and ``model.onnx``. :func:`load_student` rebuilds the
-network from the first two; nothing is unpickled.
+network from the first two; nothing is unpickled. :func:`onnx_bytes` is the one ONNX export
+of a whole network, shared with the teacher's ``teacher/model.onnx`` so that both files are
+made the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ def arch_dict(model_name: str, model_kwargs: dict, input_shape: tuple[int, ...],
     }
 
 
+def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> bytes:
+    """``model`` (put in eval mode) exported to ONNX for one image of ``input_shape``
+    (C, H, W): the export of every whole network lana writes, students and teacher alike,
+    so that a user timing them side by side compares like with like."""
+    from lana.latency import export_onnx
+
+    return export_onnx(model.eval(), torch.zeros(1, *input_shape))
+
+
 def save_student(out_dir: str | Path, student: Chain, arch: dict, onnx: bool = True) -> dict:
     """Write ``arch.json``, ``weights.safetensors`` and (optionally) ``model.onnx``."""
     out_dir = Path(out_dir)
@@ -54,10 +65,7 @@ def save_student(out_dir: str | Path, student: Chain, arch: dict, onnx: bool = T
                  metadata={"format": STUDENT_FORMAT})
     files = {"arch": "arch.json", "weights": "weights.safetensors"}
     if onnx:
-        from lana.latency import export_onnx
-
-        example = torch.zeros(1, *arch["input_shape"])
-        atomic_write_bytes(out_dir / "model.onnx", export_onnx(student.eval(), example))
+        atomic_write_bytes(out_dir / "model.onnx", onnx_bytes(student, arch["input_shape"]))
         files["onnx"] = "model.onnx"
     write_json(out_dir / "arch.json", {**arch, "files": files})
     return files

@@ -94,3 +94,117 @@ def test_zero_sessions_judges_what_is_stored(run_copy, monkeypatch) -> None:
     res = Run(run_dir, config_from_dict(cfg)).verify(sessions=0)
     assert calls == [] and res["sessions"] == []
     assert res["pooled"]["latency_ms"] == 0.65 and res["meets_budget"]
+
+
+# ------------------------------------------------------------ the independent mode
+
+
+def test_teacher_onnx_is_exported_beside_the_students_and_gives_its_outputs(run_copy) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    run_dir, _ = run_copy
+    path = run_dir / "teacher" / "model.onnx"
+    assert path.exists() and (run_dir / "teacher" / "model.onnx.sha256").exists()
+    run = Run(run_dir)
+    x = torch.randn(1, *run.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = run.teacher(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    # written once per run; a missing file is written again by the next export
+    mtime = path.stat().st_mtime_ns
+    assert run.teacher_onnx() == path and path.stat().st_mtime_ns == mtime
+    path.unlink()
+    Run(run_dir).export()
+    assert path.exists()
+
+
+def test_independent_verify_times_each_window_in_a_fresh_process(run_copy, monkeypatch,
+                                                                 capsys) -> None:
+    import os
+
+    from lana.independent import independent_summary
+    from lana.report_html import write_report
+    from lana.status import run_status
+
+    run_dir, _ = run_copy
+    # None of lana's measuring code may time anything in this process either.
+    monkeypatch.setattr(lana.profile, "measure_models",
+                        lambda *a, **k: pytest.fail("lana's measuring code ran"))
+    code = main(["verify", str(run_dir), "--independent", "--windows", "2", "--gap", "0"])
+    out = capsys.readouterr().out
+    assert code in (0, 1)  # the verdict depends on this machine's timings
+    assert "lana verify --independent" in out and "window(s)" in out
+    sdir = run_dir / "students" / "speedup1.5"
+    ind = read_json(sdir / "verify.json")["independent"]
+    windows = ind["windows"]
+    assert len(windows) == 2
+    pids = {w["pid"] for w in windows}
+    assert len(pids) == 2 and os.getpid() not in pids
+    for w in windows:
+        # the timing process imported nothing of lana but the timer itself
+        assert set(w["lana_modules"]) <= {"lana", "lana.ort_timer"}
+        assert len(w["rounds"]) == 20 and w["runs_per_round"] >= 3
+        assert w["speedup"] > 0 and w["teacher_ms"] > 0 and w["student_ms"] > 0
+        assert w["holds"] == (w["speedup"] >= 1.5)
+    entry = read_json(run_dir / "summary.json")["students"][0]["independent_verify"]
+    assert entry["window_count"] == 2 and len(entry["holds"]) == 2
+    assert entry["speedup_min"] <= entry["speedup_median"] <= entry["speedup_max"]
+    assert entry == independent_summary(run_dir, sdir)
+    # a rewritten summary keeps it, and lana's own verify keeps the windows
+    assert Run(run_dir).write_summary()["students"][0]["independent_verify"] == entry
+    Run(run_dir).verify(sessions=0)
+    res = Run(run_dir).verify_independent(windows=1, gap_s=0)
+    assert len(res["windows"]) == 3 and len({w["pid"] for w in res["windows"]}) == 3
+    md = write_report(run_dir).with_name("report.md").read_text()
+    assert "## Timed independently" in md and str(windows[0]["pid"]) in md
+    export_row = next(s for s in run_status(run_dir)["stages"] if s["stage"] == "export")
+    assert "independently timed: 3 window(s)" in export_row["detail"]
+    # windows of other ONNX files (a student exported again) no longer count
+    stored = read_json(sdir / "verify.json")
+    stored["independent"]["key"]["student_onnx_sha256"] = "0" * 64
+    write_json(sdir / "verify.json", stored)
+    assert independent_summary(run_dir, sdir) is None
+
+
+def test_independent_verify_refuses_other_backends_and_bad_input(run_copy) -> None:
+    from lana.config import config_from_dict
+    from lana.errors import LanaError
+
+    run_dir, cfg = run_copy
+    assert main(["verify", str(run_dir), "--windows", "2"]) == 2  # needs --independent
+    assert main(["verify", str(run_dir), "--independent", "--windows", "-1"]) == 2
+    cfg["latency"]["batch_size"] = 2  # the ONNX files are exported for batch 1
+    with pytest.raises(LanaError, match="takes batches of 1"):
+        Run(run_dir, config_from_dict(cfg)).verify_independent(windows=1, gap_s=0)
+    cfg["latency"]["batch_size"] = 1
+    cfg["latency"]["backend"] = "torch"
+    with pytest.raises(ConfigError, match=r"supports only the latency backend\(s\) "
+                                          r"onnxruntime; this run measured with 'torch'"):
+        Run(run_dir, config_from_dict(cfg)).verify_independent(windows=1, gap_s=0)
+    assert main(["verify", str(run_dir), "--independent", "--windows", "1"]) == 2
+
+
+def test_budget_verdict_on_given_numbers() -> None:
+    from lana.independent import budget_holds, summarize
+
+    assert budget_holds({"speedup": 2.0}, 0.5, 2.0, 9.9)  # exactly the budget holds
+    assert not budget_holds({"speedup": 2.0}, 0.5, 1.99, 0.1)
+    assert budget_holds({"latency_ms": 1.5}, 1.5, 0.1, 1.5)
+    assert not budget_holds({"latency_ms": 1.5}, 1.5, 9.0, 1.51)
+    windows = [{"teacher_ms": 1.0, "student_ms": 1 / s, "speedup": s}
+               for s in (2.13, 1.9, 2.33)]
+    s = summarize(windows, {"speedup": 2.0}, 0.5)
+    assert (s["speedup_median"], s["speedup_min"], s["speedup_max"]) == (2.13, 1.9, 2.33)
+    assert s["holds"] == [True, False, True] and s["windows_held"] == 2 and s["meets_budget"]
+    s = summarize(windows[1:2], {"speedup": 2.0}, 0.5)
+    assert s["holds"] == [False] and not s["meets_budget"]
+    # a millisecond budget is judged on the student's ms, whatever the speed-up
+    s = summarize(windows, {"latency_ms": 0.45}, 0.45)  # student 0.469, 0.526, 0.429 ms
+    assert s["holds"] == [False, False, True] and not s["meets_budget"]
+    assert s["student_ms_median"] == pytest.approx(1 / 2.13)
+    with pytest.raises(ConfigError, match="no independent timing windows"):
+        summarize([], {"speedup": 2.0}, 0.5)
