@@ -4,10 +4,12 @@ import torch. Each check runs in a fresh interpreter, where import order is unde
 
 from __future__ import annotations
 
+import json
 import pkgutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -68,4 +70,34 @@ def test_decompose_is_callable_again_after_its_module_is_imported() -> None:
         again = lana.decompose(model, x)
         assert isinstance(first, Chain) and isinstance(again, Chain)
         assert len(again.layers) == len(first.layers)
+    """)
+
+
+def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
+    # `lana search DIR/library.json` on a run-like directory: the ILP, then a baseline.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    layers = [{"name": f"blocks.{i}", "ops": [
+        {"spec": "teacher", "score": 0.0, "cost": {"latency_ms": 2.0, "params": 100.0}},
+        {"spec": "ir_k3_e3", "score": 0.1 * (i + 1), "cost": {"latency_ms": 1.0,
+                                                              "params": 60.0}},
+        {"spec": "identity", "score": 0.5 * (i + 1), "cost": {"latency_ms": 0.0,
+                                                              "params": 0.0}},
+    ]} for i in range(4)]
+    (run_dir / "library.json").write_text(json.dumps({"layers": layers}))
+    out = tmp_path / "result.json"
+    _python(f"""
+        import contextlib, io, json, sys
+
+        from lana.cli import main
+
+        lib = {str(run_dir / "library.json")!r}
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["search", lib, "--budget", "latency_ms<=5", "--k", "2",
+                         "--json", {str(out)!r}]) == 0
+            chosen = json.load(open({str(out)!r}))["solutions"][0]
+            assert chosen["cost"]["latency_ms"] <= 5, chosen
+            assert main(["search", lib, "--budget", "latency_ms<=5", "--baseline",
+                         "greedy", "--time-limit", "0.1"]) == 0
+        assert "torch" not in sys.modules, "torch was imported"
     """)
