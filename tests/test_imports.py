@@ -73,6 +73,44 @@ def test_decompose_is_callable_again_after_its_module_is_imported() -> None:
     """)
 
 
+def test_config_validation_imports_no_torch(tmp_path: Path) -> None:
+    # Every check that used to reach into torch-importing modules: candidate specs, extra
+    # budgets and extra latency columns (issue 35); and `lana config` itself.
+    (tmp_path / "run.yaml").write_text(textwrap.dedent("""
+        space:
+          ops: [teacher, identity, "ir_k{3,5}_e{1,3}{,_se}", rb_w0.5_g2, rep_k3_a]
+        latency:
+          extra: [torch, onnxruntime@b8]
+        search:
+          extra_budgets: ["params<=2e6", "latency_ms@torch<=5"]
+    """))
+    _python(f"""
+        import contextlib, io, sys
+
+        from lana.cli import main
+        from lana.config import extra_columns, load_config
+        from lana.errors import BackendUnavailableError, ConfigError
+
+        cfg = load_config({str(tmp_path / "run.yaml")!r})
+        assert list(extra_columns(cfg.latency)) == ["latency_ms@torch",
+                                                    "latency_ms@onnxruntime@b8"]
+        for bad, error in [("space:\\n  ops: [teacher, ir_k4]\\n", ConfigError),
+                           ("latency:\\n  extra: [nosuch]\\n", BackendUnavailableError),
+                           ("search:\\n  extra_budgets: ['params<2e6']\\n", ConfigError)]:
+            path = {str(tmp_path / "bad.yaml")!r}
+            open(path, "w").write(bad)
+            try:
+                load_config(path)
+            except error:
+                pass
+            else:
+                raise AssertionError(bad)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["config"]) == 0 and main(["config", "--reference"]) == 0
+        assert "torch" not in sys.modules, "torch was imported"
+    """)
+
+
 def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
     # `lana search DIR/library.json` on a run-like directory: the ILP, then a baseline.
     run_dir = tmp_path / "run"
@@ -101,3 +139,27 @@ def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
                          "greedy", "--time-limit", "0.1"]) == 0
         assert "torch" not in sys.modules, "torch was imported"
     """)
+
+
+def test_builtin_backend_names_match_the_registry() -> None:
+    # Config validation checks backend names against BUILTIN_BACKENDS until lana.backends
+    # is loaded; a fresh registry must hold exactly those names.
+    _python("""
+        from lana.backends import BACKENDS
+        from lana.config import BUILTIN_BACKENDS
+
+        assert sorted(BACKENDS) == sorted(BUILTIN_BACKENDS), (BACKENDS, BUILTIN_BACKENDS)
+    """)
+
+
+def test_registered_ops_and_backends_pass_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ops and backends users register (which loads torch) are known to config validation.
+    from lana.backends import BACKENDS, TorchBackend
+    from lana.config import config_from_dict
+    from lana.space import OP_TYPES, OpType, Param
+
+    monkeypatch.setitem(BACKENDS, "my-backend", TorchBackend)
+    monkeypatch.setitem(OP_TYPES, "zz", OpType("zz", None, (Param("k", int, 3, (3, 5)),)))
+    cfg = config_from_dict({"space": {"ops": ["teacher", "zz_k{3,5}"]},
+                            "latency": {"extra": ["my-backend"]}})
+    assert cfg.latency.extra == ["my-backend"]
