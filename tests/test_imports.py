@@ -108,6 +108,7 @@ def test_config_validation_imports_no_torch(tmp_path: Path) -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["config"]) == 0 and main(["config", "--reference"]) == 0
         assert "torch" not in sys.modules, "torch was imported"
+        assert "scipy" not in sys.modules, "scipy was imported"  # the solver: not needed
     """)
 
 
