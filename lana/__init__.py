@@ -13,6 +13,8 @@ Public API::
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -37,12 +39,38 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    """Resolve a public name of ``_LAZY`` at first use and keep it (later uses are plain
+    attribute lookups)."""
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # Written to the namespace directly: _Package.__setattr__ is for the import system.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'lana' has no attribute {name!r}")
 
+
+class _Package(types.ModuleType):
+    """The ``lana`` package object, which keeps public callables from being shadowed.
+
+    Importing a submodule binds it on its package (``lana.decompose`` becomes the module
+    ``lana/decompose.py``) the first time it loads, wherever that import happens. Where a
+    public name of ``_LAZY`` is also a submodule's name, that would replace the function
+    the README calls, ``lana.decompose(model, x)``, with the module: a "'module' object is
+    not callable" error that depends on import order. The binding is skipped instead, so
+    the name still resolves through ``__getattr__``. The submodule itself stays reachable
+    with ``from lana.decompose import ...``, ``importlib.import_module`` or ``sys.modules``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (name in _LAZY and isinstance(value, types.ModuleType)
+                and value.__name__ == f"{__name__}.{name}"):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["AccelerateResult", "Chain", "Config", "LanaError", "Run", "accelerate", "decompose",
            "load_config", "load_student", "run", "run_status", "__version__"]

@@ -644,7 +644,8 @@ class TensorRtBackend(_ExportsOnnx):
 
 
 #: Registry of latency backends: name -> zero-argument factory returning a Backend.
-#: Other modules may register more.
+#: Other modules may register more. Its built-in names are also listed, without torch, in
+#: lana.config.BUILTIN_BACKENDS (config validation checks names against them).
 BACKENDS: dict[str, Callable[[], Backend]] = {
     "torch": TorchBackend,
     "onnxruntime": OnnxRuntimeBackend,
@@ -665,7 +666,5 @@ def get_backend(name: str) -> Backend:
     try:
         factory = BACKENDS[name]
     except (KeyError, TypeError):
-        raise BackendUnavailableError(
-            f"unknown latency backend {name!r}; known backends: "
-            f"{', '.join(sorted(BACKENDS))}") from None
+        raise BackendUnavailableError.unknown(name, BACKENDS) from None
     return factory()

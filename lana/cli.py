@@ -215,26 +215,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    # The standalone search and sweep need neither torch nor a run directory.
-    if args.cmd == "report":
-        from lana.report_html import write_report
-
-        print(f"report: {write_report(args.dir, args.out, sweep_points=args.points)}")
-        return 0
-    if args.cmd == "sweep":
-        return _sweep(args)
-    if args.cmd == "status":
-        import json
-
-        from lana.report import print_status
-        from lana.status import run_status
-
-        status = run_status(args.dir)
-        if args.json:
-            print(json.dumps(status, indent=2))
-        else:
-            print_status(status)
-        return 0
+    # Commands that need no torch (a library search, the config, reports of finished runs)
+    # never import the pipeline: importing torch alone takes seconds, such a command less.
+    light = {"report": _report, "sweep": _sweep, "status": _status, "config": _config}
+    if args.cmd in light:
+        return light[args.cmd](args)
     if args.cmd == "search":
         if _is_library(Path(args.dir)):
             return _library_search(args)
@@ -246,7 +231,6 @@ def _dispatch(args: argparse.Namespace) -> int:
                 f"{', '.join(used)} apply to a library JSON file, but {args.dir} is "
                 "not one; for a run directory give the budget as --speedup or --latency-ms"
             )
-
     if args.cmd == "profile":
         from lana.profile import is_bundle
 
@@ -259,25 +243,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(f"{', '.join(used)} apply to a candidate bundle, but {args.dir} "
                               "is not one (no manifest.json); for a run directory set them "
                               "in the latency section of its config")
-
-    from lana import dist
-    from lana.pipeline import Run
-
     if args.cmd == "export-candidates":
-        from lana.profile import export_bundle
-
-        run = Run(Path(args.dir))
-        cfg = run.config
-        m = export_bundle(run.chain, run.candidates, run._build, cfg.latency.batch_size,
-                          run.input_shape, args.out,
-                          {"model": cfg.model.name, "run": str(Path(args.dir).resolve()),
-                           "latency": cfg.latency.model_dump(include={"backend", "threads",
-                                                                      "normalize"})})
-        print(f"wrote {len(m['entries'])} ONNX models and {Path(args.out) / 'manifest.json'}"
-              f"; on the target: lana profile {args.out} --out lut.json (backend "
-              f"{cfg.latency.backend}, {cfg.latency.threads} thread(s), normalize "
-              f"{str(cfg.latency.normalize).lower()}, as this run; --backend etc. to change)")
-        return 0
+        return _export_candidates(args)
     if args.cmd == "list-models":
         from lana.report import print_families, print_model_space
 
@@ -286,16 +253,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print_families()
         return 0
-    if args.cmd == "config":
-        from lana.config import Config
-
-        if args.reference:
-            from lana.config_doc import config_reference
-
-            print(config_reference(), end="")
-            return 0
-        print(Config().to_yaml(), end="")
-        return 0
     if args.cmd == "demo":
         from lana.demo import demo
 
@@ -303,16 +260,81 @@ def _dispatch(args: argparse.Namespace) -> int:
             demo(args.out, _budget(args), device=args.device)
         return 0
     if args.cmd == "run":
-        from lana.config import load_config
-        from lana.report import print_summary
+        return _run(args)
+    return _stage(args)
 
-        config = _with_device(load_config(args.config), args.device)
-        with _dir_lock(Path(args.out), args.recompute_corrupt, create=True):
-            summary = Run(args.out, config).all(_budget(args))
-        if dist.is_main():
-            print_summary(summary)
-            _print_report(args.out)
+
+def _report(args: argparse.Namespace) -> int:
+    from lana.report_html import write_report
+
+    print(f"report: {write_report(args.dir, args.out, sweep_points=args.points)}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from lana.report import print_status
+    from lana.status import run_status
+
+    status = run_status(args.dir)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print_status(status)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from lana.config import Config
+
+    if args.reference:
+        from lana.config_doc import config_reference
+
+        print(config_reference(), end="")
         return 0
+    print(Config().to_yaml(), end="")
+    return 0
+
+
+def _export_candidates(args: argparse.Namespace) -> int:
+    from lana.pipeline import Run
+    from lana.profile import export_bundle
+
+    run = Run(Path(args.dir))
+    cfg = run.config
+    m = export_bundle(run.chain, run.candidates, run._build, cfg.latency.batch_size,
+                      run.input_shape, args.out,
+                      {"model": cfg.model.name, "run": str(Path(args.dir).resolve()),
+                       "latency": cfg.latency.model_dump(include={"backend", "threads",
+                                                                  "normalize"})})
+    print(f"wrote {len(m['entries'])} ONNX models and {Path(args.out) / 'manifest.json'}"
+          f"; on the target: lana profile {args.out} --out lut.json (backend "
+          f"{cfg.latency.backend}, {cfg.latency.threads} thread(s), normalize "
+          f"{str(cfg.latency.normalize).lower()}, as this run; --backend etc. to change)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lana import dist
+    from lana.config import load_config
+    from lana.pipeline import Run
+    from lana.report import print_summary
+
+    config = _with_device(load_config(args.config), args.device)
+    with _dir_lock(Path(args.out), args.recompute_corrupt, create=True):
+        summary = Run(args.out, config).all(_budget(args))
+    if dist.is_main():
+        print_summary(summary)
+        _print_report(args.out)
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    """One stage (or ``verify``) on an existing run directory."""
+    from lana import dist
+    from lana.pipeline import Run
+
     with _dir_lock(Path(args.dir), args.recompute_corrupt):
         config = None
         if args.device is not None:
@@ -350,7 +372,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print_search(result)
     return 0
-
 
 @contextlib.contextmanager
 def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False

@@ -6,13 +6,14 @@ ignored). ``load_config`` turns pydantic's errors into one readable message.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lana.errors import ConfigError
+from lana.errors import BackendUnavailableError, ConfigError
 
 
 class _Section(BaseModel):
@@ -308,19 +309,55 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
-    # Candidate specs are validated here so a typo fails before hours of training.
-    from lana.space import space_specs
+    # Candidate specs are validated here so a typo fails before hours of training. This
+    # and the checks below import no torch: validating a YAML takes a fraction of a second.
+    from lana.specs import space_specs
 
     if isinstance(cfg.space.ops, list):
         space_specs(cfg.space.ops)
     # Extra budgets and latency columns too: a typo must fail before the profile stage.
-    from lana.profile import extra_columns
-    from lana.search import Budget
+    from lana.budget import Budget
 
     for text in cfg.search.extra_budgets:
         Budget.parse(text)
     extra_columns(cfg.latency)
     return cfg
+
+
+#: The latency backends lana ships, i.e. the names lana.backends.BACKENDS starts with; listed
+#: here so that checking a name needs no torch.
+BUILTIN_BACKENDS = ("torch", "onnxruntime", "openvino", "torch-compile", "torch-cuda",
+                    "torch-cuda-graphs", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+
+
+def check_backend_name(name: str) -> None:
+    """Raise BackendUnavailableError unless ``name`` is a registered latency backend.
+
+    Backends are registered in ``lana.backends.BACKENDS``, which imports torch. Registering
+    one means importing that module, so while it is not loaded the built-in names are all
+    there are, and a config is checked without loading torch.
+    """
+    backends = sys.modules.get("lana.backends")
+    known = backends.BACKENDS if backends is not None else BUILTIN_BACKENDS
+    if name not in known:
+        raise BackendUnavailableError.unknown(name, known)
+
+
+def extra_columns(cfg: LatencyConfig) -> dict[str, LatencyConfig]:
+    """``latency.extra`` as {column name: latency config}: ``"torch"`` -> column
+    ``latency_ms@torch`` measured with backend torch, ``"onnxruntime@b32"`` -> column
+    ``latency_ms@onnxruntime@b32`` at batch size 32 (other settings as ``cfg``)."""
+    out = {}
+    for entry in cfg.extra:
+        backend, _, batch = entry.partition("@")
+        if batch and not (batch.startswith("b") and batch[1:].isdigit() and int(batch[1:])):
+            raise ConfigError(f"latency.extra entry {entry!r}: write BACKEND or BACKEND@bN "
+                              "(N = batch size), e.g. 'torch' or 'onnxruntime@b32'")
+        check_backend_name(backend)  # an unknown name fails here, listing the known ones
+        out[f"latency_ms@{entry}"] = cfg.model_copy(update={
+            "backend": backend, "batch_size": int(batch[1:]) if batch else cfg.batch_size,
+            "extra": [], "device": None})
+    return out
 
 
 def with_changes(config: Config, source: str, **changes: Any) -> Config:

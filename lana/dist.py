@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from datetime import timedelta
+from types import ModuleType
 
-import torch.distributed as dist
+
+def _torch_distributed() -> ModuleType | None:
+    """``torch.distributed`` when this process has joined a process group, else None.
+
+    Only looked up, never imported: no group can exist before torch.distributed was
+    imported (by :func:`init_from_env` or the caller's own code), and commands that need
+    no torch at all (``lana search LIBRARY``, ``lana config``) run through this module.
+    """
+    td = sys.modules.get("torch.distributed")
+    if td is None or not td.is_available() or not td.is_initialized():
+        return None
+    return td
 
 
 def env_world() -> int:
@@ -33,6 +46,8 @@ def init_from_env() -> tuple[int, int]:
     """
     if env_world() <= 1:
         return 0, 1
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         import torch
 
@@ -106,12 +121,14 @@ def resolve_device(spec: str = "auto"):
 
 def rank() -> int:
     """This process's rank (0 without a process group)."""
-    return dist.get_rank() if dist.is_initialized() else 0
+    td = _torch_distributed()
+    return td.get_rank() if td is not None else 0
 
 
 def world() -> int:
     """The number of processes in the job (1 without a process group)."""
-    return dist.get_world_size() if dist.is_initialized() else 1
+    td = _torch_distributed()
+    return td.get_world_size() if td is not None else 1
 
 
 def is_main() -> bool:
@@ -121,18 +138,20 @@ def is_main() -> bool:
 
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
-    if world() > 1:
-        dist.barrier()
+    td = _torch_distributed()
+    if td is not None and td.get_world_size() > 1:
+        td.barrier()
 
 
 def all_ok(ok: bool) -> bool:
     """True when ``ok`` holds on every rank, so all ranks can stop together on an error."""
-    if world() <= 1:
+    td = _torch_distributed()
+    if td is None or td.get_world_size() <= 1:
         return ok
     import torch
 
     flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
-    dist.all_reduce(flag)  # gloo (CPU tensor) also in a group that has NCCL for GPUs
+    td.all_reduce(flag)  # gloo (CPU tensor) also in a group that has NCCL for GPUs
     return int(flag.item()) == 0
 
 
@@ -140,17 +159,19 @@ def share(value):
     """Rank 0's ``value`` on every rank (``value`` itself without a process group); every
     rank must call it. For small plain values (it pickles them between the job's own
     processes)."""
-    if world() <= 1:
+    td = _torch_distributed()
+    if td is None or td.get_world_size() <= 1:
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    td.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def shutdown() -> None:
     """Leave the process group (at the end of a torchrun command)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    td = _torch_distributed()
+    if td is not None:
+        td.destroy_process_group()
 
 
 # ------------------------------------------------------------------ fault injection (tests)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class LanaError(Exception):
     """Base class of every error lana reports to the user (CLI exit code 2)."""
@@ -31,6 +33,12 @@ class ArtifactError(LanaError):
 
 class BackendUnavailableError(LanaError):
     """A latency backend cannot run on this machine."""
+
+    @classmethod
+    def unknown(cls, name: object, known: Iterable[str]) -> BackendUnavailableError:
+        """The error for a backend ``name`` that is not among the ``known`` ones."""
+        return cls(f"unknown latency backend {name!r}; known backends: "
+                   f"{', '.join(sorted(known))}")
 
 
 class TrainingDivergedError(LanaError):

@@ -40,7 +40,14 @@ from torch import nn
 
 from lana import dist as D
 from lana.backends import deploy_env
-from lana.config import BudgetConfig, Config, DistillConfig, config_from_dict, load_config
+from lana.config import (
+    BudgetConfig,
+    Config,
+    DistillConfig,
+    config_from_dict,
+    extra_columns,
+    load_config,
+)
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
@@ -576,8 +583,6 @@ class Run:
             row[ops.index("teacher")] for row, ops in zip(res["layers"], self.candidates,
                                                           strict=True))
         res["specs"] = self.candidates
-        from lana.profile import extra_columns
-
         res["extra"] = {}
         for column, extra_cfg in extra_columns(cfg).items():
             x = profile_candidates(self.chain, self.candidates, self._build, extra_cfg, lut,

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# extra_columns is re-exported: it lived here before config validation needed it torch-free.
 from lana.config import LatencyConfig
+from lana.config import extra_columns as extra_columns
 from lana.decompose import Chain
 from lana.dist import maybe_kill
 from lana.errors import ArtifactError, ConfigError
@@ -377,23 +379,6 @@ def profile_bundle(bundle: str | Path, backend: str | None = None, threads: int 
     lut.save()
     return {"lut": str(out), "entries": len(manifest["entries"]), "measured": new,
             "settings": settings.to_dict(), "drift": drift}
-
-
-def extra_columns(cfg: LatencyConfig) -> dict[str, LatencyConfig]:
-    """``latency.extra`` as {column name: latency config}: ``"torch"`` -> column
-    ``latency_ms@torch`` measured with backend torch, ``"onnxruntime@b32"`` -> column
-    ``latency_ms@onnxruntime@b32`` at batch size 32 (other settings as ``cfg``)."""
-    out = {}
-    for entry in cfg.extra:
-        backend, _, batch = entry.partition("@")
-        if batch and not (batch.startswith("b") and batch[1:].isdigit() and int(batch[1:])):
-            raise ConfigError(f"latency.extra entry {entry!r}: write BACKEND or BACKEND@bN "
-                              "(N = batch size), e.g. 'torch' or 'onnxruntime@b32'")
-        get_backend(backend)  # an unknown name fails here, listing the known ones
-        out[f"latency_ms@{entry}"] = cfg.model_copy(update={
-            "backend": backend, "batch_size": int(batch[1:]) if batch else cfg.batch_size,
-            "extra": [], "device": None})
-    return out
 
 
 def static_costs(chain: Chain, candidates: list[list[str]], build,

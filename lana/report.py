@@ -5,8 +5,6 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from lana.select import budget_allowed_ms, explain
-
 _out = Console()
 
 
@@ -16,6 +14,10 @@ def _pct(x: float | None) -> str:
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
     """Teacher vs students: accuracy, measured latency, speed-up, budget check."""
+    # Imported here, as in print_search: lana.select brings in lana.config (pydantic),
+    # which `lana search LIBRARY` (print_library_search) does not otherwise need.
+    from lana.select import budget_allowed_ms
+
     console = console or _out
     lat = summary["latency"]
     t = Table(title=f"lana: {summary['teacher']['name']} vs students ({lat['backend']}, "
@@ -60,6 +62,8 @@ def _num(value: float | None) -> str:
 
 def print_search(result: dict, console: Console | None = None) -> None:
     """The K students of the last search attempt, best (chosen) marked."""
+    from lana.select import explain
+
     console = console or _out
     last = result["attempts"][-1]
     t = Table(title=f"lana search: budget {result['budget_ms']:.4g} ms, "

@@ -15,7 +15,6 @@ import itertools
 import math
 import numbers
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import csr_matrix, vstack
 
+from lana.budget import Budget, is_real
 from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
 from lana.io import read_json, write_json
 
@@ -68,15 +68,6 @@ class Layer:
     name: str
     ops: list[Op]
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _is_real(x: Any) -> bool:
-    # Exact-type fast path: validation touches every op of ~10k, and the ABC check is slow.
-    t = type(x)
-    if t is float or t is int:
-        return True
-    # bool is an int subclass, but a score of True is certainly a bug in the producer.
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass
@@ -198,7 +189,7 @@ class Library:
                     raise ConfigError(f"{opath} must be an Op, got {type(op).__name__}")
                 if not isinstance(op.spec, str) or not op.spec:
                     raise ConfigError(f"{opath}.spec must be a non-empty string, got {op.spec!r}")
-                if not _is_real(op.score):
+                if not is_real(op.score):
                     raise ConfigError(
                         f"{opath}.score must be a number, got {type(op.score).__name__}"
                     )
@@ -211,7 +202,7 @@ class Library:
                 for key, value in op.cost.items():
                     if not isinstance(key, str) or not key:
                         raise ConfigError(f"{opath}.cost has a non-string key {key!r}")
-                    if not _is_real(value):
+                    if not is_real(value):
                         raise ConfigError(
                             f"{opath}.cost.{key} must be a number, got {type(value).__name__}"
                         )
@@ -266,63 +257,6 @@ def _nonfinite_word(x: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # Budgets and results
 # ---------------------------------------------------------------------------------------------
-
-# "@" allows column names such as latency_ms@torch or latency_ms@onnxruntime@b32.
-_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-@]*)\s*(<=|>=)\s*(\S+)\s*$")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A bound on a summed cost: ``key <= value`` (e.g. latency) or ``key >= value``."""
-
-    key: str
-    op: str
-    value: float
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.key, str) or not self.key:
-            raise ConfigError(f"budget key must be a non-empty string, got {self.key!r}")
-        if self.op not in ("<=", ">="):
-            raise ConfigError(f"budget operator must be '<=' or '>=', got {self.op!r}")
-        if not _is_real(self.value) or not math.isfinite(self.value):
-            raise ConfigError(f"budget {self.key}{self.op} needs a finite number, got "
-                              f"{self.value!r}")
-        object.__setattr__(self, "value", float(self.value))
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        """Parse ``"latency_ms<=5.0"``, ``"params <= 2e6"`` or ``"flops>=1e6"``."""
-        if isinstance(text, Budget):
-            return text
-        if not isinstance(text, str):
-            raise ConfigError(f"a budget must be text like 'latency_ms<=5.0', got {text!r}")
-        m = _BUDGET_RE.match(text)
-        if m is None:
-            hint = ""
-            if re.search(r"[<>=]", text) and not re.search(r"<=|>=", text):
-                hint = " (only '<=' and '>=' are supported)"
-            raise ConfigError(
-                f"cannot parse budget {text!r}{hint}; write KEY<=VALUE or KEY>=VALUE, "
-                "e.g. 'latency_ms<=5.0' or 'params <= 2e6'"
-            )
-        key, op, num = m.groups()
-        try:
-            value = float(num)
-        except ValueError:
-            raise ConfigError(
-                f"cannot parse budget {text!r}: {num!r} is not a number"
-            ) from None
-        if not math.isfinite(value):
-            raise ConfigError(f"budget {text!r} needs a finite value, got {num!r}")
-        return cls(key=key, op=op, value=value)
-
-    def __str__(self) -> str:
-        return f"{self.key}{self.op}{self.value!r}"
-
-    def satisfied_by(self, total: float) -> bool:
-        """Whether a summed cost meets this budget."""
-        return total <= self.value if self.op == "<=" else total >= self.value
-
 
 @dataclass
 class Solution:
@@ -1273,9 +1207,9 @@ def solve(
     blist = normalize_budgets(library, budgets)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ConfigError(f"k (number of architectures) must be an integer >= 1, got {k!r}")
-    if not _is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
+    if not is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
         raise ConfigError(f"overlap must be a finite number >= 0, got {overlap!r}")
-    if time_limit is not None and (not _is_real(time_limit) or not time_limit > 0):
+    if time_limit is not None and (not is_real(time_limit) or not time_limit > 0):
         raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
     if diverse_node_limit is not None and (
         isinstance(diverse_node_limit, bool)
@@ -1288,7 +1222,7 @@ def solve(
     if (isinstance(diverse_moves, bool) or not isinstance(diverse_moves, numbers.Integral)
             or diverse_moves < 0):
         raise ConfigError(f"diverse_moves must be an integer >= 0, got {diverse_moves!r}")
-    if not _is_real(diverse_gap) or not 0 <= diverse_gap < 1:
+    if not is_real(diverse_gap) or not 0 <= diverse_gap < 1:
         raise ConfigError(f"diverse_gap must be in [0, 1), got {diverse_gap!r}")
     _check_reachable(library, blist)
 

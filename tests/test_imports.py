@@ -1,0 +1,166 @@
+"""Import-time behaviour of the package: public names that share a submodule's name stay
+the public objects, and the torch-free paths (config validation, the library search) never
+import torch. Each check runs in a fresh interpreter, where import order is under control."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import lana
+
+# Public names of the package that are also the names of its submodules (lana.decompose).
+CLASHING = sorted(set(lana.__all__) & {m.name for m in pkgutil.iter_modules(lana.__path__)})
+
+
+def _python(code: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_some_public_name_clashes_with_a_submodule() -> None:
+    # Guards the tests below against checking nothing.
+    assert "decompose" in CLASHING
+
+
+@pytest.mark.parametrize("first", ["attribute", "import", "from-import"])
+def test_public_names_survive_importing_their_submodule(first: str) -> None:
+    # The submodule is loaded before the public name is used, after it, or both ways.
+    _python(f"""
+        import importlib, sys, types
+        import lana
+
+        for name in {CLASHING!r}:
+            module = "lana." + name
+            if {first!r} == "attribute":
+                getattr(lana, name)
+            if {first!r} == "from-import":
+                exec(f"from {{module}} import {{name}}")
+            importlib.import_module(module)
+            exec(f"import {{module}}")
+            value = getattr(lana, name)
+            assert not isinstance(value, types.ModuleType), (name, value)
+            assert value is getattr(sys.modules[value.__module__], name), name
+    """)
+
+
+def test_decompose_is_callable_again_after_its_module_is_imported() -> None:
+    # The README's call, twice, with the submodule imported in between (issue 35).
+    _python("""
+        import torch
+        from torch import nn
+
+        import lana
+
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                              nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+        x = torch.zeros(1, 3, 8, 8)
+        first = lana.decompose(model, x)
+        import lana.decompose
+        from lana.decompose import Chain
+
+        again = lana.decompose(model, x)
+        assert isinstance(first, Chain) and isinstance(again, Chain)
+        assert len(again.layers) == len(first.layers)
+    """)
+
+
+def test_config_validation_imports_no_torch(tmp_path: Path) -> None:
+    # Every check that used to reach into torch-importing modules: candidate specs, extra
+    # budgets and extra latency columns (issue 35); and `lana config` itself.
+    (tmp_path / "run.yaml").write_text(textwrap.dedent("""
+        space:
+          ops: [teacher, identity, "ir_k{3,5}_e{1,3}{,_se}", rb_w0.5_g2, rep_k3_a]
+        latency:
+          extra: [torch, onnxruntime@b8]
+        search:
+          extra_budgets: ["params<=2e6", "latency_ms@torch<=5"]
+    """))
+    _python(f"""
+        import contextlib, io, sys
+
+        from lana.cli import main
+        from lana.config import extra_columns, load_config
+        from lana.errors import BackendUnavailableError, ConfigError
+
+        cfg = load_config({str(tmp_path / "run.yaml")!r})
+        assert list(extra_columns(cfg.latency)) == ["latency_ms@torch",
+                                                    "latency_ms@onnxruntime@b8"]
+        for bad, error in [("space:\\n  ops: [teacher, ir_k4]\\n", ConfigError),
+                           ("latency:\\n  extra: [nosuch]\\n", BackendUnavailableError),
+                           ("search:\\n  extra_budgets: ['params<2e6']\\n", ConfigError)]:
+            path = {str(tmp_path / "bad.yaml")!r}
+            open(path, "w").write(bad)
+            try:
+                load_config(path)
+            except error:
+                pass
+            else:
+                raise AssertionError(bad)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["config"]) == 0 and main(["config", "--reference"]) == 0
+        assert "torch" not in sys.modules, "torch was imported"
+        assert "scipy" not in sys.modules, "scipy was imported"  # the solver: not needed
+    """)
+
+
+def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
+    # `lana search DIR/library.json` on a run-like directory: the ILP, then a baseline.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    layers = [{"name": f"blocks.{i}", "ops": [
+        {"spec": "teacher", "score": 0.0, "cost": {"latency_ms": 2.0, "params": 100.0}},
+        {"spec": "ir_k3_e3", "score": 0.1 * (i + 1), "cost": {"latency_ms": 1.0,
+                                                              "params": 60.0}},
+        {"spec": "identity", "score": 0.5 * (i + 1), "cost": {"latency_ms": 0.0,
+                                                              "params": 0.0}},
+    ]} for i in range(4)]
+    (run_dir / "library.json").write_text(json.dumps({"layers": layers}))
+    out = tmp_path / "result.json"
+    _python(f"""
+        import contextlib, io, json, sys
+
+        from lana.cli import main
+
+        lib = {str(run_dir / "library.json")!r}
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["search", lib, "--budget", "latency_ms<=5", "--k", "2",
+                         "--json", {str(out)!r}]) == 0
+            chosen = json.load(open({str(out)!r}))["solutions"][0]
+            assert chosen["cost"]["latency_ms"] <= 5, chosen
+            assert main(["search", lib, "--budget", "latency_ms<=5", "--baseline",
+                         "greedy", "--time-limit", "0.1"]) == 0
+        assert "torch" not in sys.modules, "torch was imported"
+    """)
+
+
+def test_builtin_backend_names_match_the_registry() -> None:
+    # Config validation checks backend names against BUILTIN_BACKENDS until lana.backends
+    # is loaded; a fresh registry must hold exactly those names.
+    _python("""
+        from lana.backends import BACKENDS
+        from lana.config import BUILTIN_BACKENDS
+
+        assert sorted(BACKENDS) == sorted(BUILTIN_BACKENDS), (BACKENDS, BUILTIN_BACKENDS)
+    """)
+
+
+def test_registered_ops_and_backends_pass_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ops and backends users register (which loads torch) are known to config validation.
+    from lana.backends import BACKENDS, TorchBackend
+    from lana.config import config_from_dict
+    from lana.space import OP_TYPES, OpType, Param
+
+    monkeypatch.setitem(BACKENDS, "my-backend", TorchBackend)
+    monkeypatch.setitem(OP_TYPES, "zz", OpType("zz", None, (Param("k", int, 3, (3, 5)),)))
+    cfg = config_from_dict({"space": {"ops": ["teacher", "zz_k{3,5}"]},
+                            "latency": {"extra": ["my-backend"]}})
+    assert cfg.latency.extra == ["my-backend"]
