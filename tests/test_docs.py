@@ -112,7 +112,10 @@ def _anchors(path: Path) -> set[str]:
     return {_slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+BENCH_PAGES = [ROOT / "benchmarks" / "RESULTS.md", ROOT / "benchmarks" / "HISTORY.md"]
+
+
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.name)
 def test_links_and_anchors_exist(page: Path) -> None:
     text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
