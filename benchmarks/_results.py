@@ -23,12 +23,23 @@ def machine() -> str:
     return f"{cpu}, {n or os.cpu_count()} cores (/proc/cpuinfo), Python {platform.python_version()}"
 
 
+# A section's last line that links its entry in HISTORY.md (earlier runs, by-hand notes).
+HISTORY_LINE = "History: "
+
+
 def replace_section(text: str, heading: str, body: str) -> str:
-    """Replace (or append) the section starting at ``heading``, keeping the others."""
+    """Replace (or append) the section starting at ``heading``, keeping the others.
+
+    A new section goes at the end, so the ``## Headline`` at the top stays first. The old
+    section's ``History: ...`` link to HISTORY.md is kept (appended) unless ``body`` has it."""
     start = text.find(heading)
     if start < 0:
         return text.rstrip() + "\n\n" + body
     end = text.find("\n## ", start + len(heading))
+    old = text[start:] if end < 0 else text[start:end]
+    kept = [ln for ln in old.splitlines() if ln.startswith(HISTORY_LINE) and ln not in body]
+    if kept:
+        body = body.rstrip("\n") + "\n\n" + "\n".join(kept) + "\n"
     if end < 0:
         return text[:start] + body
     # A blank line before the next heading, however the body ends.

@@ -112,7 +112,10 @@ def _anchors(path: Path) -> set[str]:
     return {_slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+BENCH_PAGES = [ROOT / "benchmarks" / "RESULTS.md", ROOT / "benchmarks" / "HISTORY.md"]
+
+
+@pytest.mark.parametrize("page", PAGES + BENCH_PAGES, ids=lambda p: p.name)
 def test_links_and_anchors_exist(page: Path) -> None:
     text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
@@ -372,3 +375,55 @@ def test_readme_blocks_are_all_checked() -> None:
     """Every fenced block of the README is of a kind the tests above exercise."""
     for lang, _, line in _fenced(README):
         assert lang in {"bash", "yaml", "python", "text"}, f"README.md:{line}: ```{lang}"
+
+
+# --- benchmarks/RESULTS.md: the Headline first, every benchmark's section where its script looks
+
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def _results_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_results", ROOT / "benchmarks" / "_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _headings(text: str) -> list[str]:
+    return re.findall(r"^## .+$", text, re.M)
+
+
+def test_results_start_with_the_headline_and_hold_every_script_section() -> None:
+    text = RESULTS_MD.read_text()
+    assert _headings(text)[0] == "## Headline"
+    fixed = set()  # the fixed headings the scripts find their sections by (f-strings aside)
+    for src in (ROOT / "benchmarks").glob("*.py"):
+        fixed.update(re.findall(r'"(## [^"{}]+)"', src.read_text()))
+    assert len(fixed) >= 10
+    for heading in fixed:
+        at = text.find(heading)  # how _results.replace_section finds a section
+        assert at > 0 and text[at - 1] == "\n", f"RESULTS.md: no section {heading!r}"
+
+
+def test_rewriting_a_section_keeps_the_headline_first_and_the_history_link() -> None:
+    replace = _results_module().replace_section
+    text = ("# Benchmark results\n\n## Headline\n\n- a figure; see [A](#a)\n\n## A\n\nold\n\n"
+            "History: earlier runs in [HISTORY.md](HISTORY.md#a).\n\n## B\n\nb\n")
+    new = replace(text, "## A", "## A\n\nnew\n")
+    assert new == text.replace("\nold\n", "\nnew\n")
+    assert replace(new, "## B", "## B\n\nc\n").endswith("\n## B\n\nc\n")
+    own = "## A\n\nnewer\n\nHistory: earlier runs in [HISTORY.md](HISTORY.md#a).\n"
+    assert replace(new, "## A", own).count("History:") == 1
+    appended = replace(new, "## C", "## C\n\nc\n")
+    assert _headings(appended) == ["## Headline", "## A", "## B", "## C"]
+    # every section of the real file rewritten by its script: the Headline stays first, the
+    # section keeps its link to HISTORY.md
+    real = RESULTS_MD.read_text()
+    for heading in _headings(real)[1:]:
+        old = real.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+        new = replace(real, heading, f"{heading}\n\nnew numbers\n")
+        assert _headings(new) == _headings(real), heading
+        section = new.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+        assert ("\nHistory: " in section) == ("\nHistory: " in old), heading

@@ -97,3 +97,18 @@ def test_setup_line_names_the_seeds_each_run_used():
     _, body = table3_summary.render({"effnet": run, "resnest": {**run, "seeds": 2}},
                                     "medium")
     assert "epoch(s), seeds: effnet 1, resnest 2." in body
+
+
+def test_a_new_summary_goes_below_the_headline_of_the_real_results(tmp_path, monkeypatch):
+    real = (Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md").read_text()
+    heading = "## Table 3 summary: all families (full scale, issue 6)"
+    start = real.index(heading)
+    without = real[:start] + real[real.index("\n## ", start) + 1:]
+    results = tmp_path / "RESULTS.md"
+    results.write_text(without)
+    monkeypatch.setattr(table3_summary, "RESULTS", results)
+    table3_summary.write(heading, f"{heading}\n\nz\n", "full")
+    text = results.read_text()
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads[0] == "## Headline"
+    assert heads[heads.index(heading) + 1] == "## Table 3 on Fashion-MNIST: effnet (full scale, issue 6)"
