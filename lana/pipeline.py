@@ -1,28 +1,13 @@
 """The LANA pipeline over a run directory: every stage reads and writes plain files there.
 
-Layout of a run directory ``DIR``::
-
-    config.yaml                 the validated configuration of the run
-    teacher.safetensors         teacher weights; teacher.json: layers, accuracy
-    candidates.json             candidate specs per layer
-    latency.json                phase 2b: ms per candidate, stem, head, teacher end to end
-    costs.json                  params and FLOPs per candidate, stem, head
-    distill/                    phase 1: L###/<spec>.safetensors + index.json
-    lut.json                    the latency LUT (cache keyed by op, shape and settings)
-    scores.json                 phase 2a: replace-one scores
-    library.json                scores + costs per layer and op (input of the search); ops
-                                no cheaper than the teacher's own layer are left out
-    students/<budget>/          search.json, finetune.json, weights, and the exported student
-    summary.json                teacher vs students
-
-A stage whose output exists is skipped, so an interrupted ``lana run`` resumes, and a new
-budget re-runs only the search, fine-tuning and export for that budget.
+The stages, their files and what their keys depend on are declared once in
+:mod:`lana.stages`; docs/run-directory.md describes every file. A stage whose output exists
+is skipped, so an interrupted ``lana run`` resumes, and a new budget re-runs only the
+search, fine-tuning and export for that budget.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -49,6 +34,33 @@ from lana.io import (
 )
 from lana.models import SOURCES, source_digest
 from lana.progress import log
+from lana.stages import (
+    CANDIDATES,
+    CONFIG,
+    COSTS,
+    DISTILL_INDEX,
+    FINETUNE,
+    FINETUNE_CHECKPOINT,
+    FINETUNED_WEIGHTS,
+    KEY_FIELD,
+    LATENCY,
+    LIBRARY,
+    LOCKED_SECTIONS,
+    LUT,
+    MEMORY,
+    SCORES,
+    SEARCH,
+    STAGE,
+    STEPS,
+    SUMMARY,
+    TEACHER,
+    TEACHER_CHECKPOINT,
+    TEACHER_WEIGHTS,
+    TIMINGS,
+    UNKEYED_SETTINGS,
+    key_hash,
+    student_dir,
+)
 from lana.usercode import code_digest
 
 SUMMARY_FORMAT = "lana-summary/1"
@@ -72,10 +84,6 @@ def budget_from_tag(tag: str) -> BudgetConfig | None:
         return BudgetConfig(**{field: float(m.group(2))})
     except ValueError:  # also pydantic's ValidationError: a folder lana did not make
         return None
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Settings added after runs were already cached, with their defaults. At the default they
@@ -121,13 +129,13 @@ def _locked(config: Config, section: str):
 
 def stage_inputs(config: Config, stage: str) -> dict:
     """The settings a stage's result depends on (``profile``, ``score``, ``search`` or
-    ``finetune``); their hash keys the stage's file, so a change recomputes it."""
-    deps = {"profile": ["latency"], "score": ["score"],
-            "search": ["latency", "score", "search"],
-            "finetune": ["latency", "score", "search", "finetune"]}[stage]
-    # How often a stage checkpoints does not change its result.
-    return {name: _settings(getattr(config, name), {"budget", "checkpoint_every"})
-            for name in deps}
+    ``finetune``: the config sections :data:`lana.stages.STAGES` declares for it); their
+    hash keys the stage's file, so a change recomputes it."""
+    sections = STAGE[stage].sections
+    if not sections:
+        raise ValueError(f"stage {stage!r} is not keyed by config sections")
+    return {name: _settings(getattr(config, name), set(UNKEYED_SETTINGS))
+            for name in sections}
 
 
 def _latency_columns(latency: dict) -> dict[str, dict]:
@@ -174,7 +182,7 @@ class Run:
     def __init__(self, run_dir: str | Path, config: Config | None = None,
                  teacher: nn.Module | None = None, splits: Splits | None = None) -> None:
         self.dir = Path(run_dir)
-        cfg_path = self.dir / "config.yaml"
+        cfg_path = self.dir / CONFIG
         if config is None:
             if not cfg_path.exists():
                 raise ConfigError(f"{self.dir} is not a lana run directory (no config.yaml); "
@@ -182,7 +190,7 @@ class Run:
             config = load_config(cfg_path)
         elif cfg_path.exists():
             old = load_config(cfg_path)
-            for section in ("model", "data", "space", "distill", "seed"):
+            for section in LOCKED_SECTIONS:
                 if _locked(old, section) != _locked(config, section):
                     raise ConfigError(
                         f"{self.dir} was made with a different '{section}' section; its "
@@ -218,7 +226,7 @@ class Run:
         its reference baseline is the unit of every normalised timing of the run."""
         from lana.latency import LatencyTable
 
-        return LatencyTable(self.config.latency.lut or self.dir / "lut.json")
+        return LatencyTable(self.config.latency.lut or self.dir / LUT)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -276,7 +284,7 @@ class Run:
     def teacher(self) -> nn.Module:
         """The trained teacher (loaded from the run, the config's weights, or trained)."""
         model = self._build_teacher()
-        path = self.dir / "teacher.safetensors"
+        path = self.dir / TEACHER_WEIGHTS
         if not path.exists():
             self._obtain_teacher(model, path)
         _load_state(model, load_tensors(path), path)
@@ -299,9 +307,9 @@ class Run:
         train = _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"})
         if "init" in train:  # the starting weights' content, wherever the file lies
             train["init"] = file_digest(cfg.teacher_training.init, "teacher_training.init")
-        key = _hash({"model": cfg.model.name, **code, "kwargs": self._model_kwargs(),
-                     "data": _locked(cfg, "data"), "train": train,
-                     "seed": cfg.seed, "v": 1})
+        key = key_hash({"model": cfg.model.name, **code, "kwargs": self._model_kwargs(),
+                        "data": _locked(cfg, "data"), "train": train,
+                        "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
                      ) / f"{key}.safetensors"
@@ -349,10 +357,10 @@ class Run:
         D.reset_peak_rss()
         train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
                          lr=t.lr, optimizer=t.optimizer, seed=cfg.seed, description="teacher",
-                         checkpoint=self.dir / "teacher-checkpoint.pt", checkpoint_key=key,
+                         checkpoint=self.dir / TEACHER_CHECKPOINT, checkpoint_key=key,
                          checkpoint_every=t.checkpoint_every,
                          kill_tag="teacher", distributed=distributed, device=self.device)
-        self._timed("teacher_train", start)
+        self._timed(STAGE["prepare"].timing, start)
         if D.is_main() or not distributed:  # under DDP every rank holds the same weights
             save_tensors(cache, model.state_dict())
             save_tensors(path, model.state_dict())
@@ -364,7 +372,7 @@ class Run:
         rank 0 writes it, every rank resumes from it). No-op in one process."""
         if D.world() <= 1 or "teacher" in self.__dict__:
             return
-        path = self.dir / "teacher.safetensors"
+        path = self.dir / TEACHER_WEIGHTS
         model = self._build_teacher()
         # Rank 0 decides for everyone: the others must not look at files it is writing.
         found = D.share(D.on_main(lambda: path.exists()
@@ -378,7 +386,7 @@ class Run:
         if not path.exists():
             return None
         data = read_json(path)
-        if data.get("inputs") == _hash(inputs):
+        if data.get(KEY_FIELD) == key_hash(inputs):
             return data
         log(f"{path.name}: settings changed since it was written; recomputing")
         return None
@@ -387,7 +395,7 @@ class Run:
         return stage_inputs(self.config, stage)
 
     def _timings(self) -> dict:
-        p = self.dir / "timings.json"
+        p = self.dir / TIMINGS
         return read_json(p) if p.exists() else {}
 
     def _timed(self, name: str, start: float, memory_plan: dict | None = None) -> None:
@@ -396,9 +404,8 @@ class Run:
         groups and their estimated memory) in memory.json; rank 0 writes."""
         if not D.is_main():
             return
-        write_json(self.dir / "timings.json", {**self._timings(), f"{name}_s":
-                                               time.time() - start})
-        mem_path = self.dir / "memory.json"
+        write_json(self.dir / TIMINGS, {**self._timings(), f"{name}_s": time.time() - start})
+        mem_path = self.dir / MEMORY
         memory = read_json(mem_path) if mem_path.exists() else {}
         gpu = {}
         # Only a stage that resolved the device trained on it (resolving would start CUDA).
@@ -416,7 +423,7 @@ class Run:
 
     @cached_property
     def candidates(self) -> list[list[str]]:
-        path = self.dir / "candidates.json"
+        path = self.dir / CANDIDATES
         if path.exists():
             data = read_json(path)
             return [layer["ops"] for layer in data["layers"]]
@@ -449,7 +456,7 @@ class Run:
     @cached_property
     def teacher_eval(self) -> dict:
         """Teacher accuracy on the test split (cached in teacher.json)."""
-        path = self.dir / "teacher.json"
+        path = self.dir / TEACHER
         if path.exists():
             return read_json(path)
         from lana.train import evaluate
@@ -484,7 +491,7 @@ class Run:
             D.on_main(lambda: (self.prepare(), self.left_out("phase 1")))
         rank = D.rank() if rank is None else rank
         world = D.world() if world is None else world
-        index_path = self.dir / "distill" / "index.json"
+        index_path = self.dir / DISTILL_INDEX
         # Every rank reads the same latency.json, so every rank shards the same list.
         to_train = self.to_train()
         todo = pending(to_train, self.dir, rank, world)
@@ -541,7 +548,7 @@ class Run:
         start = time.time()
         D.reset_peak_rss()
         res = compute()
-        res["inputs"] = _hash(inputs)
+        res[KEY_FIELD] = key_hash(inputs)
         D.maybe_kill(name.split("_")[0], "computed")
         if D.is_main():
             write_json(path, res)
@@ -550,7 +557,7 @@ class Run:
 
     def profile(self) -> dict:
         """Phase 2b: latency of stem, head, every candidate and the teacher end to end."""
-        return self._stage("profile", self.dir / "latency.json",
+        return self._stage("profile", self.dir / LATENCY,
                            self._stage_inputs("profile"), self._profile)
 
     def _profile(self) -> dict:
@@ -584,14 +591,14 @@ class Run:
         """Parameters and FLOPs of stem, head and every candidate (``costs.json``)."""
         from lana.profile import static_costs
 
-        return self._stage("costs", self.dir / "costs.json", {"specs": self.candidates},
+        return self._stage("costs", self.dir / COSTS, {"specs": self.candidates},
                            lambda: static_costs(self.chain, self.candidates, self._build,
                                                 self.input_shape))
 
     def score(self) -> dict:
         """Phase 2a: replace-one scores on held-out data."""
         left_out = self.left_out("score")
-        return self._stage("score", self.dir / "scores.json",
+        return self._stage("score", self.dir / SCORES,
                            score_inputs(self.config, left_out),
                            lambda: self._score(left_out))
 
@@ -636,7 +643,7 @@ class Run:
         fixed = {col: c["stem_ms"] + c["head_ms"] for col, c in _latency_columns(lat).items()}
         fixed.update({k: costs["stem"][k] + costs["head"][k] for k in ("params", "flops")})
         lib = {"layers": layers, "fixed_cost": fixed, "latency": lat["settings"]}
-        write_json(self.dir / "library.json", lib)
+        write_json(self.dir / LIBRARY, lib)
         return lib
 
     def budget_ms(self, budget: BudgetConfig) -> float:
@@ -646,7 +653,7 @@ class Run:
         return self.profile()["teacher_measured_ms"] / budget.speedup
 
     def student_dir(self, budget: BudgetConfig) -> Path:
-        return self.dir / "students" / budget_tag(budget)
+        return student_dir(self.dir, budget_tag(budget))
 
     def search(self, budget: BudgetConfig | None = None) -> dict:
         """Phase 2c: ILP with K diverse solutions, measured and ranked (resumable)."""
@@ -654,7 +661,7 @@ class Run:
 
         budget = budget or self.config.search.budget
         return self._stage(f"search_{budget_tag(budget)}",
-                           self.student_dir(budget) / "search.json",
+                           self.student_dir(budget) / SEARCH,
                            self._stage_inputs("search"),
                            lambda: select_student(self, self.library(), budget))
 
@@ -664,7 +671,7 @@ class Run:
         chosen = self.search(budget)["chosen"]
         inputs = {**self._stage_inputs("finetune"), "choices": chosen}
         return self._stage(f"finetune_{budget_tag(budget)}",
-                           self.student_dir(budget) / "finetune.json", inputs,
+                           self.student_dir(budget) / FINETUNE, inputs,
                            lambda: self._finetune(budget, chosen))
 
     def _finetune(self, budget: BudgetConfig, chosen: dict) -> dict:
@@ -678,19 +685,19 @@ class Run:
         stats = {"steps": 0, "train_loss": math.nan}
         if cfg.epochs > 0:
             # Under torchrun every rank runs this with DistributedDataParallel.
-            key = _hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
+            key = key_hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
             stats = train_classifier(student, self.splits.train, epochs=cfg.epochs,
                                      batch_size=cfg.batch_size, lr=cfg.lr,
                                      optimizer=cfg.optimizer, seed=self.config.seed,
                                      teacher=self.teacher, kd_weight=cfg.kd_weight, temperature=cfg.temperature,
                                      description="phase 3 finetune",
-                                     checkpoint=self.student_dir(budget) / "finetune-checkpoint.pt",
+                                     checkpoint=self.student_dir(budget) / FINETUNE_CHECKPOINT,
                                      checkpoint_key=key, kill_tag="finetune",
                                      checkpoint_every=cfg.checkpoint_every,
                                      device=self.device)
         after = evaluate(student, self.splits.test, device=self.device)
         if D.is_main():
-            save_tensors(self.student_dir(budget) / "finetuned.safetensors",
+            save_tensors(self.student_dir(budget) / FINETUNED_WEIGHTS,
                          student.state_dict())
         return {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
                 "loss": after["loss"], **stats, "seconds": time.time() - start}
@@ -827,14 +834,14 @@ class Run:
             D.on_main(lambda: (self.profile(), self.score(), self.search(budget)))
             self.finetune(budget)
             D.on_main(lambda: self.export(budget))
-            return read_json(self.dir / "summary.json")
-        self.prepare()
-        self.profile()  # phase 1 skips the candidates the latency shows cannot help
-        self.distill()
-        self.score()
-        self.search(budget)
-        self.finetune(budget)
-        self.export(budget)
+            return read_json(self.dir / SUMMARY)
+        # The steps of lana.stages, in order; each is the method of its name.
+        for stage in STEPS:
+            step = getattr(self, stage.name)
+            if stage.per_budget:
+                step(budget)
+            else:
+                step()
         return self.write_summary()
 
     def write_summary(self) -> dict:
