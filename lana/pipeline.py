@@ -39,6 +39,7 @@ from lana.stages import (
     CONFIG,
     COSTS,
     DISTILL_INDEX,
+    EXPORT,
     FINETUNE,
     FINETUNE_CHECKPOINT,
     FINETUNED_WEIGHTS,
@@ -48,16 +49,19 @@ from lana.stages import (
     LOCKED_SECTIONS,
     LUT,
     MEMORY,
+    MODEL_DIR,
     SCORES,
     SEARCH,
     STAGE,
     STEPS,
+    STUDENTS_DIR,
     SUMMARY,
     TEACHER,
     TEACHER_CHECKPOINT,
     TEACHER_WEIGHTS,
     TIMINGS,
     UNKEYED_SETTINGS,
+    VERIFY,
     key_hash,
     student_dir,
 )
@@ -707,7 +711,7 @@ class Run:
         budget = budget or self.config.search.budget
         ft = self.finetune(budget)
         res = self._stage(f"export_{budget_tag(budget)}",
-                          self.student_dir(budget) / "export.json",
+                          self.student_dir(budget) / EXPORT,
                           {"finetune": ft.get("inputs")}, lambda: self._export(budget, ft))
         self.write_summary()
         return res
@@ -724,7 +728,7 @@ class Run:
                          student, chosen["choices"])
         if self.config.model.layers is not None:  # a split by hand is part of the arch
             arch["model"]["layers"] = list(self.config.model.layers)
-        files = save_student(sdir / "model", student, arch)
+        files = save_student(sdir / MODEL_DIR, student, arch)
         D.maybe_kill("export", "saved")  # crash-safety tests: files written, not verified
         target = self.budget_ms(budget)
         if self.profile().get("remote"):
@@ -740,7 +744,7 @@ class Run:
                     "meets_budget": None, "accuracy": ft["accuracy"],
                     "accuracy_before_finetune": ft["accuracy_before"],
                     "choices": chosen["choices"],
-                    "files": {k: str(Path("model") / v) for k, v in files.items()}}
+                    "files": {k: str(Path(MODEL_DIR) / v) for k, v in files.items()}}
         # A speed-up budget is checked against the teacher timed alongside, so a machine
         # that got slower since profiling fails no student unfairly; the median of
         # separate timings decides, as in the search (lana.select.time_until_decided).
@@ -757,12 +761,12 @@ class Run:
                 "accuracy": ft["accuracy"],
                 "accuracy_before_finetune": ft["accuracy_before"],
                 "choices": chosen["choices"],
-                "files": {k: str(Path("model") / v) for k, v in files.items()}}
+                "files": {k: str(Path(MODEL_DIR) / v) for k, v in files.items()}}
 
     def _finetuned_student(self, budget: BudgetConfig, chosen: dict) -> nn.Module:
         from lana.student import assemble
 
-        path = self.student_dir(budget) / "finetuned.safetensors"
+        path = self.student_dir(budget) / FINETUNED_WEIGHTS
         student = assemble(self.chain, chosen["choices"], self._build)
         _load_state(student, load_tensors(path), path)
         return student.eval()
@@ -787,17 +791,17 @@ class Run:
 
         budget = budget or self.config.search.budget
         sdir = self.student_dir(budget)
-        if not (sdir / "export.json").exists():
-            raise ArtifactError(f"{sdir / 'export.json'} does not exist: export the student "
+        if not (sdir / EXPORT).exists():
+            raise ArtifactError(f"{sdir / EXPORT} does not exist: export the student "
                                 f"first (`lana export {self.dir}"
                                 + (f" --speedup {budget.speedup:g}`)" if budget.speedup
                                    else f" --latency-ms {budget.latency_ms:g}`)"))
-        exp = read_json(sdir / "export.json")
+        exp = read_json(sdir / EXPORT)
         if exp.get("meets_budget") is None:
             raise ConfigError("latency.device is another machine, so nothing can be timed "
                               "here: time the student's model/student.onnx on the target "
                               "with `lana profile`")
-        path = sdir / "verify.json"
+        path = sdir / VERIFY
         record = read_json(path) if path.exists() else {"sessions": []}
         # The exported architecture, as exported: a search whose settings changed since
         # is not re-run here.
@@ -850,8 +854,8 @@ class Run:
         teacher = self.teacher_eval
         students = []
         search_info = {}
-        for sdir in sorted((self.dir / "students").glob("*")):
-            exp_p, s_p = sdir / "export.json", sdir / "search.json"
+        for sdir in sorted((self.dir / STUDENTS_DIR).glob("*")):
+            exp_p, s_p = sdir / EXPORT, sdir / SEARCH
             if not (exp_p.exists() and s_p.exists()):
                 continue
             exp, srch = read_json(exp_p), read_json(s_p)
@@ -863,7 +867,7 @@ class Run:
                              "timings_ms": exp.get("timings_ms"),
                              "accuracy": exp["accuracy"],
                              "accuracy_before_finetune": exp["accuracy_before_finetune"],
-                             "choices": exp["choices"], "path": str(sdir / "model")})
+                             "choices": exp["choices"], "path": str(sdir / MODEL_DIR)})
             search_info = {"solve_seconds": srch["solve_seconds"],
                            "log10_space_size": srch["log10_space_size"], "k": srch["k"]}
         settings = lat["settings"]
@@ -877,10 +881,10 @@ class Run:
             "students": students,
             "search": search_info,
             "timings_s": self._timings(),
-            "peak_rss_mb": read_json(self.dir / "memory.json")
-            if (self.dir / "memory.json").exists() else {},
+            "peak_rss_mb": read_json(self.dir / MEMORY)
+            if (self.dir / MEMORY).exists() else {},
         }
-        write_json(self.dir / "summary.json", summary)
+        write_json(self.dir / SUMMARY, summary)
         return summary
 
 
