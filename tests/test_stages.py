@@ -7,7 +7,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -15,8 +19,19 @@ from conftest import tiny_config_dict
 
 from lana.cli import main
 from lana.config import config_from_dict
-from lana.io import atomic_write_bytes, read_json
+from lana.io import CHECKSUM_SUFFIX, atomic_write_bytes, read_json
 from lana.pipeline import score_inputs, stage_inputs
+from lana.stages import (
+    KEY_FIELD,
+    LOCKED_SECTIONS,
+    RUN_FILES,
+    STAGE,
+    STAGES,
+    STEPS,
+    STUDENTS_DIR,
+    key_hash,
+)
+from lana.status import run_status
 
 # Captured from lana before the stage graph was declared as data (commit 01b1662): the keys
 # stamped into run directories made since. A different value here means existing runs would
@@ -136,3 +151,89 @@ def test_status_of_a_new_run_directory_is_unchanged(tmp_path: Path, capsys) -> N
             ("export", "speedup1.5", "not exported yet")]]
     assert status["next"] == ["prepare", "profile", "distill", "score",
                               "speedup1.5 (the config budget): search, finetune, export"]
+
+
+# ------------------------------------------------------------------ the table itself
+
+
+def _declared(run_dir: Path) -> dict[str, list[str]]:
+    """Every declared file pattern, relative to ``run_dir``, by what declares it."""
+    tags = sorted(p.name for p in (run_dir / STUDENTS_DIR).iterdir())
+    out: dict[str, list[str]] = {"run": list(RUN_FILES)}
+    for stage in STAGES:
+        for tag in tags if stage.per_budget else [None]:
+            rel = stage.root(run_dir, tag).relative_to(run_dir).as_posix()
+            prefix = "" if rel == "." else f"{rel}/"
+            out.setdefault(stage.name, []).extend(prefix + f for f in stage.files)
+            out.setdefault(f"{stage.name} (under way)", []).extend(
+                prefix + f for f in stage.transient)
+    return out
+
+
+def test_every_file_of_a_finished_run_is_declared(pipeline_run) -> None:
+    run_dir, _ = pipeline_run
+    patterns = [p for group in _declared(run_dir).values() for p in group]
+    written = [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")
+               if p.is_file() and not p.name.endswith(CHECKSUM_SUFFIX)]
+    assert written
+    assert [f for f in written if not any(fnmatchcase(f, p) for p in patterns)] == []
+
+
+def test_every_declared_file_of_a_finished_stage_exists(pipeline_run) -> None:
+    run_dir, _ = pipeline_run
+    declared = _declared(run_dir)
+    written = [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()]
+    for stage in STAGES:
+        if stage.role == "after":  # lana verify has not run on it
+            continue
+        for pattern in declared[stage.name]:
+            assert any(fnmatchcase(f, pattern) for f in written), (stage.name, pattern)
+        for pattern in declared[f"{stage.name} (under way)"]:  # removed once it ended
+            assert not any(fnmatchcase(f, pattern) for f in written), (stage.name, pattern)
+        if stage.keyed_file:
+            tags = [p.name for p in (run_dir / STUDENTS_DIR).iterdir()]
+            for tag in tags if stage.per_budget else [None]:
+                assert KEY_FIELD in read_json(stage.path(run_dir, tag)), stage.name
+
+
+def test_the_table_is_consistent() -> None:
+    from lana.config import Config
+    from lana.pipeline import Run
+
+    names = [s.name for s in STAGES]
+    assert len(set(names)) == len(names) and set(STAGE) == set(names)
+    for n, stage in enumerate(STAGES):
+        assert set(stage.after) <= set(names[:n]), f"{stage.name} reads a later stage"
+        assert set(stage.sections) <= set(Config.model_fields), stage.name
+        assert not set(stage.sections) & set(LOCKED_SECTIONS), stage.name
+        assert stage.keyed_file is None or stage.keyed_file in stage.files, stage.name
+        if stage.sections or stage.key_data:  # a key needs a file to stamp it into
+            assert stage.keyed_file, stage.name
+    # `lana run` calls each step's method of the same name; `lana status` lists them.
+    assert all(callable(getattr(Run, s.name, None)) for s in STEPS)
+    assert [s.name for s in STEPS] == ["prepare", "profile", "distill", "score", "search",
+                                       "finetune", "export"]
+    assert set(LOCKED_SECTIONS) <= set(Config.model_fields)
+
+
+def test_status_lists_the_tables_steps(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = config_from_dict(tiny_config_dict(tmp_path / "cache"))
+    atomic_write_bytes(run_dir / "config.yaml", config.to_yaml().encode())
+    stages = run_status(run_dir)["stages"]
+    assert [(s["stage"], s["budget"] is not None) for s in stages] == [
+        (s.name, s.per_budget) for s in STEPS]
+
+
+def test_key_hash_is_the_stored_hash() -> None:
+    for inputs in ({}, {"b": [1, 2.5, None], "a": {"x": "y"}}, {"specs": [["teacher"]]}):
+        assert key_hash(inputs) == _key(inputs)
+
+
+def test_the_stage_table_is_light() -> None:
+    # `lana status` and the report read it: importing it must not pull in torch.
+    code = ("import sys, lana.stages, lana.status; "
+            "assert 'torch' not in sys.modules and 'lana.pipeline' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
