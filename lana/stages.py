@@ -2,22 +2,9 @@
 
 Every reader shares this table: :mod:`lana.pipeline` keys its stages' files with the config
 sections declared here and runs the steps in this order, :mod:`lana.status` reports them
-stage by stage, and :mod:`lana.report_html` finds their files by these names. It is plain
-data (no torch, no pipeline), so ``lana status`` and the report stay light.
-
-A run directory ``DIR`` (docs/run-directory.md has the contents of each file)::
-
-    config.yaml  timings.json  memory.json  summary.json  lana.lock  report/
-    teacher.safetensors  teacher.json  candidates.json          prepare
-    latency.json  lut.json                                      profile
-    costs.json                                                  costs
-    distill/index.json  distill/L###/<spec>.safetensors         distill
-    scores.json                                                 score
-    library.json                                                library
-    students/<budget>/search.json                               search
-    students/<budget>/finetune.json  finetuned.safetensors      finetune
-    students/<budget>/export.json  model/                       export
-    students/<budget>/verify.json                               verify
+stage by stage, and :mod:`lana.report_html` finds their files by these names
+(docs/run-directory.md says what each file holds). It is plain data, importing neither
+torch nor the pipeline, so any module may read it without a cycle or a heavy import.
 
 A stage whose file exists, stamped with the hash of the same key (:data:`KEY_FIELD`), is
 skipped, so an interrupted ``lana run`` resumes, and a new budget re-runs only the stages
