@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from lana.config import BudgetConfig, Config, config_from_dict, load_config
 from lana.errors import ConfigError
+from lana.stages import EXPORT, MODEL_DIR, REPORT_DIR, REPORT_HTML
 
 __all__ = ["AccelerateResult", "accelerate", "parse_budget"]
 
@@ -150,10 +151,10 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     from lana.student import load_student
 
     sdir = run.student_dir(bud)
-    export = read_json(sdir / "export.json")
+    export = read_json(sdir / EXPORT)
     # A fresh copy as the architecture: loading must not touch the caller's model.
-    student = load_student(sdir / "model", teacher=copy.deepcopy(model))
-    report_path = Path(out) / "report" / "report.html"
+    student = load_student(sdir / MODEL_DIR, teacher=copy.deepcopy(model))
+    report_path = Path(out) / REPORT_DIR / REPORT_HTML
     if report:
         from lana.report_html import write_report
 

@@ -30,6 +30,13 @@ from lana.errors import ArtifactError
 from lana.io import checksum_path, file_lock, load_tensors, read_json, save_tensors, write_json
 from lana.progress import log, progress
 from lana.space import build_op
+from lana.stages import (
+    DISTILL_CHECKPOINTS,
+    DISTILL_INDEX,
+    DISTILL_INDEX_LOCK,
+    distill_checkpoint,
+    distill_weights,
+)
 from lana.train import cosine_lr, placed
 
 # Ops whose weights are not learned in phase 1: the teacher's own layer and identity.
@@ -44,7 +51,7 @@ def candidate_seed(layer: int, spec: str, seed: int) -> int:
 
 def weight_path(run_dir: Path, layer: int, spec: str) -> Path:
     """Where candidate ``spec`` of layer ``layer`` keeps its phase-1 weights."""
-    return Path(run_dir) / "distill" / f"L{layer:03d}" / f"{spec}.safetensors"
+    return distill_weights(run_dir, layer, spec)
 
 
 def build_candidate(chain: Chain, layer: int, spec: str, seed: int = 0,
@@ -119,8 +126,8 @@ def distill(chain: Chain, candidates: list[list[str]], data: Data, cfg: DistillC
         # This process owns every candidate, so a checkpoint that belongs to none of the
         # groups is left by an earlier grouping (distill.group_size or max_memory_mb changed
         # since): its candidates start over in their new group.
-        current = {f"checkpoint-{_group_id(g)}.pt" for g in groups}
-        for old in sorted((run_dir / "distill").glob("checkpoint-*.pt")):
+        current = {distill_checkpoint(run_dir, _group_id(g)).name for g in groups}
+        for old in sorted(run_dir.glob(DISTILL_CHECKPOINTS)):
             if old.name not in current:
                 log(f"[yellow]phase 1: {old.name} belongs to an earlier grouping of the "
                     "candidates; dropped, its candidates train again in their new group"
@@ -200,8 +207,8 @@ def _update_index(run_dir: Path, candidates: list[list[str]],
     Entries missing for weights on disk (a process killed between writing the weights and
     the index) are restored from the weights' own metadata.
     """
-    index_path = run_dir / "distill" / "index.json"
-    with file_lock(index_path.with_name("index.lock")):
+    index_path = run_dir / DISTILL_INDEX
+    with file_lock(run_dir / DISTILL_INDEX_LOCK):
         index: dict = read_json(index_path) if index_path.exists() else {}
         before = json.dumps(index, sort_keys=True)
         for (i, spec), loss in results.items():
@@ -236,7 +243,7 @@ def pending(candidates: list[list[str]], run_dir: str | Path, rank: int = 0, wor
             ) -> list[tuple[int, str]]:
     """Candidates of this rank's shard that have no saved phase-1 weights yet."""
     run_dir = Path(run_dir)
-    index_path = run_dir / "distill" / "index.json"
+    index_path = run_dir / DISTILL_INDEX
     index: dict = read_json(index_path) if index_path.exists() else {}
     # Shard the full candidate list before dropping finished work, so every rank owns the
     # same candidates (and group checkpoints) whenever and however often it is started.
@@ -266,7 +273,7 @@ def _train_group(chain: Chain, members: list[tuple[int, str]], data: Data, cfg: 
     opt = torch.optim.Adam(modules.parameters(), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_lr(s, cfg.steps, max(1, cfg.steps // 20)))
-    ckpt = run_dir / "distill" / f"checkpoint-{_group_id(members)}.pt"
+    ckpt = distill_checkpoint(run_dir, _group_id(members))
     start = 0
     ema = [math.nan] * len(members)
     if ckpt.exists():

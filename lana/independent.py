@@ -33,14 +33,12 @@ from typing import TYPE_CHECKING
 from lana.errors import ArtifactError, ConfigError, LanaError
 from lana.io import read_json, write_json
 from lana.progress import log
+from lana.stages import EXPORT, SUMMARY, TEACHER_ONNX, VERIFY
 
 if TYPE_CHECKING:  # pragma: no cover
     from lana.config import BudgetConfig
     from lana.pipeline import Run
 
-#: The teacher's ONNX export in a run directory (:meth:`lana.pipeline.Run.teacher_onnx`);
-#: defined here, not in lana.pipeline, so that the report reads it without importing torch.
-TEACHER_ONNX = "teacher/model.onnx"
 #: Timed rounds per window; each network runs about ``12 * latency.max_seconds`` in all
 #: per window, as in export's check, spread over the rounds.
 ROUNDS = 20
@@ -172,7 +170,7 @@ def independent_summary(run_dir: Path, sdir: Path) -> dict | None:
     """The ``independent_verify`` entry of ``summary.json`` for the student in ``sdir``:
     :func:`summarize` of its stored windows; None when there are none, or when they timed
     other ONNX files than the run directory holds now (a student exported again)."""
-    vpath, epath = sdir / "verify.json", sdir / "export.json"
+    vpath, epath = sdir / VERIFY, sdir / EXPORT
     if not (vpath.exists() and epath.exists()):
         return None
     ind = read_json(vpath).get("independent") or {}
@@ -219,7 +217,7 @@ def verify_independent(run: Run, budget: BudgetConfig | None = None, windows: in
     sdir = run.student_dir(budget)
     student = student_onnx(sdir, exp)
     teacher = run.teacher_onnx()
-    path = sdir / "verify.json"
+    path = sdir / VERIFY
     record = read_json(path) if path.exists() else {"sessions": []}
     key = _key(teacher, student, lat.threads, lat.batch_size)
     ind = record.get("independent") or {}
@@ -248,7 +246,7 @@ def verify_independent(run: Run, budget: BudgetConfig | None = None, windows: in
 def _update_summary(run_dir: Path, budget: dict, entry: dict) -> None:
     """Set the student's ``independent_verify`` in an existing ``summary.json`` in place
     (rewriting the whole summary would re-read every stage)."""
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY
     if not path.exists():
         return
     summary = read_json(path)
@@ -258,6 +256,6 @@ def _update_summary(run_dir: Path, budget: dict, entry: dict) -> None:
     write_json(path, summary)
 
 
-__all__ = ["DEFAULT_GAP_S", "TEACHER_ONNX", "budget_holds", "independent_summary",
+__all__ = ["DEFAULT_GAP_S", "budget_holds", "independent_summary",
            "require_supported", "summarize", "supported_backends", "time_window",
            "verify_independent"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lana.errors import ArtifactError, LanaError
+from lana.stages import LOCK
 
 CHECKSUM_SUFFIX = ".sha256"
 
@@ -337,9 +338,6 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
 
 _held: dict[str, list[int]] = {}  # lock path -> [fd, depth]: re-entrant within a process
 
-LOCK_NAME = "lana.lock"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -363,7 +361,7 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     import sys
     import time
 
-    path = Path(run_dir) / LOCK_NAME
+    path = Path(run_dir) / LOCK
     key = str(path.resolve())
     if key in _held:
         _held[key][1] += 1
@@ -416,7 +414,7 @@ def lock_holder(run_dir: str | os.PathLike[str]) -> dict | None:
     since), or None when no live lana process works in the directory. Takes nothing."""
     import fcntl
 
-    path = Path(run_dir) / LOCK_NAME
+    path = Path(run_dir) / LOCK
     if not path.exists():
         return None
     fd = os.open(path, os.O_RDONLY)

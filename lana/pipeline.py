@@ -1,32 +1,13 @@
 """The LANA pipeline over a run directory: every stage reads and writes plain files there.
 
-Layout of a run directory ``DIR``::
-
-    config.yaml                 the validated configuration of the run
-    teacher.safetensors         teacher weights; teacher.json: layers, accuracy
-    candidates.json             candidate specs per layer
-    latency.json                phase 2b: ms per candidate, stem, head, teacher end to end
-    costs.json                  params and FLOPs per candidate, stem, head
-    distill/                    phase 1: L###/<spec>.safetensors + index.json
-    lut.json                    the latency LUT (cache keyed by op, shape and settings)
-    scores.json                 phase 2a: replace-one scores
-    library.json                scores + costs per layer and op (input of the search); ops
-                                no cheaper than the teacher's own layer are left out
-    students/<budget>/          search.json, finetune.json, weights, the exported student
-                                (model/: arch.json, weights.safetensors, model.onnx) and
-                                verify.json (``lana verify``, also its ``independent`` windows)
-    teacher/model.onnx          the teacher exported as the students are (export), so anyone
-                                can time teacher and student side by side with their own tools
-    summary.json                teacher vs students
-
-A stage whose output exists is skipped, so an interrupted ``lana run`` resumes, and a new
-budget re-runs only the search, fine-tuning and export for that budget.
+The stages, their files and what their keys depend on are declared once in
+:mod:`lana.stages`; docs/run-directory.md describes every file. A stage whose output exists
+is skipped, so an interrupted ``lana run`` resumes, and a new budget re-runs only the
+search, fine-tuning and export for that budget.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -51,7 +32,7 @@ from lana.config import (
 from lana.data import Splits, load_data
 from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
-from lana.independent import TEACHER_ONNX, independent_summary
+from lana.independent import independent_summary
 from lana.io import (
     file_digest,
     load_state_dict,
@@ -62,6 +43,38 @@ from lana.io import (
 )
 from lana.models import SOURCES, source_digest
 from lana.progress import log
+from lana.stages import (
+    CANDIDATES,
+    CONFIG,
+    COSTS,
+    DISTILL_INDEX,
+    EXPORT,
+    FINETUNE,
+    FINETUNE_CHECKPOINT,
+    FINETUNED_WEIGHTS,
+    KEY_FIELD,
+    LATENCY,
+    LIBRARY,
+    LOCKED_SECTIONS,
+    LUT,
+    MEMORY,
+    MODEL_DIR,
+    SCORES,
+    SEARCH,
+    STAGE,
+    STEPS,
+    STUDENTS_DIR,
+    SUMMARY,
+    TEACHER,
+    TEACHER_CHECKPOINT,
+    TEACHER_ONNX,
+    TEACHER_WEIGHTS,
+    TIMINGS,
+    UNKEYED_SETTINGS,
+    VERIFY,
+    key_hash,
+    student_dir,
+)
 from lana.usercode import code_digest
 
 SUMMARY_FORMAT = "lana-summary/1"
@@ -85,10 +98,6 @@ def budget_from_tag(tag: str) -> BudgetConfig | None:
         return BudgetConfig(**{field: float(m.group(2))})
     except ValueError:  # also pydantic's ValidationError: a folder lana did not make
         return None
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Settings added after runs were already cached, with their defaults. At the default they
@@ -134,13 +143,13 @@ def _locked(config: Config, section: str):
 
 def stage_inputs(config: Config, stage: str) -> dict:
     """The settings a stage's result depends on (``profile``, ``score``, ``search`` or
-    ``finetune``); their hash keys the stage's file, so a change recomputes it."""
-    deps = {"profile": ["latency"], "score": ["score"],
-            "search": ["latency", "score", "search"],
-            "finetune": ["latency", "score", "search", "finetune"]}[stage]
-    # How often a stage checkpoints does not change its result.
-    return {name: _settings(getattr(config, name), {"budget", "checkpoint_every"})
-            for name in deps}
+    ``finetune``: the config sections :data:`lana.stages.STAGES` declares for it); their
+    hash keys the stage's file, so a change recomputes it."""
+    sections = STAGE[stage].sections
+    if not sections:
+        raise ValueError(f"stage {stage!r} is not keyed by config sections")
+    return {name: _settings(getattr(config, name), set(UNKEYED_SETTINGS))
+            for name in sections}
 
 
 def _latency_columns(latency: dict) -> dict[str, dict]:
@@ -187,7 +196,7 @@ class Run:
     def __init__(self, run_dir: str | Path, config: Config | None = None,
                  teacher: nn.Module | None = None, splits: Splits | None = None) -> None:
         self.dir = Path(run_dir)
-        cfg_path = self.dir / "config.yaml"
+        cfg_path = self.dir / CONFIG
         if config is None:
             if not cfg_path.exists():
                 raise ConfigError(f"{self.dir} is not a lana run directory (no config.yaml); "
@@ -195,7 +204,7 @@ class Run:
             config = load_config(cfg_path)
         elif cfg_path.exists():
             old = load_config(cfg_path)
-            for section in ("model", "data", "space", "distill", "seed"):
+            for section in LOCKED_SECTIONS:
                 if _locked(old, section) != _locked(config, section):
                     raise ConfigError(
                         f"{self.dir} was made with a different '{section}' section; its "
@@ -231,7 +240,7 @@ class Run:
         its reference baseline is the unit of every normalised timing of the run."""
         from lana.latency import LatencyTable
 
-        return LatencyTable(self.config.latency.lut or self.dir / "lut.json")
+        return LatencyTable(self.config.latency.lut or self.dir / LUT)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -289,7 +298,7 @@ class Run:
     def teacher(self) -> nn.Module:
         """The trained teacher (loaded from the run, the config's weights, or trained)."""
         model = self._build_teacher()
-        path = self.dir / "teacher.safetensors"
+        path = self.dir / TEACHER_WEIGHTS
         if not path.exists():
             self._obtain_teacher(model, path)
         _load_state(model, load_tensors(path), path)
@@ -312,9 +321,9 @@ class Run:
         train = _settings(cfg.teacher_training, {"cache_dir", "checkpoint_every"})
         if "init" in train:  # the starting weights' content, wherever the file lies
             train["init"] = file_digest(cfg.teacher_training.init, "teacher_training.init")
-        key = _hash({"model": cfg.model.name, **code, "kwargs": self._model_kwargs(),
-                     "data": _locked(cfg, "data"), "train": train,
-                     "seed": cfg.seed, "v": 1})
+        key = key_hash({"model": cfg.model.name, **code, "kwargs": self._model_kwargs(),
+                        "data": _locked(cfg, "data"), "train": train,
+                        "seed": cfg.seed, "v": 1})
         cache_root = Path(os.environ.get("LANA_CACHE_DIR", Path.home() / ".cache" / "lana"))
         cache = Path(cfg.teacher_training.cache_dir or cache_root / "teachers"
                      ) / f"{key}.safetensors"
@@ -362,10 +371,10 @@ class Run:
         D.reset_peak_rss()
         train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
                          lr=t.lr, optimizer=t.optimizer, seed=cfg.seed, description="teacher",
-                         checkpoint=self.dir / "teacher-checkpoint.pt", checkpoint_key=key,
+                         checkpoint=self.dir / TEACHER_CHECKPOINT, checkpoint_key=key,
                          checkpoint_every=t.checkpoint_every,
                          kill_tag="teacher", distributed=distributed, device=self.device)
-        self._timed("teacher_train", start)
+        self._timed(STAGE["prepare"].timing, start)
         if D.is_main() or not distributed:  # under DDP every rank holds the same weights
             save_tensors(cache, model.state_dict())
             save_tensors(path, model.state_dict())
@@ -377,7 +386,7 @@ class Run:
         rank 0 writes it, every rank resumes from it). No-op in one process."""
         if D.world() <= 1 or "teacher" in self.__dict__:
             return
-        path = self.dir / "teacher.safetensors"
+        path = self.dir / TEACHER_WEIGHTS
         model = self._build_teacher()
         # Rank 0 decides for everyone: the others must not look at files it is writing.
         found = D.share(D.on_main(lambda: path.exists()
@@ -391,7 +400,7 @@ class Run:
         if not path.exists():
             return None
         data = read_json(path)
-        if data.get("inputs") == _hash(inputs):
+        if data.get(KEY_FIELD) == key_hash(inputs):
             return data
         log(f"{path.name}: settings changed since it was written; recomputing")
         return None
@@ -400,7 +409,7 @@ class Run:
         return stage_inputs(self.config, stage)
 
     def _timings(self) -> dict:
-        p = self.dir / "timings.json"
+        p = self.dir / TIMINGS
         return read_json(p) if p.exists() else {}
 
     def _timed(self, name: str, start: float, memory_plan: dict | None = None) -> None:
@@ -409,9 +418,8 @@ class Run:
         groups and their estimated memory) in memory.json; rank 0 writes."""
         if not D.is_main():
             return
-        write_json(self.dir / "timings.json", {**self._timings(), f"{name}_s":
-                                               time.time() - start})
-        mem_path = self.dir / "memory.json"
+        write_json(self.dir / TIMINGS, {**self._timings(), f"{name}_s": time.time() - start})
+        mem_path = self.dir / MEMORY
         memory = read_json(mem_path) if mem_path.exists() else {}
         gpu = {}
         # Only a stage that resolved the device trained on it (resolving would start CUDA).
@@ -429,7 +437,7 @@ class Run:
 
     @cached_property
     def candidates(self) -> list[list[str]]:
-        path = self.dir / "candidates.json"
+        path = self.dir / CANDIDATES
         if path.exists():
             data = read_json(path)
             return [layer["ops"] for layer in data["layers"]]
@@ -462,7 +470,7 @@ class Run:
     @cached_property
     def teacher_eval(self) -> dict:
         """Teacher accuracy on the test split (cached in teacher.json)."""
-        path = self.dir / "teacher.json"
+        path = self.dir / TEACHER
         if path.exists():
             return read_json(path)
         from lana.train import evaluate
@@ -497,7 +505,7 @@ class Run:
             D.on_main(lambda: (self.prepare(), self.left_out("phase 1")))
         rank = D.rank() if rank is None else rank
         world = D.world() if world is None else world
-        index_path = self.dir / "distill" / "index.json"
+        index_path = self.dir / DISTILL_INDEX
         # Every rank reads the same latency.json, so every rank shards the same list.
         to_train = self.to_train()
         todo = pending(to_train, self.dir, rank, world)
@@ -554,7 +562,7 @@ class Run:
         start = time.time()
         D.reset_peak_rss()
         res = compute()
-        res["inputs"] = _hash(inputs)
+        res[KEY_FIELD] = key_hash(inputs)
         D.maybe_kill(name.split("_")[0], "computed")
         if D.is_main():
             write_json(path, res)
@@ -563,7 +571,7 @@ class Run:
 
     def profile(self) -> dict:
         """Phase 2b: latency of stem, head, every candidate and the teacher end to end."""
-        return self._stage("profile", self.dir / "latency.json",
+        return self._stage("profile", self.dir / LATENCY,
                            self._stage_inputs("profile"), self._profile)
 
     def _profile(self) -> dict:
@@ -595,14 +603,14 @@ class Run:
         """Parameters and FLOPs of stem, head and every candidate (``costs.json``)."""
         from lana.profile import static_costs
 
-        return self._stage("costs", self.dir / "costs.json", {"specs": self.candidates},
+        return self._stage("costs", self.dir / COSTS, {"specs": self.candidates},
                            lambda: static_costs(self.chain, self.candidates, self._build,
                                                 self.input_shape))
 
     def score(self) -> dict:
         """Phase 2a: replace-one scores on held-out data."""
         left_out = self.left_out("score")
-        return self._stage("score", self.dir / "scores.json",
+        return self._stage("score", self.dir / SCORES,
                            score_inputs(self.config, left_out),
                            lambda: self._score(left_out))
 
@@ -647,7 +655,7 @@ class Run:
         fixed = {col: c["stem_ms"] + c["head_ms"] for col, c in _latency_columns(lat).items()}
         fixed.update({k: costs["stem"][k] + costs["head"][k] for k in ("params", "flops")})
         lib = {"layers": layers, "fixed_cost": fixed, "latency": lat["settings"]}
-        write_json(self.dir / "library.json", lib)
+        write_json(self.dir / LIBRARY, lib)
         return lib
 
     def budget_ms(self, budget: BudgetConfig) -> float:
@@ -657,7 +665,7 @@ class Run:
         return self.profile()["teacher_measured_ms"] / budget.speedup
 
     def student_dir(self, budget: BudgetConfig) -> Path:
-        return self.dir / "students" / budget_tag(budget)
+        return student_dir(self.dir, budget_tag(budget))
 
     def search(self, budget: BudgetConfig | None = None) -> dict:
         """Phase 2c: ILP with K diverse solutions, measured and ranked (resumable)."""
@@ -665,7 +673,7 @@ class Run:
 
         budget = budget or self.config.search.budget
         return self._stage(f"search_{budget_tag(budget)}",
-                           self.student_dir(budget) / "search.json",
+                           self.student_dir(budget) / SEARCH,
                            self._stage_inputs("search"),
                            lambda: select_student(self, self.library(), budget))
 
@@ -675,7 +683,7 @@ class Run:
         chosen = self.search(budget)["chosen"]
         inputs = {**self._stage_inputs("finetune"), "choices": chosen}
         return self._stage(f"finetune_{budget_tag(budget)}",
-                           self.student_dir(budget) / "finetune.json", inputs,
+                           self.student_dir(budget) / FINETUNE, inputs,
                            lambda: self._finetune(budget, chosen))
 
     def _finetune(self, budget: BudgetConfig, chosen: dict) -> dict:
@@ -689,19 +697,19 @@ class Run:
         stats = {"steps": 0, "train_loss": math.nan}
         if cfg.epochs > 0:
             # Under torchrun every rank runs this with DistributedDataParallel.
-            key = _hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
+            key = key_hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
             stats = train_classifier(student, self.splits.train, epochs=cfg.epochs,
                                      batch_size=cfg.batch_size, lr=cfg.lr,
                                      optimizer=cfg.optimizer, seed=self.config.seed,
                                      teacher=self.teacher, kd_weight=cfg.kd_weight, temperature=cfg.temperature,
                                      description="phase 3 finetune",
-                                     checkpoint=self.student_dir(budget) / "finetune-checkpoint.pt",
+                                     checkpoint=self.student_dir(budget) / FINETUNE_CHECKPOINT,
                                      checkpoint_key=key, kill_tag="finetune",
                                      checkpoint_every=cfg.checkpoint_every,
                                      device=self.device)
         after = evaluate(student, self.splits.test, device=self.device)
         if D.is_main():
-            save_tensors(self.student_dir(budget) / "finetuned.safetensors",
+            save_tensors(self.student_dir(budget) / FINETUNED_WEIGHTS,
                          student.state_dict())
         return {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
                 "loss": after["loss"], **stats, "seconds": time.time() - start}
@@ -711,7 +719,7 @@ class Run:
         budget = budget or self.config.search.budget
         ft = self.finetune(budget)
         res = self._stage(f"export_{budget_tag(budget)}",
-                          self.student_dir(budget) / "export.json",
+                          self.student_dir(budget) / EXPORT,
                           {"finetune": ft.get("inputs")}, lambda: self._export(budget, ft))
         # Outside the cached stage: a run exported before the teacher's file existed, or
         # one whose file was deleted, gets it on the next `lana export`.
@@ -743,7 +751,7 @@ class Run:
                          student, chosen["choices"])
         if self.config.model.layers is not None:  # a split by hand is part of the arch
             arch["model"]["layers"] = list(self.config.model.layers)
-        files = save_student(sdir / "model", student, arch)
+        files = save_student(sdir / MODEL_DIR, student, arch)
         D.maybe_kill("export", "saved")  # crash-safety tests: files written, not verified
         target = self.budget_ms(budget)
         if self.profile().get("remote"):
@@ -759,7 +767,7 @@ class Run:
                     "meets_budget": None, "accuracy": ft["accuracy"],
                     "accuracy_before_finetune": ft["accuracy_before"],
                     "choices": chosen["choices"],
-                    "files": {k: str(Path("model") / v) for k, v in files.items()}}
+                    "files": {k: str(Path(MODEL_DIR) / v) for k, v in files.items()}}
         # A speed-up budget is checked against the teacher timed alongside, so a machine
         # that got slower since profiling fails no student unfairly; the median of
         # separate timings decides, as in the search (lana.select.time_until_decided).
@@ -776,12 +784,12 @@ class Run:
                 "accuracy": ft["accuracy"],
                 "accuracy_before_finetune": ft["accuracy_before"],
                 "choices": chosen["choices"],
-                "files": {k: str(Path("model") / v) for k, v in files.items()}}
+                "files": {k: str(Path(MODEL_DIR) / v) for k, v in files.items()}}
 
     def _finetuned_student(self, budget: BudgetConfig, chosen: dict) -> nn.Module:
         from lana.student import assemble
 
-        path = self.student_dir(budget) / "finetuned.safetensors"
+        path = self.student_dir(budget) / FINETUNED_WEIGHTS
         student = assemble(self.chain, chosen["choices"], self._build)
         _load_state(student, load_tensors(path), path)
         return student.eval()
@@ -807,7 +815,7 @@ class Run:
         budget = budget or self.config.search.budget
         sdir = self.student_dir(budget)
         exp = self._exported(budget)
-        path = sdir / "verify.json"
+        path = sdir / VERIFY
         record = read_json(path) if path.exists() else {}
         record.setdefault("sessions", [])  # a file with only independent windows has none
         # The exported architecture, as exported: a search whose settings changed since
@@ -838,7 +846,7 @@ class Run:
     def _exported(self, budget: BudgetConfig) -> dict:
         """The student's ``export.json``, for a verification; ArtifactError when it is not
         exported, ConfigError when its latency belongs to another machine."""
-        path = self.student_dir(budget) / "export.json"
+        path = self.student_dir(budget) / EXPORT
         if not path.exists():
             raise ArtifactError(f"{path} does not exist: export the student "
                                 f"first (`lana export {self.dir}"
@@ -876,14 +884,14 @@ class Run:
             D.on_main(lambda: (self.profile(), self.score(), self.search(budget)))
             self.finetune(budget)
             D.on_main(lambda: self.export(budget))
-            return read_json(self.dir / "summary.json")
-        self.prepare()
-        self.profile()  # phase 1 skips the candidates the latency shows cannot help
-        self.distill()
-        self.score()
-        self.search(budget)
-        self.finetune(budget)
-        self.export(budget)
+            return read_json(self.dir / SUMMARY)
+        # The steps of lana.stages, in order; each is the method of its name.
+        for stage in STEPS:
+            step = getattr(self, stage.name)
+            if stage.per_budget:
+                step(budget)
+            else:
+                step()
         return self.write_summary()
 
     def write_summary(self) -> dict:
@@ -892,8 +900,8 @@ class Run:
         teacher = self.teacher_eval
         students = []
         search_info = {}
-        for sdir in sorted((self.dir / "students").glob("*")):
-            exp_p, s_p = sdir / "export.json", sdir / "search.json"
+        for sdir in sorted((self.dir / STUDENTS_DIR).glob("*")):
+            exp_p, s_p = sdir / EXPORT, sdir / SEARCH
             if not (exp_p.exists() and s_p.exists()):
                 continue
             exp, srch = read_json(exp_p), read_json(s_p)
@@ -905,7 +913,7 @@ class Run:
                              "timings_ms": exp.get("timings_ms"),
                              "accuracy": exp["accuracy"],
                              "accuracy_before_finetune": exp["accuracy_before_finetune"],
-                             "choices": exp["choices"], "path": str(sdir / "model"),
+                             "choices": exp["choices"], "path": str(sdir / MODEL_DIR),
                              "independent_verify": independent_summary(self.dir, sdir)})
             search_info = {"solve_seconds": srch["solve_seconds"],
                            "log10_space_size": srch["log10_space_size"], "k": srch["k"]}
@@ -920,10 +928,10 @@ class Run:
             "students": students,
             "search": search_info,
             "timings_s": self._timings(),
-            "peak_rss_mb": read_json(self.dir / "memory.json")
-            if (self.dir / "memory.json").exists() else {},
+            "peak_rss_mb": read_json(self.dir / MEMORY)
+            if (self.dir / MEMORY).exists() else {},
         }
-        write_json(self.dir / "summary.json", summary)
+        write_json(self.dir / SUMMARY, summary)
         return summary
 
 

@@ -32,10 +32,23 @@ from lana.errors import ArtifactError, LanaError
 from lana.io import atomic_write_bytes, read_json
 from lana.progress import duration
 from lana.select import budget_allowed_ms, explain
-
-REPORT_DIR = "report"
-HTML_NAME = "report.html"
-MD_NAME = "report.md"
+from lana.stages import (
+    CANDIDATES,
+    CONFIG,
+    EXPORT,
+    FINETUNE,
+    LATENCY,
+    LIBRARY,
+    REPORT_DIR,
+    REPORT_HTML,
+    REPORT_MD,
+    SCORES,
+    SEARCH,
+    STUDENTS_DIR,
+    TEACHER,
+    TIMINGS,
+    VERIFY,
+)
 
 __all__ = ["REPORT_DIR", "RunFiles", "Section", "build_sections", "write_report"]
 
@@ -105,7 +118,7 @@ class RunFiles:
 
     def config(self) -> dict:
         """config.yaml as a plain dict ({} when absent or unreadable)."""
-        path = self.dir / "config.yaml"
+        path = self.dir / CONFIG
         if not path.exists():
             return {}
         import yaml
@@ -119,14 +132,15 @@ class RunFiles:
 
     def budgets(self) -> list[str]:
         """Budget folder names under students/ that hold at least a search result."""
-        root = self.dir / "students"
+        root = self.dir / STUDENTS_DIR
         if not root.is_dir():
             return []
         return sorted(p.name for p in root.iterdir()
-                      if p.is_dir() and (p / "search.json").exists())
+                      if p.is_dir() and (p / SEARCH).exists())
 
     def student(self, tag: str, name: str) -> Any:
-        return self.json(f"students/{tag}/{name}")
+        """The parsed JSON file ``name`` of budget ``tag``'s folder, or None."""
+        return self.json(f"{STUDENTS_DIR}/{tag}/{name}")
 
 
 # ---------------------------------------------------------------- small helpers
@@ -177,10 +191,10 @@ def _teacher_ms(run: RunFiles) -> float | None:
     """The teacher's measured ms: from the same session as a student's (a fair ratio) when
     one was exported, else the profile stage's."""
     for tag in run.budgets():
-        exp = run.student(tag, "export.json")
+        exp = run.student(tag, EXPORT)
         if exp:
             return exp["teacher_latency_ms"]
-    lat = run.json("latency.json")
+    lat = run.json(LATENCY)
     return lat["teacher_measured_ms"] if lat else None
 
 
@@ -207,8 +221,8 @@ def _calibration_text(cal: dict | float | None) -> str:
 
 def _overview(run: RunFiles) -> Section:
     sec = Section("result", "Teacher vs students")
-    teacher = run.json("teacher.json")
-    lat = run.json("latency.json")
+    teacher = run.json(TEACHER)
+    lat = run.json(LATENCY)
     cfg = run.config()
     facts = []
     if teacher:
@@ -236,9 +250,9 @@ def _overview(run: RunFiles) -> Section:
     rows.append(["teacher", "-", _pct(teacher.get("accuracy")), "-", _ms(t_ms), "-", "1.00x",
                  "-", "-"])
     for tag in tags:
-        search = run.student(tag, "search.json")
-        exp = run.student(tag, "export.json")
-        ft = run.student(tag, "finetune.json")
+        search = run.student(tag, SEARCH)
+        exp = run.student(tag, EXPORT)
+        ft = run.student(tag, FINETUNE)
         budget = _budget_label(search.get("budget"), tag)
         story = explain(search)
         if any(line.startswith("why under budget") for line in story):
@@ -280,7 +294,8 @@ def _overview(run: RunFiles) -> Section:
 
 
 def _independent(run: RunFiles) -> Section:
-    from lana.independent import TEACHER_ONNX, independent_summary
+    from lana.independent import independent_summary
+    from lana.stages import TEACHER_ONNX
 
     sec = Section("independent", "Timed independently",
                   f"`lana verify DIR --independent` times `{TEACHER_ONNX}` and each student's "
@@ -291,7 +306,7 @@ def _independent(run: RunFiles) -> Section:
                   nav="Independent timing")
     rows = []
     for tag in run.budgets():
-        exp = run.student(tag, "export.json")
+        exp = run.student(tag, EXPORT)
         if not exp or exp.get("meets_budget") is None:
             continue  # not exported, or timed on another machine: nothing to check here
         summary = independent_summary(run.dir, run.dir / "students" / tag)
@@ -306,7 +321,7 @@ def _independent(run: RunFiles) -> Section:
                             f"{summary['speedup_min']:.2f}-{summary['speedup_max']:.2f}x); "
                             f"budget held in {summary['windows_held']} of {n}, median "
                             + ("met." if summary["meets_budget"] else "**missed**."))
-        windows = run.student(tag, "verify.json")["independent"]["windows"]
+        windows = run.student(tag, VERIFY)["independent"]["windows"]
         for w, ok in zip(windows, summary["holds"], strict=True):
             ratios = [a / b for a, b in w["rounds"]]
             rows.append([tag, time.strftime("%Y-%m-%d %H:%M", time.localtime(w["at"])),
@@ -333,7 +348,7 @@ def _accuracy_latency(run: RunFiles) -> Section:
                   "BatchNorm in batch-statistics mode, before fine-tuning), the selected "
                   "students after fine-tuning (test accuracy; the arrow starts at their test "
                   "accuracy before fine-tuning) and the teacher. Dashed lines: budgets.")
-    teacher = run.json("teacher.json")
+    teacher = run.json(TEACHER)
     tags = run.budgets()
     if not tags:
         sec.notes.append(f"No search results yet: run `lana search {run.dir}`.")
@@ -341,7 +356,7 @@ def _accuracy_latency(run: RunFiles) -> Section:
     fig = _figure(8, 4.8)
     ax = fig.add_subplot()
     for b, tag in enumerate(tags):
-        search = run.student(tag, "search.json")
+        search = run.student(tag, SEARCH)
         color = _color(b)
         pts = [(r["latency_ms_measured"], r["val_accuracy"]) for _, r in _all_students(search)
                if r.get("val_accuracy") is not None]
@@ -350,7 +365,7 @@ def _accuracy_latency(run: RunFiles) -> Section:
             ax.scatter(xs, ys, s=22, color=color, alpha=0.45,
                        label=f"{tag}: {len(pts)} searched students (held-out)")
         ax.axvline(search["budget_ms"], color=color, linestyle="--", linewidth=1)
-        exp = run.student(tag, "export.json")
+        exp = run.student(tag, EXPORT)
         if exp:
             x = exp["latency_ms_measured"]
             before = exp.get("accuracy_before_finetune")
@@ -377,7 +392,7 @@ def _sweep(run: RunFiles, points: int, baselines: Sequence[str]) -> Section:
                   "(predicted score = sum of replace-one loss changes, lower is better). "
                   "Latency is the LUT prediction, calibrated like the search's. Crosses: the "
                   "K students of each search; diamond: the teacher (score 0).")
-    lib = run.json("library.json")
+    lib = run.json(LIBRARY)
     if lib is None:
         sec.notes.append(f"No library yet: run `lana profile {run.dir}` and "
                          f"`lana score {run.dir}` (the search writes library.json).")
@@ -396,10 +411,10 @@ def _sweep(run: RunFiles, points: int, baselines: Sequence[str]) -> Section:
             + ", ".join(f"{name}:{spec}" for name, spec in left_out[:6]) + ".")
     rows = sweep(library, "latency_ms", points=points, baselines=list(baselines),
                  baseline_time_limit=0.05 if baselines else None)
-    fixed, ratio = _calibration(run.json("latency.json"))
+    fixed, ratio = _calibration(run.json(LATENCY))
     alpha, beta = ratio, 0.0
     for tag in run.budgets():  # the search's own correction, when a search has run
-        cal = (run.student(tag, "search.json") or {}).get("calibration")
+        cal = (run.student(tag, SEARCH) or {}).get("calibration")
         if isinstance(cal, dict):
             alpha, beta = float(cal.get("alpha", ratio)), float(cal.get("beta", 0.0))
             break
@@ -423,13 +438,13 @@ def _sweep(run: RunFiles, points: int, baselines: Sequence[str]) -> Section:
             ax.plot(xs, ys, linestyle="none", marker=markers.get(method, "."), alpha=0.7,
                     label=f"{method} baseline")
     for b, tag in enumerate(run.budgets()):
-        search = run.student(tag, "search.json")
+        search = run.student(tag, SEARCH)
         pts = [(r["latency_ms_predicted"], r["score"]) for _, r in _all_students(search)]
         xs, ys = zip(*pts, strict=True)
         ax.scatter(xs, ys, marker="x", color=_color(b), s=40, zorder=4,
                    label=f"{tag}: searched students")
         ax.axvline(search["budget_ms"], color=_color(b), linestyle="--", linewidth=1)
-    lat = run.json("latency.json")
+    lat = run.json(LATENCY)
     if lat:
         ax.scatter([lat["teacher_measured_ms"]], [0.0], marker="D", s=80, color="black",
                    zorder=5, label="teacher")
@@ -453,7 +468,7 @@ def _layers(run: RunFiles) -> Section:
                   "Per layer, the LUT latency of the teacher's op (grey) and of the op the "
                   "selected student uses there (orange where it was replaced, blue where the "
                   "teacher op was kept), each timed alone at the layer's input shape.")
-    lat = run.json("latency.json")
+    lat = run.json(LATENCY)
     tags = run.budgets()
     if lat is None:
         sec.notes.append(f"No latency table yet: run `lana profile {run.dir}`.")
@@ -461,7 +476,7 @@ def _layers(run: RunFiles) -> Section:
     if not tags:
         sec.notes.append(f"No selected student yet: run `lana search {run.dir}`.")
         return sec
-    cands = run.json("candidates.json")
+    cands = run.json(CANDIDATES)
     names = ([layer["name"] for layer in cands["layers"]] if cands
              else [f"layer {i}" for i in range(len(lat["layers"]))])
     shapes = (["{}→{}".format("x".join(map(str, layer["in_shape"])),
@@ -471,7 +486,7 @@ def _layers(run: RunFiles) -> Section:
     teacher_ms = [row[ops.index("teacher")] if "teacher" in ops else math.nan
                   for row, ops in zip(lat["layers"], specs, strict=True)]
     for tag in tags:
-        search = run.student(tag, "search.json")
+        search = run.student(tag, SEARCH)
         choices = search["chosen"]["choices"]
         chosen_ms = [row[ops.index(c)] for row, ops, c in zip(lat["layers"], specs, choices,
                                                              strict=True)]
@@ -529,14 +544,14 @@ def _predicted_measured(run: RunFiles) -> Section:
     ally: list[float] = []
     rows = []
     for b, tag in enumerate(tags):
-        search = run.student(tag, "search.json")
+        search = run.student(tag, SEARCH)
         pts = [(r["latency_ms_predicted"], r["latency_ms_measured"])
                for _, r in _all_students(search)]
         xs, ys = zip(*pts, strict=True)
         ax.scatter(xs, ys, s=24, color=_color(b), alpha=0.6, label=f"{tag}: searched")
         allx += xs
         ally += ys
-        exp = run.student(tag, "export.json")
+        exp = run.student(tag, EXPORT)
         if exp:
             ax.scatter([exp["latency_ms_predicted"]], [exp["latency_ms_measured"]], s=160,
                        marker="*", color=_color(b), edgecolor="black", zorder=4,
@@ -584,12 +599,12 @@ def _score_loss(run: RunFiles) -> Section:
         return sec
     from scipy.stats import kendalltau
 
-    scores = run.json("scores.json")
+    scores = run.json(SCORES)
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
     rows = []
     for b, tag in enumerate(tags):
-        search = run.student(tag, "search.json")
+        search = run.student(tag, SEARCH)
         pts = [(r["score"], r["val_loss"]) for _, r in _all_students(search)
                if r.get("val_loss") is not None]
         if not pts:
@@ -628,7 +643,7 @@ def _timings(run: RunFiles) -> Section:
     sec = Section("timings", "Where the time went: phase timings",
                   "Wall-clock seconds per stage of this run (a stage loaded from a cache or an "
                   "earlier run is not counted again).")
-    timings = run.json("timings.json")
+    timings = run.json(TIMINGS)
     if not timings:
         sec.notes.append("No timings recorded yet (timings.json is written by each stage).")
         return sec
@@ -809,12 +824,12 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     Raises :class:`lana.errors.ArtifactError` when ``run_dir`` is not a run directory.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not (run_dir / "config.yaml").exists():
+    if not run_dir.is_dir() or not (run_dir / CONFIG).exists():
         raise ArtifactError(f"{run_dir} is not a lana run directory (no config.yaml); "
                             "give the --out directory of `lana run`")
     out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     sections = build_sections(run_dir, sweep_points=sweep_points, baselines=baselines)
-    teacher = RunFiles(run_dir).json("teacher.json") or {}
+    teacher = RunFiles(run_dir).json(TEACHER) or {}
     title = f"lana report: {teacher.get('name', run_dir.name)}"
     subtitle = (f"run directory {run_dir.resolve()}; written "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -825,7 +840,7 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     for s in sections:
         for p in s.plots:
             atomic_write_bytes(out / p.name, p.png)
-    atomic_write_bytes(out / MD_NAME, render_markdown(sections, title, subtitle).encode())
-    html_path = out / HTML_NAME
+    atomic_write_bytes(out / REPORT_MD, render_markdown(sections, title, subtitle).encode())
+    html_path = out / REPORT_HTML
     atomic_write_bytes(html_path, render_html(sections, title, subtitle).encode())
     return html_path
