@@ -396,15 +396,20 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
         yield
 
 
-def _verify(run, budget, sessions: int, gap: float) -> int:
+def _check_verify_args(option: str, count: int, gap: float) -> None:
     from lana import dist
+
+    if count < 0 or gap < 0:
+        raise ConfigError(f"{option} and --gap must be >= 0")
+    if dist.world() > 1:
+        raise ConfigError("lana verify times on one process; run it without torchrun")
+
+
+def _verify(run, budget, sessions: int, gap: float) -> int:
     from lana.progress import log
     from lana.report import print_verify
 
-    if sessions < 0 or gap < 0:
-        raise ConfigError("--sessions and --gap must be >= 0")
-    if dist.world() > 1:
-        raise ConfigError("lana verify times on one process; run it without torchrun")
+    _check_verify_args("--sessions", sessions, gap)
     res = run.verify(budget, sessions, gap, on_session=lambda n, t: log(
         f"verify: session {n + 1}/{sessions}: teacher {t['teacher']:.4g} ms, student "
         f"{t['student']:.4g} ms ({t['teacher'] / t['student']:.2f}x)"))
@@ -413,15 +418,11 @@ def _verify(run, budget, sessions: int, gap: float) -> int:
 
 
 def _verify_independent(run, budget, windows: int | None, gap: float) -> int:
-    from lana import dist
     from lana.progress import log
     from lana.report import print_independent
 
     windows = 3 if windows is None else windows
-    if windows < 0 or gap < 0:
-        raise ConfigError("--windows and --gap must be >= 0")
-    if dist.world() > 1:
-        raise ConfigError("lana verify times on one process; run it without torchrun")
+    _check_verify_args("--windows", windows, gap)
     res = run.verify_independent(budget, windows, gap, on_window=lambda n, w: log(
         f"verify --independent: window {n + 1}/{windows} (pid {w['pid']}): teacher "
         f"{w['teacher_ms']:.4g} ms, student {w['student_ms']:.4g} ms ({w['speedup']:.2f}x)"))
