@@ -487,35 +487,46 @@ class Table3:
     def lana(self, speedup: float, seed: int) -> dict:
         """The pipeline's student at ``speedup`` (seed 0: the pipeline's own phase 3)."""
         from lana.config import BudgetConfig
-        from lana.errors import InfeasibleBudgetError
-        from lana.pipeline import budget_tag
 
         budget = BudgetConfig(speedup=speedup)
-        tag = budget_tag(budget)
 
         def go() -> dict:
             from lana.io import save_tensors
             from lana.student import assemble
 
-            try:
-                srch = self.run.search(budget)
-            except InfeasibleBudgetError as exc:
-                return {"tag": tag, "infeasible": str(exc), "minimum": exc.minimum}
-            chosen = srch["chosen"]
-            base = {"tag": tag, "choices": chosen["choices"], "score": chosen["score"],
-                    "latency_ms_lut": chosen["latency_ms_lut"], "fixed_ms": srch["fixed_ms"],
-                    "meets_budget": chosen["meets_budget"], "trace": search_trace(srch)}
+            base = self.lana_search(speedup)
+            if "infeasible" in base:
+                return base
+            tag = base["tag"]
             if seed == 0:
                 ft = self.run.finetune(budget)
                 return {**base, "accuracy": ft["accuracy"],
                         "accuracy_before": ft["accuracy_before"]}
-            student = assemble(self.run.chain, chosen["choices"], self.run._load)
+            student = assemble(self.run.chain, base["choices"], self.run._load)
             before = self.test_acc(student)["accuracy"]
             stats = self.train(student, seed, f"lana_{tag}_s{seed}")
             save_tensors(self.model_path(f"lana_{tag}_s{seed}"), student.state_dict())
             return {**base, **stats, "accuracy": self.test_acc(student)["accuracy"],
                     "accuracy_before": before}
         return self.steps.get(lana_step(speedup, seed), go)
+
+    def lana_search(self, speedup: float) -> dict:
+        """The pipeline's search at ``speedup`` (cached by the pipeline): the chosen
+        architecture, or ``infeasible`` with the reason."""
+        from lana.config import BudgetConfig
+        from lana.errors import InfeasibleBudgetError
+        from lana.pipeline import budget_tag
+
+        budget = BudgetConfig(speedup=speedup)
+        tag = budget_tag(budget)
+        try:
+            srch = self.run.search(budget)
+        except InfeasibleBudgetError as exc:
+            return {"tag": tag, "infeasible": str(exc), "minimum": exc.minimum}
+        chosen = srch["chosen"]
+        return {"tag": tag, "choices": chosen["choices"], "score": chosen["score"],
+                "latency_ms_lut": chosen["latency_ms_lut"], "fixed_ms": srch["fixed_ms"],
+                "meets_budget": chosen["meets_budget"], "trace": search_trace(srch)}
 
     def lana_equal_training(self, lana0: dict) -> dict:
         """The LANA student at the member's latency fine-tuned (the fine-tuning recipe) for
@@ -557,9 +568,32 @@ class Table3:
         return sol
 
     def random(self, lana0: dict, seed: int) -> dict:
-        """Best of random search at the LANA student's measured latency, fine-tuned: the
-        LUT budget of the random search is searched (as the pruning ratio is) until the
-        chosen architecture's measured latency is within ±5 % of the LANA student's."""
+        """Best of random search at the LANA student's measured latency
+        (:meth:`random_match`), fine-tuned."""
+        from lana.student import assemble
+
+        tag = lana0["tag"]
+        search = self.random_match(lana0)
+
+        def go() -> dict:
+            from lana.io import save_tensors
+
+            student = assemble(self.run.chain, search["choices"], self.run._load)
+            before = self.test_acc(student)["accuracy"]
+            stats = self.train(student, seed, f"random_{tag}_s{seed}")
+            save_tensors(self.model_path(f"random_{tag}_s{seed}"), student.state_dict())
+            return {"tag": tag, "choices": search["choices"], "score": search["score"],
+                    "within": search["within"], **stats,
+                    "accuracy": self.test_acc(student)["accuracy"],
+                    "accuracy_before": before}
+        return self.steps.get(f"random_{tag}_s{seed}", go,
+                              valid=lambda r: r.get("choices") == search["choices"])
+
+    def random_match(self, lana0: dict) -> dict:
+        """The random-search architecture at the LANA student's measured latency: the LUT
+        budget of the random search is searched (as the pruning ratio is) until the
+        chosen architecture's measured latency is within ``match_tol`` of the LANA
+        student's."""
         from lana.student import assemble
 
         tag = lana0["tag"]
@@ -588,22 +622,8 @@ class Table3:
             return {**res, "target": "LANA student, timed alongside",
                     "choices": sol.specs, "score": sol.score, "band": RANDOM_BAND}
         # Older runs sampled without a floor (no "band"): computed again.
-        search = self.steps.get(f"random_{tag}_search", match,
-                                valid=lambda r: r.get("band") == RANDOM_BAND)
-
-        def go() -> dict:
-            from lana.io import save_tensors
-
-            student = assemble(self.run.chain, search["choices"], self.run._load)
-            before = self.test_acc(student)["accuracy"]
-            stats = self.train(student, seed, f"random_{tag}_s{seed}")
-            save_tensors(self.model_path(f"random_{tag}_s{seed}"), student.state_dict())
-            return {"tag": tag, "choices": search["choices"], "score": search["score"],
-                    "within": search["within"], **stats,
-                    "accuracy": self.test_acc(student)["accuracy"],
-                    "accuracy_before": before}
-        return self.steps.get(f"random_{tag}_s{seed}", go,
-                              valid=lambda r: r.get("choices") == search["choices"])
+        return self.steps.get(f"random_{tag}_search", match,
+                              valid=lambda r: r.get("band") == RANDOM_BAND)
 
     def pruned_model(self, ratio: float):
         """The trained teacher pruned by Torch-Pruning at ``ratio`` (deterministic:
@@ -611,23 +631,11 @@ class Table3:
         return prune_teacher(self.run.teacher, ratio, self.run.input_shape)
 
     def prune(self, lana0: dict, seed: int) -> dict:
+        """The teacher pruned to the LANA student's measured latency (:meth:`prune_match`),
+        fine-tuned."""
         tag = lana0["tag"]
-        # Steps pruned before radix-coupled layers were kept whole (ResNeSt) had a
-        # different structure at the same ratio: computed again. Other families: unchanged.
         kept = len(radix_coupled_layers(self.run.teacher))
-
-        def match() -> dict:
-            ref = self.lana_student(lana0)
-            # Latency relative to the LANA student, both timed in the same session.
-            res = prune_to_latency(self.pruned_model, lambda m: self.ratio_to(m, ref), 1.0,
-                                   tol=self.match_tol, max_iter=self.sc["prune_iters"],
-                                   say=self.steps.say)
-            res.pop("model")
-            return {**res, "target": "LANA student, timed alongside", "kept_whole": kept}
-        # Older runs matched the teacher ratio (no "target"): computed again.
-        search = self.steps.get(f"prune_{tag}_search", match,
-                                valid=lambda r: "target" in r
-                                and r.get("kept_whole", 0) == kept)
+        search = self.prune_match(lana0)
 
         def go() -> dict:
             from lana.io import save_tensors
@@ -642,6 +650,27 @@ class Table3:
                     "params": sum(p.numel() for p in model.parameters())}
         return self.steps.get(f"prune_{tag}_s{seed}", go,
                               valid=lambda r: r["ratio"] == search["ratio"]
+                              and r.get("kept_whole", 0) == kept)
+
+    def prune_match(self, lana0: dict) -> dict:
+        """The Torch-Pruning ratio whose pruned teacher measures within ``match_tol`` of
+        the LANA student's latency, both timed in the same session."""
+        tag = lana0["tag"]
+        # Steps pruned before radix-coupled layers were kept whole (ResNeSt) had a
+        # different structure at the same ratio: computed again. Other families: unchanged.
+        kept = len(radix_coupled_layers(self.run.teacher))
+
+        def match() -> dict:
+            ref = self.lana_student(lana0)
+            # Latency relative to the LANA student, both timed in the same session.
+            res = prune_to_latency(self.pruned_model, lambda m: self.ratio_to(m, ref), 1.0,
+                                   tol=self.match_tol, max_iter=self.sc["prune_iters"],
+                                   say=self.steps.say)
+            res.pop("model")
+            return {**res, "target": "LANA student, timed alongside", "kept_whole": kept}
+        # Older runs matched the teacher ratio (no "target"): computed again.
+        return self.steps.get(f"prune_{tag}_search", match,
+                              valid=lambda r: "target" in r
                               and r.get("kept_whole", 0) == kept)
 
     def kendall_step(self) -> dict:
