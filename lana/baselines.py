@@ -9,7 +9,6 @@ its costs are summed with Python floats (``sum`` or ``math.fsum``).
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
 from collections import deque
@@ -17,8 +16,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lana.budget import Budget
 from lana.errors import ConfigError
-from lana.search import Budget, Library, Solution, normalize_budgets
+from lana.library import Library, Solution
+from lana.problem import Problem
 
 __all__ = ["BASELINES", "evolution", "greedy", "random_search"]
 
@@ -32,95 +33,29 @@ def _check_args(time_limit: float, max_evals: int | None) -> None:
         raise ConfigError(f"max_evals must be a positive integer or None, got {max_evals!r}")
 
 
-class _Problem:
-    """Dense arrays of a library: scores and per-budget costs, padded per layer."""
-
-    def __init__(self, library: Library, budgets: Sequence[Budget | str]) -> None:
-        library.validate()
-        self.library = library
-        self.budgets = normalize_budgets(library, budgets)
-        self.n = len(library.layers)
-        self.sizes = np.array([len(layer.ops) for layer in library.layers])
-        width = int(self.sizes.max())
-        self.score = np.full((self.n, width), np.inf)
-        for i, row in enumerate(library.score_arrays()):
-            self.score[i, :len(row)] = row
-        self.cost = np.zeros((len(self.budgets), self.n, width))
-        for b, budget in enumerate(self.budgets):
-            for i, row in enumerate(library.cost_arrays(budget.key)):
-                # "<=" budgets as-is; ">=" budgets negated so that every one reads cost <= cap.
-                sign = 1.0 if budget.op == "<=" else -1.0
-                self.cost[b, i, :len(row)] = sign * np.asarray(row)
-                self.cost[b, i, len(row):] = np.inf
-        self.cap = np.array([b.value if b.op == "<=" else -b.value for b in self.budgets])
-        self.min_cost = self.cost.min(axis=2)  # (budgets, layers)
-        self.rows = np.arange(self.n)
-
-    def totals(self, choices: np.ndarray) -> np.ndarray:
-        return self.cost[:, self.rows, choices].sum(axis=1)
-
-    def feasible(self, choices: np.ndarray) -> bool:
-        """Fast check for search moves (numpy's pairwise sums; see :meth:`exact_ok`)."""
-        return bool(np.all(self.totals(choices) <= self.cap))
-
-    def violated(self, choices: Sequence[int]) -> np.ndarray:
-        """Per budget, whether ``choices`` breaks it when summed as a reported solution is.
-
-        numpy sums pairwise, so near a budget its total can differ from Python's in the last
-        bits; a budget counts as met only if both ``sum`` and ``math.fsum`` meet it, which
-        keeps the baselines as strict as the ILP.
-        """
-        layers = self.library.layers
-        out = np.zeros(len(self.budgets), dtype=bool)
-        for b, budget in enumerate(self.budgets):
-            vals = [layers[i].ops[int(c)].cost[budget.key] for i, c in enumerate(choices)]
-            seq, exact = sum(vals, 0.0), math.fsum(vals)
-            if budget.op == "<=":
-                out[b] = max(seq, exact) > budget.value
-            else:
-                out[b] = min(seq, exact) < budget.value
-        return out
-
-    def exact_ok(self, choices: Sequence[int]) -> bool:
-        """The check every reported solution passes (see :meth:`violated`)."""
-        return not self.violated(choices).any()
-
-    def total_score(self, choices: np.ndarray) -> float:
-        return float(self.score[self.rows, choices].sum())
-
-    def solution(self, choices: Sequence[int]) -> Solution:
-        # Summed exactly as lana.search does, so that baseline and ILP numbers compare 1:1.
-        ops = [layer.ops[int(c)] for layer, c in zip(self.library.layers, choices, strict=True)]
-        return Solution(
-            choices=[int(c) for c in choices],
-            score=float(sum((op.score for op in ops), 0.0)),
-            cost={k: float(sum((op.cost[k] for op in ops), 0.0))
-                  for k in self.library.cost_keys()},
-            specs=[op.spec for op in ops],
-        )
-
-    def random_feasible(self, rng: np.random.Generator, tries: int = 50) -> np.ndarray | None:
-        """A random architecture built layer by layer, keeping room for the rest."""
-        for _ in range(tries):
-            choices = np.zeros(self.n, dtype=int)
-            used = np.zeros(len(self.budgets))
-            # A random layer order, so that no layer always gets first pick of the budget.
-            order = rng.permutation(self.n)
-            reserve = self.min_cost.sum(axis=1)
-            ok = True
-            for i in order:
-                reserve = reserve - self.min_cost[:, i]
-                room = self.cap - used - reserve
-                allowed = np.flatnonzero(np.all(self.cost[:, i, :self.sizes[i]]
-                                                <= room[:, None] + 1e-12, axis=0))
-                if allowed.size == 0:
-                    ok = False
-                    break
-                choices[i] = rng.choice(allowed)
-                used += self.cost[:, i, choices[i]]
-            if ok and self.feasible(choices):
-                return choices
-        return None
+def _random_feasible(p: Problem, rng: np.random.Generator,
+                     tries: int = 50) -> np.ndarray | None:
+    """A random architecture built layer by layer, keeping room for the rest."""
+    for _ in range(tries):
+        choices = np.zeros(p.n_layers, dtype=int)
+        used = np.zeros(len(p.budgets))
+        # A random layer order, so that no layer always gets first pick of the budget.
+        order = rng.permutation(p.n_layers)
+        reserve = p.min_cost.sum(axis=1)
+        ok = True
+        for i in order:
+            reserve = reserve - p.min_cost[:, i]
+            room = p.cap - used - reserve
+            allowed = np.flatnonzero(np.all(p.cost_table[:, i, :p.sizes[i]]
+                                            <= room[:, None] + 1e-12, axis=0))
+            if allowed.size == 0:
+                ok = False
+                break
+            choices[i] = rng.choice(allowed)
+            used += p.cost_table[:, i, choices[i]]
+        if ok and p.feasible(choices):
+            return choices
+    return None
 
 
 def random_search(library: Library, budgets: Sequence[Budget | str], time_limit: float = 1.0,
@@ -133,15 +68,15 @@ def random_search(library: Library, budgets: Sequence[Budget | str], time_limit:
     sampled) makes the result independent of machine speed.
     """
     _check_args(time_limit, max_evals)
-    p = _Problem(library, budgets)
+    p = Problem(library, budgets)
     rng = np.random.default_rng(seed)
     best, best_score = None, np.inf
     deadline = time.perf_counter() + time_limit
     evals = 0
     while time.perf_counter() < deadline and (max_evals is None or evals < max_evals):
         evals += 1
-        c = p.random_feasible(rng, tries=1)
-        if c is not None and (s := p.total_score(c)) < best_score and p.exact_ok(c):
+        c = _random_feasible(p, rng, tries=1)
+        if c is not None and (s := p.table_score(c)) < best_score and p.meets(c):
             best, best_score = c, s
     return None if best is None else p.solution(best)
 
@@ -158,7 +93,7 @@ def evolution(library: Library, budgets: Sequence[Budget | str], time_limit: flo
     independent of machine speed.
     """
     _check_args(time_limit, max_evals)
-    p = _Problem(library, budgets)
+    p = Problem(library, budgets)
     rng = np.random.default_rng(seed)
     deadline = time.perf_counter() + time_limit
     evals = 0
@@ -171,12 +106,12 @@ def evolution(library: Library, budgets: Sequence[Budget | str], time_limit: flo
     best: tuple[np.ndarray, float] | None = None
     while len(pop) < population and more():
         evals += 1
-        c = p.random_feasible(rng)
+        c = _random_feasible(p, rng)
         if c is None:
             break
-        entry = (c, p.total_score(c), p.totals(c))
+        entry = (c, p.table_score(c), p.totals(c))
         pop.append(entry)
-        if (best is None or entry[1] < best[1]) and p.exact_ok(c):
+        if (best is None or entry[1] < best[1]) and p.meets(c):
             best = (c, entry[1])
     if not pop:
         return None
@@ -186,20 +121,20 @@ def evolution(library: Library, budgets: Sequence[Budget | str], time_limit: flo
         # rng.choice(replace=False), which matters when wall time is what is compared.
         idx = rng.integers(len(pop), size=min(sample, len(pop)))
         parent, _, totals = min((pop[j] for j in idx), key=lambda x: x[1])
-        i = int(rng.integers(p.n))
+        i = int(rng.integers(p.n_layers))
         # Only ops that keep every budget met: under a tight budget, an unconstrained random
         # op would almost always be rejected and the search would stall.
-        room = p.cap - totals + p.cost[:, i, parent[i]]
-        allowed = np.flatnonzero(np.all(p.cost[:, i, :p.sizes[i]] <= room[:, None], axis=0))
+        room = p.cap - totals + p.cost_table[:, i, parent[i]]
+        allowed = np.flatnonzero(np.all(p.cost_table[:, i, :p.sizes[i]] <= room[:, None], axis=0))
         allowed = allowed[allowed != parent[i]]
         if allowed.size == 0:
             continue
         child = parent.copy()
         child[i] = allowed[rng.integers(allowed.size)]
-        child_totals = totals - p.cost[:, i, parent[i]] + p.cost[:, i, child[i]]
-        entry = (child, p.total_score(child), child_totals)
+        child_totals = totals - p.cost_table[:, i, parent[i]] + p.cost_table[:, i, child[i]]
+        entry = (child, p.table_score(child), child_totals)
         pop.append(entry)  # maxlen drops the oldest, however good: "regularized" evolution
-        if (best is None or entry[1] < best[1]) and p.exact_ok(child):
+        if (best is None or entry[1] < best[1]) and p.meets(child):
             best = (child, entry[1])
     return None if best is None else p.solution(best[0])
 
@@ -215,8 +150,8 @@ def greedy(library: Library, budgets: Sequence[Budget | str], time_limit: float 
     if no feasible architecture is reached.
     """
     _check_args(time_limit, None)
-    p = _Problem(library, budgets)
-    choices = np.argmin(p.score, axis=1)
+    p = Problem(library, budgets)
+    choices = np.argmin(p.score_table, axis=1)
     scale = np.maximum(np.abs(p.cap), 1e-12)
     deadline = time.perf_counter() + time_limit
     # Progress is measured by the normalised total excess over the budgets; each step must
@@ -231,17 +166,17 @@ def greedy(library: Library, budgets: Sequence[Budget | str], time_limit: float 
         # A budget that numpy's sum meets but exact summation does not is a hair over it;
         # aiming a hair below such budgets turns that into an ordinary excess.
         cap = p.cap - np.where(over, 1e-9 * scale, 0.0)
-        cur_cost = p.cost[:, p.rows, choices]  # (budgets, layers)
+        cur_cost = p.cost_table[:, p.layer_index, choices]  # (budgets, layers)
         totals = cur_cost.sum(axis=1)
         excess = (np.maximum(totals - cap, 0) / scale).sum()
-        new_totals = totals[:, None, None] - cur_cost[:, :, None] + p.cost  # (b, layers, ops)
+        new_totals = totals[:, None, None] - cur_cost[:, :, None] + p.cost_table  # (b, layers, ops)
         with np.errstate(invalid="ignore"):  # inf - inf on padded ops
             new_excess = (np.maximum(new_totals - cap[:, None, None], 0)
                           / scale[:, None, None]).sum(axis=0)
         drop = np.where(np.isfinite(new_excess), excess - new_excess, 0.0)
         # Keeping the current op "drops" the excess by rounding noise; it is no move.
-        drop[p.rows, choices] = 0.0
-        loss = p.score - p.score[p.rows, choices][:, None]
+        drop[p.layer_index, choices] = 0.0
+        loss = p.score_table - p.score_table[p.layer_index, choices][:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(drop > 0, np.maximum(loss, 0) / drop, np.inf)
         best = ratio.min()
@@ -255,9 +190,9 @@ def greedy(library: Library, budgets: Sequence[Budget | str], time_limit: float 
     # Fill-up: the downgrades above usually leave budget unused.
     while time.perf_counter() <= deadline:
         totals = p.totals(choices)
-        room = p.cap[:, None, None] - totals[:, None, None] + p.cost[:, p.rows, choices][:, :, None]
-        fits = np.all(p.cost <= room, axis=0)  # (layers, ops)
-        gain = np.where(fits, p.score[p.rows, choices][:, None] - p.score, -np.inf)
+        room = p.cap[:, None, None] - totals[:, None, None] + p.cost_table[:, p.layer_index, choices][:, :, None]
+        fits = np.all(p.cost_table <= room, axis=0)  # (layers, ops)
+        gain = np.where(fits, p.score_table[p.layer_index, choices][:, None] - p.score_table, -np.inf)
         moved = False
         # Best gain first; fall back to the next one if exact summation rejects it.
         for flat in np.argsort(-gain, axis=None, kind="stable")[:8]:
@@ -266,7 +201,7 @@ def greedy(library: Library, budgets: Sequence[Budget | str], time_limit: float 
                 break
             trial = choices.copy()
             trial[i] = j
-            if p.exact_ok(trial):
+            if p.meets(trial):
                 choices, moved = trial, True
                 break
         if not moved:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from scipy.sparse import csr_matrix, vstack
 
 from lana.budget import Budget, is_real
 from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
-from lana.io import read_json, write_json
+from lana.library import Layer, Library, Op, Solution
+from lana.problem import Problem, normalize_budgets, worst_total
 
 __all__ = [
     "Budget",
@@ -43,239 +43,8 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# Candidate library
+# Results
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Op:
-    """One candidate operation for a layer.
-
-    ``extra`` holds any further fields of the op's JSON object (e.g. a weights path); they
-    are written back unchanged by :meth:`Library.to_dict` and ignored by the search.
-    """
-
-    spec: str
-    score: float
-    cost: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Layer:
-    """A replaceable layer of the teacher and its candidate ops."""
-
-    name: str
-    ops: list[Op]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Library:
-    """All layers with their scored and costed candidate ops (the search's only input)."""
-
-    layers: list[Layer]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    # -- construction / serialisation ---------------------------------------------------------
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Library:
-        """Build and validate a library from its JSON form.
-
-        ``{"layers": [{"name": str, "ops": [{"spec": str, "score": float,
-        "cost": {KEY: float}, ...}]}]}``; unknown fields are kept in ``extra``.
-        Raises :class:`ConfigError` naming the offending path.
-        """
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"library must be a JSON object, got {type(d).__name__}")
-        if "layers" not in d:
-            raise ConfigError("library has no 'layers' list")
-        raw_layers = d["layers"]
-        if not isinstance(raw_layers, list):
-            raise ConfigError(f"library.layers must be a list, got {type(raw_layers).__name__}")
-        layers: list[Layer] = []
-        for i, rl in enumerate(raw_layers):
-            path = f"layers[{i}]"
-            if not isinstance(rl, Mapping):
-                raise ConfigError(f"{path} must be an object, got {type(rl).__name__}")
-            for req in ("name", "ops"):
-                if req not in rl:
-                    raise ConfigError(f"{path} has no '{req}' field")
-            if not isinstance(rl["ops"], list):
-                raise ConfigError(f"{path}.ops must be a list, got {type(rl['ops']).__name__}")
-            ops: list[Op] = []
-            for j, ro in enumerate(rl["ops"]):
-                opath = f"{path}.ops[{j}]"
-                if not isinstance(ro, Mapping):
-                    raise ConfigError(f"{opath} must be an object, got {type(ro).__name__}")
-                for req in ("spec", "score", "cost"):
-                    if req not in ro:
-                        raise ConfigError(f"{opath} has no '{req}' field")
-                cost = ro["cost"]
-                if not isinstance(cost, Mapping):
-                    raise ConfigError(f"{opath}.cost must be an object of numbers")
-                extra = {k: v for k, v in ro.items() if k not in ("spec", "score", "cost")}
-                ops.append(Op(spec=ro["spec"], score=ro["score"], cost=dict(cost), extra=extra))
-            lextra = {k: v for k, v in rl.items() if k not in ("name", "ops")}
-            layers.append(Layer(name=rl["name"], ops=ops, extra=lextra))
-        lib = cls(layers=layers, extra={k: v for k, v in d.items() if k != "layers"})
-        lib.validate()
-        # JSON integers (e.g. parameter counts) become floats so arithmetic is uniform.
-        for layer in lib.layers:
-            for op in layer.ops:
-                op.score = float(op.score)
-                op.cost = {k: float(v) for k, v in op.cost.items()}
-        return lib
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form read by :meth:`from_dict` (extra fields included)."""
-        return {
-            **self.extra,
-            "layers": [
-                {
-                    "name": layer.name,
-                    **layer.extra,
-                    "ops": [
-                        {"spec": op.spec, "score": op.score, "cost": dict(op.cost), **op.extra}
-                        for op in layer.ops
-                    ],
-                }
-                for layer in self.layers
-            ],
-        }
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Library:
-        """Read and validate a library JSON file."""
-        try:
-            return cls.from_dict(read_json(path))
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomically write the library as JSON."""
-        write_json(path, self.to_dict())
-
-    # -- validation ---------------------------------------------------------------------------
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` (naming e.g. ``layers[3].ops[7].cost.latency_ms``) if
-        the library is empty, has wrong types, non-finite numbers or inconsistent cost keys."""
-        if not isinstance(self.layers, list) or not self.layers:
-            raise ConfigError("library has no layers; there is nothing to search over")
-        names: dict[str, int] = {}
-        first_with_key: dict[str, str] = {}
-        for i, layer in enumerate(self.layers):
-            path = f"layers[{i}]"
-            if not isinstance(layer, Layer):
-                raise ConfigError(f"{path} must be a Layer, got {type(layer).__name__}")
-            if not isinstance(layer.name, str) or not layer.name:
-                raise ConfigError(f"{path}.name must be a non-empty string, got {layer.name!r}")
-            if layer.name in names:
-                raise ConfigError(
-                    f"{path}.name {layer.name!r} repeats layers[{names[layer.name]}].name; "
-                    "layer names must be unique"
-                )
-            names[layer.name] = i
-            if not isinstance(layer.ops, list) or not layer.ops:
-                raise ConfigError(
-                    f"{path} ({layer.name!r}) has no candidate ops; every layer needs at least "
-                    "one (e.g. the teacher's own op)"
-                )
-            for j, op in enumerate(layer.ops):
-                opath = f"{path}.ops[{j}]"
-                if not isinstance(op, Op):
-                    raise ConfigError(f"{opath} must be an Op, got {type(op).__name__}")
-                if not isinstance(op.spec, str) or not op.spec:
-                    raise ConfigError(f"{opath}.spec must be a non-empty string, got {op.spec!r}")
-                if not is_real(op.score):
-                    raise ConfigError(
-                        f"{opath}.score must be a number, got {type(op.score).__name__}"
-                    )
-                if not math.isfinite(op.score):
-                    raise ConfigError(f"{opath}.score is {_nonfinite_word(op.score)}")
-                if not isinstance(op.cost, Mapping):
-                    raise ConfigError(f"{opath}.cost must be a dict of numbers")
-                if not isinstance(op.extra, dict):
-                    raise ConfigError(f"{opath}.extra must be a dict")
-                for key, value in op.cost.items():
-                    if not isinstance(key, str) or not key:
-                        raise ConfigError(f"{opath}.cost has a non-string key {key!r}")
-                    if not is_real(value):
-                        raise ConfigError(
-                            f"{opath}.cost.{key} must be a number, got {type(value).__name__}"
-                        )
-                    if not math.isfinite(value):
-                        raise ConfigError(f"{opath}.cost.{key} is {_nonfinite_word(value)}")
-                    first_with_key.setdefault(key, opath)
-        # Budgets sum a key over all layers, so one op lacking it would make sums meaningless.
-        for i, layer in enumerate(self.layers):
-            for j, op in enumerate(layer.ops):
-                missing = [k for k in first_with_key if k not in op.cost]
-                if missing:
-                    k = missing[0]
-                    raise ConfigError(
-                        f"layers[{i}].ops[{j}].cost is missing {k!r} (which "
-                        f"{first_with_key[k]}.cost has); every op must have every cost key "
-                        f"({', '.join(sorted(first_with_key))})"
-                    )
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def cost_keys(self) -> list[str]:
-        """Sorted cost keys (every op has all of them once validated)."""
-        keys: set[str] = set()
-        for layer in self.layers:
-            for op in layer.ops:
-                keys.update(op.cost)
-        return sorted(keys)
-
-    def log10_space_size(self) -> float:
-        """log10 of the number of architectures (product of per-layer op counts)."""
-        return float(sum(math.log10(len(layer.ops)) for layer in self.layers))
-
-    def score_arrays(self) -> list[np.ndarray]:
-        """Per layer, the scores of its ops as a float64 array (layers may differ in length)."""
-        return [np.array([op.score for op in layer.ops], dtype=np.float64) for layer in self.layers]
-
-    def cost_arrays(self, key: str) -> list[np.ndarray]:
-        """Per layer, the ``key`` cost of its ops as a float64 array."""
-        return [
-            np.array([op.cost[key] for op in layer.ops], dtype=np.float64) for layer in self.layers
-        ]
-
-    def specs(self, choices: Sequence[int]) -> list[str]:
-        """The op specs of an architecture given by one op index per layer."""
-        return [layer.ops[c].spec for layer, c in zip(self.layers, choices, strict=True)]
-
-
-def _nonfinite_word(x: float) -> str:
-    return "NaN" if math.isnan(x) else ("+inf" if x > 0 else "-inf")
-
-
-# ---------------------------------------------------------------------------------------------
-# Budgets and results
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Solution:
-    """One architecture: an op index per layer, its specs, summed score and costs."""
-
-    choices: list[int]
-    score: float
-    cost: dict[str, float]
-    specs: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form: choices, specs, score, cost."""
-        return {
-            "choices": list(self.choices),
-            "specs": list(self.specs),
-            "score": self.score,
-            "cost": dict(self.cost),
-        }
-
 
 @dataclass
 class SearchResult:
@@ -308,61 +77,6 @@ class SearchResult:
             "timed_out": self.timed_out,
             "gaps": list(self.gaps),
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact arithmetic helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _totals(values: Sequence[float]) -> tuple[float, float]:
-    # Callers may recompute a cost with a plain left-to-right sum() or with math.fsum();
-    # they can differ in the last bits, so a budget must hold for both.
-    return sum(values, 0.0), math.fsum(values)
-
-
-def _worst_total(values: Sequence[float], op: str) -> float:
-    seq, exact = _totals(values)
-    return max(seq, exact) if op == "<=" else min(seq, exact)
-
-
-def _solution(library: Library, choices: Sequence[int], keys: Sequence[str]) -> Solution:
-    ops = [layer.ops[c] for layer, c in zip(library.layers, choices, strict=True)]
-    return Solution(
-        choices=[int(c) for c in choices],
-        score=float(sum((op.score for op in ops), 0.0)),
-        cost={k: float(sum((op.cost[k] for op in ops), 0.0)) for k in keys},
-        specs=[op.spec for op in ops],
-    )
-
-
-def _violations(
-    library: Library, choices: Sequence[int], budgets: Sequence[Budget]
-) -> list[tuple[int, float]]:
-    """(budget index, excess in cost units) for every budget the architecture breaks."""
-    out = []
-    for b, budget in enumerate(budgets):
-        vals = [layer.ops[c].cost[budget.key] for layer, c in zip(library.layers, choices,
-                                                                   strict=True)]
-        total = _worst_total(vals, budget.op)
-        if not budget.satisfied_by(total):
-            out.append((b, abs(total - budget.value)))
-    return out
-
-
-def normalize_budgets(library: Library, budgets: Sequence[Budget | str]) -> list[Budget]:
-    """Parse budgets (one or many) and check that each names a cost key of the library."""
-    if isinstance(budgets, str | Budget):
-        budgets = [budgets]
-    out = [Budget.parse(b) for b in budgets]
-    keys = library.cost_keys()
-    for b in out:
-        if b.key not in keys:
-            raise ConfigError(
-                f"budget {b} is on cost {b.key!r}, which the library does not have; "
-                f"available cost keys: {', '.join(keys) if keys else '(none)'}"
-            )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +129,7 @@ def score_optimum_cost(library: Library, key: str) -> float:
     _check_cost_key(library, key)
     per_layer = [min((op.score, op.cost[key]) for op in layer.ops)[1]
                  for layer in library.layers]
-    return _worst_total(per_layer, ">=")
+    return worst_total(per_layer, ">=")
 
 
 def _reach(library: Library, key: str, sense: str) -> float:
@@ -423,7 +137,7 @@ def _reach(library: Library, key: str, sense: str) -> float:
     per_layer = [pick(op.cost[key] for op in layer.ops) for layer in library.layers]
     # Conservative rounding in the direction that makes a budget harder to meet, so that
     # "budget >= minimum_reachable" really is reachable under either way of summing.
-    return _worst_total(per_layer, "<=" if sense == "min" else ">=")
+    return worst_total(per_layer, "<=" if sense == "min" else ">=")
 
 
 def _extreme_choices(library: Library, key: str, sense: str) -> list[int]:
@@ -472,18 +186,19 @@ def _check_reachable(library: Library, budgets: Sequence[Budget]) -> None:
         raise InfeasibleBudgetError("\n".join(problems), minimum=bounds)
 
 
-def _conflict_error(library: Library, budgets: Sequence[Budget]) -> InfeasibleBudgetError:
+def _conflict_error(problem: Problem) -> InfeasibleBudgetError:
+    library = problem.library
     lines = []
     bounds: dict[str, float] = {}
-    keys = sorted({b.key for b in budgets})
-    for budget in budgets:
+    keys = sorted({b.key for b in problem.budgets})
+    for budget in problem.budgets:
         sense = "min" if budget.op == "<=" else "max"
         reach = _reach(library, budget.key, sense)
         bounds[budget.key] = reach
         # What the other costs look like at this budget's extreme tells the user which
         # budget to relax and by roughly how much.
-        at = _solution(library, _extreme_choices(library, budget.key, sense), keys)
-        others = ", ".join(f"{k}={v:.6g}" for k, v in at.cost.items() if k != budget.key)
+        at = problem.cost_sums(_extreme_choices(library, budget.key, sense))
+        others = ", ".join(f"{k}={at[k]:.6g}" for k in keys if k != budget.key)
         lines.append(
             f"  {budget}: {sense}imum reachable {budget.key} alone is {reach!r}"
             + (f" (that architecture has {others})" if others else "")
@@ -510,17 +225,21 @@ def _countdown(time_limit: float | None) -> Callable[[], float | None]:
     return left
 
 
-class _Problem:
-    """Scaled, pruned numeric view of a library + budgets, shared by the K re-solves."""
+class _Ilp:
+    """Scaled, pruned numeric view of a :class:`Problem`, shared by the K re-solves.
 
-    def __init__(self, library: Library, budgets: Sequence[Budget]) -> None:
-        self.library = library
+    It reads only the problem's plain data (per-layer score and cost arrays, the budgets'
+    operators and values), never the library itself.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
         # The LP lower bound (scaled objective) behind the last diverse solve's answer, kept
         # so that solve() can report the gap it proves; None when there is none.
         self.last_bound: float | None = None
-        self.budgets = list(budgets)
-        self.n_layers = len(library.layers)
-        scores = library.score_arrays()
+        self.budgets = problem.budgets
+        self.n_layers = problem.n_layers
+        scores = problem.scores
         # Shifting each layer by its minimum and scaling by the largest remaining spread keeps
         # HiGHS's coefficients in [0, 1] whatever the units (ms, params, flops).
         shifted = [s - s.min() for s in scores]
@@ -530,11 +249,11 @@ class _Problem:
         # Budgets that every architecture meets are dropped: they would only add numerics.
         self.rows: list[tuple[int, list[np.ndarray], float, float]] = []  # (b, coefs, shift, scale)
         for b, budget in enumerate(self.budgets):
-            costs = library.cost_arrays(budget.key)
+            costs = problem.costs[b]
             pick = np.max if budget.op == "<=" else np.min
             # The costliest architecture (cheapest for >=), summed the unfavourable way: if even
             # it meets the budget, every architecture does (float sums are monotone).
-            worst = _worst_total([float(pick(c)) for c in costs], budget.op)
+            worst = worst_total([float(pick(c)) for c in costs], budget.op)
             if budget.satisfied_by(worst):
                 continue
             mins = [float(c.min()) for c in costs]
@@ -548,9 +267,7 @@ class _Problem:
         # earlier solution, because then the swap could break a diversity constraint.
         # Precomputed once; each re-solve only masks the rows of protected ops.
         self.dom: list[np.ndarray] = []
-        directed = [
-            library.cost_arrays(self.budgets[b].key) for b, _, _, _ in self.rows
-        ]
+        directed = [problem.costs[b] for b, _, _, _ in self.rows]
         signs = [1.0 if self.budgets[b].op == "<=" else -1.0 for b, _, _, _ in self.rows]
         for i in range(self.n_layers):
             cols = [scores[i]] + [s * c[i] for s, c in zip(signs, directed, strict=True)]
@@ -1109,7 +826,7 @@ _MAX_EXACT_CUTS = 3
 
 
 def _solve_feasible(
-    prob: _Problem,
+    prob: _Ilp,
     exclusions: list[tuple[list[int], int]],
     deadline: float | None,
     gap: float = 0.0,
@@ -1139,7 +856,7 @@ def _solve_feasible(
                                                   node_limit, moves)
         if choices is None:
             return None, outcome
-        bad = _violations(prob.library, choices, prob.budgets)
+        bad = prob.problem.violations(choices)
         if not bad:
             return choices, outcome
         if outcome == "timeout":
@@ -1230,8 +947,8 @@ def solve(
     # The epsilon keeps e.g. 0.57 * 100 = 56.999999999999 from flooring to 56.
     limit = n - 1 if overlap >= 1 else min(n - 1, math.floor(overlap * n + 1e-9))
     deadline = None if time_limit is None else t0 + float(time_limit)
-    keys = library.cost_keys()
-    prob = _Problem(library, blist)
+    problem = Problem(library, blist)
+    prob = _Ilp(problem)
 
     solutions: list[Solution] = []
     gaps: list[float | None] = []
@@ -1252,9 +969,9 @@ def solve(
                         "architecture; raise time_limit or leave it unset"
                     )
             elif not solutions:
-                raise _conflict_error(library, blist)
+                raise _conflict_error(problem)
             break
-        solutions.append(_solution(library, choices, keys))
+        solutions.append(problem.solution(choices))
         if not exclusions:
             gaps.append(0.0 if status == "optimal" else None)
         elif prob.last_bound is None:
@@ -1290,14 +1007,13 @@ def brute_force(library: Library, budgets: Sequence[Budget | str]) -> Solution |
             f"brute_force is for tiny libraries; this one has 10^"
             f"{library.log10_space_size():.1f} architectures, use solve()"
         )
-    keys = library.cost_keys()
+    problem = Problem(library, blist)
     best: list[int] | None = None
     best_score = math.inf
     for choices in itertools.product(*(range(len(layer.ops)) for layer in library.layers)):
-        if _violations(library, choices, blist):
+        if problem.violations(choices):
             continue
-        score = sum((layer.ops[c].score for layer, c in zip(library.layers, choices,
-                                                            strict=True)), 0.0)
+        score = problem.score(choices)
         if score < best_score:
             best, best_score = list(choices), score
-    return None if best is None else _solution(library, best, keys)
+    return None if best is None else problem.solution(best)

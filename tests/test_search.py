@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from lana import search
 from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
+from lana.problem import Problem
 from lana.search import (
     Budget,
     Layer,
@@ -252,7 +253,7 @@ def test_diverse_solutions_match_exact_ilp_with_zero_gap(seed):
     budgets = [Budget("latency_ms", "<=", 0.5 * teacher), Budget("params", "<=", 5e6)]
     result = solve(lib, budgets, k=5, overlap=0.7, diverse_gap=0.0, diverse_node_limit=None)
     assert len(result.solutions) == 5
-    prob = search._Problem(lib, budgets)
+    prob = search._Ilp(Problem(lib, budgets))
     every = [list(range(len(layer.ops))) for layer in lib.layers]
     limit = overlap_limit(8, 0.7)
     exclusions: list = []
