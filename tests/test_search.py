@@ -9,13 +9,16 @@ import math
 import random
 from unittest import mock
 
+import numpy as np
 import pytest
 from conftest import budgets_met
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lana import search
+from lana import milp
 from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
+from lana.local_search import Dense, descend, tabu
+from lana.milp import Ilp
 from lana.problem import Problem
 from lana.search import (
     Budget,
@@ -142,7 +145,7 @@ def test_first_solution_is_optimal_or_both_infeasible(case):
     assert meets(lib, best.choices, budgets)
     assert abs(best.score - expected.score) <= tolerance(lib)
     # Large libraries go through the LP-guided reduction first; it must be just as exact.
-    with mock.patch.object(search, "_STAGE_MIN_VARS", 0):
+    with mock.patch.object(milp, "_STAGE_MIN_VARS", 0):
         staged = solve(lib, budgets).solutions[0]
     assert meets(lib, staged.choices, budgets)
     assert abs(staged.score - expected.score) <= tolerance(lib)
@@ -253,13 +256,13 @@ def test_diverse_solutions_match_exact_ilp_with_zero_gap(seed):
     budgets = [Budget("latency_ms", "<=", 0.5 * teacher), Budget("params", "<=", 5e6)]
     result = solve(lib, budgets, k=5, overlap=0.7, diverse_gap=0.0, diverse_node_limit=None)
     assert len(result.solutions) == 5
-    prob = search._Ilp(Problem(lib, budgets))
+    prob = Ilp(Problem(lib, budgets))
     every = [list(range(len(layer.ops))) for layer in lib.layers]
     limit = overlap_limit(8, 0.7)
     exclusions: list = []
     for sol in result.solutions:
         assert meets(lib, sol.choices, budgets)
-        model = prob.build([search.np.array(e) for e in every], exclusions,
+        model = prob.build([np.array(e) for e in every], exclusions,
                            [0.0] * len(prob.rows))
         ref, outcome = prob.run_milp(model, None, 0.0)
         assert outcome == "optimal" and ref is not None
@@ -291,15 +294,15 @@ def test_descend_never_moves_into_padding():
     # Layer 0 has one op, so its other slots are padding with zero cost coefficients, which
     # would "repair" the budget row; the only real repair is layer 1's slot 2.
     inf = math.inf
-    dense = search._Dense(
-        c=search.np.array([[0.0, inf, inf], [1.0, 0.0, 2.0]]),
-        a=search.np.array([[[1.0, 0.0, 0.0], [1.0, 2.0, 0.5]]]),
-        lo=search.np.array([-inf]),
-        hi=search.np.array([1.6]),
-        span=search.np.array([1.5]),
+    dense = Dense(
+        c=np.array([[0.0, inf, inf], [1.0, 0.0, 2.0]]),
+        a=np.array([[[1.0, 0.0, 0.0], [1.0, 2.0, 0.5]]]),
+        lo=np.array([-inf]),
+        hi=np.array([1.6]),
+        span=np.array([1.5]),
     )
     calls = iter(range(1000))
-    got = search._descend(dense, search.np.array([0, 1]), lambda f: False,
+    got = descend(dense, np.array([0, 1]), lambda f: False,
                           lambda: next(calls) >= 999)
     assert got is not None and got.tolist() == [0, 2]
 
@@ -308,15 +311,15 @@ def test_tabu_finds_feasible_point_from_infeasible_start():
     # Two layers, one row "shared with (0, 0) <= 0" and a budget: the walk from (0, 0) has
     # to leave both layers' cheapest op and find the best feasible pair.
     inf = math.inf
-    dense = search._Dense(
-        c=search.np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 2.5]]),
-        a=search.np.array([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]],
+    dense = Dense(
+        c=np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 2.5]]),
+        a=np.array([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]],
                            [[0.0, 0.5, 1.0], [0.0, 1.0, 0.2]]]),
-        lo=search.np.array([-inf, -inf]),
-        hi=search.np.array([0.0, 1.2]),
-        span=search.np.array([1.0, 1.0]),
+        lo=np.array([-inf, -inf]),
+        hi=np.array([0.0, 1.2]),
+        span=np.array([1.0, 1.0]),
     )
-    got = search._tabu(dense, search.np.array([0, 0]), 50, lambda f: False, lambda: False)
+    got = tabu(dense, np.array([0, 0]), 50, lambda f: False, lambda: False)
     # Feasible: (1, 2) scoring 3.5 and (2, 2) scoring 5.5.
     assert got is not None and got.tolist() == [1, 2]
 
@@ -381,9 +384,9 @@ def test_staged_first_solve_matches_plain_on_a_larger_library(two_keys):
     budgets = [Budget("latency_ms", "<=", 0.4 * teacher)]
     if two_keys:
         budgets.append(Budget("params", "<=", 8e6))
-    with mock.patch.object(search, "_STAGE_MIN_VARS", 10**9):
+    with mock.patch.object(milp, "_STAGE_MIN_VARS", 10**9):
         plain = solve(lib, budgets).solutions[0]
-    with mock.patch.object(search, "_STAGE_MIN_VARS", 0):
+    with mock.patch.object(milp, "_STAGE_MIN_VARS", 0):
         staged = solve(lib, budgets).solutions[0]
     assert meets(lib, plain.choices, budgets) and meets(lib, staged.choices, budgets)
     assert staged.score == pytest.approx(plain.score, rel=1e-6, abs=1e-9)
