@@ -85,6 +85,31 @@ class SearchResult:
 
 
 
+def _check_solve_args(k: int, overlap: float, time_limit: float | None, diverse_gap: float,
+                      diverse_node_limit: int | None, diverse_moves: int) -> None:
+    """Raise :class:`ConfigError` for the first of :func:`solve`'s numeric arguments that is
+    out of range."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ConfigError(f"k (number of architectures) must be an integer >= 1, got {k!r}")
+    if not is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
+        raise ConfigError(f"overlap must be a finite number >= 0, got {overlap!r}")
+    if time_limit is not None and (not is_real(time_limit) or not time_limit > 0):
+        raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    if diverse_node_limit is not None and (
+        isinstance(diverse_node_limit, bool)
+        or not isinstance(diverse_node_limit, numbers.Integral)
+        or diverse_node_limit < 0
+    ):
+        raise ConfigError(
+            f"diverse_node_limit must be an integer >= 0 or None, got {diverse_node_limit!r}"
+        )
+    if (isinstance(diverse_moves, bool) or not isinstance(diverse_moves, numbers.Integral)
+            or diverse_moves < 0):
+        raise ConfigError(f"diverse_moves must be an integer >= 0, got {diverse_moves!r}")
+    if not is_real(diverse_gap) or not 0 <= diverse_gap < 1:
+        raise ConfigError(f"diverse_gap must be in [0, 1), got {diverse_gap!r}")
+
+
 def solve(
     library: Library,
     budgets: Sequence[Budget | str],
@@ -130,25 +155,7 @@ def solve(
         raise ConfigError(f"solve() needs a Library, got {type(library).__name__}")
     library.validate()
     blist = normalize_budgets(library, budgets)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ConfigError(f"k (number of architectures) must be an integer >= 1, got {k!r}")
-    if not is_real(overlap) or not math.isfinite(overlap) or overlap < 0:
-        raise ConfigError(f"overlap must be a finite number >= 0, got {overlap!r}")
-    if time_limit is not None and (not is_real(time_limit) or not time_limit > 0):
-        raise ConfigError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
-    if diverse_node_limit is not None and (
-        isinstance(diverse_node_limit, bool)
-        or not isinstance(diverse_node_limit, numbers.Integral)
-        or diverse_node_limit < 0
-    ):
-        raise ConfigError(
-            f"diverse_node_limit must be an integer >= 0 or None, got {diverse_node_limit!r}"
-        )
-    if (isinstance(diverse_moves, bool) or not isinstance(diverse_moves, numbers.Integral)
-            or diverse_moves < 0):
-        raise ConfigError(f"diverse_moves must be an integer >= 0, got {diverse_moves!r}")
-    if not is_real(diverse_gap) or not 0 <= diverse_gap < 1:
-        raise ConfigError(f"diverse_gap must be in [0, 1), got {diverse_gap!r}")
+    _check_solve_args(k, overlap, time_limit, diverse_gap, diverse_node_limit, diverse_moves)
     check_reachable(library, blist)
 
     n = len(library.layers)
