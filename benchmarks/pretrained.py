@@ -124,10 +124,6 @@ def run_config(scale: str, work: Path, threads: int = 1) -> dict:
     }
 
 
-def budget_name(budget: str | float) -> str:
-    return budget if isinstance(budget, str) else f"{budget:g}x"
-
-
 class Pretrained(Table3):
     """The benchmark's steps, on :class:`table3.Table3`'s machinery (its LANA, random,
     pruning and Kendall steps), with ImageNet-pretrained teacher and siblings."""
@@ -192,7 +188,7 @@ class Pretrained(Table3):
     def budgets(self) -> dict[str, float]:
         """Budget name -> speed-up over the teacher."""
         out = {s: round(1 / self.sibling_ratio(s), 3) for s in SIBLINGS}
-        out.update({budget_name(s): s for s in SPEEDUPS})
+        out.update({f"{s:g}x": s for s in SPEEDUPS})
         return out
 
     def arm_siblings(self) -> dict:
