@@ -207,9 +207,12 @@ class SearchConfig(_Section):
     extra_budgets: list[str] = Field(default_factory=list, description="further bounds "
                                      "on whole-network costs of library.json, e.g. "
                                      "'params<=2e6' or 'latency_ms@torch<=5'")
-    margin: float = Field(0.03, ge=0, lt=0.5, description="a student must measure this "
-                          "fraction under the budget to be selected, so that measurement "
-                          "noise does not push the exported student over it")
+    margin: float | Literal["auto"] = Field(
+        "auto", description="a student must measure this fraction under the budget to be "
+        "selected, so that measurement noise does not push it over in a later timing. "
+        "auto: derived from how much repeated timings of the same networks differ on this "
+        "machine during the search (lana.spread; 3 % until repeats are timed, 1-25 %); or a "
+        "fixed fraction in [0, 0.5)")
     slack: float = Field(0.15, gt=0, le=1, description="a chosen student that measures "
                          "more than this fraction under the budget (after the margin) "
                          "gives away accuracy: the calibration is refitted on every network "
@@ -227,6 +230,13 @@ class SearchConfig(_Section):
                                  "could pick it only for a replace-one score better than "
                                  "exact, i.e. by noise, so phase 1 does not train it either "
                                  "(latency is measured first)")
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_range(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 <= v < 0.5:
+            raise ValueError("margin must be 'auto' or a fraction in [0, 0.5), e.g. 0.05")
+        return v
 
 
 class FinetuneConfig(_Section):

@@ -43,6 +43,7 @@ from lana.io import (
 )
 from lana.models import SOURCES, source_digest
 from lana.progress import log
+from lana.spread import interval_of
 from lana.stages import (
     CANDIDATES,
     CONFIG,
@@ -910,6 +911,8 @@ class Run:
                              "latency_ms_measured": exp["latency_ms_measured"],
                              "teacher_latency_ms_measured": exp["teacher_latency_ms"],
                              "speedup": exp["speedup"], "meets_budget": exp["meets_budget"],
+                             "speedup_interval": interval_of(srch, exp["speedup"]),
+                             "margin": srch.get("margin"),
                              "timings_ms": exp.get("timings_ms"),
                              "accuracy": exp["accuracy"],
                              "accuracy_before_finetune": exp["accuracy_before_finetune"],

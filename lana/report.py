@@ -17,6 +17,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     # Imported here, as in print_search: lana.select brings in lana.config (pydantic),
     # which `lana search LIBRARY` (print_library_search) does not otherwise need.
     from lana.select import budget_allowed_ms
+    from lana.spread import interval_text
 
     console = console or _out
     lat = summary["latency"]
@@ -38,7 +39,8 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         # None: the LUT came from another machine, so nothing was measured here.
         t.add_row(name, _pct(s["accuracy"]), _num(s["latency_ms_measured"]),
                   f"{s['latency_ms_predicted']:.4g}",
-                  "-" if s["speedup"] is None else f"{s['speedup']:.2f}x",
+                  "-" if s["speedup"] is None
+                  else f"{s['speedup']:.2f}x" + interval_text(s.get("speedup_interval")),
                   f"{budget_ms:.4g}",
                   "not measured" if s["meets_budget"] is None
                   else "yes" if s["meets_budget"] else "[red]no[/red]")

@@ -23,6 +23,7 @@ from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.progress import log, progress
 from lana.search import Budget, Library, minimum_reachable, score_optimum_cost, solve
+from lana.spread import MAX_MARGIN, SpreadMargin
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,14 @@ def chosen_speedup(search: dict) -> float | None:
     """The chosen student's speed-up over the teacher as a search result (``search.json``)
     measured it: the median of its confirmation timings, else its one timing beside the
     teacher of its attempt; None when nothing was timed (a LUT from another device)."""
-    chosen = search.get("chosen") or {}
+    return _measured_speedup(search.get("chosen") or {}, search.get("attempts", []))
+
+
+def _measured_speedup(chosen: dict, attempts: Sequence[dict]) -> float | None:
     if chosen.get("timings_ms"):
         return median_speedup(chosen["timings_ms"])
     if chosen.get("latency_ms_measured"):
-        for att in search.get("attempts", []):
+        for att in attempts:
             if chosen in att["students"]:
                 return att["teacher_ms"] / chosen["latency_ms_measured"]
     return None
@@ -254,7 +258,9 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     teacher_lut = latency["teacher_predicted_ms"]
     points = [(teacher_lut, latency["teacher_measured_ms"])]
     cal = fit_calibration(points)
-    goal = target_ms * (1 - cfg.margin)
+    # The margin grows or shrinks with the spread of the repeated timings below.
+    spread = SpreadMargin.from_config(cfg.margin)
+    goal = target_ms * (1 - spread.value)
     layer_budget = cal.invert(goal) - fixed
     floor = minimum_reachable(library, "latency_ms")
     if layer_budget < floor:
@@ -264,7 +270,7 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             f"a budget of {target_ms:.4g} ms is below the minimum reachable latency "
             f"{minimum:.4g} ms of this candidate space on {backend} "
             f"(stem+head alone: {cal.predict(fixed):.4g} ms"
-            + (f", {cfg.margin:.0%} safety margin" if cfg.margin else "") + "). Raise the "
+            + (f", {spread.value:.0%} safety margin" if spread.value else "") + "). Raise the "
             "budget (or lower the speed-up), or add cheaper candidate ops.",
             minimum={"latency_ms": minimum})
     ceiling = minimum_reachable(library, "latency_ms", "max")
@@ -307,8 +313,9 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             retimed = best.setdefault("retimed_ms", [])
             retimed.append({"teacher": measured["teacher"], "student": measured["best"]})
             windows = [best_window, *retimed]
+            spread.set_group("best", windows)
             over_windows = pool_timings(windows, "student", budget.speedup, target_ms)
-            if over_windows["fraction"] > (1 - cfg.margin) * (1 + 1e-9):
+            if over_windows["fraction"] > (1 - spread.value) * (1 + 1e-9):
                 log(f"[yellow]search: the best student so far, timed again beside this "
                     f"solve, measures {over_windows['latency_ms']:.4g} ms, "
                     f"{over_windows['fraction']:.0%} of its budget over {len(windows)} "
@@ -336,7 +343,7 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
                          "latency_ms_lut": lut_ms,
                          "latency_ms_predicted": cal.predict(lut_ms),
                          "latency_ms_measured": ms, "verified": ms is not None,
-                         "meets_budget": judged <= allowed * (1 - cfg.margin) * (1 + 1e-9),
+                         "meets_budget": judged <= allowed * (1 - spread.value) * (1 + 1e-9),
                          "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]})
         # The best student that met the budget in the timing of all K is timed again,
         # cfg.confirm fresh timings: picking the best of K noisy timings favours one that
@@ -352,14 +359,16 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             if measure is not None and cfg.confirm > 1:
                 timings, pooled = time_until_decided(
                     lambda one={name: students[name]}: measure(one), name, budget.speedup,
-                    target_ms, 1 - cfg.margin, cfg.confirm)
+                    target_ms, 1 - spread.value, cfg.confirm)
                 r["selected_by_ms"] = {"teacher": measured["teacher"],
                                        "student": measured[name]}
                 r["timings_ms"] = [{"teacher": t["teacher"], "student": t[name]}
                                    for t in timings]
                 r["latency_ms_measured"] = pooled["latency_ms"]
                 used = pooled["fraction"]
-                r["meets_budget"] = used <= (1 - cfg.margin) * (1 + 1e-9)
+                spread.set_group(f"{len(attempts)}/{name}", r["timings_ms"])
+                r["margin"] = spread.value
+                r["meets_budget"] = used <= (1 - spread.value) * (1 + 1e-9)
                 if not r["meets_budget"]:
                     log(f"[yellow]search: {name} met the budget in the timing of all K "
                         f"but not in the median of {len(timings)} more "
@@ -386,12 +395,12 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             best_window = chosen_window
         if measure is None:
             break  # nothing measured, nothing to learn from
-        goal = min(allowed, target_ms) * (1 - cfg.margin)
+        goal = min(allowed, target_ms) * (1 - spread.value)
         if chosen is not None:
             # Met. Far under the budget, it gave away accuracy that a costlier student
             # would keep: search again with a looser LUT budget (unless this solve, between
             # budgets already tried, found nothing better: there is nothing left between).
-            if (used >= _loosen_below(cfg.margin, cfg.slack) or layer_budget >= ceiling
+            if (used >= _loosen_below(spread.value, cfg.slack) or layer_budget >= ceiling
                     or (not improved and over is not None)):
                 break
             under = layer_budget if under is None else max(under, layer_budget)
@@ -406,7 +415,7 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
             # Below the best student's LUT cost, or the ILP returns it again.
             new_budget = min(new_budget, (top["latency_ms_lut"] - fixed) * (1 - 1e-3))
             why = (f"best student measured {top['latency_ms_measured']:.4g} ms > "
-                   f"{allowed * (1 - cfg.margin):.4g} ms allowed")
+                   f"{allowed * (1 - spread.value):.4g} ms allowed")
         if under is not None and over is not None:
             # Both sides known: bisect. A refit line interpolates badly where the device
             # is not linear in the LUT sum; halving the bracket always gets there.
@@ -428,9 +437,17 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
         log(f"[red]search: no student measurably met the budget after {len(attempts)} "
             "solve(s); keeping the fastest one (see meets_budget in summary.json)[/red]")
     final = fit_calibration(points)
+    if spread.fixed is None and spread.value >= MAX_MARGIN:
+        log(f"[yellow]search: repeated timings of the same networks differ by "
+            f"{spread.sigma:.0%} (sd) on this machine; the margin stops at "
+            f"{MAX_MARGIN:.0%}, so a later timing may well miss the budget. Time on a "
+            "quieter machine (nothing else running) for a promise that holds[/yellow]")
+    if (sp := _measured_speedup(chosen, attempts)) is not None:
+        chosen["speedup_interval"] = spread.interval(sp)
     return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target_ms,
             "calibration": final.to_dict(), "fixed_ms": fixed, "k": cfg.k,
-            "overlap": cfg.overlap, "margin": cfg.margin, "slack": cfg.slack,
+            "overlap": cfg.overlap, "margin": spread.value,
+            "margin_from": spread.to_dict(), "slack": cfg.slack,
             "log10_space_size": library.log10_space_size(),
             "solve_seconds": solve_seconds, "resolves": len(attempts) - 1,
             "score_optimum_ms_lut": optimum + fixed,
@@ -528,8 +545,9 @@ def explain(result: dict) -> list[str]:
         return []
     fixed = result.get("fixed_ms", 0.0)
     # search.json files written before margin and slack were recorded ran on the defaults
+    # of then (a fixed 3 % margin; the margin is recorded as a number since "auto")
     defaults = SearchConfig.model_fields
-    under = _loosen_below(result.get("margin", defaults["margin"].default),
+    under = _loosen_below(result.get("margin", 0.03),
                           result.get("slack", defaults["slack"].default))
 
     def ms_of(r: dict) -> float:  # measured, or the corrected prediction where unmeasured
