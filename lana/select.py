@@ -9,20 +9,30 @@ winner measures far under the budget (``search.slack``), the LUT budget is loose
 same way, so a budget is used rather than given away in accuracy.
 
 :func:`select` takes the network-side work as three callables, so the logic is testable
-with fakes and independent of torch.
+with fakes and independent of torch. The search is a :class:`Selection`: its state (the
+calibration, the margin, the bracket of layer budgets tried, the best student so far) is
+explicit, and each round of :meth:`Selection.run` is a sequence of small steps.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.progress import log, progress
-from lana.search import Budget, Library, minimum_reachable, score_optimum_cost, solve
+from lana.search import (
+    Budget,
+    Library,
+    SearchResult,
+    Solution,
+    minimum_reachable,
+    score_optimum_cost,
+    solve,
+)
 from lana.spread import MAX_MARGIN, SpreadMargin
 
 
@@ -250,208 +260,381 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     be timed here, so students are judged by the corrected prediction, marked
     ``verified: false``, and there is no re-solve. ``extra_budgets`` bound further cost
     columns of the library (layer sums, i.e. without the fixed stem/head costs).
+    The search itself is :class:`Selection`.
     """
-    fixed = latency["stem_ms"] + latency["head_ms"]
-    # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
-    # caches, per-call overhead). Measured ~ alpha * LUT sum + beta calibrates that: first
-    # from the teacher alone (a ratio), then refitted on every network measured here.
-    teacher_lut = latency["teacher_predicted_ms"]
-    points = [(teacher_lut, latency["teacher_measured_ms"])]
-    cal = fit_calibration(points)
-    # The margin grows or shrinks with the spread of the repeated timings below.
-    spread = SpreadMargin.from_config(cfg.margin)
-    goal = target_ms * (1 - spread.value)
-    layer_budget = cal.invert(goal) - fixed
-    floor = minimum_reachable(library, "latency_ms")
-    if layer_budget < floor:
-        backend = latency.get("settings", {}).get("backend", "the backend")
-        minimum = cal.predict(floor + fixed)
-        raise InfeasibleBudgetError(
-            f"a budget of {target_ms:.4g} ms is below the minimum reachable latency "
-            f"{minimum:.4g} ms of this candidate space on {backend} "
-            f"(stem+head alone: {cal.predict(fixed):.4g} ms"
-            + (f", {spread.value:.0%} safety margin" if spread.value else "") + "). Raise the "
-            "budget (or lower the speed-up), or add cheaper candidate ops.",
-            minimum={"latency_ms": minimum})
-    ceiling = minimum_reachable(library, "latency_ms", "max")
-    optimum = score_optimum_cost(library, "latency_ms")
-    if not extra_budgets:
-        # Looser than the best-scoring architecture, the ILP's optimum stays that one: a
-        # re-solve there only times the same students again. (Another cost column may rule
-        # that architecture out, and then a costlier latency can still buy a better one.)
-        ceiling = min(ceiling, optimum)
-    attempts = []
-    best = None  # the most accurate student confirmed within budget over all solves
-    # The best student is timed again beside every later solve's students. The machine's
-    # speed drifts by whole time windows, and keeping the solve that met its budget keeps
-    # the luckiest window: re-timing it in later windows undoes that. One timing stands
-    # for each window (the confirm timings of one solve share a window).
-    best_model: Any = None
-    best_budget = 0.0
-    best_window: dict[str, float] = {}  # its timing in its own solve's window
-    # What the solves so far taught: the largest layer budget whose chosen student met the
-    # budget, and the smallest one none of whose students did. Later budgets stay between.
+    return Selection(library, latency, budget, target_ms, cfg, build, measure, evaluate,
+                     extra_budgets).run()
+
+
+@dataclass
+class Bracket:
+    """The layer budgets tried so far on either side of the budget: the largest one whose
+    chosen student met it (``under``) and the smallest one none of whose students did
+    (``over``). Later budgets stay between; once both are known, they bisect."""
+
     under: float | None = None
     over: float | None = None
-    solve_seconds = 0.0
-    for _ in range(cfg.max_resolves + 1):
+
+    def met(self, layer_budget: float) -> None:
+        """A solve at ``layer_budget`` chose a student that met the budget."""
+        self.under = layer_budget if self.under is None else max(self.under, layer_budget)
+
+    def missed(self, layer_budget: float) -> None:
+        """No student of a solve at ``layer_budget`` met the budget."""
+        self.over = layer_budget if self.over is None else min(self.over, layer_budget)
+
+    def retract(self, layer_budget: float) -> None:
+        """The student chosen at ``layer_budget`` misses the budget when timed again: that
+        budget counts as missed, and a met budget at or above it is no evidence any more."""
+        self.missed(layer_budget)
+        if self.under is not None and self.under >= layer_budget:
+            self.under = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether both sides are known."""
+        return self.under is not None and self.over is not None
+
+    @property
+    def narrow(self) -> bool:
+        """Whether both sides are known and within 1 % of each other: nowhere left to go."""
+        return self.closed and self.over - self.under <= 0.01 * self.over
+
+
+@dataclass
+class Incumbent:
+    """A student confirmed within budget: its row (of ``search.json``), its network, the
+    layer budget of the solve that found it, and its timing in that solve's time window
+    (``{"teacher": ms, "student": ms}``)."""
+
+    row: dict
+    model: Any
+    layer_budget: float
+    window: dict[str, float]
+
+
+@dataclass
+class Round:
+    """One solve of the search and what came of it, filled in by the steps of
+    :meth:`Selection.run` in turn."""
+
+    result: SearchResult
+    students: dict[str, Any]
+    measured: dict[str, float] = field(default_factory=dict)
+    allowed: float = 0.0  # ms, by the teacher timed in this round
+    retimed: bool = False  # the incumbent was timed beside this round's students
+    rows: list[dict] = field(default_factory=list)
+    chosen: Incumbent | None = None
+    used: float = 1.0  # the chosen student's share of the budget allowed
+    improved: bool = False  # the chosen student became the incumbent
+
+
+class Selection:
+    """The search of :func:`select`, with its state explicit.
+
+    :meth:`run` is the template: each round solves the ILP at ``layer_budget`` and builds
+    the K students, measures them (with the incumbent beside them), re-times the
+    incumbent, evaluates the students, confirms the best one that met the budget, records
+    the attempt and decides the next layer budget, or stops.
+
+    State carried from one round to the next: ``points`` (every (LUT sum, measured ms)
+    pair so far) and ``cal`` (the calibration the next solve's budget came from);
+    ``spread`` (the margin, from the spread of repeated timings); ``layer_budget``;
+    ``bracket`` (:class:`Bracket`); ``best`` (the most accurate student confirmed within
+    budget over all solves, an :class:`Incumbent`, or None); ``attempts`` (the rows of
+    ``search.json``) and ``solve_seconds``. Building raises
+    :class:`~lana.errors.InfeasibleBudgetError` when the budget is below every architecture.
+    """
+
+    def __init__(self, library: Library, latency: dict, budget: BudgetConfig,
+                 target_ms: float, cfg: SearchConfig, build: Callable[[list[str]], Any],
+                 measure: Callable[[dict[str, Any]], dict[str, float]] | None,
+                 evaluate: Callable[[Any], dict[str, float]],
+                 extra_budgets: Sequence[Budget] = ()) -> None:
+        self.library, self.latency, self.budget = library, latency, budget
+        self.target_ms, self.cfg, self.extra_budgets = target_ms, cfg, extra_budgets
+        self.build, self.measure, self.evaluate = build, measure, evaluate
+        self.fixed = latency["stem_ms"] + latency["head_ms"]
+        # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
+        # caches, per-call overhead). Measured ~ alpha * LUT sum + beta calibrates that:
+        # first from the teacher alone (a ratio), then refitted on every network measured.
+        self.teacher_lut = latency["teacher_predicted_ms"]
+        self.points = [(self.teacher_lut, latency["teacher_measured_ms"])]
+        self.cal = fit_calibration(self.points)
+        # The margin grows or shrinks with the spread of the repeated timings below.
+        self.spread = SpreadMargin.from_config(cfg.margin)
+        self.layer_budget = self.cal.invert(target_ms * (1 - self.spread.value)) - self.fixed
+        self.floor = minimum_reachable(library, "latency_ms")
+        if self.layer_budget < self.floor:
+            raise self._infeasible()
+        self.ceiling = minimum_reachable(library, "latency_ms", "max")
+        self.optimum = score_optimum_cost(library, "latency_ms")
+        if not extra_budgets:
+            # Looser than the best-scoring architecture, the ILP's optimum stays that one: a
+            # re-solve there only times the same students again. (Another cost column may
+            # rule that architecture out, and then a costlier latency can still buy a
+            # better one.)
+            self.ceiling = min(self.ceiling, self.optimum)
+        self.bracket = Bracket()
+        self.best: Incumbent | None = None
+        self.attempts: list[dict] = []
+        self.solve_seconds = 0.0
+
+    def _infeasible(self) -> InfeasibleBudgetError:
+        backend = self.latency.get("settings", {}).get("backend", "the backend")
+        minimum = self.cal.predict(self.floor + self.fixed)
+        margin = self.spread.value
+        return InfeasibleBudgetError(
+            f"a budget of {self.target_ms:.4g} ms is below the minimum reachable latency "
+            f"{minimum:.4g} ms of this candidate space on {backend} "
+            f"(stem+head alone: {self.cal.predict(self.fixed):.4g} ms"
+            + (f", {margin:.0%} safety margin" if margin else "") + "). Raise the "
+            "budget (or lower the speed-up), or add cheaper candidate ops.",
+            minimum={"latency_ms": minimum})
+
+    def run(self) -> dict:
+        """Solve, measure and re-solve until a round decides to stop (at most
+        ``search.max_resolves`` re-solves); return the content of ``search.json``."""
+        for _ in range(self.cfg.max_resolves + 1):
+            rnd = self._solve()
+            self._measure(rnd)
+            self._retime_best(rnd)
+            self._evaluate(rnd)
+            self._confirm(rnd)
+            self._record(rnd)
+            new_budget = self._next_layer_budget(rnd)
+            if new_budget is None:
+                break
+            self.layer_budget = new_budget
+        return self._result()
+
+    def _solve(self) -> Round:
+        """Solve the ILP at the current layer budget and build its students."""
         with progress() as bar:
-            task = bar.add_task("phase 2c ILP", total=cfg.k, info="diverse solutions")
-            result = solve(library, [Budget("latency_ms", "<=", layer_budget),
-                                     *extra_budgets], k=cfg.k, overlap=cfg.overlap,
+            task = bar.add_task("phase 2c ILP", total=self.cfg.k, info="diverse solutions")
+            result = solve(self.library, [Budget("latency_ms", "<=", self.layer_budget),
+                                          *self.extra_budgets], k=self.cfg.k,
+                           overlap=self.cfg.overlap,
                            on_solution=lambda n, b=bar, t=task: b.update(t, completed=n))
             # Fewer than K diverse architectures may exist; the bar ends where the ILP did.
             bar.update(task, total=len(result.solutions), completed=len(result.solutions))
-        solve_seconds += result.solve_seconds
-        students = {f"s{n}": build(sol.specs) for n, sol in enumerate(result.solutions)}
-        again = {"best": best_model} if best is not None and measure is not None else {}
-        measured = measure({**students, **again}) if measure is not None else None
-        if measured is None:
-            measured = {"teacher": latency["teacher_measured_ms"]}
-        allowed = budget_allowed_ms(budget.speedup, target_ms, measured["teacher"])
-        if again:
-            retimed = best.setdefault("retimed_ms", [])
-            retimed.append({"teacher": measured["teacher"], "student": measured["best"]})
-            windows = [best_window, *retimed]
-            spread.set_group("best", windows)
-            over_windows = pool_timings(windows, "student", budget.speedup, target_ms)
-            if over_windows["fraction"] > (1 - spread.value) * (1 + 1e-9):
-                log(f"[yellow]search: the best student so far, timed again beside this "
-                    f"solve, measures {over_windows['latency_ms']:.4g} ms, "
-                    f"{over_windows['fraction']:.0%} of its budget over {len(windows)} "
-                    "time windows: dropped[/yellow]")
-                best.update(meets_budget=False,
-                            latency_ms_measured=over_windows["latency_ms"])
-                over = best_budget if over is None else min(over, best_budget)
-                if under is not None and under >= best_budget:
-                    under = None
-                best, best_model = None, None
-        rows = []
+        self.solve_seconds += result.solve_seconds
+        return Round(result, {f"s{n}": self.build(sol.specs)
+                              for n, sol in enumerate(result.solutions)})
+
+    def _measure(self, rnd: Round) -> None:
+        """Time the round's students beside the teacher, and the incumbent with them."""
+        # The machine's speed drifts by whole time windows, and keeping the solve that met
+        # its budget keeps the luckiest window: timing the incumbent again in every later
+        # window undoes that. One timing stands for each window (the confirm timings of one
+        # solve share a window).
+        rnd.retimed = self.best is not None and self.measure is not None
+        again = {"best": self.best.model} if rnd.retimed else {}
+        measured = self.measure({**rnd.students, **again}) if self.measure is not None else None
+        rnd.measured = (measured if measured is not None
+                        else {"teacher": self.latency["teacher_measured_ms"]})
+        rnd.allowed = budget_allowed_ms(self.budget.speedup, self.target_ms,
+                                        rnd.measured["teacher"])
+
+    def _retime_best(self, rnd: Round) -> None:
+        """Pool the incumbent's timings over every time window so far (its own solve's and
+        each later one's); one that misses the budget there is dropped."""
+        if not rnd.retimed:
+            return
+        best = self.best
+        retimed = best.row.setdefault("retimed_ms", [])
+        retimed.append({"teacher": rnd.measured["teacher"], "student": rnd.measured["best"]})
+        windows = [best.window, *retimed]
+        self.spread.set_group("best", windows)
+        pooled = pool_timings(windows, "student", self.budget.speedup, self.target_ms)
+        if pooled["fraction"] > (1 - self.spread.value) * (1 + 1e-9):
+            self._drop_best(pooled, len(windows))
+
+    def _drop_best(self, pooled: dict[str, float], windows: int) -> None:
+        """The incumbent missed the budget over ``windows`` time windows: no longer met."""
+        best = self.best
+        log(f"[yellow]search: the best student so far, timed again beside this "
+            f"solve, measures {pooled['latency_ms']:.4g} ms, "
+            f"{pooled['fraction']:.0%} of its budget over {windows} "
+            "time windows: dropped[/yellow]")
+        best.row.update(meets_budget=False, latency_ms_measured=pooled["latency_ms"])
+        self.bracket.retract(best.layer_budget)
+        self.best = None
+
+    def _evaluate(self, rnd: Round) -> None:
+        """Evaluate the round's students on held-out data; one row each for ``search.json``,
+        judged by the timing of all K (or the corrected prediction where nothing is timed)."""
+        solutions = rnd.result.solutions
         with progress() as bar:
-            task = bar.add_task("phase 2c evaluate", total=len(result.solutions),
+            task = bar.add_task("phase 2c evaluate", total=len(solutions),
                                 info="K students on held-out data")
             evals = []
-            for n in range(len(result.solutions)):
-                evals.append(evaluate(students[f"s{n}"]))
+            for n in range(len(solutions)):
+                evals.append(self.evaluate(rnd.students[f"s{n}"]))
                 bar.advance(task)
-        for n, sol in enumerate(result.solutions):
-            ev = evals[n]
-            ms = measured.get(f"s{n}")
-            lut_ms = sol.cost["latency_ms"] + fixed
-            judged = ms if ms is not None else cal.predict(lut_ms)
-            rows.append({"choices": sol.specs, "score": sol.score,
-                         "latency_ms_lut": lut_ms,
-                         "latency_ms_predicted": cal.predict(lut_ms),
-                         "latency_ms_measured": ms, "verified": ms is not None,
-                         "meets_budget": judged <= allowed * (1 - spread.value) * (1 + 1e-9),
-                         "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]})
-        # The best student that met the budget in the timing of all K is timed again,
-        # cfg.confirm fresh timings: picking the best of K noisy timings favours one that
-        # was timed fast by luck, so the timing that picked it is no evidence and takes no
-        # part in the verdict (counting it biased the median low: a student passed the
-        # search that later timings put over budget). A student the median fails gives way
-        # to the next.
-        chosen, used = None, 1.0
+        rnd.rows = [self._row(sol, ev, rnd.measured.get(f"s{n}"), rnd.allowed)
+                    for n, (sol, ev) in enumerate(zip(solutions, evals, strict=True))]
+
+    def _row(self, sol: Solution, ev: dict[str, float], ms: float | None,
+             allowed: float) -> dict:
+        lut_ms = sol.cost["latency_ms"] + self.fixed
+        judged = ms if ms is not None else self.cal.predict(lut_ms)
+        return {"choices": sol.specs, "score": sol.score,
+                "latency_ms_lut": lut_ms,
+                "latency_ms_predicted": self.cal.predict(lut_ms),
+                "latency_ms_measured": ms, "verified": ms is not None,
+                "meets_budget": judged <= allowed * (1 - self.spread.value) * (1 + 1e-9),
+                "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]}
+
+    def _confirm(self, rnd: Round) -> None:
+        """Choose the round's student: the lowest held-out loss of those that met the
+        budget, once fresh timings confirm it (a student they fail gives way to the next)."""
+        rows = rnd.rows
         for n in sorted((n for n, r in enumerate(rows) if r["meets_budget"]),
                         key=lambda n: rows[n]["val_loss"]):
             r, name = rows[n], f"s{n}"
-            used = (r["latency_ms_measured"] or r["latency_ms_predicted"]) / allowed
-            if measure is not None and cfg.confirm > 1:
-                timings, pooled = time_until_decided(
-                    lambda one={name: students[name]}: measure(one), name, budget.speedup,
-                    target_ms, 1 - spread.value, cfg.confirm)
-                r["selected_by_ms"] = {"teacher": measured["teacher"],
-                                       "student": measured[name]}
-                r["timings_ms"] = [{"teacher": t["teacher"], "student": t[name]}
-                                   for t in timings]
-                r["latency_ms_measured"] = pooled["latency_ms"]
-                used = pooled["fraction"]
-                spread.set_group(f"{len(attempts)}/{name}", r["timings_ms"])
-                r["margin"] = spread.value
-                r["meets_budget"] = used <= (1 - spread.value) * (1 + 1e-9)
-                if not r["meets_budget"]:
-                    log(f"[yellow]search: {name} met the budget in the timing of all K "
-                        f"but not in the median of {len(timings)} more "
-                        f"({pooled['fraction']:.1%} of the budget): not chosen[/yellow]")
+            rnd.used = (r["latency_ms_measured"] or r["latency_ms_predicted"]) / rnd.allowed
+            pooled = None
+            if self.measure is not None and self.cfg.confirm > 1:
+                pooled = self._time_again(rnd, r, name)
+                rnd.used = pooled["fraction"]
             if r["meets_budget"]:
-                chosen = r
-                chosen_model = students[name]
-                chosen_window = (r["timings_ms"][pooled["timing"]] if "timings_ms" in r
-                                 else {"teacher": measured["teacher"],
-                                       "student": r["latency_ms_measured"]})
-                break
-        for r in rows:
+                window = (r["timings_ms"][pooled["timing"]] if pooled is not None
+                          else {"teacher": rnd.measured["teacher"],
+                                "student": r["latency_ms_measured"]})
+                rnd.chosen = Incumbent(r, rnd.students[name], self.layer_budget, window)
+                return
+
+    def _time_again(self, rnd: Round, r: dict, name: str) -> dict[str, float]:
+        """Judge the row ``r`` (student ``name``) by ``search.confirm`` fresh timings (more
+        while in doubt, :func:`time_until_decided`); return their pooled values."""
+        # Picking the best of K noisy timings favours one that was timed fast by luck, so
+        # the timing that picked it is no evidence and takes no part in the verdict
+        # (counting it biased the median low: a student passed the search that later
+        # timings put over budget).
+        timings, pooled = time_until_decided(
+            lambda one={name: rnd.students[name]}: self.measure(one), name,
+            self.budget.speedup, self.target_ms, 1 - self.spread.value, self.cfg.confirm)
+        r["selected_by_ms"] = {"teacher": rnd.measured["teacher"],
+                               "student": rnd.measured[name]}
+        r["timings_ms"] = [{"teacher": t["teacher"], "student": t[name]} for t in timings]
+        r["latency_ms_measured"] = pooled["latency_ms"]
+        self.spread.set_group(f"{len(self.attempts)}/{name}", r["timings_ms"])
+        r["margin"] = self.spread.value
+        r["meets_budget"] = pooled["fraction"] <= (1 - self.spread.value) * (1 + 1e-9)
+        if not r["meets_budget"]:
+            log(f"[yellow]search: {name} met the budget in the timing of all K "
+                f"but not in the median of {len(timings)} more "
+                f"({pooled['fraction']:.1%} of the budget): not chosen[/yellow]")
+        return pooled
+
+    def _record(self, rnd: Round) -> None:
+        """Add the round's timings to the calibration points and the round to
+        ``attempts``; its chosen student becomes the incumbent if its loss is lower."""
+        for r in rnd.rows:
             if r["latency_ms_measured"] is not None:
-                points.append((r["latency_ms_lut"], r["latency_ms_measured"]))
-        if measure is not None:
-            points.append((teacher_lut, measured["teacher"]))
-        attempts.append({"layer_budget_ms": layer_budget, "teacher_ms": measured["teacher"],
-                         "allowed_ms": allowed, "solve_seconds": result.solve_seconds,
-                         "calibration": cal.to_dict(), "students": rows})
-        improved = chosen is not None and (best is None
-                                           or chosen["val_loss"] < best["val_loss"])
-        if improved:
-            best, best_model, best_budget = chosen, chosen_model, layer_budget
-            best_window = chosen_window
-        if measure is None:
-            break  # nothing measured, nothing to learn from
-        goal = min(allowed, target_ms) * (1 - spread.value)
-        if chosen is not None:
-            # Met. Far under the budget, it gave away accuracy that a costlier student
-            # would keep: search again with a looser LUT budget (unless this solve, between
-            # budgets already tried, found nothing better: there is nothing left between).
-            if (used >= _loosen_below(spread.value, cfg.slack) or layer_budget >= ceiling
-                    or (not improved and over is not None)):
-                break
-            under = layer_budget if under is None else max(under, layer_budget)
-            new_budget, cal, how = _looser_budget(points, chosen, layer_budget, fixed, cal,
-                                                  goal)
-            why = (f"chosen student measured {chosen['latency_ms_measured']:.4g} ms, "
-                   f"{used:.0%} of the {allowed:.4g} ms allowed")
+                self.points.append((r["latency_ms_lut"], r["latency_ms_measured"]))
+        if self.measure is not None:
+            self.points.append((self.teacher_lut, rnd.measured["teacher"]))
+        self.attempts.append({"layer_budget_ms": self.layer_budget,
+                              "teacher_ms": rnd.measured["teacher"],
+                              "allowed_ms": rnd.allowed,
+                              "solve_seconds": rnd.result.solve_seconds,
+                              "calibration": self.cal.to_dict(), "students": rnd.rows})
+        rnd.improved = rnd.chosen is not None and (
+            self.best is None or rnd.chosen.row["val_loss"] < self.best.row["val_loss"])
+        if rnd.improved:
+            self.best = rnd.chosen
+
+    def _next_layer_budget(self, rnd: Round) -> float | None:
+        """The layer budget of the next solve, or None to stop: tighter after a miss, looser
+        after a student far under the budget, within the bracket and the reachable range."""
+        if self.measure is None:
+            return None  # nothing measured, nothing to learn from
+        goal = min(rnd.allowed, self.target_ms) * (1 - self.spread.value)
+        if rnd.chosen is not None:
+            if self._settled(rnd):
+                return None
+            self.bracket.met(self.layer_budget)
+            new_budget, why, how = self._loosen(rnd, goal)
         else:
-            over = layer_budget if over is None else min(over, layer_budget)
-            new_budget, cal, how = _next_budget(points, rows, layer_budget, fixed, cal, goal)
-            top = min(rows, key=lambda r: r["val_loss"])
-            # Below the best student's LUT cost, or the ILP returns it again.
-            new_budget = min(new_budget, (top["latency_ms_lut"] - fixed) * (1 - 1e-3))
-            why = (f"best student measured {top['latency_ms_measured']:.4g} ms > "
-                   f"{allowed * (1 - spread.value):.4g} ms allowed")
-        if under is not None and over is not None:
-            # Both sides known: bisect. A refit line interpolates badly where the device
-            # is not linear in the LUT sum; halving the bracket always gets there.
+            self.bracket.missed(self.layer_budget)
+            new_budget, why, how = self._tighten(rnd, goal)
+        under, over = self.bracket.under, self.bracket.over
+        if self.bracket.closed:
+            # A refit line interpolates badly where the device is not linear in the LUT
+            # sum; halving the bracket always gets there.
             new_budget = (under + over) / 2
-            how = (f"bisecting between LUT budgets {under + fixed:.4g} ms (met) and "
-                   f"{over + fixed:.4g} ms (missed)")
-        new_budget = min(max(floor, new_budget), ceiling)
-        if abs(new_budget - layer_budget) <= 0.005 * layer_budget or (
-                under is not None and over is not None and over - under <= 0.01 * over):
-            break  # at the cheapest (or costliest) architecture, or nowhere left to go
-        log(f"[yellow]search: {why}; {how}; LUT budget {layer_budget + fixed:.4g} -> "
-            f"{new_budget + fixed:.4g} ms, re-solving[/yellow]")
-        layer_budget = new_budget
-    chosen = best
-    if chosen is None:
-        chosen = min((r for a in attempts for r in a["students"]),
-                     key=lambda r: (r["latency_ms_measured"] if r["verified"]
-                                    else r["latency_ms_predicted"]))
-        log(f"[red]search: no student measurably met the budget after {len(attempts)} "
+            how = (f"bisecting between LUT budgets {under + self.fixed:.4g} ms (met) and "
+                   f"{over + self.fixed:.4g} ms (missed)")
+        new_budget = min(max(self.floor, new_budget), self.ceiling)
+        if (abs(new_budget - self.layer_budget) <= 0.005 * self.layer_budget
+                or self.bracket.narrow):
+            return None  # at the cheapest (or costliest) architecture, or nowhere left to go
+        log(f"[yellow]search: {why}; {how}; LUT budget {self.layer_budget + self.fixed:.4g}"
+            f" -> {new_budget + self.fixed:.4g} ms, re-solving[/yellow]")
+        return new_budget
+
+    def _settled(self, rnd: Round) -> bool:
+        """Whether a round whose student met the budget ends the search."""
+        # Far under the budget, the student gave away accuracy that a costlier one would
+        # keep, so the search goes on with a looser budget, unless this solve, between
+        # budgets already tried, found nothing better: there is nothing left between.
+        return (rnd.used >= _loosen_below(self.spread.value, self.cfg.slack)
+                or self.layer_budget >= self.ceiling
+                or (not rnd.improved and self.bracket.over is not None))
+
+    def _loosen(self, rnd: Round, goal: float) -> tuple[float, str, str]:
+        """The next layer budget after a student well under the budget; why and how."""
+        row = rnd.chosen.row
+        new_budget, self.cal, how = _looser_budget(self.points, row, self.layer_budget,
+                                                   self.fixed, self.cal, goal)
+        why = (f"chosen student measured {row['latency_ms_measured']:.4g} ms, "
+               f"{rnd.used:.0%} of the {rnd.allowed:.4g} ms allowed")
+        return new_budget, why, how
+
+    def _tighten(self, rnd: Round, goal: float) -> tuple[float, str, str]:
+        """The next layer budget after no student met the budget; why and how."""
+        new_budget, self.cal, how = _next_budget(self.points, rnd.rows, self.layer_budget,
+                                                 self.fixed, self.cal, goal)
+        top = min(rnd.rows, key=lambda r: r["val_loss"])
+        # Below the best student's LUT cost, or the ILP returns it again.
+        new_budget = min(new_budget, (top["latency_ms_lut"] - self.fixed) * (1 - 1e-3))
+        why = (f"best student measured {top['latency_ms_measured']:.4g} ms > "
+               f"{rnd.allowed * (1 - self.spread.value):.4g} ms allowed")
+        return new_budget, why, how
+
+    def _result(self) -> dict:
+        """The content of ``search.json``: the incumbent, else the fastest student."""
+        chosen = self.best.row if self.best is not None else self._fastest()
+        final = fit_calibration(self.points)
+        spread = self.spread
+        if spread.fixed is None and spread.value >= MAX_MARGIN:
+            log(f"[yellow]search: repeated timings of the same networks differ by "
+                f"{spread.sigma:.0%} (sd) on this machine; the margin stops at "
+                f"{MAX_MARGIN:.0%}, so a later timing may well miss the budget. Time on a "
+                "quieter machine (nothing else running) for a promise that holds[/yellow]")
+        if (sp := _measured_speedup(chosen, self.attempts)) is not None:
+            chosen["speedup_interval"] = spread.interval(sp)
+        cfg = self.cfg
+        return {"budget": self.budget.model_dump(exclude_none=True),
+                "budget_ms": self.target_ms, "calibration": final.to_dict(),
+                "fixed_ms": self.fixed, "k": cfg.k, "overlap": cfg.overlap,
+                "margin": spread.value, "margin_from": spread.to_dict(), "slack": cfg.slack,
+                "log10_space_size": self.library.log10_space_size(),
+                "solve_seconds": self.solve_seconds, "resolves": len(self.attempts) - 1,
+                "score_optimum_ms_lut": self.optimum + self.fixed,
+                "attempts": self.attempts, "chosen": chosen}
+
+    def _fastest(self) -> dict:
+        """The fastest student of every solve (measured, else predicted), when none met
+        the budget."""
+        fastest = min((r for a in self.attempts for r in a["students"]),
+                      key=lambda r: (r["latency_ms_measured"] if r["verified"]
+                                     else r["latency_ms_predicted"]))
+        log(f"[red]search: no student measurably met the budget after {len(self.attempts)} "
             "solve(s); keeping the fastest one (see meets_budget in summary.json)[/red]")
-    final = fit_calibration(points)
-    if spread.fixed is None and spread.value >= MAX_MARGIN:
-        log(f"[yellow]search: repeated timings of the same networks differ by "
-            f"{spread.sigma:.0%} (sd) on this machine; the margin stops at "
-            f"{MAX_MARGIN:.0%}, so a later timing may well miss the budget. Time on a "
-            "quieter machine (nothing else running) for a promise that holds[/yellow]")
-    if (sp := _measured_speedup(chosen, attempts)) is not None:
-        chosen["speedup_interval"] = spread.interval(sp)
-    return {"budget": budget.model_dump(exclude_none=True), "budget_ms": target_ms,
-            "calibration": final.to_dict(), "fixed_ms": fixed, "k": cfg.k,
-            "overlap": cfg.overlap, "margin": spread.value,
-            "margin_from": spread.to_dict(), "slack": cfg.slack,
-            "log10_space_size": library.log10_space_size(),
-            "solve_seconds": solve_seconds, "resolves": len(attempts) - 1,
-            "score_optimum_ms_lut": optimum + fixed,
-            "attempts": attempts, "chosen": chosen}
+        return fastest
 
 
 def _loosen_below(margin: float, slack: float) -> float:
@@ -489,7 +672,7 @@ def _looser_budget(points: list[tuple[float, float]], chosen: dict, layer_budget
     (inverted at the goal) and the budget grown by the chosen student's undershoot
     (measured ∝ LUT for that student). The larger one, because a refit line is pulled
     towards the teacher's ratio by the teacher's points; a step too far is caught by the
-    next solve's miss and the bracket in :func:`select`."""
+    next solve's miss and the :class:`Bracket` of :class:`Selection`."""
     refit = fit_calibration(points)
     by_fit = refit.invert(goal) - fixed
     grow = max(1.03, goal / chosen["latency_ms_measured"])
