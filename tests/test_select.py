@@ -11,7 +11,14 @@ import pytest
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.search import Library
-from lana.select import explain, pool_timings, select, time_until_decided
+from lana.select import (
+    Bracket,
+    Selection,
+    explain,
+    pool_timings,
+    select,
+    time_until_decided,
+)
 
 # 4 layers; per layer: teacher (slow, score 0), a mid op, identity-like fast op.
 LIB = Library.from_dict({"layers": [
@@ -271,6 +278,33 @@ def test_a_student_that_met_in_a_lucky_window_is_dropped_when_timed_again(confir
     assert chosen["latency_ms_measured"] <= 3.0
     # what it measures outside the lucky window too
     assert fake_device(0.3)({"s": chosen["choices"]})["s"] <= 3.0
+
+
+def test_bracket_keeps_the_layer_budgets_tried_on_either_side():
+    b = Bracket()
+    b.met(2.0)
+    b.met(1.5)
+    assert b.under == 2.0 and not b.closed
+    b.missed(3.5)
+    b.missed(3.0)
+    assert b.over == 3.0 and b.closed and not b.narrow
+    # the student chosen at 2.0 misses when timed again: 2.0 is a miss, and no met budget
+    # at or above it is evidence any more
+    b.retract(2.0)
+    assert (b.under, b.over) == (None, 2.0)
+    b.met(1.99)
+    assert b.narrow  # within 1 %: nowhere left to go
+
+
+def test_selection_state_after_a_run_is_what_search_json_says():
+    sel = Selection(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=1, confirm=1),
+                    build=list, measure=LuckyWindow(lucky=1), evaluate=evaluate)
+    res = sel.run()
+    assert sel.attempts is res["attempts"] and sel.best.row is res["chosen"]
+    assert sel.best.model == res["chosen"]["choices"]  # build=list: the network is its specs
+    # the lucky first student, dropped when timed again, left its budget a miss
+    assert sel.bracket.over <= res["attempts"][0]["layer_budget_ms"]
+    assert res["solve_seconds"] == sel.solve_seconds
 
 
 def test_the_best_student_is_timed_beside_every_later_solve():
