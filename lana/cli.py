@@ -263,7 +263,7 @@ def _cmd_export_candidates(args: argparse.Namespace) -> int:
 
     run = Run(Path(args.dir))
     cfg = run.config
-    m = export_bundle(run.chain, run.candidates, run._build, cfg.latency.batch_size,
+    m = export_bundle(run.chain, run.candidates, run.build_candidate, cfg.latency.batch_size,
                       run.input_shape, args.out,
                       {"model": cfg.model.name, "run": str(Path(args.dir).resolve()),
                        "latency": cfg.latency.model_dump(include={"backend", "threads",
