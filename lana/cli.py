@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lana import dist
 
+        dist.check_kill_env()
         # Under torchrun (WORLD_SIZE > 1) join the job's process group; else a no-op.
         if dist.env_world() > 1:
             dist.init_from_env()
