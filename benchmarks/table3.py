@@ -785,11 +785,11 @@ class Table3:
             m = self.member_model()
             m.load_state_dict(load_tensors(self.model_path("member_s0")))
         elif kind == "lana":
-            m = assemble(self.run.chain, info["choices"], self.run._build)
+            m = assemble(self.run.chain, info["choices"], self.run.build_candidate)
             p = self.run.dir / "students" / info["tag"] / "finetuned.safetensors"
             m.load_state_dict(load_tensors(p))
         elif kind == "random":
-            m = assemble(self.run.chain, info["choices"], self.run._build)
+            m = assemble(self.run.chain, info["choices"], self.run.build_candidate)
             m.load_state_dict(load_tensors(self.model_path(f"{name}_s0")))
         elif kind == "prune":
             m = self.pruned_model(info["ratio"])

@@ -176,22 +176,89 @@ def shutdown() -> None:
 
 # ------------------------------------------------------------------ fault injection (tests)
 
+KILL_AT_ENV = "LANA_TEST_KILL_AT"
+KILL_RANK_ENV = "LANA_TEST_KILL_RANK"
+
+# Every point where a test can SIGKILL lana (LANA_TEST_KILL_AT=stage:step), with where it
+# is. In a step, N stands for a number: a training step (1, 2, ...) or a layer index
+# (0, 1, ...). A call to maybe_kill names one of these; the crash-safety tests
+# (tests/test_scale.py) kill a run at each and check that re-running the same command
+# resumes and ends with the same result. Keep this table in step with the calls.
+KILL_POINTS: dict[str, dict[str, str]] = {
+    "teacher": {"N": "after teacher-training step N, its checkpoint saved if one was due "
+                     "(lana.train)"},
+    "distill": {"N": "after phase-1 step N of a group of candidates (lana.distill)",
+                "saved-one": "the first candidate of a group saved, the others not yet"},
+    "profile": {"layerN": "layer N's candidates measured and saved in the LUT "
+                          "(lana.profile)",
+                "computed": "latency.json computed but not yet written (Run._stage)"},
+    "costs": {"computed": "costs.json computed but not yet written (Run._stage)"},
+    "score": {"computed": "scores.json computed but not yet written (Run._stage)"},
+    "search": {"computed": "a budget's search.json computed but not yet written "
+                           "(Run._stage)"},
+    "finetune": {"N": "after fine-tuning step N, its checkpoint saved if one was due "
+                      "(lana.train)",
+                 "computed": "a budget's finetune.json computed but not yet written "
+                             "(Run._stage)"},
+    "export": {"saved": "the student's files written, its latency not yet verified "
+                        "(Run.export)",
+               "computed": "a budget's export.json computed but not yet written "
+                           "(Run._stage)"},
+}
+
+
+def _is_kill_point(stage: str, step: str) -> bool:
+    import re
+
+    return any(re.fullmatch(known.replace("N", "[0-9]+"), step)
+               for known in KILL_POINTS.get(stage, {}))
+
+
+def _kill_point_error(target: str) -> str:
+    known = ", ".join(f"{stage}:{step}" for stage, steps in KILL_POINTS.items()
+                      for step in steps)
+    return (f"{KILL_AT_ENV}={target!r} is not a kill point; known (N a number): {known}; "
+            "see lana.dist.KILL_POINTS")
+
+
+def check_kill_env() -> None:
+    """Raise ConfigError unless ``LANA_TEST_KILL_AT`` is unset, empty or a point of
+    :data:`KILL_POINTS`, and ``LANA_TEST_KILL_RANK`` unset or a rank number.
+
+    ``lana`` checks at start, so that a misspelt point fails at once instead of letting
+    the run finish without being killed.
+    """
+    from lana.errors import ConfigError
+
+    target = os.environ.get(KILL_AT_ENV)
+    if target and not _is_kill_point(*target.partition(":")[::2]):
+        raise ConfigError(_kill_point_error(target))
+    only = os.environ.get(KILL_RANK_ENV)
+    if only is not None and not (only.isdigit() and only.isascii()):
+        raise ConfigError(f"{KILL_RANK_ENV}={only!r} is not a rank number (0, 1, ...)")
+
+
 def maybe_kill(stage: str, step: int | str) -> None:
     """Test hook: SIGKILL this process when ``LANA_TEST_KILL_AT`` is ``stage:step``.
 
-    The crash-safety tests set e.g. ``LANA_TEST_KILL_AT=distill:3`` (after phase-1 step 3
-    of a group), ``finetune:2``, ``teacher:1``, ``profile:layer0`` (latency of layer 0's
-    candidates measured and saved in the LUT), ``export:saved`` (student files written,
-    latency not yet verified) or ``<stage>:computed`` (``profile``, ``costs``, ``score``,
-    ``search``, ``finetune``, ``export``: computed but not yet written) to kill a run at a
-    deterministic point and check that re-running the same command resumes and ends with
-    the same result. ``LANA_TEST_KILL_RANK`` limits the
-    kill to one rank. Unset in normal use; costs one dict lookup.
+    ``stage:step`` must be one of :data:`KILL_POINTS` (e.g. ``distill:3``,
+    ``profile:layer0``, ``export:saved``, ``score:computed``); while the variable is set,
+    a call naming an unknown point, or a variable naming one, is an error.
+    ``LANA_TEST_KILL_RANK`` limits the kill to one rank. Unset in normal use, where this
+    costs one environment lookup.
     """
-    target = os.environ.get("LANA_TEST_KILL_AT")
-    if not target or target != f"{stage}:{step}":
+    target = os.environ.get(KILL_AT_ENV)
+    if not target:
         return
-    only = os.environ.get("LANA_TEST_KILL_RANK")
+    # Only tests get here. Both sides are checked, so that a misspelt point is an error
+    # rather than a run that is never killed.
+    if not _is_kill_point(stage, str(step)):
+        raise ValueError(f"maybe_kill({stage!r}, {step!r}) names no point of "
+                         "lana.dist.KILL_POINTS: add it there")
+    check_kill_env()
+    if target != f"{stage}:{step}":
+        return
+    only = os.environ.get(KILL_RANK_ENV)
     if only is not None and int(only) != rank():
         return
     os.kill(os.getpid(), signal.SIGKILL)

@@ -448,7 +448,7 @@ class Run:
         # patterns are recorded next to the per-layer specs.
         patterns = resolve_space(self.config.space.ops, self.chain.family)
         out = fitting_candidates(
-            self.chain.info, space_specs(patterns), self._build,
+            self.chain.info, space_specs(patterns), self.build_candidate,
             on_skip=lambda info, spec, exc: log(f"[yellow]skipping {spec} at {info.name}: "
                                                 f"{exc}[/yellow]"))
         write_json(path, {"space": {"family": self.chain.family, "ops": patterns},
@@ -457,7 +457,9 @@ class Run:
                                             strict=True)]})
         return out
 
-    def _build(self, i: int, spec: str) -> nn.Module:
+    def build_candidate(self, i: int, spec: str) -> nn.Module:
+        """A new candidate ``spec`` for layer ``i`` with this run's deterministic initial
+        weights (see :func:`lana.distill.build_candidate`), not its phase-1 weights."""
         from lana.distill import build_candidate
 
         return build_candidate(self.chain, i, spec, self.config.seed,
@@ -580,7 +582,7 @@ class Run:
 
         cfg = self.config.latency
         lut = self.lut()
-        res = profile_candidates(self.chain, self.candidates, self._build, cfg, lut,
+        res = profile_candidates(self.chain, self.candidates, self.build_candidate, cfg, lut,
                                  self.input_shape)
         if res.get("remote"):  # measured on the target from the bundle's teacher network
             res["teacher_measured_ms"] = res["teacher_network_ms"]
@@ -594,8 +596,8 @@ class Run:
         res["specs"] = self.candidates
         res["extra"] = {}
         for column, extra_cfg in extra_columns(cfg).items():
-            x = profile_candidates(self.chain, self.candidates, self._build, extra_cfg, lut,
-                                   self.input_shape)
+            x = profile_candidates(self.chain, self.candidates, self.build_candidate,
+                                   extra_cfg, lut, self.input_shape)
             res["extra"][column] = {k: x[k] for k in ("settings", "stem_ms", "head_ms",
                                                       "layers")}
         return res
@@ -605,8 +607,8 @@ class Run:
         from lana.profile import static_costs
 
         return self._stage("costs", self.dir / COSTS, {"specs": self.candidates},
-                           lambda: static_costs(self.chain, self.candidates, self._build,
-                                                self.input_shape))
+                           lambda: static_costs(self.chain, self.candidates,
+                                                self.build_candidate, self.input_shape))
 
     def score(self) -> dict:
         """Phase 2a: replace-one scores on held-out data."""
@@ -791,7 +793,7 @@ class Run:
         from lana.student import assemble
 
         path = self.student_dir(budget) / FINETUNED_WEIGHTS
-        student = assemble(self.chain, chosen["choices"], self._build)
+        student = assemble(self.chain, chosen["choices"], self.build_candidate)
         _load_state(student, load_tensors(path), path)
         return student.eval()
 

@@ -139,7 +139,7 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float | None = Non
     global batch that does not split evenly is weighted per item, as in one process. With
     ``checkpoint`` the state is saved every ``checkpoint_every`` steps (rank 0 writes) and a killed run
     resumes from it; ``checkpoint_key`` ties it to its settings. ``kill_tag`` names the
-    test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see lana.dist.maybe_kill).
+    test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see lana.dist.KILL_POINTS).
     ``distributed=False`` trains in this process alone even under torchrun. ``device``
     (default the CPU) is where this process trains, e.g. its GPU from
     :func:`lana.dist.resolve_device`; model and teacher are back on the CPU afterwards.

@@ -135,7 +135,7 @@ def test_exported_student_loads_and_matches(run_copy) -> None:
     loaded = lana.load_student(sdir / "model")
     assert loaded.choices == export["choices"]
     # the fine-tuned student, rebuilt from the run directory
-    ref = assemble(run.chain, export["choices"], run._build)
+    ref = assemble(run.chain, export["choices"], run.build_candidate)
     ref.load_state_dict(load_tensors(sdir / "finetuned.safetensors"))
     ref.eval()
     x, _ = next(run.splits.test.batches(16))
