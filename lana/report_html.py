@@ -265,9 +265,8 @@ def _overview(run: RunFiles) -> Section:
             span = interval_of(search, exp["speedup"])
             sec.headline.append(f"**{tag}**: {exp['speedup']:.2f}x faster than the teacher "
                                 "(measured end to end" + (
-                                    f"; one fresh timing on this machine lands in "
-                                    f"{span[0]:.2f}-{span[1]:.2f}x, ~90 % of the time, by the "
-                                    f"spread the search measured" if span else "")
+                                    f"; {span[0]:.2f}-{span[1]:.2f}x by the spread of "
+                                    f"the search's repeated timings" if span else "")
                                 + f"), accuracy {_pct(acc)} vs "
                                 f"{_pct(t_acc)}{drop}; budget "
                                 + ("met." if exp["meets_budget"] else "**missed**."))

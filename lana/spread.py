@@ -85,8 +85,9 @@ class SpreadMargin:
         return min(MAX_MARGIN, max(MIN_MARGIN, 1 - math.exp(-self.z * self.sigma)))
 
     def interval(self, speedup: float) -> list[float]:
-        """Where one fresh timing of a student measured at ``speedup`` lands, ~90 % of the
-        time (two-sided, z each way), by the spread measured here."""
+        """Where one fresh timing of a student measured at ``speedup`` lands ~90 % of the
+        time (two-sided, z each way) if later timings spread as the measured ones did (on a
+        shared VM, windows minutes apart spread more: docs/latency.md)."""
         half = self.z * self.sigma
         return [speedup * math.exp(-half), speedup * math.exp(half)]
 
