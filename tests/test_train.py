@@ -62,6 +62,23 @@ def test_a_run_of_exact_steps(synthetic_splits) -> None:
             Recipe(batch_size=32, lr=0.01, **kw)
 
 
+def test_recipes_from_config_sections() -> None:
+    ft = FinetuneConfig(epochs=3, batch_size=16, lr=0.02, optimizer="sgd", kd_weight=0.5,
+                        temperature=4.0)
+    assert Recipe.from_config(ft, seed=7) == Recipe(
+        epochs=3.0, batch_size=16, lr=0.02, optimizer="sgd", seed=7, kd_weight=0.5,
+        temperature=4.0)
+    # The teacher trains without KD: its section has no KD settings.
+    teacher = Recipe.from_config(TeacherTrainingConfig())
+    assert (teacher.kd_weight, teacher.seed, teacher.epochs) == (0.0, 0, 2.0)
+    # Overrides replace single fields; steps instead of the section's epochs is refused.
+    assert Recipe.from_config(ft, epochs=5.0).epochs == 5.0
+    with pytest.raises(TypeError, match="give epochs or steps"):
+        Recipe.from_config(ft, steps=10)
+    assert Recipe.from_config(ft, epochs=None, steps=10).total_steps(1000) == 10
+    assert Recipe.from_config(ft).total_steps(100) == 19  # 3 * 100 / 16, rounded up
+
+
 def test_unknown_optimizer_is_a_clear_error() -> None:
     with pytest.raises(LanaError, match="'lamb' is not one of: adamw, sgd"):
         make_optimizer("lamb", _classifier().parameters(), 0.1)
