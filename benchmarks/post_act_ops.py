@@ -31,7 +31,7 @@ from lana.config import DataConfig, DistillConfig  # noqa: E402
 from lana.data import load_data  # noqa: E402
 from lana.decompose import decompose  # noqa: E402
 from lana.space import canonical, family_space, layer_candidates, space_specs  # noqa: E402
-from lana.train import evaluate, train_classifier  # noqa: E402
+from lana.train import Recipe, evaluate, train_classifier  # noqa: E402
 
 OPS = ["cc_k3_w1", "bn_k3_w0.5", "cb_k3", "ir_k3_e3", "er_k3_e1", "ds_k3"]
 HEADING = "## Phase 1 at post-activation layers: ops ending with the activation"
@@ -59,7 +59,8 @@ def main() -> None:
     splits = load_data(DataConfig(image_size=28, train_samples=10000, val_samples=500,
                                   test_samples=2000), seed=0)
     model = teacher()
-    train_classifier(model, splits.train, epochs=args.teacher_epochs, batch_size=64, lr=1e-2,
+    train_classifier(model, splits.train,
+                     Recipe(epochs=args.teacher_epochs, batch_size=64, lr=1e-2),
                      description="teacher", distributed=False)
     acc = evaluate(model.eval(), splits.test)["accuracy"]
     chain = decompose(model, torch.zeros(1, 1, 28, 28)).eval()

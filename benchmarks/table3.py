@@ -411,17 +411,19 @@ class Table3:
         """Train ``model`` with CE + KD from the teacher: the fine-tuning recipe, or the
         teacher's training recipe (``recipe="teacher"``: for a network from scratch);
         ``epochs`` overrides the recipe's."""
-        from lana.train import train_classifier
+        from lana.train import Checkpointing, Recipe, train_classifier
 
         ft = self.cfg.finetune
         r = self.cfg.teacher_training if recipe == "teacher" else ft
+        # KD from the teacher in both recipes: the teacher's training section has no KD
+        # settings of its own, so fine-tuning's apply.
         return train_classifier(
-            model, self.run.splits.train, epochs=epochs or r.epochs,
-            batch_size=r.batch_size, lr=r.lr,
-            optimizer=r.optimizer, seed=seed, teacher=self.run.teacher, kd_weight=ft.kd_weight,
-            temperature=ft.temperature, description=f"table3 {tag}",
-            checkpoint=self.work / "models" / f"{tag}-checkpoint.pt",
-            checkpoint_key=f"{tag}-{seed}", checkpoint_every=r.checkpoint_every)
+            model, self.run.splits.train,
+            Recipe.from_config(r, seed=seed, epochs=epochs or r.epochs,
+                               kd_weight=ft.kd_weight, temperature=ft.temperature),
+            teacher=self.run.teacher, description=f"table3 {tag}",
+            checkpointing=Checkpointing(path=self.work / "models" / f"{tag}-checkpoint.pt",
+                                        key=f"{tag}-{seed}", every=r.checkpoint_every))
 
     def test_acc(self, model, batch_stats: bool = False, samples: int | None = None) -> dict:
         from lana.train import evaluate

@@ -36,7 +36,7 @@ from lana.config import Config  # noqa: E402
 from lana.data import load_data  # noqa: E402
 from lana.errors import TrainingDivergedError  # noqa: E402
 from lana.models import create_model  # noqa: E402
-from lana.train import evaluate, train_classifier  # noqa: E402
+from lana.train import Recipe, evaluate, train_classifier  # noqa: E402
 
 DEFAULT_RECIPES = ["adamw:3e-3:128", "adamw:1e-2:128", "adamw:1e-3:128", "sgd:0.1:128",
                    "adamw:3e-3:32"]
@@ -67,8 +67,9 @@ def train_one(family: str, recipe: str, images: int, seed: int) -> dict:
     steps = max(1, math.ceil(images / batch))
     start = time.time()
     try:
-        stats = train_classifier(model, splits.train, steps=steps,
-                                 batch_size=batch, lr=lr, optimizer=opt_name, seed=seed,
+        stats = train_classifier(model, splits.train,
+                                 Recipe(steps=steps, batch_size=batch, lr=lr,
+                                        optimizer=opt_name, seed=seed),
                                  description=f"teacher {recipe}", distributed=False)
     except TrainingDivergedError as exc:
         print(f"  {exc}", flush=True)

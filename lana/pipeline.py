@@ -358,7 +358,7 @@ class Run:
     def _train_teacher(self, model: nn.Module, path: Path, distributed: bool) -> None:
         """Train the teacher from scratch (with every rank under torchrun when
         ``distributed``: DDP, as phase 3) and write it to ``path`` and the cache."""
-        from lana.train import train_classifier
+        from lana.train import Checkpointing, Recipe, train_classifier
 
         cfg = self.config
         key, cache = self._teacher_cache()
@@ -370,11 +370,12 @@ class Run:
         if t.init:
             log(f"teacher: starting from {t.init} ({load_matching(model, t.init)})")
         D.reset_peak_rss()
-        train_classifier(model, self.splits.train, epochs=t.epochs, batch_size=t.batch_size,
-                         lr=t.lr, optimizer=t.optimizer, seed=cfg.seed, description="teacher",
-                         checkpoint=self.dir / TEACHER_CHECKPOINT, checkpoint_key=key,
-                         checkpoint_every=t.checkpoint_every,
-                         kill_tag="teacher", distributed=distributed, device=self.device)
+        train_classifier(model, self.splits.train, Recipe.from_config(t, seed=cfg.seed),
+                         description="teacher",
+                         checkpointing=Checkpointing(path=self.dir / TEACHER_CHECKPOINT,
+                                                     key=key, every=t.checkpoint_every,
+                                                     kill_tag="teacher"),
+                         distributed=distributed, device=self.device)
         self._timed(STAGE["prepare"].timing, start)
         if D.is_main() or not distributed:  # under DDP every rank holds the same weights
             save_tensors(cache, model.state_dict())
@@ -691,7 +692,7 @@ class Run:
 
     def _finetune(self, budget: BudgetConfig, chosen: dict) -> dict:
         from lana.student import assemble
-        from lana.train import evaluate, train_classifier
+        from lana.train import Checkpointing, Recipe, evaluate, train_classifier
 
         student = assemble(self.chain, chosen["choices"], self._load)
         before = evaluate(student, self.splits.test, device=self.device)
@@ -701,15 +702,13 @@ class Run:
         if cfg.epochs > 0:
             # Under torchrun every rank runs this with DistributedDataParallel.
             key = key_hash({**self._stage_inputs("finetune"), "choices": chosen["choices"]})
-            stats = train_classifier(student, self.splits.train, epochs=cfg.epochs,
-                                     batch_size=cfg.batch_size, lr=cfg.lr,
-                                     optimizer=cfg.optimizer, seed=self.config.seed,
-                                     teacher=self.teacher, kd_weight=cfg.kd_weight, temperature=cfg.temperature,
-                                     description="phase 3 finetune",
-                                     checkpoint=self.student_dir(budget) / FINETUNE_CHECKPOINT,
-                                     checkpoint_key=key, kill_tag="finetune",
-                                     checkpoint_every=cfg.checkpoint_every,
-                                     device=self.device)
+            stats = train_classifier(
+                student, self.splits.train, Recipe.from_config(cfg, seed=self.config.seed),
+                teacher=self.teacher, description="phase 3 finetune",
+                checkpointing=Checkpointing(
+                    path=self.student_dir(budget) / FINETUNE_CHECKPOINT, key=key,
+                    every=cfg.checkpoint_every, kill_tag="finetune"),
+                device=self.device)
         after = evaluate(student, self.splits.test, device=self.device)
         if D.is_main():
             save_tensors(self.student_dir(budget) / FINETUNED_WEIGHTS,

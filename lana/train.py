@@ -7,7 +7,9 @@ import io
 import itertools
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,9 @@ from torch import nn
 from lana.data import Data
 from lana.io import atomic_write_bytes, checksum_path, verify_bytes
 from lana.progress import log, progress
+
+if TYPE_CHECKING:
+    from lana.config import FinetuneConfig, TeacherTrainingConfig
 
 
 @contextlib.contextmanager
@@ -116,30 +121,83 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     raise ConfigError(f"optimizer {name!r} is not one of: adamw, sgd")
 
 
-def train_classifier(model: nn.Module, data: Data, *, epochs: float | None = None,
-                     steps: int | None = None, batch_size: int,
-                     lr: float, optimizer: str = "adamw", seed: int = 0,
-                     teacher: nn.Module | None = None, kd_weight: float = 0.0,
-                     temperature: float = 2.0,
-                     description: str = "train", checkpoint: str | Path | None = None,
-                     checkpoint_every: int = 100, checkpoint_key: str = "",
-                     kill_tag: str = "", distributed: bool = True,
-                     device: torch.device | str | None = None) -> dict[str, float]:
-    """Train ``model`` with cross-entropy (+ KD from ``teacher``); ``optimizer`` (see
-    :func:`make_optimizer`) with a warm-up + cosine schedule.
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """How long and how :func:`train_classifier` trains: ``epochs`` passes over the data
+    (rounded up to whole steps) or exactly ``steps`` batches (one of the two), global
+    batches of ``batch_size``, ``optimizer`` (see :func:`make_optimizer`) at peak learning
+    rate ``lr`` with a warm-up + cosine schedule, ``seed`` for the initial draw and the data
+    order, and ``kd_weight`` times the KD loss at ``temperature`` when a teacher is given
+    (0: cross-entropy alone).
 
-    The length is ``epochs`` over ``data`` (rounded up to whole steps) or exactly
-    ``steps`` batches; give one of the two. Returns the mean training loss of the last
-    10% of steps. Under torchrun (a process
-    group of ``world`` ranks) the model is wrapped in DistributedDataParallel and every
-    global batch of ``batch_size`` is split across ranks (``Data.stream(rank, world)``), so
-    the gradient equals the single-process one up to float rounding. BatchNorm layers
-    normalise over the global batch too (lana.sync_bn: torch's SyncBatchNorm on GPUs, an
-    all-reduce of the statistics elsewhere) and are plain BatchNorm again afterwards; a
-    global batch that does not split evenly is weighted per item, as in one process. With
-    ``checkpoint`` the state is saved every ``checkpoint_every`` steps (rank 0 writes) and a killed run
-    resumes from it; ``checkpoint_key`` ties it to its settings. ``kill_tag`` names the
-    test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see lana.dist.KILL_POINTS).
+    A recipe that names neither or both of ``epochs`` and ``steps`` is a ``TypeError``.
+    """
+
+    batch_size: int
+    lr: float
+    epochs: float | None = None
+    steps: int | None = None
+    optimizer: str = "adamw"
+    seed: int = 0
+    kd_weight: float = 0.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise TypeError("Recipe: give epochs or steps, not both or neither")
+
+    @classmethod
+    def from_config(cls, section: TeacherTrainingConfig | FinetuneConfig, *, seed: int = 0,
+                    **overrides) -> Recipe:
+        """The recipe of a config section (``teacher_training`` or ``finetune``): its
+        epochs, batch size, learning rate and optimizer, and its KD weight and temperature
+        where it has them (the teacher's training has none: no KD). ``overrides`` replace
+        single fields, e.g. ``epochs=`` for a longer run of the same recipe."""
+        fields = {"epochs": section.epochs, "batch_size": section.batch_size,
+                  "lr": section.lr, "optimizer": section.optimizer, "seed": seed}
+        for name in ("kd_weight", "temperature"):
+            if hasattr(section, name):
+                fields[name] = getattr(section, name)
+        return cls(**{**fields, **overrides})
+
+    def total_steps(self, items: int) -> int:
+        """Optimizer steps of this recipe over ``items`` training images."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * items / self.batch_size))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpointing:
+    """Resumable training: the state is written to ``path`` every ``every`` steps (rank 0
+    writes) and a killed run resumes from it. ``key`` ties the file to the settings it was
+    written under (one written under another key is ignored), so it must stay stable for
+    the same settings: cached run directories hold files written under it. ``kill_tag``
+    names the test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see
+    :data:`lana.dist.KILL_POINTS`; empty: none)."""
+
+    path: str | Path
+    key: str = ""
+    every: int = 100
+    kill_tag: str = ""
+
+
+def train_classifier(model: nn.Module, data: Data, recipe: Recipe, *,
+                     teacher: nn.Module | None = None, description: str = "train",
+                     checkpointing: Checkpointing | None = None, distributed: bool = True,
+                     device: torch.device | str | None = None) -> dict[str, float]:
+    """Train ``model`` on ``data`` by ``recipe``: cross-entropy, plus KD from ``teacher``
+    when given and the recipe's ``kd_weight`` is above 0.
+
+    Returns the mean training loss of the last 10% of steps and the number of steps. Under
+    torchrun (a process group of ``world`` ranks) the model is wrapped in
+    DistributedDataParallel and every global batch of ``recipe.batch_size`` is split across
+    ranks (``Data.stream(rank, world)``), so the gradient equals the single-process one up
+    to float rounding. BatchNorm layers normalise over the global batch too (lana.sync_bn:
+    torch's SyncBatchNorm on GPUs, an all-reduce of the statistics elsewhere) and are plain
+    BatchNorm again afterwards; a global batch that does not split evenly is weighted per
+    item, as in one process. With ``checkpointing`` (see :class:`Checkpointing`) a killed
+    run resumes where it was saved. ``description`` labels the progress bar and errors.
     ``distributed=False`` trains in this process alone even under torchrun. ``device``
     (default the CPU) is where this process trains, e.g. its GPU from
     :func:`lana.dist.resolve_device`; model and teacher are back on the CPU afterwards.
@@ -148,35 +206,27 @@ def train_classifier(model: nn.Module, data: Data, *, epochs: float | None = Non
     """
     from lana import dist as D
 
-    if (epochs is None) == (steps is None):
-        raise TypeError("train_classifier: give epochs or steps, not both or neither")
-    if steps is None:
-        steps = max(1, math.ceil(epochs * len(data) / batch_size))
+    steps = recipe.total_steps(len(data))
     rank, world = (D.rank(), D.world()) if distributed else (0, 1)
-    if world > batch_size:
+    if world > recipe.batch_size:
         from lana.errors import ConfigError
 
-        raise ConfigError(f"{description}: batch size {batch_size} is smaller than the "
+        raise ConfigError(f"{description}: batch size {recipe.batch_size} is smaller than the "
                           f"{world} processes it is split over; raise the batch size")
     device = torch.device(device or "cpu")
-    torch.manual_seed(seed)
+    torch.manual_seed(recipe.seed)
     model.to(device)
     # Every rank's BatchNorm layers see the global batch (back to plain ones afterwards).
     from lana.sync_bn import synced_batchnorm
 
     with synced_batchnorm(model) if world > 1 else contextlib.nullcontext():
-        return _train(model, data, steps, rank, world, device, batch_size=batch_size, lr=lr,
-                      optimizer=optimizer, seed=seed, teacher=teacher, kd_weight=kd_weight,
-                      temperature=temperature, description=description,
-                      checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                      checkpoint_key=checkpoint_key, kill_tag=kill_tag)
+        return _train(model, data, recipe, steps, rank, world, device, teacher=teacher,
+                      description=description, checkpointing=checkpointing)
 
 
-def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, device, *,
-           batch_size: int, lr: float, optimizer: str, seed: int, teacher: nn.Module | None,
-           kd_weight: float, temperature: float, description: str,
-           checkpoint: str | Path | None, checkpoint_every: int, checkpoint_key: str,
-           kill_tag: str) -> dict[str, float]:
+def _train(model: nn.Module, data: Data, recipe: Recipe, steps: int, rank: int, world: int,
+           device: torch.device, *, teacher: nn.Module | None, description: str,
+           checkpointing: Checkpointing | None) -> dict[str, float]:
     from lana import dist as D
 
     net: nn.Module = model
@@ -185,7 +235,7 @@ def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, devi
 
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                       else None)
-    opt = make_optimizer(optimizer, model.parameters(), lr)
+    opt = make_optimizer(recipe.optimizer, model.parameters(), recipe.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_lr(s, steps, max(1, steps // 20)))
     model.train()
@@ -193,10 +243,11 @@ def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, devi
         teacher.to(device).eval()
     tail: list[float] = []
     start = 0
-    ckpt = Path(checkpoint) if checkpoint else None
+    ckpt = Path(checkpointing.path) if checkpointing and checkpointing.path else None
     if ckpt is not None and ckpt.exists():
-        start, tail = _load_checkpoint(ckpt, checkpoint_key, model, opt, sched)
-    stream = data.stream(batch_size, seed=seed, augment=True, rank=rank, world=world)
+        start, tail = _load_checkpoint(ckpt, checkpointing.key, model, opt, sched)
+    stream = data.stream(recipe.batch_size, seed=recipe.seed, augment=True, rank=rank,
+                         world=world)
     for _ in range(start):  # replay the data order so a resumed run sees the same batches
         next(stream)
     with progress() as bar:
@@ -206,10 +257,10 @@ def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, devi
             x, y = x.to(device), y.to(device)
             out = net(x)
             loss = F.cross_entropy(out, y)
-            if teacher is not None and kd_weight > 0:
+            if teacher is not None and recipe.kd_weight > 0:
                 with torch.no_grad():
                     t_out = teacher(x)
-                loss = loss + kd_weight * kd_loss(out, t_out, temperature)
+                loss = loss + recipe.kd_weight * kd_loss(out, t_out, recipe.temperature)
             if world > 1:
                 # DDP averages the ranks' gradients; weighting each rank's mean by its share
                 # of the global batch makes that the global batch's mean when the batch
@@ -224,8 +275,8 @@ def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, devi
                 # Carrying on would only spread NaN into the weights and every later stage.
                 raise TrainingDivergedError(
                     f"{description}: the training loss became {value} at step {step + 1} of "
-                    f"{steps} ({optimizer}, peak lr {lr:g}); lower the learning rate (or "
-                    f"try the other optimizer) and run again")
+                    f"{steps} ({recipe.optimizer}, peak lr {recipe.lr:g}); lower the learning "
+                    f"rate (or try the other optimizer) and run again")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -233,11 +284,11 @@ def _train(model: nn.Module, data: Data, steps: int, rank: int, world: int, devi
             if step >= math.floor(steps * 0.9):  # the last step at least, however few
                 tail.append(value)
             bar.update(task, advance=1, info=f"loss {value:.3f}")
-            if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps \
-                    and rank == 0:
-                _save_checkpoint(ckpt, checkpoint_key, step + 1, tail, model, opt, sched)
-            if kill_tag:
-                D.maybe_kill(kill_tag, step + 1)
+            if ckpt is not None and (step + 1) % checkpointing.every == 0 \
+                    and step + 1 < steps and rank == 0:
+                _save_checkpoint(ckpt, checkpointing.key, step + 1, tail, model, opt, sched)
+            if checkpointing is not None and checkpointing.kill_tag:
+                D.maybe_kill(checkpointing.kill_tag, step + 1)
     model.eval()
     train_loss = sum(tail) / max(1, len(tail))
     if world > 1:

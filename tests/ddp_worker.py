@@ -31,11 +31,12 @@ def data():
 
 
 def train(net: nn.Module) -> dict:
-    from lana.train import train_classifier
+    from lana.train import Recipe, train_classifier
 
     teacher = model()  # a fixed "teacher" for the KD term
-    return train_classifier(net, data(), epochs=2, batch_size=16, lr=1e-2, seed=3,
-                            teacher=teacher, kd_weight=1.0, description="ddp test")
+    return train_classifier(net, data(),
+                            Recipe(epochs=2, batch_size=16, lr=1e-2, seed=3, kd_weight=1.0),
+                            teacher=teacher, description="ddp test")
 
 
 if __name__ == "__main__":
