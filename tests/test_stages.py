@@ -37,14 +37,24 @@ from lana.status import run_status
 # stamped into run directories made since. A different value here means existing runs would
 # recompute that stage.
 # "chosen": fine-tuning's key with a chosen student; "export": export's key after it.
+# search.margin's default became "auto" (issue 34): a search under it is another search, so
+# search, finetune and export were re-pinned then; a run made before keeps its keys with
+# `search.margin: 0.03`, the old default (test_the_old_margin_keeps_older_run_directories).
 _TINY_KEYS = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
-              "search": "f1e309f56de85771", "finetune": "0e81820d78c571f7",
-              "chosen": "a3439d705483e4bc", "export": "5f68f4a325df6e6e"}
+              "search": "ad1612430d4c4e7b", "finetune": "0bb74f7c3d530619",
+              "chosen": "ba6f22f8e5879758", "export": "b8af9c546e6a8b8f"}
 # Settings at non-default values, and settings a key leaves out (budget, checkpoint_every,
 # speed-only ones): only search and finetune change.
 _VARIANT_KEYS = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
-                 "search": "6a8f0bfa853be904", "finetune": "56ab14206fdf3444",
-                 "chosen": "13029bffe959f9fe", "export": "78b9311e3a8a6633"}
+                 "search": "a7d1f866543c3212", "finetune": "c67e434f84dfb23f",
+                 "chosen": "e4d7f9a26f144f62", "export": "32e19a7a3ceeec2b"}
+# The keys of run directories made before, with the fixed 3 % margin.
+_TINY_KEYS_MARGIN_003 = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
+                         "search": "f1e309f56de85771", "finetune": "0e81820d78c571f7",
+                         "chosen": "a3439d705483e4bc", "export": "5f68f4a325df6e6e"}
+_VARIANT_KEYS_MARGIN_003 = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
+                            "search": "6a8f0bfa853be904", "finetune": "56ab14206fdf3444",
+                            "chosen": "13029bffe959f9fe", "export": "78b9311e3a8a6633"}
 _TEACHER_KEY = "73b32fea74d85d94"  # the tiny teacher's file name in the teacher cache
 
 
@@ -66,19 +76,35 @@ def _variant(cfg: dict) -> dict:
     return v
 
 
-@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS),
-                                                (_variant, _VARIANT_KEYS)])
-def test_stage_keys_are_those_of_existing_run_directories(tmp_path: Path, make,
-                                                          expected: dict) -> None:
-    config = config_from_dict(make(tiny_config_dict(tmp_path)))
+def _stage_keys(cfg: dict) -> dict:
+    config = config_from_dict(cfg)
     keys = {s: _key(stage_inputs(config, s))
             for s in ("profile", "score", "search", "finetune")}
     keys["chosen"] = _key({**stage_inputs(config, "finetune"),
                            "choices": {"choices": ["teacher", "x"]}})
     keys["export"] = _key({"finetune": keys["chosen"]})
-    assert keys == expected
+    return keys
+
+
+def _old_margin(cfg: dict) -> dict:
+    return {**cfg, "search": {**cfg.get("search", {}), "margin": 0.03}}
+
+
+@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS),
+                                                (_variant, _VARIANT_KEYS)])
+def test_stage_keys_are_those_of_existing_run_directories(tmp_path: Path, make,
+                                                          expected: dict) -> None:
+    config = config_from_dict(make(tiny_config_dict(tmp_path)))
+    assert _stage_keys(make(tiny_config_dict(tmp_path))) == expected
     assert _key(score_inputs(config, [[], []])) == expected["score"]
     assert _key(score_inputs(config, [["a"], []])) == "261de8b694cd2dc1"
+
+
+@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_MARGIN_003),
+                                                (_variant, _VARIANT_KEYS_MARGIN_003)])
+def test_the_old_margin_keeps_older_run_directories(tmp_path: Path, make,
+                                                    expected: dict) -> None:
+    assert _stage_keys(_old_margin(make(tiny_config_dict(tmp_path)))) == expected
 
 
 def test_a_finished_runs_files_carry_those_keys(pipeline_run) -> None:
