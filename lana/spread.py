@@ -88,8 +88,7 @@ class SpreadMargin:
         """Where one fresh timing of a student measured at ``speedup`` lands ~90 % of the
         time (two-sided, z each way) if later timings spread as the measured ones did (on a
         shared VM, windows minutes apart spread more: docs/latency.md)."""
-        half = self.z * self.sigma
-        return [speedup * math.exp(-half), speedup * math.exp(half)]
+        return _span(speedup, self.z * self.sigma)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``search.json`` records of it (``margin_from``)."""
@@ -105,7 +104,10 @@ def interval_of(search: dict, speedup: float | None) -> list[float] | None:
     rec = search.get("margin_from") or {}
     if speedup is None or "sigma_log_speedup" not in rec:
         return None
-    half = rec["z"] * rec["sigma_log_speedup"]
+    return _span(speedup, rec["z"] * rec["sigma_log_speedup"])
+
+
+def _span(speedup: float, half: float) -> list[float]:
     return [speedup * math.exp(-half), speedup * math.exp(half)]
 
 

@@ -6,10 +6,10 @@ import itertools
 import math
 
 import pytest
+from test_select import LATENCY, LIB, LUT, evaluate
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.report import print_summary
-from lana.search import Library
 from lana.select import select
 from lana.spread import MAX_MARGIN, MIN_MARGIN, SpreadMargin, interval_of, interval_text
 
@@ -66,18 +66,8 @@ def test_margin_setting_is_validated_with_a_clear_message():
     assert SearchConfig().margin == "auto"
 
 
-# A search on a fake device whose timings of the same student differ from call to call.
-LIB = Library.from_dict({"layers": [
-    {"name": f"l{i}", "ops": [
-        {"spec": "teacher", "score": 0.0, "cost": {"latency_ms": 1.0}},
-        {"spec": "mid", "score": 0.1 + 0.01 * i, "cost": {"latency_ms": 0.5}},
-        {"spec": "fast", "score": 0.5 + 0.01 * i, "cost": {"latency_ms": 0.1}},
-    ]} for i in range(4)]})
-LATENCY = {"stem_ms": 0.5, "head_ms": 0.5, "teacher_measured_ms": 5.0,
-           "teacher_predicted_ms": 5.0}
-COST = {"teacher": 1.0, "mid": 0.5, "fast": 0.1}
-
-
+# A search on the fake library of test_select, on a device whose timings of the same
+# student differ from call to call.
 def noisy_device(jitter: list[float]):
     """Teacher 5 ms; a student's LUT sum + 1 ms, times the next factor of ``jitter``."""
     factors = itertools.cycle(jitter)
@@ -85,14 +75,9 @@ def noisy_device(jitter: list[float]):
     def measure(students: dict) -> dict:
         out = {"teacher": 5.0}
         for name, specs in students.items():
-            out[name] = (1.0 + sum(COST[s] for s in specs)) * next(factors)
+            out[name] = (1.0 + sum(LUT[s] for s in specs)) * next(factors)
         return out
     return measure
-
-
-def evaluate(specs):
-    return {"loss": sum({"teacher": 0, "mid": 0.1, "fast": 0.5}[s] for s in specs),
-            "accuracy": 0.9}
 
 
 def search(margin, jitter):
