@@ -45,7 +45,21 @@ def test_result_has_the_issue_schema_and_counts_pairs_against_0_97_of_the_budget
         (1 - 2.0 / 2.1 + 1 - 2.8 / 3.0) / 2)
     assert summ["min_minutes_after"] == pytest.approx(10.0)
     assert len(res["infeasible"]) == 1
-    assert "| effnet | 3x | 3.00x | 2.80 / 2.80 / 2.80 | 0.93 |" in budget_truth.table(res)
+    assert ("| effnet | 3x | 3 % (fixed) | 3.00x | 2.80 / 2.80 / 2.80 | 0.93 |"
+            in budget_truth.table(res))
+    assert summ["margin_range"] is None and summ["windows_inside_interval"] is None
+
+
+def test_summary_reads_the_margins_and_the_interval_of_auto_searches():
+    rows, windows = _rows_and_windows()
+    rows[0] |= {"margin": 0.05, "speedup_interval": [2.0, 2.2]}
+    rows[1] |= {"margin": 0.08, "speedup_interval": [2.7, 3.3]}
+    res = budget_truth.assemble_result(rows, windows, wall_s=60.0)
+    summ = res["summary"]
+    assert summ["margin_range"] == pytest.approx([0.05, 0.065, 0.08])
+    # 2.1, 2.0 inside [2.0, 2.2], 1.9 not; 2.8 inside [2.7, 3.3] three times: 5 of 6
+    assert summ["windows_inside_interval"] == pytest.approx(5 / 6)
+    assert "| effnet | 2x | 5.0% | 2.10x |" in budget_truth.table(res)
 
 
 def test_timing_gap_reads_the_lana_rows_with_architectures(tmp_path: Path):
