@@ -35,6 +35,59 @@ def _countdown(time_limit: float | None) -> Callable[[], float | None]:
     return left
 
 
+def _scaled_objective(scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per layer, the scores shifted by their minimum and scaled by the largest remaining
+    spread: keeps HiGHS's coefficients in [0, 1] whatever the units (ms, params, flops)."""
+    shifted = [s - s.min() for s in scores]
+    spread = max(float(s.max()) for s in shifted)
+    return [s / (spread if spread > 0 else 1.0) for s in shifted]
+
+
+def _binding_rows(problem: Problem) -> list[tuple[int, list[np.ndarray], float, float]]:
+    """(budget index, scaled per-layer costs, shift, scale) of each budget that some
+    architecture breaks; budgets that every architecture meets would only add numerics."""
+    rows = []
+    for b, budget in enumerate(problem.budgets):
+        costs = problem.costs[b]
+        pick = np.max if budget.op == "<=" else np.min
+        # The costliest architecture (cheapest for >=), summed the unfavourable way: if even
+        # it meets the budget, every architecture does (float sums are monotone).
+        worst = worst_total([float(pick(c)) for c in costs], budget.op)
+        if budget.satisfied_by(worst):
+            continue
+        mins = [float(c.min()) for c in costs]
+        sh = [c - m for c, m in zip(costs, mins, strict=True)]
+        scale = max(float(c.max()) for c in sh) or 1.0
+        rows.append((b, [c / scale for c in sh], math.fsum(mins), scale))
+    return rows
+
+
+def _dominance(problem: Problem,
+               rows: Sequence[tuple[int, list[np.ndarray], float, float]]) -> list[np.ndarray]:
+    """Per layer, a matrix whose [j', j] says op j' dominates op j.
+
+    Op j' dominates j if it is no worse in score and in every binding budget direction.
+    Swapping j -> j' never breaks a budget (float sums are monotone) and never raises the
+    score, so dominated ops can be dropped -- unless j' was chosen by an earlier solution,
+    because then the swap could break a diversity constraint (see :meth:`Ilp.kept`).
+    """
+    scores = problem.scores
+    directed = [problem.costs[b] for b, _, _, _ in rows]
+    signs = [1.0 if problem.budgets[b].op == "<=" else -1.0 for b, _, _, _ in rows]
+    dom = []
+    for i in range(problem.n_layers):
+        cols = [scores[i]] + [s * c[i] for s, c in zip(signs, directed, strict=True)]
+        idx = np.arange(len(scores[i]))
+        # Index order breaks ties between identical ops so exactly one of them survives.
+        le = np.ones((len(idx), len(idx)), dtype=bool)
+        lt = idx[:, None] < idx[None, :]
+        for col in cols:
+            le &= col[:, None] <= col[None, :]
+            lt |= col[:, None] < col[None, :]
+        dom.append(le & lt)
+    return dom
+
+
 class Ilp:
     """Scaled, pruned numeric view of a :class:`Problem`, shared by the K re-solves.
 
@@ -49,46 +102,11 @@ class Ilp:
         self.last_bound: float | None = None
         self.budgets = problem.budgets
         self.n_layers = problem.n_layers
-        scores = problem.scores
-        # Shifting each layer by its minimum and scaling by the largest remaining spread keeps
-        # HiGHS's coefficients in [0, 1] whatever the units (ms, params, flops).
-        shifted = [s - s.min() for s in scores]
-        spread = max(float(s.max()) for s in shifted)
-        self.obj = [s / (spread if spread > 0 else 1.0) for s in shifted]
-
+        self.obj = _scaled_objective(problem.scores)
         # Budgets that every architecture meets are dropped: they would only add numerics.
-        self.rows: list[tuple[int, list[np.ndarray], float, float]] = []  # (b, coefs, shift, scale)
-        for b, budget in enumerate(self.budgets):
-            costs = problem.costs[b]
-            pick = np.max if budget.op == "<=" else np.min
-            # The costliest architecture (cheapest for >=), summed the unfavourable way: if even
-            # it meets the budget, every architecture does (float sums are monotone).
-            worst = worst_total([float(pick(c)) for c in costs], budget.op)
-            if budget.satisfied_by(worst):
-                continue
-            mins = [float(c.min()) for c in costs]
-            sh = [c - m for c, m in zip(costs, mins, strict=True)]
-            scale = max(float(c.max()) for c in sh) or 1.0
-            self.rows.append((b, [c / scale for c in sh], math.fsum(mins), scale))
-
-        # Dominance: op j' dominates j if it is no worse in score and in every binding budget
-        # direction. Swapping j -> j' never breaks a budget (float sums are monotone) and never
-        # raises the score, so dominated ops can be dropped -- unless j' was chosen by an
-        # earlier solution, because then the swap could break a diversity constraint.
-        # Precomputed once; each re-solve only masks the rows of protected ops.
-        self.dom: list[np.ndarray] = []
-        directed = [problem.costs[b] for b, _, _, _ in self.rows]
-        signs = [1.0 if self.budgets[b].op == "<=" else -1.0 for b, _, _, _ in self.rows]
-        for i in range(self.n_layers):
-            cols = [scores[i]] + [s * c[i] for s, c in zip(signs, directed, strict=True)]
-            idx = np.arange(len(scores[i]))
-            # Index order breaks ties between identical ops so exactly one of them survives.
-            le = np.ones((len(idx), len(idx)), dtype=bool)
-            lt = idx[:, None] < idx[None, :]
-            for col in cols:
-                le &= col[:, None] <= col[None, :]
-                lt |= col[:, None] < col[None, :]
-            self.dom.append(le & lt)
+        self.rows: list[tuple[int, list[np.ndarray], float, float]] = _binding_rows(problem)
+        # Precomputed once; each re-solve only masks the rows of protected ops (see kept()).
+        self.dom: list[np.ndarray] = _dominance(problem, self.rows)
 
     def kept(self, protected: list[set[int]]) -> list[np.ndarray]:
         """Per layer, indices of ops that may appear in some optimal solution."""
