@@ -385,11 +385,6 @@ def time_runner(
     if warmup < 0 or max_seconds <= 0 or rel_ci <= 0:
         raise ConfigError("warmup must be >= 0 and max_seconds, rel_ci must be > 0")
     budget_ns = max_seconds * 1e9
-    samples: list[float] = []
-    ref_samples: list[float] = []
-    since_ref_ns = 0  # runner time since the reference last ran
-    ref_ns = 0  # the reference's last timing
-    done_warmup = 0
     # Collect the young generations only: the garbage of the previous measurement (an
     # export, a session) lives there. A full collection walks every object of the process
     # (torch, timm, onnx: ~0.4 s per call on one core, more inside a large process) and
@@ -399,52 +394,9 @@ def time_runner(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        start = _clock()
-        while done_warmup < warmup:
-            if reference is not None and done_warmup < 3:
-                reference()  # before the runner: warm-up ends warm, not after a reference
-            runner()
-            done_warmup += 1
-            # A whole network can take seconds per run; never let warm-up eat hours.
-            if _clock() - start >= budget_ns:
-                break
-        # Sorting every iteration would cost more than a tiny op; check on a geometric
-        # schedule instead (at most ~10% more runs than strictly needed).
-        next_check = min_repeats
-        start = _clock()
-        while True:
-            t0 = _clock()
-            device_ms = runner()
-            t1 = _clock()
-            samples.append(device_ms if device_ms is not None else (t1 - t0) / 1e6)
-            if reference is not None:
-                since_ref_ns += t1 - t0
-                if since_ref_ns >= ref_ns:
-                    ref_device_ms = reference()
-                    t2 = _clock()
-                    ref_ns = t2 - t1
-                    ref_samples.append(ref_device_ms if ref_device_ms is not None
-                                       else ref_ns / 1e6)
-                    since_ref_ns = 0
-                    if t1 - t0 < COLD_RERUN_FACTOR * ref_ns:
-                        # The reference evicted whatever of the runner the cache held: its
-                        # next run would be cold (a network of 0.3 ms measured ~30 % slow).
-                        # One untimed run restores the state of back-to-back runs, which
-                        # every timed run (and every LUT entry) then starts from.
-                        runner()
-                    t1 = _clock()  # the time cap counts the reference's runs too
-            n = len(samples)
-            if n >= max_repeats:
-                break
-            if n < min_repeats:
-                continue
-            if t1 - start >= budget_ns:
-                break
-            if n >= next_check:
-                half = median_ci(samples)
-                if half is not None and half <= rel_ci * float(np.median(samples)):
-                    break
-                next_check = max(n + 1, int(n * 1.1))
+        done_warmup = _warm_up(runner, warmup, budget_ns, reference)
+        samples, ref_samples = _timed_runs(runner, min_repeats, max_repeats, budget_ns,
+                                           rel_ci, reference)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -453,6 +405,90 @@ def time_runner(
         m.ref_ms = float(np.median(ref_samples))
     return m
 
+
+def _warm_up(runner: Runner, warmup: int, budget_ns: float,
+             reference: Runner | None) -> int:
+    """Run ``runner`` up to ``warmup`` times untimed; returns how many runs it took.
+
+    A whole network can take seconds per run, so warm-up stops once ``budget_ns`` passed
+    (after at least one run): it never eats hours. The reference runs before the first
+    three runs, so that the warm-up ends warm, not right after a reference run.
+    """
+    done_warmup = 0
+    start = _clock()
+    while done_warmup < warmup:
+        if reference is not None and done_warmup < 3:
+            reference()  # before the runner: warm-up ends warm, not after a reference
+        runner()
+        done_warmup += 1
+        if _clock() - start >= budget_ns:
+            break
+    return done_warmup
+
+
+def _timed_runs(runner: Runner, min_repeats: int, max_repeats: int, budget_ns: float,
+                rel_ci: float, reference: Runner | None) -> tuple[list[float], list[float]]:
+    """(runner's timings, the reference's timings) in ms, timed until the stopping rule
+    of the module docstring holds: the median's CI within ``rel_ci``, ``max_repeats``
+    runs, or ``budget_ns`` spent after ``min_repeats`` runs."""
+    samples: list[float] = []
+    ref = _ReferenceTimer(reference) if reference is not None else None
+    # Sorting every iteration would cost more than a tiny op; check on a geometric
+    # schedule instead (at most ~10% more runs than strictly needed).
+    next_check = min_repeats
+    start = _clock()
+    while True:
+        t0 = _clock()
+        device_ms = runner()
+        t1 = _clock()
+        samples.append(device_ms if device_ms is not None else (t1 - t0) / 1e6)
+        if ref is not None:
+            t1 = ref.after(runner, t0, t1)
+        n = len(samples)
+        if n >= max_repeats:
+            break
+        if n < min_repeats:
+            continue
+        if t1 - start >= budget_ns:
+            break
+        if n >= next_check:
+            half = median_ci(samples)
+            if half is not None and half <= rel_ci * float(np.median(samples)):
+                break
+            next_check = max(n + 1, int(n * 1.1))
+    return samples, ref.samples if ref is not None else []
+
+
+class _ReferenceTimer:
+    """Times the reference runner between the timed runs of another (see
+    :func:`time_runner`): whenever the runs since its last timing took as long as it does,
+    so that it costs at most about half of the loop and a tiny op is not swamped by it."""
+
+    def __init__(self, reference: Runner) -> None:
+        self.reference = reference
+        self.samples: list[float] = []  # its timings, ms
+        self.since_ns = 0  # runner time since the reference last ran
+        self.last_ns = 0  # the reference's last timing
+
+    def after(self, runner: Runner, t0: int, t1: int) -> int:
+        """Account for a run of ``runner`` timed from ``t0`` to ``t1`` and time the
+        reference if it is due; returns the clock after all that (``t1`` if not due)."""
+        self.since_ns += t1 - t0
+        if self.since_ns < self.last_ns:
+            return t1
+        ref_device_ms = self.reference()
+        t2 = _clock()
+        self.last_ns = t2 - t1
+        self.samples.append(ref_device_ms if ref_device_ms is not None
+                            else self.last_ns / 1e6)
+        self.since_ns = 0
+        if t1 - t0 < COLD_RERUN_FACTOR * self.last_ns:
+            # The reference evicted whatever of the runner the cache held: its next run
+            # would be cold (a network of 0.3 ms measured ~30 % slow). One untimed run
+            # restores the state of back-to-back runs, which every timed run (and every
+            # LUT entry) then starts from.
+            runner()
+        return _clock()  # the time cap counts the reference's runs too
 
 
 @contextlib.contextmanager
