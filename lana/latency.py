@@ -566,8 +566,6 @@ def measure_interleaved(
     backend.check_available()
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(shape, generator=gen).to(DTYPES[settings.dtype])
-    medians: dict[str, list[float]] = {name: [] for name in modules}
-    last: dict[str, Measurement] = {}
     from lana.progress import progress
 
     bars = progress() if description else contextlib.nullcontext()
@@ -590,31 +588,48 @@ def measure_interleaved(
         ref = _reference_runner(backend, settings) if settings.normalize else None
         if ref is not None and baseline_ms is None:
             baseline_ms = reference_ms(settings, **measure_kwargs)
-        refs: list[float] = []
-        mins: dict[str, list[float]] = {name: [] for name in modules}
-        counts = dict.fromkeys(modules, 0)
         warmup = measure_kwargs.pop("warmup", 10)
-        with torch.inference_mode():
-            for n in range(max(1, rounds)):
-                for name, runner in runners.items():
-                    m = time_runner(runner, reference=ref,
-                                    warmup=warmup if n == 0 else min(warmup, 1),
-                                    **measure_kwargs)
-                    if m.ref_ms is not None:
-                        refs.append(m.ref_ms)
-                    last[name] = m
-                    medians[name].append(m.median_ms)
-                    mins[name].append(m.min_ms)
-                    counts[name] += m.count
-                    step()
-    out = {name: dataclasses.replace(last[name], median_ms=float(np.median(medians[name])),
-                                     min_ms=min(mins[name]), count=counts[name])
-           for name in modules}
+        out, refs = _timed_rounds(runners, ref, max(1, rounds), warmup, step, measure_kwargs)
     if ref is None:
         return out
     pooled = float(np.median(refs))
     return {name: dataclasses.replace(m.scaled(baseline_ms / pooled), ref_ms=pooled,
                                       raw_median_ms=m.median_ms) for name, m in out.items()}
+
+
+def _timed_rounds(runners: dict[str, Runner], ref: Runner | None, rounds: int, warmup: int,
+                  step: Callable[[], None], measure_kwargs: dict[str, Any],
+                  ) -> tuple[dict[str, Measurement], list[float]]:
+    """(each runner's result pooled over ``rounds`` interleaved rounds, the reference's
+    medians of every timing) for :func:`measure_interleaved`.
+
+    A result is the last round's measurement with the median of the rounds' medians, the
+    fastest run of all rounds and their number of runs. Only the first round warms up with
+    ``warmup`` runs; later ones with one run (the caches the other runners evicted).
+    ``step`` is called after each timing (the progress bar).
+    """
+    medians: dict[str, list[float]] = {name: [] for name in runners}
+    last: dict[str, Measurement] = {}
+    refs: list[float] = []
+    mins: dict[str, list[float]] = {name: [] for name in runners}
+    counts = dict.fromkeys(runners, 0)
+    with torch.inference_mode():
+        for n in range(rounds):
+            for name, runner in runners.items():
+                m = time_runner(runner, reference=ref,
+                                warmup=warmup if n == 0 else min(warmup, 1),
+                                **measure_kwargs)
+                if m.ref_ms is not None:
+                    refs.append(m.ref_ms)
+                last[name] = m
+                medians[name].append(m.median_ms)
+                mins[name].append(m.min_ms)
+                counts[name] += m.count
+                step()
+    out = {name: dataclasses.replace(last[name], median_ms=float(np.median(medians[name])),
+                                     min_ms=min(mins[name]), count=counts[name])
+           for name in runners}
+    return out, refs
 
 
 #: Whole networks (students against their teacher) are timed in this many interleaved
