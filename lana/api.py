@@ -80,6 +80,59 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _teacher(model: nn.Module, train_data: Dataset, val_data: Dataset,
+             test_data: Dataset | None) -> tuple[nn.Module, tuple[int, ...], torch.Tensor]:
+    """(the teacher, the images' shape, its logits on the first training image), checked
+    before a run starts: a module, images of one shape in every split, class logits out.
+
+    lana keeps the teacher on the CPU between stages and moves it to config.device to
+    train; a model handed over on a GPU is copied to the CPU first.
+    """
+    from lana.data import sample_shape
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    shape = sample_shape(train_data, "train_data")
+    for data, what in ((val_data, "val_data"), (test_data, "test_data")):
+        if data is not None and sample_shape(data, what) != shape:
+            raise ConfigError(f"{what} images have a different shape than train_data's "
+                              f"{shape}")
+    teacher = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        logits = teacher(train_data[0][0].unsqueeze(0))
+    if logits.dim() != 2:
+        raise ConfigError(f"the model returns a tensor of shape {tuple(logits.shape)}; lana "
+                          "needs class logits of shape (batch, classes)")
+    return teacher, shape, logits
+
+
+def _config(model: nn.Module, shape: tuple[int, ...],
+            budget: float | str | dict | BudgetConfig, backend: str | None,
+            config: Config | dict | str | os.PathLike[str] | None,
+            overrides: dict[str, Any]) -> tuple[Config, BudgetConfig]:
+    """(the run's configuration, the budget): ``config`` (default lana's defaults) with the
+    model's label and image size, then ``overrides``, ``backend`` and ``budget`` on top."""
+    if config is None:
+        base = Config().model_dump(mode="json")
+    elif isinstance(config, Config):
+        base = config.model_dump(mode="json")
+    elif isinstance(config, dict):
+        base = config_from_dict(config).model_dump(mode="json")
+    else:
+        base = load_config(config).model_dump(mode="json")
+    # model.name is only a label when the model is given; data.image_size records the size.
+    base = _merge(base, {"model": {"name": f"python:{type(model).__name__}", "weights": None},
+                         "data": {"image_size": shape[1]}})
+    cfg_dict = _merge(base, overrides)
+    if backend is not None:
+        cfg_dict = _merge(cfg_dict, {"latency": {"backend": backend}})
+    bud = parse_budget(budget)
+    # Replaced whole, not merged: a millisecond budget over the default speed-up one would
+    # give both.
+    cfg_dict["search"] = {**cfg_dict["search"], "budget": bud.model_dump(exclude_none=True)}
+    return config_from_dict(cfg_dict, "accelerate() arguments"), bud
+
+
 def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
                test_data: Dataset | None = None,
                budget: float | str | dict | BudgetConfig = 2.0,
@@ -101,45 +154,11 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     search={"k": 4}, seed=1, device="cuda"`` (where training runs; default ``auto``: a GPU
     when there is one). Everything is written to ``out`` and resumes from there.
     """
-    from lana.data import Data, Splits, sample_shape
+    from lana.data import Data, Splits
     from lana.pipeline import Run
 
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    shape = sample_shape(train_data, "train_data")
-    for data, what in ((val_data, "val_data"), (test_data, "test_data")):
-        if data is not None and sample_shape(data, what) != shape:
-            raise ConfigError(f"{what} images have a different shape than train_data's "
-                              f"{shape}")
-    # lana keeps the teacher on the CPU between stages and moves it to config.device to
-    # train; a model handed over on a GPU is copied to the CPU first.
-    teacher = copy.deepcopy(model).cpu().eval()
-    with torch.no_grad():
-        logits = teacher(train_data[0][0].unsqueeze(0))
-    if logits.dim() != 2:
-        raise ConfigError(f"the model returns a tensor of shape {tuple(logits.shape)}; lana "
-                          "needs class logits of shape (batch, classes)")
-
-    if config is None:
-        base = Config().model_dump(mode="json")
-    elif isinstance(config, Config):
-        base = config.model_dump(mode="json")
-    elif isinstance(config, dict):
-        base = config_from_dict(config).model_dump(mode="json")
-    else:
-        base = load_config(config).model_dump(mode="json")
-    # model.name is only a label when the model is given; data.image_size records the size.
-    base = _merge(base, {"model": {"name": f"python:{type(model).__name__}", "weights": None},
-                         "data": {"image_size": shape[1]}})
-    cfg_dict = _merge(base, overrides)
-    if backend is not None:
-        cfg_dict = _merge(cfg_dict, {"latency": {"backend": backend}})
-    bud = parse_budget(budget)
-    # Replaced whole, not merged: a millisecond budget over the default speed-up one would
-    # give both.
-    cfg_dict["search"] = {**cfg_dict["search"], "budget": bud.model_dump(exclude_none=True)}
-    cfg = config_from_dict(cfg_dict, "accelerate() arguments")
-
+    teacher, shape, logits = _teacher(model, train_data, val_data, test_data)
+    cfg, bud = _config(model, shape, budget, backend, config, overrides)
     splits = Splits(train=Data(train_data), val=Data(val_data),
                     test=Data(test_data if test_data is not None else val_data),
                     num_classes=int(logits.shape[1]), in_chans=shape[0], image_size=shape[1],

@@ -386,21 +386,45 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
     :class:`UnsupportedModelError` naming the node that keeps the model from being a chain.
     """
     cls = f"{type(model).__module__}.{type(model).__name__}"
-    wanted = None
-    if layers is not None:
-        wanted = list(dict.fromkeys(layers))
-        if not wanted:
-            raise UnsupportedModelError("model.layers is empty; name at least one module")
-        names = dict(model.named_modules())
-        missing = [n for n in wanted if n not in names or not n]
-        if missing:
-            some = ", ".join(n for n in list(names)[1:13])
-            raise UnsupportedModelError(
-                f"{type(model).__name__} has no submodule(s) {missing} (model.layers); its "
-                f"modules include: {some}, ...")
+    wanted = _wanted_layers(model, layers)
+    graph, n_concrete = _trace(model, wanted, cls)
+    flow = _flow(graph, n_concrete, cls)
+    layer_nodes = _layer_calls(model, flow, wanted)
+    layer_nodes = _check_chain(model, flow, layer_nodes, wanted)
+    return _build_chain(model, flow, layer_nodes)
+
+
+def _wanted_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str] | None:
+    """The named layers in order without repeats, or None to find them in the forward.
+
+    Checked before tracing: the names decide which modules the tracer keeps whole, so a
+    typo is reported as one, not as whatever tracing through that module runs into.
+    """
+    if layers is None:
+        return None
+    wanted = list(dict.fromkeys(layers))
+    if not wanted:
+        raise UnsupportedModelError("model.layers is empty; name at least one module")
+    names = dict(model.named_modules())
+    missing = [n for n in wanted if n not in names or not n]
+    if missing:
+        some = ", ".join(n for n in list(names)[1:13])
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no submodule(s) {missing} (model.layers); its "
+            f"modules include: {some}, ...")
+    return wanted
+
+
+def _trace(model: nn.Module, wanted: list[str] | None,
+           cls: str) -> tuple[torch.fx.Graph, int]:
+    """The fx graph of ``model.forward`` and how many of its arguments kept their defaults.
+
+    Optional forward arguments (flags, masks) are fixed to their defaults, so only the
+    input tensor is traced; any failure becomes one :class:`UnsupportedModelError` that
+    says what part of the model must be traceable.
+    """
     import inspect
 
-    # Optional forward arguments (flags, masks) keep their defaults while tracing.
     params = list(inspect.signature(model.forward).parameters.values())[1:]
     concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     try:
@@ -415,9 +439,39 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
             "that); code inside any other submodule need not be. Move the untraceable "
             "part into a submodule of its own, keep it from depending on tensor values, "
             "or pass an nn.Sequential(stem, *blocks, head)") from None
+    return graph, len(concrete)
+
+
+@dataclass
+class _Flow:
+    """A traced forward reduced to its data flow, what grouping and cutting it work on.
+
+    ``values`` are the nodes the input's data flows through, in execution order (the input
+    first), ``pos`` their index there; ``const`` the nodes computed from attributes and
+    defaulted arguments alone, which any segment may copy; ``calls`` each module's calls
+    among ``values``; ``result`` the node the forward returns.
+    """
+
+    cls: str
+    inp: torch.fx.Node
+    out_node: torch.fx.Node
+    result: torch.fx.Node
+    const: set[torch.fx.Node]
+    values: list[torch.fx.Node]
+    pos: dict[torch.fx.Node, int]
+    calls: dict[str, list[torch.fx.Node]]
+
+    def one_tensor(self, node: torch.fx.Node) -> bool:
+        """Whether a call takes exactly one tensor, as a replaceable layer must."""
+        return (len(node.args) == 1 and not node.kwargs
+                and len([i for i in _inputs(node) if i not in self.const]) == 1)
+
+
+def _flow(graph: torch.fx.Graph, n_concrete: int, cls: str) -> _Flow:
+    """The data flow of a traced forward that takes one tensor and returns one."""
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1 + len(concrete):
+    if len(placeholders) != 1 + n_concrete:
         raise UnsupportedModelError(
             f"{cls}.forward takes {len(placeholders)} inputs without defaults; lana needs "
             "one input tensor")
@@ -440,6 +494,19 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
     for n in values:
         if n.op == "call_module":
             calls.setdefault(n.target, []).append(n)
+    return _Flow(cls=cls, inp=placeholders[0], out_node=out_node, result=result,
+                 const=const, values=values, pos=pos, calls=calls)
+
+
+def _layer_calls(model: nn.Module, flow: _Flow,
+                 wanted: list[str] | None) -> list[torch.fx.Node]:
+    """The module calls that are layers, in order, before checking that they form a chain.
+
+    With ``wanted``, exactly the calls of the named modules. Otherwise every module call
+    except glue (a parameter-free module called several times) and, at the ends, a
+    classifier-like call or a small stem that takes more than one tensor.
+    """
+    cls, values, calls = flow.cls, flow.values, flow.calls
 
     def stateless(target: str) -> bool:
         m = model.get_submodule(target)
@@ -455,20 +522,16 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
     else:
         layer_nodes = [n for n in values if n.op == "call_module"
                        and not (len(calls[n.target]) > 1 and stateless(n.target))]
-    def one_tensor(node: torch.fx.Node) -> bool:
-        return (len(node.args) == 1 and not node.kwargs
-                and len([i for i in _inputs(node) if i not in const]) == 1)
-
     if wanted is None:
         # timm's newer heads take a flag (self.head(x, pre_logits=...)), some patch
         # embeddings a mask: such calls at the end of the chain (if classifier-like)
         # belong to the head, a small first call to the stem, which stay as they are.
         # Anywhere else they still end the split: the replaceable blocks would otherwise
         # vanish into a stem or head.
-        while (layer_nodes and not one_tensor(layer_nodes[-1])
+        while (layer_nodes and not flow.one_tensor(layer_nodes[-1])
                and _head_like(model.get_submodule(layer_nodes[-1].target))):
             layer_nodes.pop()
-        if (layer_nodes and not one_tensor(layer_nodes[0])
+        if (layer_nodes and not flow.one_tensor(layer_nodes[0])
                 and _stem_like(model.get_submodule(layer_nodes[0].target))):
             layer_nodes.pop(0)
     repeated = sorted({n.target for n in layer_nodes if len(calls[n.target]) > 1})
@@ -478,45 +541,29 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
             f"must be called once. {_MARK_BY_HAND}.")
     if not layer_nodes:
         raise UnsupportedModelError(f"{cls}.forward calls no submodule; nothing to replace")
+    return layer_nodes
+
+
+def _check_chain(model: nn.Module, flow: _Flow, layer_nodes: list[torch.fx.Node],
+                 wanted: list[str] | None) -> list[torch.fx.Node]:
+    """The layers, checked to be the only path from input to output, in order.
+
+    A branch among the last few, classifier-like calls (a distilled second head,
+    (head(x) + head_dist(x)) / 2, as DeiT-style EfficientFormer, LeViT and SwiftFormer
+    have) ends the layers there: those calls join the head. Any other failed check raises.
+    """
+    values, pos = flow.values, flow.pos
     last_use = {n: max((pos[u] for u in n.users if u in pos), default=pos[n])
                 for n in values}
     for n in values:  # the model's output stays live to the end
-        if n is result:
+        if n is flow.result:
             last_use[n] = len(values)
-
-    def check_cut(after: int, expected: torch.fx.Node, where: str) -> None:
-        # Between values[after] and values[after + 1], only `expected` may be live.
-        live = [v for v in values[:after + 1] if last_use[v] > after and v is not expected]
-        if live:
-            v = live[0]
-            user = min((u for u in v.users if u in pos and pos[u] > after), key=pos.get,
-                       default=out_node)
-            src = f"the output of {v.target!r}" if v.op == "call_module" else (
-                "the model's input" if v.op == "placeholder" else f"node {v.name!r}")
-            raise UnsupportedModelError(
-                f"{cls} is not a chain of layers: node {user.name!r} ({_describe_node(user)}) "
-                f"uses {src} {where}, so that layer is not the only path from input to output "
-                f"(a skip connection or a branch). {_MARK_BY_HAND}.")
-
-    def check(k: int) -> None:
-        L = layer_nodes[k]
-        if not one_tensor(L):
-            raise UnsupportedModelError(
-                f"layer {L.target!r} of {cls} is called with {len(L.args)} positional and "
-                f"{len(L.kwargs)} keyword arguments; a layer takes exactly one tensor. "
-                f"{_MARK_BY_HAND}.")
-        data_in = [i for i in _inputs(L) if i not in const]
-        check_cut(pos[L] - 1, data_in[0], f"across layer {L.target!r}")
-        check_cut(pos[L], L, f"after layer {L.target!r}")
-
     k = 0
     while k < len(layer_nodes):
         try:
-            check(k)
+            _check_layer(flow, last_use, layer_nodes[k])
         except UnsupportedModelError:
-            # A branch among the last few, classifier-like calls (a distilled second head,
-            # (head(x) + head_dist(x)) / 2, as DeiT-style EfficientFormer, LeViT and
-            # SwiftFormer have): they join the head. Replaceable blocks never do.
+            # Replaceable blocks never join the head.
             tail = layer_nodes[k:]
             if wanted is not None or k == 0 or len(tail) > 4 or not all(
                     _head_like(model.get_submodule(n.target)) for n in tail):
@@ -526,15 +573,58 @@ def split_fx(model: nn.Module, layers: Sequence[str] | None = None):
             layer_nodes = layer_nodes[:k]
             break
         k += 1
+    return layer_nodes
+
+
+def _check_layer(flow: _Flow, last_use: dict[torch.fx.Node, int],
+                 L: torch.fx.Node) -> None:
+    """Raise unless ``L`` takes one tensor and nothing but its input (before it) and its
+    output (after it) is live: otherwise replacing it would cut a skip or a branch."""
+    if not flow.one_tensor(L):
+        raise UnsupportedModelError(
+            f"layer {L.target!r} of {flow.cls} is called with {len(L.args)} positional and "
+            f"{len(L.kwargs)} keyword arguments; a layer takes exactly one tensor. "
+            f"{_MARK_BY_HAND}.")
+    data_in = [i for i in _inputs(L) if i not in flow.const]
+    _check_cut(flow, last_use, flow.pos[L] - 1, data_in[0], f"across layer {L.target!r}")
+    _check_cut(flow, last_use, flow.pos[L], L, f"after layer {L.target!r}")
+
+
+def _check_cut(flow: _Flow, last_use: dict[torch.fx.Node, int], after: int,
+               expected: torch.fx.Node, where: str) -> None:
+    """Raise unless only ``expected`` is live between ``values[after]`` and the next
+    value, naming the first other live value and the node that uses it later."""
+    values, pos = flow.values, flow.pos
+    live = [v for v in values[:after + 1] if last_use[v] > after and v is not expected]
+    if live:
+        v = live[0]
+        user = min((u for u in v.users if u in pos and pos[u] > after), key=pos.get,
+                   default=flow.out_node)
+        src = f"the output of {v.target!r}" if v.op == "call_module" else (
+            "the model's input" if v.op == "placeholder" else f"node {v.name!r}")
+        raise UnsupportedModelError(
+            f"{flow.cls} is not a chain of layers: node {user.name!r} "
+            f"({_describe_node(user)}) uses {src} {where}, so that layer is not the only "
+            f"path from input to output (a skip connection or a branch). {_MARK_BY_HAND}.")
+
+
+def _build_chain(model: nn.Module, flow: _Flow, layer_nodes: list[torch.fx.Node]):
+    """Stem, named layers and head as modules over ``model``'s submodules.
+
+    Each layer's segment runs from its call up to the next layer's call, so operations
+    between two layers go with the layer before them.
+    """
+    values, pos, const = flow.values, flow.pos, flow.const
     firsts = [_inputs(L)[0] for L in layer_nodes]
-    stem = _segment(model, values[1:pos[layer_nodes[0]]], placeholders[0], firsts[0], const)
+    stem = _segment(model, values[1:pos[layer_nodes[0]]], flow.inp, firsts[0], const)
     named: list[tuple[str, nn.Module]] = []
     for k, L in enumerate(layer_nodes):
         end = pos[layer_nodes[k + 1]] if k + 1 < len(layer_nodes) else pos[L] + 1
         out = firsts[k + 1] if k + 1 < len(layer_nodes) else L
         named.append((str(L.target), _segment(model, values[pos[L]:end], firsts[k], out,
                                                const)))
-    head = _segment(model, values[pos[layer_nodes[-1]] + 1:], layer_nodes[-1], result, const)
+    head = _segment(model, values[pos[layer_nodes[-1]] + 1:], layer_nodes[-1], flow.result,
+                    const)
     return stem, named, head
 
 

@@ -385,11 +385,6 @@ def time_runner(
     if warmup < 0 or max_seconds <= 0 or rel_ci <= 0:
         raise ConfigError("warmup must be >= 0 and max_seconds, rel_ci must be > 0")
     budget_ns = max_seconds * 1e9
-    samples: list[float] = []
-    ref_samples: list[float] = []
-    since_ref_ns = 0  # runner time since the reference last ran
-    ref_ns = 0  # the reference's last timing
-    done_warmup = 0
     # Collect the young generations only: the garbage of the previous measurement (an
     # export, a session) lives there. A full collection walks every object of the process
     # (torch, timm, onnx: ~0.4 s per call on one core, more inside a large process) and
@@ -399,52 +394,9 @@ def time_runner(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        start = _clock()
-        while done_warmup < warmup:
-            if reference is not None and done_warmup < 3:
-                reference()  # before the runner: warm-up ends warm, not after a reference
-            runner()
-            done_warmup += 1
-            # A whole network can take seconds per run; never let warm-up eat hours.
-            if _clock() - start >= budget_ns:
-                break
-        # Sorting every iteration would cost more than a tiny op; check on a geometric
-        # schedule instead (at most ~10% more runs than strictly needed).
-        next_check = min_repeats
-        start = _clock()
-        while True:
-            t0 = _clock()
-            device_ms = runner()
-            t1 = _clock()
-            samples.append(device_ms if device_ms is not None else (t1 - t0) / 1e6)
-            if reference is not None:
-                since_ref_ns += t1 - t0
-                if since_ref_ns >= ref_ns:
-                    ref_device_ms = reference()
-                    t2 = _clock()
-                    ref_ns = t2 - t1
-                    ref_samples.append(ref_device_ms if ref_device_ms is not None
-                                       else ref_ns / 1e6)
-                    since_ref_ns = 0
-                    if t1 - t0 < COLD_RERUN_FACTOR * ref_ns:
-                        # The reference evicted whatever of the runner the cache held: its
-                        # next run would be cold (a network of 0.3 ms measured ~30 % slow).
-                        # One untimed run restores the state of back-to-back runs, which
-                        # every timed run (and every LUT entry) then starts from.
-                        runner()
-                    t1 = _clock()  # the time cap counts the reference's runs too
-            n = len(samples)
-            if n >= max_repeats:
-                break
-            if n < min_repeats:
-                continue
-            if t1 - start >= budget_ns:
-                break
-            if n >= next_check:
-                half = median_ci(samples)
-                if half is not None and half <= rel_ci * float(np.median(samples)):
-                    break
-                next_check = max(n + 1, int(n * 1.1))
+        done_warmup = _warm_up(runner, warmup, budget_ns, reference)
+        samples, ref_samples = _timed_runs(runner, min_repeats, max_repeats, budget_ns,
+                                           rel_ci, reference)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -453,6 +405,90 @@ def time_runner(
         m.ref_ms = float(np.median(ref_samples))
     return m
 
+
+def _warm_up(runner: Runner, warmup: int, budget_ns: float,
+             reference: Runner | None) -> int:
+    """Run ``runner`` up to ``warmup`` times untimed; returns how many runs it took.
+
+    A whole network can take seconds per run, so warm-up stops once ``budget_ns`` passed
+    (after at least one run): it never eats hours. The reference runs before the first
+    three runs, so that the warm-up ends warm, not right after a reference run.
+    """
+    done_warmup = 0
+    start = _clock()
+    while done_warmup < warmup:
+        if reference is not None and done_warmup < 3:
+            reference()  # before the runner: warm-up ends warm, not after a reference
+        runner()
+        done_warmup += 1
+        if _clock() - start >= budget_ns:
+            break
+    return done_warmup
+
+
+def _timed_runs(runner: Runner, min_repeats: int, max_repeats: int, budget_ns: float,
+                rel_ci: float, reference: Runner | None) -> tuple[list[float], list[float]]:
+    """(runner's timings, the reference's timings) in ms, timed until the stopping rule
+    of the module docstring holds: the median's CI within ``rel_ci``, ``max_repeats``
+    runs, or ``budget_ns`` spent after ``min_repeats`` runs."""
+    samples: list[float] = []
+    ref = _ReferenceTimer(reference) if reference is not None else None
+    # Sorting every iteration would cost more than a tiny op; check on a geometric
+    # schedule instead (at most ~10% more runs than strictly needed).
+    next_check = min_repeats
+    start = _clock()
+    while True:
+        t0 = _clock()
+        device_ms = runner()
+        t1 = _clock()
+        samples.append(device_ms if device_ms is not None else (t1 - t0) / 1e6)
+        if ref is not None:
+            t1 = ref.after(runner, t0, t1)
+        n = len(samples)
+        if n >= max_repeats:
+            break
+        if n < min_repeats:
+            continue
+        if t1 - start >= budget_ns:
+            break
+        if n >= next_check:
+            half = median_ci(samples)
+            if half is not None and half <= rel_ci * float(np.median(samples)):
+                break
+            next_check = max(n + 1, int(n * 1.1))
+    return samples, ref.samples if ref is not None else []
+
+
+class _ReferenceTimer:
+    """Times the reference runner between the timed runs of another (see
+    :func:`time_runner`): whenever the runs since its last timing took as long as it does,
+    so that it costs at most about half of the loop and a tiny op is not swamped by it."""
+
+    def __init__(self, reference: Runner) -> None:
+        self.reference = reference
+        self.samples: list[float] = []  # its timings, ms
+        self.since_ns = 0  # runner time since the reference last ran
+        self.last_ns = 0  # the reference's last timing
+
+    def after(self, runner: Runner, t0: int, t1: int) -> int:
+        """Account for a run of ``runner`` timed from ``t0`` to ``t1`` and time the
+        reference if it is due; returns the clock after all that (``t1`` if not due)."""
+        self.since_ns += t1 - t0
+        if self.since_ns < self.last_ns:
+            return t1
+        ref_device_ms = self.reference()
+        t2 = _clock()
+        self.last_ns = t2 - t1
+        self.samples.append(ref_device_ms if ref_device_ms is not None
+                            else self.last_ns / 1e6)
+        self.since_ns = 0
+        if t1 - t0 < COLD_RERUN_FACTOR * self.last_ns:
+            # The reference evicted whatever of the runner the cache held: its next run
+            # would be cold (a network of 0.3 ms measured ~30 % slow). One untimed run
+            # restores the state of back-to-back runs, which every timed run (and every
+            # LUT entry) then starts from.
+            runner()
+        return _clock()  # the time cap counts the reference's runs too
 
 
 @contextlib.contextmanager
@@ -530,8 +566,6 @@ def measure_interleaved(
     backend.check_available()
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(shape, generator=gen).to(DTYPES[settings.dtype])
-    medians: dict[str, list[float]] = {name: [] for name in modules}
-    last: dict[str, Measurement] = {}
     from lana.progress import progress
 
     bars = progress() if description else contextlib.nullcontext()
@@ -554,31 +588,48 @@ def measure_interleaved(
         ref = _reference_runner(backend, settings) if settings.normalize else None
         if ref is not None and baseline_ms is None:
             baseline_ms = reference_ms(settings, **measure_kwargs)
-        refs: list[float] = []
-        mins: dict[str, list[float]] = {name: [] for name in modules}
-        counts = dict.fromkeys(modules, 0)
         warmup = measure_kwargs.pop("warmup", 10)
-        with torch.inference_mode():
-            for n in range(max(1, rounds)):
-                for name, runner in runners.items():
-                    m = time_runner(runner, reference=ref,
-                                    warmup=warmup if n == 0 else min(warmup, 1),
-                                    **measure_kwargs)
-                    if m.ref_ms is not None:
-                        refs.append(m.ref_ms)
-                    last[name] = m
-                    medians[name].append(m.median_ms)
-                    mins[name].append(m.min_ms)
-                    counts[name] += m.count
-                    step()
-    out = {name: dataclasses.replace(last[name], median_ms=float(np.median(medians[name])),
-                                     min_ms=min(mins[name]), count=counts[name])
-           for name in modules}
+        out, refs = _timed_rounds(runners, ref, max(1, rounds), warmup, step, measure_kwargs)
     if ref is None:
         return out
     pooled = float(np.median(refs))
     return {name: dataclasses.replace(m.scaled(baseline_ms / pooled), ref_ms=pooled,
                                       raw_median_ms=m.median_ms) for name, m in out.items()}
+
+
+def _timed_rounds(runners: dict[str, Runner], ref: Runner | None, rounds: int, warmup: int,
+                  step: Callable[[], None], measure_kwargs: dict[str, Any],
+                  ) -> tuple[dict[str, Measurement], list[float]]:
+    """(each runner's result pooled over ``rounds`` interleaved rounds, the reference's
+    medians of every timing) for :func:`measure_interleaved`.
+
+    A result is the last round's measurement with the median of the rounds' medians, the
+    fastest run of all rounds and their number of runs. Only the first round warms up with
+    ``warmup`` runs; later ones with one run (the caches the other runners evicted).
+    ``step`` is called after each timing (the progress bar).
+    """
+    medians: dict[str, list[float]] = {name: [] for name in runners}
+    last: dict[str, Measurement] = {}
+    refs: list[float] = []
+    mins: dict[str, list[float]] = {name: [] for name in runners}
+    counts = dict.fromkeys(runners, 0)
+    with torch.inference_mode():
+        for n in range(rounds):
+            for name, runner in runners.items():
+                m = time_runner(runner, reference=ref,
+                                warmup=warmup if n == 0 else min(warmup, 1),
+                                **measure_kwargs)
+                if m.ref_ms is not None:
+                    refs.append(m.ref_ms)
+                last[name] = m
+                medians[name].append(m.median_ms)
+                mins[name].append(m.min_ms)
+                counts[name] += m.count
+                step()
+    out = {name: dataclasses.replace(last[name], median_ms=float(np.median(medians[name])),
+                                     min_ms=min(mins[name]), count=counts[name])
+           for name in runners}
+    return out, refs
 
 
 #: Whole networks (students against their teacher) are timed in this many interleaved

@@ -35,6 +35,59 @@ def _countdown(time_limit: float | None) -> Callable[[], float | None]:
     return left
 
 
+def _scaled_objective(scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per layer, the scores shifted by their minimum and scaled by the largest remaining
+    spread: keeps HiGHS's coefficients in [0, 1] whatever the units (ms, params, flops)."""
+    shifted = [s - s.min() for s in scores]
+    spread = max(float(s.max()) for s in shifted)
+    return [s / (spread if spread > 0 else 1.0) for s in shifted]
+
+
+def _binding_rows(problem: Problem) -> list[tuple[int, list[np.ndarray], float, float]]:
+    """(budget index, scaled per-layer costs, shift, scale) of each budget that some
+    architecture breaks; budgets that every architecture meets would only add numerics."""
+    rows = []
+    for b, budget in enumerate(problem.budgets):
+        costs = problem.costs[b]
+        pick = np.max if budget.op == "<=" else np.min
+        # The costliest architecture (cheapest for >=), summed the unfavourable way: if even
+        # it meets the budget, every architecture does (float sums are monotone).
+        worst = worst_total([float(pick(c)) for c in costs], budget.op)
+        if budget.satisfied_by(worst):
+            continue
+        mins = [float(c.min()) for c in costs]
+        sh = [c - m for c, m in zip(costs, mins, strict=True)]
+        scale = max(float(c.max()) for c in sh) or 1.0
+        rows.append((b, [c / scale for c in sh], math.fsum(mins), scale))
+    return rows
+
+
+def _dominance(problem: Problem,
+               rows: Sequence[tuple[int, list[np.ndarray], float, float]]) -> list[np.ndarray]:
+    """Per layer, a matrix whose [j', j] says op j' dominates op j.
+
+    Op j' dominates j if it is no worse in score and in every binding budget direction.
+    Swapping j -> j' never breaks a budget (float sums are monotone) and never raises the
+    score, so dominated ops can be dropped -- unless j' was chosen by an earlier solution,
+    because then the swap could break a diversity constraint (see :meth:`Ilp.kept`).
+    """
+    scores = problem.scores
+    directed = [problem.costs[b] for b, _, _, _ in rows]
+    signs = [1.0 if problem.budgets[b].op == "<=" else -1.0 for b, _, _, _ in rows]
+    dom = []
+    for i in range(problem.n_layers):
+        cols = [scores[i]] + [s * c[i] for s, c in zip(signs, directed, strict=True)]
+        idx = np.arange(len(scores[i]))
+        # Index order breaks ties between identical ops so exactly one of them survives.
+        le = np.ones((len(idx), len(idx)), dtype=bool)
+        lt = idx[:, None] < idx[None, :]
+        for col in cols:
+            le &= col[:, None] <= col[None, :]
+            lt |= col[:, None] < col[None, :]
+        dom.append(le & lt)
+    return dom
+
+
 class Ilp:
     """Scaled, pruned numeric view of a :class:`Problem`, shared by the K re-solves.
 
@@ -49,46 +102,11 @@ class Ilp:
         self.last_bound: float | None = None
         self.budgets = problem.budgets
         self.n_layers = problem.n_layers
-        scores = problem.scores
-        # Shifting each layer by its minimum and scaling by the largest remaining spread keeps
-        # HiGHS's coefficients in [0, 1] whatever the units (ms, params, flops).
-        shifted = [s - s.min() for s in scores]
-        spread = max(float(s.max()) for s in shifted)
-        self.obj = [s / (spread if spread > 0 else 1.0) for s in shifted]
-
+        self.obj = _scaled_objective(problem.scores)
         # Budgets that every architecture meets are dropped: they would only add numerics.
-        self.rows: list[tuple[int, list[np.ndarray], float, float]] = []  # (b, coefs, shift, scale)
-        for b, budget in enumerate(self.budgets):
-            costs = problem.costs[b]
-            pick = np.max if budget.op == "<=" else np.min
-            # The costliest architecture (cheapest for >=), summed the unfavourable way: if even
-            # it meets the budget, every architecture does (float sums are monotone).
-            worst = worst_total([float(pick(c)) for c in costs], budget.op)
-            if budget.satisfied_by(worst):
-                continue
-            mins = [float(c.min()) for c in costs]
-            sh = [c - m for c, m in zip(costs, mins, strict=True)]
-            scale = max(float(c.max()) for c in sh) or 1.0
-            self.rows.append((b, [c / scale for c in sh], math.fsum(mins), scale))
-
-        # Dominance: op j' dominates j if it is no worse in score and in every binding budget
-        # direction. Swapping j -> j' never breaks a budget (float sums are monotone) and never
-        # raises the score, so dominated ops can be dropped -- unless j' was chosen by an
-        # earlier solution, because then the swap could break a diversity constraint.
-        # Precomputed once; each re-solve only masks the rows of protected ops.
-        self.dom: list[np.ndarray] = []
-        directed = [problem.costs[b] for b, _, _, _ in self.rows]
-        signs = [1.0 if self.budgets[b].op == "<=" else -1.0 for b, _, _, _ in self.rows]
-        for i in range(self.n_layers):
-            cols = [scores[i]] + [s * c[i] for s, c in zip(signs, directed, strict=True)]
-            idx = np.arange(len(scores[i]))
-            # Index order breaks ties between identical ops so exactly one of them survives.
-            le = np.ones((len(idx), len(idx)), dtype=bool)
-            lt = idx[:, None] < idx[None, :]
-            for col in cols:
-                le &= col[:, None] <= col[None, :]
-                lt |= col[:, None] < col[None, :]
-            self.dom.append(le & lt)
+        self.rows: list[tuple[int, list[np.ndarray], float, float]] = _binding_rows(problem)
+        # Precomputed once; each re-solve only masks the rows of protected ops (see kept()).
+        self.dom: list[np.ndarray] = _dominance(problem, self.rows)
 
     def kept(self, protected: list[set[int]]) -> list[np.ndarray]:
         """Per layer, indices of ops that may appear in some optimal solution."""
@@ -260,16 +278,7 @@ class Ilp:
         if lp is None or isinstance(lp, str):
             return self._full(full, left, gap, node_limit)
         bound, rc, x = lp
-        # Shortlist: everything the LP uses, every op an exclusion row names (so the rows can
-        # be built), and the few ops per layer that the LP prices closest to free.
-        short = []
-        for i in range(n):
-            lo_, hi_ = full.offsets[i], full.offsets[i + 1]
-            r_i, x_i = rc[lo_:hi_], x[lo_:hi_]
-            pick = set(np.argsort(r_i, kind="stable")[:_SHORTLIST].tolist())
-            pick.update(np.flatnonzero(x_i > 1e-9).tolist())
-            ops = set(kept[i][sorted(pick)].tolist()) | protected[i]
-            short.append(np.array(sorted(ops), dtype=np.int64))
+        short = _shortlist(full, kept, protected, rc, x)
         first, outcome = self.run_milp(self.build(short, exclusions, tighten), left(), gap,
                                        node_limit)
         if first is None:
@@ -286,11 +295,8 @@ class Ilp:
         # Any solution using op j costs at least bound + rc[j], so ops with rc[j] above the
         # incumbent's distance to the bound cannot improve on it (margin for LP tolerances).
         slack = incumbent - bound + 1e-6 * (1.0 + abs(incumbent))
-        reduced = []
-        for i in range(n):
-            lo_, hi_ = full.offsets[i], full.offsets[i + 1]
-            ops = set(kept[i][rc[lo_:hi_] <= slack].tolist()) | protected[i] | {first[i]}
-            reduced.append(np.array(sorted(ops), dtype=np.int64))
+        reduced = _below_slack(full, kept, rc, slack,
+                               [protected[i] | {first[i]} for i in range(n)])
         second, outcome2 = self.run_milp(self.build(reduced, exclusions, tighten), left(), gap,
                                          node_limit)
         if outcome2 == "timeout":
@@ -324,8 +330,7 @@ class Ilp:
         outcome) with outcome "optimal" (proven within ``gap`` of the LP bound), "limit" (best found
         within ``moves`` local-search moves and ``node_limit`` branch-and-bound nodes),
         "timeout" or "infeasible". ``node_limit=None`` runs HiGHS until the gap is proven."""
-        n = self.n_layers
-        protected, kept, model = self._restricted(exclusions, tighten)
+        _, kept, model = self._restricted(exclusions, tighten)
         left = _countdown(time_limit)
 
         def stop() -> bool:
@@ -346,31 +351,13 @@ class Ilp:
         def good_enough(f: float) -> bool:
             return f - bound <= gap * abs(f)
 
-        # Any architecture using op j scores at least bound + rc[j], and one good enough to
-        # stop at scores at most bound / (1 - gap): only ops with rc[j] below the difference
-        # can be part of it. Searching among those first is several times faster; the full
-        # set is searched only when they do not reach the gap.
-        within = gap / (1.0 - gap) * max(bound, 0.0) + 1e-9 * (1.0 + abs(bound))
-        lp_pick = [int(kept[i][np.argmax(x_lp[model.offsets[i]:model.offsets[i + 1]])])
-                   for i in range(n)]
-        promising = [np.union1d(kept[i][rc[model.offsets[i]:model.offsets[i + 1]] <= within],
-                                [lp_pick[i]]).astype(np.int64) for i in range(n)]
         if node_limit is None:
             moves = 0  # HiGHS will prove the gap anyway; the descent only gives it a start
-        found: list[int] | None = None
-        for ops in (promising, kept):
-            stage = self.build(ops, exclusions, tighten) if ops is promising else model
-            begin = found if found is not None else lp_pick
-            slots = local_search(
-                stage.dense(),
-                np.array([int(np.searchsorted(ops[i], c)) for i, c in enumerate(begin)]),
-                moves, good_enough, stop)
-            if slots is not None:
-                better = [int(ops[i][t]) for i, t in enumerate(slots)]
-                if found is None or self.objective(better) < self.objective(found):
-                    found = better
-            if (found is not None and good_enough(self.objective(found))) or stop():
-                break
+        lp_pick, promising = _promising(model, kept, bound, rc, x_lp, gap)
+        # Searching the promising ops first is several times faster; the full set (``model``
+        # over ``kept``) is searched only when they do not reach the gap.
+        stages = [(promising, self.build(promising, exclusions, tighten)), (kept, model)]
+        found = self._descend(stages, lp_pick, moves, good_enough, stop)
         if found is not None:
             if good_enough(self.objective(found)):
                 return found, "optimal"
@@ -381,14 +368,51 @@ class Ilp:
             # Only ops whose reduced cost leaves room below the local search's answer can
             # improve on it (margin for LP tolerances), so HiGHS gets a much smaller model.
             slack = self.objective(found) - bound + 1e-6 * (1.0 + abs(self.objective(found)))
-            reduced = []
-            for i in range(n):
-                r_i = rc[model.offsets[i]:model.offsets[i + 1]]
-                reduced.append(np.union1d(kept[i][r_i <= slack], [found[i]]).astype(np.int64))
-            model = self.build(reduced, exclusions, tighten)
+            model = self.build(_improvable(model, kept, rc, slack, found), exclusions, tighten)
         elif stop():
             return None, "timeout"
-        # Without a feasible point (rare) HiGHS must decide, whatever the node limit.
+        return self._improve(model, found, left, gap, node_limit)
+
+    def _descend(
+        self,
+        stages: Sequence[tuple[list[np.ndarray], Model]],
+        begin: list[int],
+        moves: int,
+        good_enough: Callable[[float], bool],
+        stop: Callable[[], bool],
+    ) -> list[int] | None:
+        """The local search's best architecture (None: it found none), from ``begin``.
+
+        Each stage is (ops per layer, the model over them), searched in turn from the best
+        answer so far until one is good enough or time is up.
+        """
+        found: list[int] | None = None
+        for ops, stage in stages:
+            start = found if found is not None else begin
+            slots = local_search(
+                stage.dense(),
+                np.array([int(np.searchsorted(ops[i], c)) for i, c in enumerate(start)]),
+                moves, good_enough, stop)
+            if slots is not None:
+                better = [int(ops[i][t]) for i, t in enumerate(slots)]
+                if found is None or self.objective(better) < self.objective(found):
+                    found = better
+            if (found is not None and good_enough(self.objective(found))) or stop():
+                break
+        return found
+
+    def _improve(
+        self,
+        model: Model,
+        found: list[int] | None,
+        left: Callable[[], float | None],
+        gap: float,
+        node_limit: int | None,
+    ) -> tuple[list[int] | None, str]:
+        """HiGHS on ``model`` after the local search: its answer if better than ``found``.
+
+        Without a feasible point (rare) HiGHS must decide, whatever the node limit.
+        """
         limit = None if found is None or node_limit == 0 else node_limit
         better, outcome = self.run_milp(model, left(), gap, limit)
         if found is None and better is None and outcome == "limit":
@@ -444,6 +468,63 @@ _SHORTLIST = 3
 # Measured on 46-layer libraries: HiGHS alone wins below ~2000 variables, staging above.
 _STAGE_MIN_VARS = 2000
 _MAX_EXACT_CUTS = 3
+
+
+def _shortlist(model: Model, kept: list[np.ndarray], protected: list[set[int]],
+               rc: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+    """Per layer, the ops of a staged solve's first, small ILP: everything the LP (``x``)
+    uses, every op an exclusion row names (so the rows can be built), and the
+    ``_SHORTLIST`` ops that the LP prices closest to free (reduced costs ``rc``)."""
+    short = []
+    for i in range(len(kept)):
+        lo_, hi_ = model.offsets[i], model.offsets[i + 1]
+        r_i, x_i = rc[lo_:hi_], x[lo_:hi_]
+        pick = set(np.argsort(r_i, kind="stable")[:_SHORTLIST].tolist())
+        pick.update(np.flatnonzero(x_i > 1e-9).tolist())
+        ops = set(kept[i][sorted(pick)].tolist()) | protected[i]
+        short.append(np.array(sorted(ops), dtype=np.int64))
+    return short
+
+
+def _below_slack(model: Model, kept: list[np.ndarray], rc: np.ndarray, slack: float,
+                 also: list[set[int]]) -> list[np.ndarray]:
+    """Per layer, the ops whose reduced cost is at most ``slack`` (the only ones that can
+    improve on an incumbent that far above the LP bound), plus ``also``'s."""
+    reduced = []
+    for i in range(len(kept)):
+        lo_, hi_ = model.offsets[i], model.offsets[i + 1]
+        ops = set(kept[i][rc[lo_:hi_] <= slack].tolist()) | also[i]
+        reduced.append(np.array(sorted(ops), dtype=np.int64))
+    return reduced
+
+
+def _promising(model: Model, kept: list[np.ndarray], bound: float, rc: np.ndarray,
+               x_lp: np.ndarray, gap: float) -> tuple[list[int], list[np.ndarray]]:
+    """(the op the LP relaxation picks per layer, the ops per layer that can be part of an
+    architecture within ``gap`` of the LP ``bound``).
+
+    Any architecture using op j scores at least bound + rc[j], and one good enough to stop
+    at scores at most bound / (1 - gap): only ops with rc[j] below the difference can be
+    part of it (the LP's pick is always kept, as the local search's start).
+    """
+    n = len(kept)
+    within = gap / (1.0 - gap) * max(bound, 0.0) + 1e-9 * (1.0 + abs(bound))
+    lp_pick = [int(kept[i][np.argmax(x_lp[model.offsets[i]:model.offsets[i + 1]])])
+               for i in range(n)]
+    promising = [np.union1d(kept[i][rc[model.offsets[i]:model.offsets[i + 1]] <= within],
+                            [lp_pick[i]]).astype(np.int64) for i in range(n)]
+    return lp_pick, promising
+
+
+def _improvable(model: Model, kept: list[np.ndarray], rc: np.ndarray, slack: float,
+                found: list[int]) -> list[np.ndarray]:
+    """Per layer, the ops whose reduced cost leaves room (``slack``) below the local
+    search's answer ``found``, and ``found``'s op: the only ones that can improve on it."""
+    reduced = []
+    for i in range(len(kept)):
+        r_i = rc[model.offsets[i]:model.offsets[i + 1]]
+        reduced.append(np.union1d(kept[i][r_i <= slack], [found[i]]).astype(np.int64))
+    return reduced
 
 
 def solve_feasible(

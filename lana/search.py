@@ -158,49 +158,20 @@ def solve(
     _check_solve_args(k, overlap, time_limit, diverse_gap, diverse_node_limit, diverse_moves)
     check_reachable(library, blist)
 
-    n = len(library.layers)
-    # The epsilon keeps e.g. 0.57 * 100 = 56.999999999999 from flooring to 56.
-    limit = n - 1 if overlap >= 1 else min(n - 1, math.floor(overlap * n + 1e-9))
+    limit = _overlap_limit(len(library.layers), overlap)
     deadline = None if time_limit is None else t0 + float(time_limit)
     problem = Problem(library, blist)
-    prob = Ilp(problem)
-
-    solutions: list[Solution] = []
-    gaps: list[float | None] = []
-    exclusions: list[tuple[list[int], int]] = []
-    timed_out = False
-    for _ in range(int(k)):
-        if exclusions:
-            choices, status = solve_feasible(prob, exclusions, deadline, float(diverse_gap),
-                                              diverse_node_limit, moves=int(diverse_moves))
-        else:
-            choices, status = solve_feasible(prob, exclusions, deadline, staged=None)
-        if choices is None:
-            if status == "timeout":
-                timed_out = True
-                if not solutions:
-                    raise LanaError(
-                        f"the search hit time_limit={time_limit} s before finding any "
-                        "architecture; raise time_limit or leave it unset"
-                    )
-            elif not solutions:
-                raise conflict_error(problem)
-            break
-        solutions.append(problem.solution(choices))
-        if not exclusions:
-            gaps.append(0.0 if status == "optimal" else None)
-        elif prob.last_bound is None:
-            gaps.append(None)
-        else:
-            f = prob.objective(choices)
-            gaps.append(max(0.0, (f - prob.last_bound) / f) if f > 0 else 0.0)
-        exclusions.append((choices, limit))
-        if on_solution is not None:
-            on_solution(len(solutions))
-        if status == "timeout":
-            timed_out = True
-            break
-
+    diverse = {"gap": float(diverse_gap), "node_limit": diverse_node_limit,
+               "moves": int(diverse_moves)}
+    solutions, gaps, timed_out = _solve_in_turn(problem, int(k), limit, deadline, diverse,
+                                                on_solution)
+    if not solutions:
+        if timed_out:
+            raise LanaError(
+                f"the search hit time_limit={time_limit} s before finding any "
+                "architecture; raise time_limit or leave it unset"
+            )
+        raise conflict_error(problem)
     return SearchResult(
         solutions=solutions,
         solve_seconds=time.perf_counter() - t0,
@@ -210,6 +181,63 @@ def solve(
         timed_out=timed_out,
         gaps=gaps,
     )
+
+
+def _overlap_limit(n: int, overlap: float) -> int:
+    """How many layer choices a diverse solution may share with each earlier one."""
+    # The epsilon keeps e.g. 0.57 * 100 = 56.999999999999 from flooring to 56.
+    return n - 1 if overlap >= 1 else min(n - 1, math.floor(overlap * n + 1e-9))
+
+
+def _solve_in_turn(
+    problem: Problem,
+    k: int,
+    limit: int,
+    deadline: float | None,
+    diverse: dict[str, Any],
+    on_solution: Callable[[int], None] | None,
+) -> tuple[list[Solution], list[float | None], bool]:
+    """(solutions, their proven gaps, timed out) of up to ``k`` solves in turn.
+
+    The first solve is exact (staged as the model's size asks); each later one is a diverse
+    solve (``diverse``: its gap, node limit and moves) that shares at most ``limit`` layer
+    choices with every earlier solution. Stops early when no such architecture is left
+    (no solution at all: the budgets conflict) or at ``deadline``.
+    """
+    prob = Ilp(problem)
+    solutions: list[Solution] = []
+    gaps: list[float | None] = []
+    exclusions: list[tuple[list[int], int]] = []
+    timed_out = False
+    for _ in range(k):
+        if exclusions:
+            choices, status = solve_feasible(prob, exclusions, deadline, **diverse)
+        else:
+            choices, status = solve_feasible(prob, exclusions, deadline, staged=None)
+        if choices is None:
+            timed_out = status == "timeout"
+            break
+        solutions.append(problem.solution(choices))
+        gaps.append(_proven_gap(prob, choices, status, diverse=bool(exclusions)))
+        exclusions.append((choices, limit))
+        if on_solution is not None:
+            on_solution(len(solutions))
+        if status == "timeout":
+            timed_out = True
+            break
+    return solutions, gaps, timed_out
+
+
+def _proven_gap(prob: Ilp, choices: list[int], status: str, diverse: bool) -> float | None:
+    """What the search proved about one solution (see :class:`SearchResult`): 0 for the
+    exact first solve's optimum, a diverse solve's relative distance above its LP bound,
+    None when nothing was proven (a timeout, or an LP bound of tightened budgets)."""
+    if not diverse:
+        return 0.0 if status == "optimal" else None
+    if prob.last_bound is None:
+        return None
+    f = prob.objective(choices)
+    return max(0.0, (f - prob.last_bound) / f) if f > 0 else 0.0
 
 
 def brute_force(library: Library, budgets: Sequence[Budget | str]) -> Solution | None:
