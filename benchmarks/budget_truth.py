@@ -99,7 +99,7 @@ def search_family(family: str, work: Path, steps: Steps) -> list[dict]:
         tag = budget_tag(budget)
 
         def go(budget=budget, tag=tag, sp=sp) -> dict:
-            from lana.student import assemble
+            from lana.model.student import assemble
 
             try:
                 srch = run.search(budget)

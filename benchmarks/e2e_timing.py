@@ -27,7 +27,7 @@ from latency_additivity import candidates_of
 
 from lana.distill import build_candidate
 from lana.latency import Settings, e2e_kwargs, measure_interleaved, reference_ms
-from lana.student import assemble
+from lana.model.student import assemble
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
 
     import timm
 
-    from lana.decompose import decompose
+    from lana.model.decompose import decompose
 
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, num_classes=1000).eval()

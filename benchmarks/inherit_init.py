@@ -24,8 +24,8 @@ from _results import machine, write_section  # noqa: E402
 
 import lana.distill as D  # noqa: E402
 from lana.config import DataConfig, DistillConfig  # noqa: E402
-from lana.data import load_data  # noqa: E402
-from lana.toys import calibrated_resnet_chain  # noqa: E402
+from lana.model.data import load_data  # noqa: E402
+from lana.model.toys import calibrated_resnet_chain  # noqa: E402
 
 CANDIDATES = [["rb_w0.5_g1_r1", "rb_w0.25_g1_r1"],
               ["rb_w0.5_g1_r1", "rb_w0.5_g2_r1", "rb_w1_g1_r2"],

@@ -39,7 +39,6 @@ import torch
 from _results import machine, write_section
 
 from lana.config import LatencyConfig
-from lana.decompose import decompose
 from lana.distill import build_candidate
 from lana.io import read_json, write_json
 from lana.latency import (
@@ -49,10 +48,11 @@ from lana.latency import (
     measure_interleaved,
     reference_baseline,
 )
+from lana.model.decompose import decompose
+from lana.model.student import assemble
 from lana.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
 from lana.select import fit_calibration
 from lana.space import fitting_candidates, resolve_space, space_specs
-from lana.student import assemble
 
 SECTION = "## Latency additivity (latency issue acceptance)"
 # GPU backends (torch-cuda, ...) report in a section of their own, beside the CPU one.

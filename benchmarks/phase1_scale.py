@@ -40,10 +40,10 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
 
     from lana import dist
     from lana.config import DistillConfig
-    from lana.data import Data, synthetic_dataset
-    from lana.decompose import decompose
     from lana.distill import distill, pending
-    from lana.models import create_model
+    from lana.model.data import Data, synthetic_dataset
+    from lana.model.decompose import decompose
+    from lana.model.zoo import create_model
     from lana.space import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
 
     rank, world = dist.init_from_env()

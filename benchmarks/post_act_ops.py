@@ -28,8 +28,8 @@ from _results import machine, write_section  # noqa: E402
 
 import lana.distill as D  # noqa: E402
 from lana.config import DataConfig, DistillConfig  # noqa: E402
-from lana.data import load_data  # noqa: E402
-from lana.decompose import decompose  # noqa: E402
+from lana.model.data import load_data  # noqa: E402
+from lana.model.decompose import decompose  # noqa: E402
 from lana.space import canonical, family_space, layer_candidates, space_specs  # noqa: E402
 from lana.train import Recipe, evaluate, train_classifier  # noqa: E402
 

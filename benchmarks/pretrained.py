@@ -146,7 +146,7 @@ class Pretrained(Table3):
 
     # ---------------------------------------------------------- siblings
     def sibling_model(self, name: str, pretrained: bool = True):
-        from lana.models import create_model
+        from lana.model.zoo import create_model
         from lana.pipeline import load_matching
 
         m = create_model(f"timm:tf_efficientnet_{name}", num_classes=self.run.splits.num_classes,

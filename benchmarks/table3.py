@@ -398,7 +398,7 @@ class Table3:
     def member_model(self):
         import torch
 
-        from lana.models import create_model
+        from lana.model.zoo import create_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)
@@ -448,7 +448,7 @@ class Table3:
     def lana_student(self, lana0: dict):
         """The LANA student of ``lana0`` as assembled from phase 1 (latency does not depend
         on its weights): the reference that baselines are matched to."""
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         return assemble(self.run.chain, lana0["choices"], self.run._load).eval()
 
@@ -494,7 +494,7 @@ class Table3:
 
         def go() -> dict:
             from lana.io import save_tensors
-            from lana.student import assemble
+            from lana.model.student import assemble
 
             base = self.lana_search(speedup)
             if "infeasible" in base:
@@ -572,7 +572,7 @@ class Table3:
     def random(self, lana0: dict, seed: int) -> dict:
         """Best of random search at the LANA student's measured latency
         (:meth:`random_match`), fine-tuned."""
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         tag = lana0["tag"]
         search = self.random_match(lana0)
@@ -596,7 +596,7 @@ class Table3:
         budget of the random search is searched (as the pruning ratio is) until the
         chosen architecture's measured latency is within ``match_tol`` of the LANA
         student's."""
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         tag = lana0["tag"]
         layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
@@ -679,8 +679,8 @@ class Table3:
         def go() -> dict:
             from lana.baselines import random_search
             from lana.io import read_json
+            from lana.model.student import assemble
             from lana.search import Budget, Library
-            from lana.student import assemble
             from lana.sweep import budget_range, sweep
 
             n = self.sc["kendall"]["archs"]
@@ -780,7 +780,7 @@ class Table3:
     def final_model(self, name: str, info: dict):
         """Rebuild a method's seed-0 network from its stored weights."""
         from lana.io import load_tensors
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         kind = name.split("_")[0]
         if kind == "member":

@@ -33,9 +33,9 @@ from _results import machine, write_section  # noqa: E402
 from table3 import FAMILIES, SCALES, run_config  # noqa: E402
 
 from lana.config import Config  # noqa: E402
-from lana.data import load_data  # noqa: E402
 from lana.errors import TrainingDivergedError  # noqa: E402
-from lana.models import create_model  # noqa: E402
+from lana.model.data import load_data  # noqa: E402
+from lana.model.zoo import create_model  # noqa: E402
 from lana.train import Recipe, evaluate, train_classifier  # noqa: E402
 
 DEFAULT_RECIPES = ["adamw:3e-3:128", "adamw:1e-2:128", "adamw:1e-3:128", "sgd:0.1:128",

@@ -28,9 +28,9 @@ import time
 import torch
 from _results import machine, write_section
 
-from lana.decompose import decompose
 from lana.distill import build_candidate
 from lana.errors import LanaError
+from lana.model.decompose import decompose
 from lana.space import (
     fitting_candidates,
     layer_candidates,
@@ -78,7 +78,7 @@ def check(name: str, image_size: int, max_size: int = 320, source: str = "timm")
 
 
 def _check(name: str, image_size: int, source: str) -> dict:
-    from lana.models import create_model
+    from lana.model.zoo import create_model
 
     t0 = time.time()
     rec: dict = {"model": name}

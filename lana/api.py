@@ -101,7 +101,7 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     search={"k": 4}, seed=1, device="cuda"`` (where training runs; default ``auto``: a GPU
     when there is one). Everything is written to ``out`` and resumes from there.
     """
-    from lana.data import Data, Splits, sample_shape
+    from lana.model.data import Data, Splits, sample_shape
     from lana.pipeline import Run
 
     if not isinstance(model, nn.Module):
@@ -148,7 +148,7 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     run.all(bud)
     summary = run.write_summary()
     from lana.io import read_json
-    from lana.student import load_student
+    from lana.model.student import load_student
 
     sdir = run.student_dir(bud)
     export = read_json(sdir / EXPORT)

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from lana.config import DistillConfig
-from lana.data import Data
-from lana.decompose import Chain
 from lana.dist import maybe_kill
 from lana.errors import ArtifactError
 from lana.io import checksum_path, file_lock, load_tensors, read_json, save_tensors, write_json
+from lana.model.data import Data
+from lana.model.decompose import Chain
 from lana.progress import log, progress
 from lana.space import build_op
 from lana.stages import (

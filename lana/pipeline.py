@@ -29,8 +29,6 @@ from lana.config import (
     extra_columns,
     load_config,
 )
-from lana.data import Splits, load_data
-from lana.decompose import Chain, decompose
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
 from lana.independent import independent_summary
 from lana.io import (
@@ -41,7 +39,10 @@ from lana.io import (
     save_tensors,
     write_json,
 )
-from lana.models import SOURCES, source_digest
+from lana.model.data import Splits, load_data
+from lana.model.decompose import Chain, decompose
+from lana.model.usercode import code_digest
+from lana.model.zoo import SOURCES, source_digest
 from lana.progress import log
 from lana.spread import interval_of
 from lana.stages import (
@@ -76,7 +77,6 @@ from lana.stages import (
     key_hash,
     student_dir,
 )
-from lana.usercode import code_digest
 
 SUMMARY_FORMAT = "lana-summary/1"
 
@@ -258,7 +258,7 @@ class Run:
     def _build_teacher(self) -> nn.Module:
         if self._teacher_override is not None:
             return self._teacher_override
-        from lana.models import create_model
+        from lana.model.zoo import create_model
 
         # Seeded, so the teacher's initial weights (and so a trained teacher) do not depend
         # on what the process did before (a CLI run and the Python API agree).
@@ -691,7 +691,7 @@ class Run:
                            lambda: self._finetune(budget, chosen))
 
     def _finetune(self, budget: BudgetConfig, chosen: dict) -> dict:
-        from lana.student import assemble
+        from lana.model.student import assemble
         from lana.train import Checkpointing, Recipe, evaluate, train_classifier
 
         student = assemble(self.chain, chosen["choices"], self._load)
@@ -731,10 +731,10 @@ class Run:
 
     def teacher_onnx(self) -> Path:
         """``teacher/model.onnx``: the teacher exported exactly as the students'
-        ``model/model.onnx`` (:func:`lana.student.onnx_bytes`), written once per run,
+        ``model/model.onnx`` (:func:`lana.model.student.onnx_bytes`), written once per run,
         atomically, and again only when missing. Returns its path."""
         from lana.io import atomic_write_bytes
-        from lana.student import onnx_bytes
+        from lana.model.student import onnx_bytes
 
         path = self.dir / TEACHER_ONNX
         if not path.exists() and D.is_main():
@@ -742,9 +742,9 @@ class Run:
         return path
 
     def _export(self, budget: BudgetConfig, ft: dict) -> dict:
+        from lana.model.student import arch_dict, save_student
         from lana.profile import measure_models
         from lana.select import time_until_decided
-        from lana.student import arch_dict, save_student
 
         sdir = self.student_dir(budget)
         chosen = self.search(budget)["chosen"]
@@ -789,7 +789,7 @@ class Run:
                 "files": {k: str(Path(MODEL_DIR) / v) for k, v in files.items()}}
 
     def _finetuned_student(self, budget: BudgetConfig, chosen: dict) -> nn.Module:
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         path = self.student_dir(budget) / FINETUNED_WEIGHTS
         student = assemble(self.chain, chosen["choices"], self.build_candidate)

@@ -20,7 +20,6 @@ from torch import nn
 # extra_columns is re-exported: it lived here before config validation needed it torch-free.
 from lana.config import LatencyConfig
 from lana.config import extra_columns as extra_columns
-from lana.decompose import Chain
 from lana.dist import maybe_kill
 from lana.errors import ArtifactError, ConfigError
 from lana.io import atomic_write_bytes, read_json, write_json
@@ -38,6 +37,7 @@ from lana.latency import (
     measure_onnx,
     reference_baseline,
 )
+from lana.model.decompose import Chain
 from lana.progress import log, progress
 
 BUNDLE_FORMAT = "lana-bundle/1"

@@ -126,7 +126,7 @@ def print_sweep(rows: list[dict], cost_key: str, console: Console | None = None)
 
 def print_families(console: Console | None = None) -> None:
     """The registered teacher families (``lana list-models``)."""
-    from lana.decompose import FAMILIES
+    from lana.model.decompose import FAMILIES
     from lana.space import family_space, space_specs
 
     console = console or _out
@@ -153,9 +153,9 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
     import torch
 
     from lana.config import load_config
-    from lana.decompose import decompose
     from lana.errors import ConfigError
-    from lana.models import create_model
+    from lana.model.decompose import decompose
+    from lana.model.zoo import create_model
     from lana.space import layer_candidates, log10_space_size, resolve_space, space_specs
 
     console = console or _out

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lana.data import Data
-from lana.decompose import Chain
+from lana.model.data import Data
+from lana.model.decompose import Chain
 from lana.progress import progress
 from lana.train import placed
 

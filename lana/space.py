@@ -3,7 +3,7 @@
 A spec string names one candidate op for a layer, in the style of timm's architecture
 strings: ``ir_k5_e3_se`` is an inverted residual block with a 5x5 depthwise kernel,
 expansion 3 and squeeze-excite. Input/output channels and stride are not part of the spec;
-they come from the layer the op replaces (:class:`lana.decompose.LayerInfo`), so the same
+they come from the layer the op replaces (:class:`lana.model.decompose.LayerInfo`), so the same
 spec applies at every layer and ``(spec, layer signature)`` keys every cache.
 
 New op types are added with :func:`register_op`; the registry replaces if-chains. The
@@ -21,8 +21,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from lana.decompose import LayerInfo
 from lana.errors import ConfigError
+from lana.model.decompose import LayerInfo
 from lana.specs import (
     DEFAULT_SPACE,
     OP_TYPES,

@@ -21,7 +21,7 @@ from lana.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from lana.decompose import LayerInfo
+    from lana.model.decompose import LayerInfo
 
 # The default candidate space (brace groups expand like a shell: ``e{1,3}`` -> e1, e3).
 DEFAULT_SPACE: tuple[str, ...] = (

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lana.data import Data
 from lana.io import atomic_write_bytes, checksum_path, verify_bytes
+from lana.model.data import Data
 from lana.progress import log, progress
 
 if TYPE_CHECKING:

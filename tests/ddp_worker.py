@@ -24,7 +24,7 @@ def model() -> nn.Module:
 
 
 def data():
-    from lana.data import Data, synthetic_dataset
+    from lana.model.data import Data, synthetic_dataset
 
     # 91 images in batches of 16: every epoch ends with a batch of 11, split 6 + 5.
     return Data(synthetic_dataset(91, 16, seed=5))

@@ -14,9 +14,9 @@ import lana.distill
 import lana.train
 from lana.api import parse_budget
 from lana.config import BudgetConfig
-from lana.data import synthetic_dataset
 from lana.errors import ConfigError
-from lana.student import load_student
+from lana.model.data import synthetic_dataset
+from lana.model.student import load_student
 
 FAST = {
     "seed": 0, "threads": 1, "device": "cpu",  # a top-level override, as a user passes it

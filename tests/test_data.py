@@ -1,4 +1,4 @@
-"""Tests of lana.data: synthetic data, deterministic batches and splits, the IDX reader."""
+"""Tests of lana.model.data: synthetic data, deterministic batches and splits, the IDX reader."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lana.config import DataConfig
-from lana.data import Data, load_data, synthetic_dataset
 from lana.errors import ConfigError
+from lana.model.data import Data, load_data, synthetic_dataset
 
 
 def test_synthetic_dataset_is_deterministic_and_learnable() -> None:

@@ -7,9 +7,9 @@ import timm
 import torch
 from torch import nn
 
-from lana.decompose import FAMILIES, Chain, LayerInfo, decompose, find_family
 from lana.errors import ConfigError, LanaError, UnsupportedModelError
-from lana.models import create_model
+from lana.model.decompose import FAMILIES, Chain, LayerInfo, decompose, find_family
+from lana.model.zoo import create_model
 
 TIMM_MODELS = ["efficientnet_b0", "efficientnet_b2", "tf_efficientnet_lite0", "mobilenetv2_050",
                "mnasnet_050"]

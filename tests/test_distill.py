@@ -10,9 +10,9 @@ import torch
 
 import lana.distill as D
 from lana.config import DistillConfig
-from lana.data import Data
 from lana.errors import ArtifactError
 from lana.io import read_json, save_tensors
+from lana.model.data import Data
 
 # Layers of the conftest teacher: 0: 1x16x16 -> 8x8x8, 1: 8x8x8 -> 8x8x8,
 # 2: 8x8x8 -> 16x4x4, 3: 16x4x4 -> 16x4x4.
@@ -280,7 +280,7 @@ RESNET_CANDIDATES = [["teacher", "rb_w1_g1_r1", "rb_w0.5_g1_r1", "cb_k3"],
 def resnet_chain():
     """A small Bottleneck ResNet on 1x16x16 inputs with BN statistics calibrated on data,
     as a trained teacher has them (layers: 16->64 ch, 64->64, 64->128 stride 2, ...)."""
-    from lana.toys import calibrated_resnet_chain
+    from lana.model.toys import calibrated_resnet_chain
 
     return calibrated_resnet_chain()
 
@@ -372,8 +372,8 @@ def test_wider_candidates_start_as_the_teacher(teacher_spec: str, spec: str, rul
                                                randomize_bn) -> None:
     """A wider variant of the teacher's block (extra channels silent, bigger kernel zero
     padded) computes exactly the teacher's function before training."""
-    from lana.decompose import LayerInfo
     from lana.inherit import inherit
+    from lana.model.decompose import LayerInfo
     from lana.space import build_op
 
     info = LayerInfo("l", (16, 8, 8), (16, 8, 8), "silu")

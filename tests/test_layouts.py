@@ -10,7 +10,7 @@ from conftest import tiny_config_dict
 from torch import nn
 
 import lana
-from lana.decompose import LayerInfo, channels_last_edges, decompose
+from lana.model.decompose import LayerInfo, channels_last_edges, decompose
 from lana.space import (
     ChannelsLast,
     _pad_type,
@@ -181,7 +181,7 @@ def test_a_channels_last_model_runs_end_to_end(tmp_path) -> None:
     the teacher's own (H, W, C) features and the student classifies as the teacher does."""
     torch.manual_seed(0)
     teacher = hwc_net(num_classes=4, in_chans=1)
-    from lana.data import synthetic_dataset
+    from lana.model.data import synthetic_dataset
 
     cfg = tiny_config_dict(tmp_path / "cache")
     del cfg["search"]["budget"]

@@ -13,9 +13,9 @@ from conftest import tiny_config_dict
 import lana
 from lana.cli import main
 from lana.config import DataConfig, config_from_dict
-from lana.data import load_data
 from lana.errors import ConfigError
 from lana.io import read_json
+from lana.model.data import load_data
 
 DATASETS = textwrap.dedent('''
     import torch

@@ -15,7 +15,7 @@ import lana
 from lana.cli import main
 from lana.errors import ConfigError
 from lana.io import read_json
-from lana.models import create_model, source_digest
+from lana.model.zoo import create_model, source_digest
 
 NETS = textwrap.dedent('''
     import torch

@@ -19,9 +19,9 @@ import lana.train
 from lana.config import BudgetConfig, config_from_dict
 from lana.errors import ConfigError, InfeasibleBudgetError
 from lana.io import load_tensors, read_json
+from lana.model.student import assemble
 from lana.pipeline import Run, budget_tag
 from lana.space import log10_space_size
-from lana.student import assemble
 from lana.train import evaluate
 
 
@@ -344,7 +344,7 @@ def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_spl
     from conftest import small_sequential_teacher
     from torch import nn
 
-    from lana.student import load_student
+    from lana.model.student import load_student
 
     torch.manual_seed(0)
     model = small_sequential_teacher(seed=3)
@@ -457,7 +457,7 @@ def test_layers_named_by_hand_through_the_config(tmp_path: Path, synthetic_split
     around b2); the student keeps the split and loads back."""
     from torch import nn
 
-    from lana.student import load_student
+    from lana.model.student import load_student
 
     class Block(nn.Module):
         def __init__(self, c: int) -> None:

@@ -79,7 +79,7 @@ def test_missing_wheel_names_the_pip_package(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _pretrained_file(tmp_path: Path, num_classes: int, seed: int = 0) -> tuple[Path, dict]:
-    from lana.models import create_model
+    from lana.model.zoo import create_model
 
     torch.manual_seed(seed)
     state = create_model("lana:tiny_effnet", num_classes=num_classes, in_chans=1).state_dict()
@@ -91,7 +91,7 @@ def _pretrained_file(tmp_path: Path, num_classes: int, seed: int = 0) -> tuple[P
 def test_teacher_training_starts_from_init_weights(tmp_path: Path) -> None:
     """ImageNet-style weights with another classifier: everything else is loaded before the
     teacher trains; the file's content (not its path) keys the teacher cache."""
-    from lana.models import create_model
+    from lana.model.zoo import create_model
     from lana.pipeline import Run, load_matching
 
     path, state = _pretrained_file(tmp_path, num_classes=1000)
@@ -116,7 +116,7 @@ def test_teacher_training_starts_from_init_weights(tmp_path: Path) -> None:
 
 
 def test_teacher_init_errors_say_what_is_wrong(tmp_path: Path) -> None:
-    from lana.models import create_model
+    from lana.model.zoo import create_model
     from lana.pipeline import Run, load_matching
 
     cfg = tiny_config_dict(tmp_path / "cache")

@@ -22,8 +22,8 @@ import yaml
 import lana.distill as D
 from lana.cli import main
 from lana.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
+from lana.model.student import assemble
 from lana.pipeline import Run
-from lana.student import assemble
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ def _equal_states(a: dict, b: dict) -> bool:
 def test_sharded_stream_splits_every_global_batch(in_memory: bool) -> None:
     from torch.utils.data import Subset
 
-    from lana.data import Data, synthetic_dataset
+    from lana.model.data import Data, synthetic_dataset
 
     ds = synthetic_dataset(50, 8, seed=1)
     # a Subset is not a TensorDataset: it takes the DataLoader path

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import _randomize_bn
 from torch import nn
 
-from lana.decompose import decompose
-from lana.models import create_model
+from lana.model.decompose import decompose
+from lana.model.zoo import create_model
 from lana.score import replace_one_scores
 
 

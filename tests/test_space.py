@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lana.decompose import LayerInfo
 from lana.errors import ConfigError
+from lana.model.decompose import LayerInfo
 from lana.space import (
     DEFAULT_SPACE,
     OP_TYPES,
@@ -408,7 +408,7 @@ def test_family_default_spaces() -> None:
 def test_lut_key_follows_teacher_dependent_structure() -> None:
     import timm
 
-    from lana.decompose import Chain
+    from lana.model.decompose import Chain
     from lana.profile import op_key
 
     info = LayerInfo("r", (64, 8, 8), (128, 4, 4), "relu")

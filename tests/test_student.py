@@ -1,4 +1,4 @@
-"""Tests of lana.student: assembling students, saving them and loading them back."""
+"""Tests of lana.model.student: assembling students, saving them and loading them back."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 from conftest import small_sequential_teacher
 from torch import nn
 
-from lana.decompose import decompose
 from lana.distill import build_candidate
 from lana.errors import ArtifactError
-from lana.models import create_model
+from lana.model.decompose import decompose
+from lana.model.student import STUDENT_FORMAT, arch_dict, assemble, load_student, save_student
+from lana.model.zoo import create_model
 from lana.space import build_op
-from lana.student import STUDENT_FORMAT, arch_dict, assemble, load_student, save_student
 
 INPUT = (1, 16, 16)
 KWARGS = {"num_classes": 4, "in_chans": 1}

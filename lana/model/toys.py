@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lana.decompose import Chain
+from lana.model.decompose import Chain
 
 
 def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -43,8 +43,8 @@ def calibrated_resnet_chain(seed: int = 0) -> Chain:
     """
     from timm.models.resnet import Bottleneck, ResNet
 
-    from lana.data import synthetic_dataset
-    from lana.decompose import decompose
+    from lana.model.data import synthetic_dataset
+    from lana.model.decompose import decompose
 
     torch.manual_seed(seed)
     model = ResNet(Bottleneck, (2, 1, 1, 1), num_classes=4, in_chans=1, stem_width=16,

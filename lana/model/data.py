@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lana.config import DataConfig
 from lana.errors import ConfigError
-from lana.usercode import import_callable, takes
+from lana.model.usercode import import_callable, takes
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",

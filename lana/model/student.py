@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lana.decompose import Chain, LayerInfo, decompose
 from lana.errors import ArtifactError
 from lana.io import atomic_write_bytes, load_tensors, read_json, save_tensors, write_json
+from lana.model.decompose import Chain, LayerInfo, decompose
 from lana.space import build_op
 
 STUDENT_FORMAT = "lana-student/1"
@@ -78,7 +78,7 @@ def load_student(path: str | Path, teacher: nn.Module | None = None) -> Chain:
     handed to :func:`lana.accelerate` or ``Run`` as an object); pass an instance of the
     teacher architecture (its weights are not used).
     """
-    from lana.models import create_model
+    from lana.model.zoo import create_model
 
     path = Path(path)
     arch = read_json(path / "arch.json")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from lana.errors import ConfigError
-from lana.usercode import code_digest, import_callable, takes
+from lana.model.usercode import code_digest, import_callable, takes
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
