@@ -1,4 +1,4 @@
-"""Phase 1 with candidates initialised from the teacher (lana/inherit.py) vs fresh weights.
+"""Phase 1 with candidates initialised from the teacher (lana/space/inherit.py) vs fresh weights.
 
 A small Bottleneck ResNet teacher (random weights, BatchNorm statistics calibrated on data,
 1x16x16 synthetic images) and six narrower/grouped/split-attention bottleneck candidates

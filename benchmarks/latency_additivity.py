@@ -52,7 +52,7 @@ from lana.model.decompose import decompose
 from lana.model.student import assemble
 from lana.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
 from lana.select import fit_calibration
-from lana.space import fitting_candidates, resolve_space, space_specs
+from lana.space.ops import fitting_candidates, resolve_space, space_specs
 
 SECTION = "## Latency additivity (latency issue acceptance)"
 # GPU backends (torch-cuda, ...) report in a section of their own, beside the CPU one.

@@ -44,7 +44,7 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
     from lana.model.data import Data, synthetic_dataset
     from lana.model.decompose import decompose
     from lana.model.zoo import create_model
-    from lana.space import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
+    from lana.space.ops import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
 
     rank, world = dist.init_from_env()
     torch.manual_seed(0)

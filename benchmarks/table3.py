@@ -1061,7 +1061,7 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     plot(rows, b1, png, f"{fam} ({scale} scale): test accuracy vs ONNX Runtime latency, batch 1")
     settings = lat["settings"]
     sc = SCALES[scale]
-    from lana.space import space_specs
+    from lana.space.ops import space_specs
 
     space = bench.fam.get(f"{sc['space']}_space")
     setup = (f"{sc['data']['train_samples'] or 'all'} training images, teacher "

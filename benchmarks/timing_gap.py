@@ -62,7 +62,7 @@ def build_networks(archs: dict[str, list[str]]) -> dict[str, Any]:
 
     from lana.model.decompose import decompose
     from lana.model.student import assemble
-    from lana.space import build_op
+    from lana.space.ops import build_op
 
     torch.manual_seed(0)
     teacher = timm.create_model("tf_efficientnet_lite2", num_classes=10).eval()

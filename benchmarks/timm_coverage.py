@@ -11,7 +11,7 @@ torchvision classification model instead (``torchvision:<name>``, its own sectio
 their own input size), and every candidate of its family's default space is built for
 every layer as phase 1 builds it (:func:`lana.distill.build_candidate`, teacher weight
 inheritance included) and kept only if it maps the layer's input shape to its output shape
-(:func:`lana.space.fitting_candidates`, as the pipeline does). Reported per model: the
+(:func:`lana.space.ops.fitting_candidates`, as the pipeline does). Reported per model: the
 family that split it, layers, channels-last layers, candidates that fit out of those that
 apply, log10 of the search space; or the error lana gives. A crash (any exception that is
 not one of lana's own errors) is a bug. Rewrites the "timm coverage" section of
@@ -31,7 +31,7 @@ from _results import machine, write_section
 from lana.distill import build_candidate
 from lana.errors import LanaError
 from lana.model.decompose import decompose
-from lana.space import (
+from lana.space.ops import (
     fitting_candidates,
     layer_candidates,
     log10_space_size,

@@ -226,7 +226,7 @@ def inference_form(module: nn.Module) -> nn.Module:
     there is nothing to fold, else a folded deep copy (the caller's module is unchanged)."""
     if not any(hasattr(m, "reparameterize") for m in module.modules()):
         return module
-    from lana.space import reparameterize
+    from lana.space.ops import reparameterize
 
     return reparameterize(copy.deepcopy(module).eval())
 

@@ -321,7 +321,7 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
         raise ConfigError(_format_errors(exc, source)) from None
     # Candidate specs are validated here so a typo fails before hours of training. This
     # and the checks below import no torch: validating a YAML takes a fraction of a second.
-    from lana.specs import space_specs
+    from lana.space.specs import space_specs
 
     if isinstance(cfg.space.ops, list):
         space_specs(cfg.space.ops)

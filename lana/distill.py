@@ -29,7 +29,7 @@ from lana.io import checksum_path, file_lock, load_tensors, read_json, save_tens
 from lana.model.data import Data
 from lana.model.decompose import Chain
 from lana.progress import log, progress
-from lana.space import build_op
+from lana.space.ops import build_op
 from lana.stages import (
     DISTILL_CHECKPOINTS,
     DISTILL_INDEX,
@@ -59,14 +59,14 @@ def build_candidate(chain: Chain, layer: int, spec: str, seed: int = 0,
     """A new candidate module with deterministic initial weights.
 
     With ``inherit``, weights come from the teacher's layer where an init rule of
-    :mod:`lana.inherit` applies (same-shape copy, most important channels of a narrower
+    :mod:`lana.space.inherit` applies (same-shape copy, most important channels of a narrower
     variant, ...); everything else keeps its seeded fresh initialisation.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(candidate_seed(layer, spec, seed))
         module = build_op(spec, chain.info[layer], chain.layers[layer])
     if inherit and spec not in UNTRAINED:
-        from lana.inherit import inherit as inherit_weights
+        from lana.space.inherit import inherit as inherit_weights
 
         inherit_weights(module, spec, chain.layers[layer])
     return module

@@ -443,7 +443,7 @@ class Run:
         if path.exists():
             data = read_json(path)
             return [layer["ops"] for layer in data["layers"]]
-        from lana.space import fitting_candidates, resolve_space, space_specs
+        from lana.space.ops import fitting_candidates, resolve_space, space_specs
 
         # space.ops 'auto' resolves to the teacher family's default space; the resolved
         # patterns are recorded next to the per-layer specs.

@@ -93,11 +93,11 @@ def op_key(chain: Chain, layer: int, spec: str, module: nn.Module | None = None)
     if spec == "teacher":
         return module_key("teacher", chain.layers[layer])
     key = f"{spec}@{chain.info[layer].signature}"
-    from lana.space import OP_TYPES, parse_spec
+    from lana.space.ops import OP_TYPES, parse_spec
 
     if OP_TYPES[parse_spec(spec).kind].teacher_dependent:
         if module is None:  # its structure (not its weights) is part of the key
-            from lana.space import build_op
+            from lana.space.ops import build_op
 
             module = build_op(spec, chain.info[layer], chain.layers[layer])
         key = module_key(key, module)

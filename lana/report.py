@@ -127,7 +127,7 @@ def print_sweep(rows: list[dict], cost_key: str, console: Console | None = None)
 def print_families(console: Console | None = None) -> None:
     """The registered teacher families (``lana list-models``)."""
     from lana.model.decompose import FAMILIES
-    from lana.space import family_space, space_specs
+    from lana.space.ops import family_space, space_specs
 
     console = console or _out
     t = Table(title="lana: supported teacher families")
@@ -156,7 +156,7 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
     from lana.errors import ConfigError
     from lana.model.decompose import decompose
     from lana.model.zoo import create_model
-    from lana.space import layer_candidates, log10_space_size, resolve_space, space_specs
+    from lana.space.ops import layer_candidates, log10_space_size, resolve_space, space_specs
 
     console = console or _out
     try:
@@ -176,7 +176,7 @@ def print_model_space(model: str, input_shape: str, config: str | None = None,
               f"layers, {len(specs)} ops in the space, "
               f"10^{log10_space_size(cands):.1f} architectures")
     # "ends": whether the layer's output is post-activation, which picks an op's `_a` form
-    # where the space lists both endings (lana.space.matches_ending).
+    # where the space lists both endings (lana.space.ops.matches_ending).
     for col in ("layer", "in", "out", "stride", "ends", "candidates"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     for info, c in zip(chain.info, cands, strict=True):

@@ -295,7 +295,7 @@ def _phase1_loss(module, chain, i: int, x: torch.Tensor) -> float:
 
 def test_inherited_candidates_start_closer_to_the_teacher(resnet_chain, synthetic_splits
                                                           ) -> None:
-    from lana.inherit import inherit
+    from lana.space.inherit import inherit
 
     chain = resnet_chain
     x = next(synthetic_splits.val.batches(32))[0]
@@ -320,7 +320,7 @@ def test_inherited_candidates_start_closer_to_the_teacher(resnet_chain, syntheti
     rows = [torch.where((teacher.conv1.weight == w).all(dim=(1, 2, 3)))[0].item()
             for w in narrow.conv1.weight]
     assert rows == sorted(rows) and len(rows) == teacher.conv1.out_channels // 2
-    from lana.inherit import _importance
+    from lana.space.inherit import _importance
 
     importance = _importance(teacher.conv1, teacher.bn1)
     assert importance[rows].min() >= importance.topk(len(rows)).values.min()
@@ -372,9 +372,9 @@ def test_wider_candidates_start_as_the_teacher(teacher_spec: str, spec: str, rul
                                                randomize_bn) -> None:
     """A wider variant of the teacher's block (extra channels silent, bigger kernel zero
     padded) computes exactly the teacher's function before training."""
-    from lana.inherit import inherit
     from lana.model.decompose import LayerInfo
-    from lana.space import build_op
+    from lana.space.inherit import inherit
+    from lana.space.ops import build_op
 
     info = LayerInfo("l", (16, 8, 8), (16, 8, 8), "silu")
     torch.manual_seed(0)

@@ -60,7 +60,7 @@ def _python_blocks(text: str) -> list[str]:
 def test_guide_examples_for_an_op_and_a_backend_work() -> None:
     from lana.latency import BACKENDS, Settings, measure
     from lana.model.decompose import LayerInfo
-    from lana.space import OP_TYPES, build_op, check_shapes
+    from lana.space.ops import OP_TYPES, build_op, check_shapes
 
     blocks = _python_blocks((DOCS / "guide.md").read_text())
     op_code = next(b for b in blocks if "register_op(" in b)

@@ -158,7 +158,7 @@ def test_registered_ops_and_backends_pass_validation(monkeypatch: pytest.MonkeyP
     # Ops and backends users register (which loads torch) are known to config validation.
     from lana.backends import BACKENDS, TorchBackend
     from lana.config import config_from_dict
-    from lana.space import OP_TYPES, OpType, Param
+    from lana.space.ops import OP_TYPES, OpType, Param
 
     monkeypatch.setitem(BACKENDS, "my-backend", TorchBackend)
     monkeypatch.setitem(OP_TYPES, "zz", OpType("zz", None, (Param("k", int, 3, (3, 5)),)))

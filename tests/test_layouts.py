@@ -11,7 +11,7 @@ from torch import nn
 
 import lana
 from lana.model.decompose import LayerInfo, channels_last_edges, decompose
-from lana.space import (
+from lana.space.ops import (
     ChannelsLast,
     _pad_type,
     build_op,

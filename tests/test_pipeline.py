@@ -14,14 +14,14 @@ import torch
 import lana
 import lana.distill
 import lana.profile
-import lana.space
+import lana.space.ops
 import lana.train
 from lana.config import BudgetConfig, config_from_dict
 from lana.errors import ConfigError, InfeasibleBudgetError
 from lana.io import load_tensors, read_json
 from lana.model.student import assemble
 from lana.pipeline import Run, budget_tag
-from lana.space import log10_space_size
+from lana.space.ops import log10_space_size
 from lana.train import evaluate
 
 
@@ -412,7 +412,7 @@ def test_tiny_end_to_end_per_family(model_name: str, ops: list[str], tmp_path: P
     # K=2 diverse solutions were assembled from phase-1 weights and measured
     search = read_json(tmp_path / "run" / "students" / "ms1000" / "search.json")
     assert len(search["attempts"][0]["students"]) == 2
-    specs = lana.space.space_specs(ops)
+    specs = lana.space.ops.space_specs(ops)
     assert set(student["choices"]) <= set(specs)
     assert read_json(tmp_path / "run" / "candidates.json")["space"]["ops"] == ops
     # the exported ONNX model holds no unfolded RepVGG branches
@@ -433,7 +433,7 @@ def test_tiny_end_to_end_per_family(model_name: str, ops: list[str], tmp_path: P
 def test_auto_space_resolves_by_family(model_name: str, family: str, tmp_path: Path,
                                        synthetic_splits) -> None:
     """space.ops 'auto' (the default) gives the teacher family's space, recorded per run."""
-    from lana.space import family_space, layer_candidates, space_specs
+    from lana.space.ops import family_space, layer_candidates, space_specs
 
     cfg = config_from_dict({"seed": 0, "model": {"name": model_name},
                             "teacher_training": {"epochs": 0.05, "batch_size": 32,

@@ -1,4 +1,4 @@
-"""Tests of lana.space: spec strings, brace expansion, builders and shape contracts."""
+"""Tests of lana.space.ops: spec strings, brace expansion, builders and shape contracts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from lana.errors import ConfigError
 from lana.model.decompose import LayerInfo
-from lana.space import (
+from lana.space.ops import (
     DEFAULT_SPACE,
     OP_TYPES,
     OpSpec,
@@ -134,7 +134,7 @@ def test_residual_when_shapes_agree() -> None:
 
 @pytest.mark.parametrize("spec", ["cb_k1", "cb_k3", "cc_k3_w0.5", "bn_k3_w0.25"])
 def test_dense_blocks_end_with_the_activation_with_a(spec: str, randomize_bn) -> None:
-    from lana.space import ResidualAct
+    from lana.space.ops import ResidualAct
 
     for name in ("same", "stride2", "wider"):
         info = LAYERS[name]
@@ -257,7 +257,7 @@ def test_registered_op_types() -> None:
 # ------------------------------------------------------------ family-aware op types
 
 from lana.latency import export_onnx  # noqa: E402
-from lana.space import (  # noqa: E402
+from lana.space.ops import (  # noqa: E402
     FAMILY_SPACES,
     RepVGGBlock,
     family_space,
@@ -443,8 +443,8 @@ def test_a_space_with_both_endings_gives_each_layer_the_matching_one() -> None:
 
 @pytest.mark.parametrize("spec", ["ir_k3_e3_se", "er_k3_e2", "ds_k5"])
 def test_mbconv_ops_with_the_activation_at_the_end(spec: str) -> None:
-    from lana.inherit import inherit
-    from lana.space import PostAct
+    from lana.space.inherit import inherit
+    from lana.space.ops import PostAct
 
     for info in (LayerInfo("same", (16, 8, 8), (16, 8, 8), "relu"),
                  LayerInfo("down", (16, 8, 8), (24, 4, 4), "relu")):

@@ -16,7 +16,7 @@ from lana.errors import ArtifactError
 from lana.model.decompose import decompose
 from lana.model.student import STUDENT_FORMAT, arch_dict, assemble, load_student, save_student
 from lana.model.zoo import create_model
-from lana.space import build_op
+from lana.space.ops import build_op
 
 INPUT = (1, 16, 16)
 KWARGS = {"num_classes": 4, "in_chans": 1}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lana.space import PostAct
+from lana.space.ops import PostAct
 
 
 @dataclass(frozen=True)

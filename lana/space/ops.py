@@ -7,7 +7,7 @@ they come from the layer the op replaces (:class:`lana.model.decompose.LayerInfo
 spec applies at every layer and ``(spec, layer signature)`` keys every cache.
 
 New op types are added with :func:`register_op`; the registry replaces if-chains. The
-grammar (op types, parsing, expansion) is in :mod:`lana.specs`, which needs no torch, and is
+grammar (op types, parsing, expansion) is in :mod:`lana.space.specs`, which needs no torch, and is
 re-exported here; this module adds the builders.
 """
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from lana.errors import ConfigError
 from lana.model.decompose import LayerInfo
-from lana.specs import (
+from lana.space.specs import (
     DEFAULT_SPACE,
     OP_TYPES,
     OpSpec,
@@ -36,7 +36,7 @@ from lana.specs import (
     space_specs,
 )
 
-__all__ = [  # the grammar, re-exported from lana.specs, plus what is defined here
+__all__ = [  # the grammar, re-exported from lana.space.specs, plus what is defined here
     "AUTO", "DEFAULT_SPACE", "FAMILY_SPACES", "OP_TYPES", "ChannelsLast", "OpSpec", "OpType",
     "Param", "PostAct", "RepVGGBlock", "Residual", "ResidualAct", "applicable", "build_op",
     "canonical", "check_shapes", "expand", "family_space", "fitting_candidates",
@@ -415,7 +415,7 @@ def _build_rep(spec: OpSpec, info: LayerInfo, teacher: nn.Module | None) -> nn.M
                        info.act if spec.get("a") else None)
 
 
-# lana.specs declares the built-in op types without builders (it must not import torch).
+# lana.space.specs declares the built-in op types without builders (it must not import torch).
 for _name, _build in {"teacher": _build_teacher, "identity": _build_identity, "ir": _build_ir,
                       "er": _build_er, "ds": _build_ds, "cc": _build_cc, "bn": _build_bn,
                       "cb": _build_cb, "rb": _build_rb, "basic": _build_basic,

@@ -4,7 +4,7 @@ A spec string names one candidate op for a layer, in the style of timm's archite
 strings: ``ir_k5_e3_se`` is an inverted residual block with a 5x5 depthwise kernel,
 expansion 3 and squeeze-excite. This module parses, expands and canonicalises specs and
 holds the registry of op types (:data:`OP_TYPES`, :func:`register_op`) with the built-in
-ones declared; their builders, which need torch, are bound by :mod:`lana.space`. Config
+ones declared; their builders, which need torch, are bound by :mod:`lana.space.ops`. Config
 validation uses only this module, so checking a YAML's ``space.ops`` imports no torch.
 """
 
@@ -51,7 +51,7 @@ class OpType:
     """A family of candidate ops that share a builder."""
 
     name: str
-    # (spec, info, teacher layer) -> nn.Module. lana.space binds the built-in ones, whose
+    # (spec, info, teacher layer) -> nn.Module. lana.space.ops binds the built-in ones, whose
     # declarations below leave it None so that this module needs no torch.
     build: Callable[..., nn.Module] | None
     params: tuple[Param, ...] = ()
@@ -174,7 +174,7 @@ def space_specs(patterns: tuple[str, ...] | list[str] = DEFAULT_SPACE) -> list[s
     return out
 
 
-# The built-in op types; lana.space binds their builders.
+# The built-in op types; lana.space.ops binds their builders.
 _K = Param("k", int, 3, (1, 3, 5, 7))
 _SE = Param("se", bool, False)
 _A = Param("a", bool, False)
