@@ -25,7 +25,7 @@ import torch
 from _results import machine, write_section
 from latency_additivity import candidates_of
 
-from lana.distill import build_candidate
+from lana.distill.phase1 import build_candidate
 from lana.latency import Settings, e2e_kwargs, measure_interleaved, reference_ms
 from lana.model.student import assemble
 

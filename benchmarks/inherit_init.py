@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
-import lana.distill as D  # noqa: E402
+import lana.distill.phase1 as D  # noqa: E402
 from lana.config import DataConfig, DistillConfig  # noqa: E402
 from lana.model.data import load_data  # noqa: E402
 from lana.model.toys import calibrated_resnet_chain  # noqa: E402

@@ -39,7 +39,7 @@ import torch
 from _results import machine, write_section
 
 from lana.config import LatencyConfig
-from lana.distill import build_candidate
+from lana.distill.phase1 import build_candidate
 from lana.io import read_json, write_json
 from lana.latency import (
     LatencyTable,

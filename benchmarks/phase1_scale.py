@@ -40,7 +40,7 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
 
     from lana import dist
     from lana.config import DistillConfig
-    from lana.distill import distill, pending
+    from lana.distill.phase1 import distill, pending
     from lana.model.data import Data, synthetic_dataset
     from lana.model.decompose import decompose
     from lana.model.zoo import create_model
@@ -57,7 +57,7 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
         for spec in layer_candidates(info, specs):
             try:
                 if spec != "teacher":
-                    from lana.distill import build_candidate
+                    from lana.distill.phase1 import build_candidate
 
                     check_shapes(build_candidate(chain, i, spec), info)
                 ok.append(spec)

@@ -26,12 +26,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
-import lana.distill as D  # noqa: E402
+import lana.distill.phase1 as D  # noqa: E402
 from lana.config import DataConfig, DistillConfig  # noqa: E402
+from lana.distill.train import Recipe, evaluate, train_classifier  # noqa: E402
 from lana.model.data import load_data  # noqa: E402
 from lana.model.decompose import decompose  # noqa: E402
 from lana.space.ops import canonical, family_space, layer_candidates, space_specs  # noqa: E402
-from lana.train import Recipe, evaluate, train_classifier  # noqa: E402
 
 OPS = ["cc_k3_w1", "bn_k3_w0.5", "cb_k3", "ir_k3_e3", "er_k3_e1", "ds_k3"]
 HEADING = "## Phase 1 at post-activation layers: ops ending with the activation"

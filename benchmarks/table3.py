@@ -30,7 +30,7 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
   by side, as for pruning), assembled from the same phase-1 weights and fine-tuned.
 
 All fine-tuning uses the run's ``finetune`` section (epochs, lr, KD) through
-:func:`lana.train.train_classifier`, as the pipeline's phase 3 does. Every final network is
+:func:`lana.distill.train.train_classifier`, as the pipeline's phase 3 does. Every final network is
 timed in interleaved ONNX Runtime sessions at batch 1 and batch 32, several sessions spread
 out in time (``--timing-windows``, ``--timing-gap``). Kendall tau compares
 the additive predicted score with the test accuracy before fine-tuning of >= 30
@@ -411,7 +411,7 @@ class Table3:
         """Train ``model`` with CE + KD from the teacher: the fine-tuning recipe, or the
         teacher's training recipe (``recipe="teacher"``: for a network from scratch);
         ``epochs`` overrides the recipe's."""
-        from lana.train import Checkpointing, Recipe, train_classifier
+        from lana.distill.train import Checkpointing, Recipe, train_classifier
 
         ft = self.cfg.finetune
         r = self.cfg.teacher_training if recipe == "teacher" else ft
@@ -426,7 +426,7 @@ class Table3:
                                         key=f"{tag}-{seed}", every=r.checkpoint_every))
 
     def test_acc(self, model, batch_stats: bool = False, samples: int | None = None) -> dict:
-        from lana.train import evaluate
+        from lana.distill.train import evaluate
 
         data = self.run.splits.test.subset(samples, self.cfg.seed)
         return evaluate(model, data, batch_stats=batch_stats)

@@ -9,7 +9,7 @@ Default models: one per timm model module (the smallest-named of each: ``atto``,
 torchvision classification model instead (``torchvision:<name>``, its own section). Each is split by
 :func:`lana.decompose` at ``--image-size`` px (models with a fixed patch-embedding size at
 their own input size), and every candidate of its family's default space is built for
-every layer as phase 1 builds it (:func:`lana.distill.build_candidate`, teacher weight
+every layer as phase 1 builds it (:func:`lana.distill.phase1.build_candidate`, teacher weight
 inheritance included) and kept only if it maps the layer's input shape to its output shape
 (:func:`lana.space.ops.fitting_candidates`, as the pipeline does). Reported per model: the
 family that split it, layers, channels-last layers, candidates that fit out of those that
@@ -28,7 +28,7 @@ import time
 import torch
 from _results import machine, write_section
 
-from lana.distill import build_candidate
+from lana.distill.phase1 import build_candidate
 from lana.errors import LanaError
 from lana.model.decompose import decompose
 from lana.space.ops import (

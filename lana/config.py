@@ -81,7 +81,7 @@ class DataConfig(_Section):
                          "your own, 'python:<file.py or dotted.module>:<function>'")
 
 
-#: lana's training optimizers (:func:`lana.train.make_optimizer`).
+#: lana's training optimizers (:func:`lana.distill.train.make_optimizer`).
 Optimizer = Literal["adamw", "sgd"]
 _OPTIMIZER_HELP = "adamw (weight decay 1e-4) or sgd (Nesterov momentum 0.9, weight decay 5e-5)"
 

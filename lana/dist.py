@@ -186,8 +186,8 @@ KILL_RANK_ENV = "LANA_TEST_KILL_RANK"
 # resumes and ends with the same result. Keep this table in step with the calls.
 KILL_POINTS: dict[str, dict[str, str]] = {
     "teacher": {"N": "after teacher-training step N, its checkpoint saved if one was due "
-                     "(lana.train)"},
-    "distill": {"N": "after phase-1 step N of a group of candidates (lana.distill)",
+                     "(lana.distill.train)"},
+    "distill": {"N": "after phase-1 step N of a group of candidates (lana.distill.phase1)",
                 "saved-one": "the first candidate of a group saved, the others not yet"},
     "profile": {"layerN": "layer N's candidates measured and saved in the LUT "
                           "(lana.profile)",
@@ -197,7 +197,7 @@ KILL_POINTS: dict[str, dict[str, str]] = {
     "search": {"computed": "a budget's search.json computed but not yet written "
                            "(Run._stage)"},
     "finetune": {"N": "after fine-tuning step N, its checkpoint saved if one was due "
-                      "(lana.train)",
+                      "(lana.distill.train)",
                  "computed": "a budget's finetune.json computed but not yet written "
                              "(Run._stage)"},
     "export": {"saved": "the student's files written, its latency not yet verified "

@@ -358,7 +358,7 @@ class Run:
     def _train_teacher(self, model: nn.Module, path: Path, distributed: bool) -> None:
         """Train the teacher from scratch (with every rank under torchrun when
         ``distributed``: DDP, as phase 3) and write it to ``path`` and the cache."""
-        from lana.train import Checkpointing, Recipe, train_classifier
+        from lana.distill.train import Checkpointing, Recipe, train_classifier
 
         cfg = self.config
         key, cache = self._teacher_cache()
@@ -460,14 +460,14 @@ class Run:
 
     def build_candidate(self, i: int, spec: str) -> nn.Module:
         """A new candidate ``spec`` for layer ``i`` with this run's deterministic initial
-        weights (see :func:`lana.distill.build_candidate`), not its phase-1 weights."""
-        from lana.distill import build_candidate
+        weights (see :func:`lana.distill.phase1.build_candidate`), not its phase-1 weights."""
+        from lana.distill.phase1 import build_candidate
 
         return build_candidate(self.chain, i, spec, self.config.seed,
                                self.config.distill.inherit)
 
     def _load(self, i: int, spec: str) -> nn.Module:
-        from lana.distill import load_candidate
+        from lana.distill.phase1 import load_candidate
 
         return load_candidate(self.chain, self.dir, i, spec)
 
@@ -477,7 +477,7 @@ class Run:
         path = self.dir / TEACHER
         if path.exists():
             return read_json(path)
-        from lana.train import evaluate
+        from lana.distill.train import evaluate
 
         res = evaluate(self.teacher, self.splits.test, device=self.device)
         data = {"name": self.config.model.name, "accuracy": res["accuracy"],
@@ -500,7 +500,7 @@ class Run:
         the index is complete when this returns. Without a process group, ``rank`` and
         ``world`` shard by hand (start each shard yourself).
         """
-        from lana.distill import distill, pending
+        from lana.distill.phase1 import distill, pending
 
         _ = self.device  # every rank checks its device before any of them waits for another
         if D.world() > 1:
@@ -619,7 +619,7 @@ class Run:
                            lambda: self._score(left_out))
 
     def _score(self, left_out: list[list[str]]) -> dict:
-        from lana.score import replace_one_scores
+        from lana.distill.score import replace_one_scores
 
         self._require_distilled(left_out)
         cfg = self.config.score
@@ -632,7 +632,7 @@ class Run:
         return res
 
     def _require_distilled(self, left_out: list[list[str]]) -> None:
-        from lana.distill import UNTRAINED, weight_path
+        from lana.distill.phase1 import UNTRAINED, weight_path
 
         missing = [f"{self.chain.names[i]}:{s}" for i, specs in enumerate(self.candidates)
                    for s in specs if s not in UNTRAINED and s not in left_out[i]
@@ -691,8 +691,8 @@ class Run:
                            lambda: self._finetune(budget, chosen))
 
     def _finetune(self, budget: BudgetConfig, chosen: dict) -> dict:
+        from lana.distill.train import Checkpointing, Recipe, evaluate, train_classifier
         from lana.model.student import assemble
-        from lana.train import Checkpointing, Recipe, evaluate, train_classifier
 
         student = assemble(self.chain, chosen["choices"], self._load)
         before = evaluate(student, self.splits.test, device=self.device)

@@ -685,9 +685,9 @@ def _looser_budget(points: list[tuple[float, float]], chosen: dict, layer_budget
 
 def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
     """:func:`select` wired to a :class:`lana.pipeline.Run` (real networks and timings)."""
+    from lana.distill.train import evaluate
     from lana.model.student import assemble
     from lana.profile import measure_models
-    from lana.train import evaluate
 
     val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
     fixed = lib.get("fixed_cost", {})

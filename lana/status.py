@@ -144,7 +144,7 @@ def _profile(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 def _distill(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     """One weight file per trained candidate, but for those left out (which the latency
     tells, once measured)."""
-    from lana.distill import UNTRAINED, pending
+    from lana.distill.phase1 import UNTRAINED, pending
     from lana.pipeline import without
 
     candidates, left_out = view.candidates, view.left_out

@@ -1,6 +1,6 @@
 """Run by tests/test_scale.py under ``torch.distributed.run``: phase-3 style training of a
 small classifier with BatchNorm (torch's and timm's BatchNormAct2d) by
-:func:`lana.train.train_classifier` (DDP), written by rank 0 to ``OUT/ddp.safetensors``.
+:func:`lana.distill.train.train_classifier` (DDP), written by rank 0 to ``OUT/ddp.safetensors``.
 Not a test module itself."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def data():
 
 
 def train(net: nn.Module) -> dict:
-    from lana.train import Recipe, train_classifier
+    from lana.distill.train import Recipe, train_classifier
 
     teacher = model()  # a fixed "teacher" for the KD term
     return train_classifier(net, data(),

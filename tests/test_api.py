@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import lana
-import lana.distill
-import lana.train
+import lana.distill.phase1
+import lana.distill.train
 from lana.api import parse_budget
 from lana.config import BudgetConfig
 from lana.errors import ConfigError
@@ -78,8 +78,8 @@ def test_accelerate_end_to_end_and_resume(tmp_path: Path, monkeypatch) -> None:
     def forbid(*a, **k):
         raise AssertionError("must not train on resume")
 
-    monkeypatch.setattr(lana.distill, "_train_group", forbid)
-    monkeypatch.setattr(lana.train, "train_classifier", forbid)
+    monkeypatch.setattr(lana.distill.phase1, "_train_group", forbid)
+    monkeypatch.setattr(lana.distill.train, "train_classifier", forbid)
     res2 = lana.accelerate(model, train, val, budget=1.1, backend="torch",
                            out=tmp_path / "run", report=False, **FAST)
     assert res2.export == res.export

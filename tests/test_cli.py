@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import lana.distill
+import lana.distill.phase1
+import lana.distill.train
 import lana.pipeline
-import lana.train
 from lana.cli import main
 from lana.config import Config, config_from_dict
 
@@ -98,8 +98,8 @@ def test_interrupt_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_commands_on_a_finished_run(run_copy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir, cfg_dict = run_copy
-    monkeypatch.setattr(lana.distill, "_train_group", _forbid)
-    monkeypatch.setattr(lana.train, "train_classifier", _forbid)
+    monkeypatch.setattr(lana.distill.phase1, "_train_group", _forbid)
+    monkeypatch.setattr(lana.distill.train, "train_classifier", _forbid)
     cfg = _write(tmp_path / "cfg.yaml", cfg_dict)
     # `lana run` on a finished directory resumes: nothing to do, the summary is printed
     assert main(["run", str(cfg), "--out", str(run_dir)]) == 0

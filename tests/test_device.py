@@ -105,7 +105,7 @@ def test_cli_device_flag_is_validated(tmp_path: Path, capsys) -> None:
 
 
 def test_placed_moves_back_to_the_cpu() -> None:
-    from lana.train import placed
+    from lana.distill.train import placed
 
     m = torch.nn.Linear(2, 2)
     with placed("cpu", m):
@@ -125,7 +125,7 @@ def test_gpu_phase1_matches_cpu(seq_chain, synthetic_splits, tmp_path) -> None:
     how far training moved them: the CPU/GPU difference is a small part of that, and the
     distillation losses agree. The chain is back on the CPU afterwards."""
     from lana.config import DistillConfig
-    from lana.distill import build_candidate, distill, weight_path
+    from lana.distill.phase1 import build_candidate, distill, weight_path
     from lana.io import load_tensors
 
     cfg = DistillConfig(steps=20, batch_size=16, checkpoint_every=8)

@@ -1,4 +1,4 @@
-"""Tests of lana.distill: learning, grouping-independence, checkpoint/resume, weight files."""
+"""Tests of lana.distill.phase1: learning, grouping-independence, checkpoint/resume, weight files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import lana.distill as D
+import lana.distill.phase1 as D
 from lana.config import DistillConfig
 from lana.errors import ArtifactError
 from lana.io import read_json, save_tensors

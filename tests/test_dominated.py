@@ -14,7 +14,7 @@ from torch import nn
 import lana.latency as L
 from lana.backends import BACKENDS
 from lana.config import config_from_dict
-from lana.distill import weight_path
+from lana.distill.phase1 import weight_path
 from lana.pipeline import Run
 from lana.report_html import build_sections
 from lana.search import Library, dominated

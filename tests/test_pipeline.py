@@ -12,17 +12,17 @@ import pytest
 import torch
 
 import lana
-import lana.distill
+import lana.distill.phase1
+import lana.distill.train
 import lana.profile
 import lana.space.ops
-import lana.train
 from lana.config import BudgetConfig, config_from_dict
+from lana.distill.train import evaluate
 from lana.errors import ConfigError, InfeasibleBudgetError
 from lana.io import load_tensors, read_json
 from lana.model.student import assemble
 from lana.pipeline import Run, budget_tag
 from lana.space.ops import log10_space_size
-from lana.train import evaluate
 
 
 def _forbid(*names: str):
@@ -33,8 +33,8 @@ def _forbid(*names: str):
 
 
 def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lana.distill, "_train_group", _forbid("distill._train_group"))
-    monkeypatch.setattr(lana.train, "train_classifier", _forbid("train.train_classifier"))
+    monkeypatch.setattr(lana.distill.phase1, "_train_group", _forbid("distill._train_group"))
+    monkeypatch.setattr(lana.distill.train, "train_classifier", _forbid("train.train_classifier"))
 
 
 def _mtimes(run_dir: Path, patterns: list[str]) -> dict[str, int]:
@@ -109,7 +109,7 @@ def test_run_directory_contents(pipeline_run) -> None:
         trained = [s for s in layer["ops"] if s not in ("teacher", "identity")]
         assert sorted(index[str(i)]) == sorted(trained)
         for spec in trained:
-            assert lana.distill.weight_path(run_dir, i, spec).exists()
+            assert lana.distill.phase1.weight_path(run_dir, i, spec).exists()
             assert math.isfinite(index[str(i)][spec]["nmse"])
     scores = read_json(run_dir / "scores.json")
     lat = read_json(run_dir / "latency.json")
@@ -189,16 +189,16 @@ def test_second_budget_reruns_only_search_finetune_export(
         run_copy, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir, cfg = run_copy
     mtimes = _mtimes(run_dir, STAGE_FILES)
-    monkeypatch.setattr(lana.distill, "_train_group", _forbid("distill._train_group"))
+    monkeypatch.setattr(lana.distill.phase1, "_train_group", _forbid("distill._train_group"))
     monkeypatch.setattr(lana.profile, "profile_candidates", _forbid("profile_candidates"))
     trainings: list[str] = []
-    real = lana.train.train_classifier
+    real = lana.distill.train.train_classifier
 
     def spy(*args, **kwargs):
         trainings.append(kwargs.get("description", ""))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lana.train, "train_classifier", spy)
+    monkeypatch.setattr(lana.distill.train, "train_classifier", spy)
     budget = BudgetConfig(speedup=1.2)
     summary = Run(run_dir, config_from_dict(cfg)).all(budget)
     assert trainings == ["phase 3 finetune"]
@@ -350,13 +350,13 @@ def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_spl
     model = small_sequential_teacher(seed=3)
     model.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    real_train = lana.train.train_classifier
+    real_train = lana.distill.train.train_classifier
 
     def no_teacher_training(*args, **kwargs):
         assert kwargs.get("description") != "teacher", "the given teacher must not be trained"
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(lana.train, "train_classifier", no_teacher_training)
+    monkeypatch.setattr(lana.distill.train, "train_classifier", no_teacher_training)
     cfg = config_from_dict({
         "seed": 0, "threads": 1, "model": {"name": "my-own-model"},
         "space": {"ops": ["teacher", "identity", "cb_k{1,3}"]},

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-import lana.distill as D
+import lana.distill.phase1 as D
 from lana.cli import main
 from lana.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
 from lana.model.student import assemble
@@ -79,7 +79,7 @@ def test_ddp_training_matches_one_process(tmp_path: Path) -> None:
     timm's BatchNormAct2d) equals one process with the same global batch: each rank gets
     its share of every batch (6 + 5 of the last batch of 11, weighted per item), DDP
     averages the gradients and the norms use the global batch's statistics
-    (lana.sync_bn), so only float summation order differs (observed ~1e-7; atol 1e-5),
+    (lana.distill.sync_bn), so only float summation order differs (observed ~1e-7; atol 1e-5),
     running statistics included."""
     import ddp_worker
 
@@ -123,7 +123,7 @@ def test_torchrun_run_matches_one_process(run_copy) -> None:
     """`lana run` under torchrun (2 ranks, gloo) redoes phase 1 (after one rank was killed
     mid-phase) and phase 3 of a finished one-process run: the candidate weights are bit-identical (per-candidate seeds, the
     same batches on every rank) and the index complete. Phase 3 (DDP, BatchNorm over the
-    global batch by lana.sync_bn) equals the one-process fine-tuning up to float rounding,
+    global batch by lana.distill.sync_bn) equals the one-process fine-tuning up to float rounding,
     which Adam blows up in the few weights whose exact gradient is zero (see
     _batch_stats_logits); so the checks are on the update as a whole (direction and size)
     and on the fine-tuned network's outputs. The weight-by-weight check (1e-5), on a model

@@ -1,4 +1,4 @@
-"""Tests of lana.score: replace-one scores against a direct computation."""
+"""Tests of lana.distill.score: replace-one scores against a direct computation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from conftest import _randomize_bn
 from torch import nn
 
+from lana.distill.score import replace_one_scores
 from lana.model.decompose import decompose
 from lana.model.zoo import create_model
-from lana.score import replace_one_scores
 
 
 class Zeros(nn.Module):

@@ -10,7 +10,7 @@ import pytest
 
 from lana.cli import main
 from lana.config import config_from_dict
-from lana.distill import UNTRAINED, weight_path
+from lana.distill.phase1 import UNTRAINED, weight_path
 from lana.errors import ConfigError
 from lana.io import atomic_write_bytes, read_json, run_lock, write_json
 from lana.status import run_status

@@ -11,7 +11,7 @@ import torch
 from conftest import small_sequential_teacher
 from torch import nn
 
-from lana.distill import build_candidate
+from lana.distill.phase1 import build_candidate
 from lana.errors import ArtifactError
 from lana.model.decompose import decompose
 from lana.model.student import STUDENT_FORMAT, arch_dict, assemble, load_student, save_student

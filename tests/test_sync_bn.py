@@ -1,4 +1,4 @@
-"""lana.sync_bn: BatchNorm over the global batch of 2 gloo ranks equals a plain BatchNorm on
+"""lana.distill.sync_bn: BatchNorm over the global batch of 2 gloo ranks equals a plain BatchNorm on
 the concatenated batch, forward, backward and running statistics.
 
 The ranks are forked from the test process (no interpreter start, no torch import: ~1 s),
@@ -16,7 +16,7 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from lana.sync_bn import GlobalBatchNorm, global_batch_norm, synced_batchnorm
+from lana.distill.sync_bn import GlobalBatchNorm, global_batch_norm, synced_batchnorm
 
 WORLD = 2
 

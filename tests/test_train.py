@@ -9,9 +9,9 @@ from conftest import small_sequential_teacher
 from torch import nn
 
 from lana.config import FinetuneConfig, TeacherTrainingConfig
+from lana.distill.train import Recipe, evaluate, make_optimizer, train_classifier
 from lana.errors import LanaError, TrainingDivergedError
 from lana.pipeline import _settings
-from lana.train import Recipe, evaluate, make_optimizer, train_classifier
 
 
 def _classifier(seed: int = 0) -> nn.Module:

@@ -24,6 +24,7 @@ from torch import nn
 
 from lana.config import DistillConfig
 from lana.dist import maybe_kill
+from lana.distill.train import cosine_lr, placed
 from lana.errors import ArtifactError
 from lana.io import checksum_path, file_lock, load_tensors, read_json, save_tensors, write_json
 from lana.model.data import Data
@@ -37,7 +38,6 @@ from lana.stages import (
     distill_checkpoint,
     distill_weights,
 )
-from lana.train import cosine_lr, placed
 
 # Ops whose weights are not learned in phase 1: the teacher's own layer and identity.
 UNTRAINED = ("teacher", "identity")

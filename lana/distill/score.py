@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lana.distill.train import placed
 from lana.model.data import Data
 from lana.model.decompose import Chain
 from lana.progress import progress
-from lana.train import placed
 
 LoadFn = Callable[[int, str], nn.Module]
 

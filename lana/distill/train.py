@@ -193,7 +193,7 @@ def train_classifier(model: nn.Module, data: Data, recipe: Recipe, *,
     torchrun (a process group of ``world`` ranks) the model is wrapped in
     DistributedDataParallel and every global batch of ``recipe.batch_size`` is split across
     ranks (``Data.stream(rank, world)``), so the gradient equals the single-process one up
-    to float rounding. BatchNorm layers normalise over the global batch too (lana.sync_bn:
+    to float rounding. BatchNorm layers normalise over the global batch too (lana.distill.sync_bn:
     torch's SyncBatchNorm on GPUs, an all-reduce of the statistics elsewhere) and are plain
     BatchNorm again afterwards; a global batch that does not split evenly is weighted per
     item, as in one process. With ``checkpointing`` (see :class:`Checkpointing`) a killed
@@ -217,7 +217,7 @@ def train_classifier(model: nn.Module, data: Data, recipe: Recipe, *,
     torch.manual_seed(recipe.seed)
     model.to(device)
     # Every rank's BatchNorm layers see the global batch (back to plain ones afterwards).
-    from lana.sync_bn import synced_batchnorm
+    from lana.distill.sync_bn import synced_batchnorm
 
     with synced_batchnorm(model) if world > 1 else contextlib.nullcontext():
         return _train(model, data, recipe, steps, rank, world, device, teacher=teacher,
