@@ -439,7 +439,7 @@ class Table3:
         """Measured ms of ``model`` / ms of ``reference``, timed interleaved (batch 1) in
         one session, so that a machine whose speed drifts between sessions (sub-ms
         networks on a shared VM move by 10-20 %) does not move the ratio."""
-        from lana.profile import measure_models
+        from lana.latency.profile import measure_models
 
         ms = measure_models({"ref": reference, "m": model}, self.run.input_shape,
                             self.cfg.latency)
@@ -744,8 +744,8 @@ class Table3:
             self.steps.say(f"[table3] latency: cached ({len(out['windows'])} session(s))")
             return out
 
-        from lana.latency import e2e_kwargs, measure_interleaved
-        from lana.profile import settings_from
+        from lana.latency.profile import settings_from
+        from lana.latency.timing import e2e_kwargs, measure_interleaved
 
         models = {"teacher": self.run.teacher}
         for name in names:
@@ -922,7 +922,7 @@ def _arch(step: dict) -> dict:
 
 def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     """Write the RESULTS.md section and the plot; return the section's text."""
-    from lana.latency import E2E_ROUNDS
+    from lana.latency.timing import E2E_ROUNDS
 
     fam, scale = bench.family, bench.scale
     lat = res["latency"]

@@ -14,7 +14,7 @@ hypothesis per pair of methods:
 * ``plain-here``: the plain loop on the plain files inside this process, after torch has
   built and exported every network (H2: the state of a big process);
 * ``lana-norm``: lana's end-to-end measurement as the search calls it
-  (``lana.profile.measure_models`` with the default ``latency`` section: interleaved
+  (``lana.latency.profile.measure_models`` with the default ``latency`` section: interleaved
   rounds, the reference op timed between runs);
 * ``lana-raw``: the same with ``latency.normalize: false`` (H3: the reference op
   interleaved with the runs, i.e. what running another network in between does to caches);
@@ -126,7 +126,7 @@ def plain_here(files: dict[str, Path], rounds: int, runs: int,
 
 def lana_measure(nets: dict[str, Any], normalize: bool) -> dict[str, Any]:
     from lana.config import LatencyConfig
-    from lana.profile import measure_models
+    from lana.latency.profile import measure_models
 
     ms = measure_models(nets, SHAPE, LatencyConfig(normalize=normalize))
     return {"speedup": {n: ms["teacher"] / v for n, v in ms.items()}, "ms": ms}
@@ -279,7 +279,7 @@ def render(path: Path) -> int:
 def _machine() -> str:
     import platform
 
-    from lana.latency import device_fingerprint
+    from lana.latency.timing import device_fingerprint
 
     return f"{device_fingerprint('cpu')}, Python {platform.python_version()}"
 

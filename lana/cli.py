@@ -230,7 +230,7 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
           "export-candidates, measure it into --out", _profile_args)
 def _cmd_profile(args: argparse.Namespace) -> int:
     from lana import dist
-    from lana.profile import is_bundle
+    from lana.latency.profile import is_bundle
 
     if is_bundle(args.dir):
         return _profile_bundle(args)
@@ -259,8 +259,8 @@ def _export_candidates_args(p: argparse.ArgumentParser) -> None:
 @_command("export-candidates", "write every candidate at its layer as ONNX plus a manifest: "
           "a bundle to profile on the target device", _export_candidates_args)
 def _cmd_export_candidates(args: argparse.Namespace) -> int:
+    from lana.latency.profile import export_bundle
     from lana.pipeline import Run
-    from lana.profile import export_bundle
 
     run = Run(Path(args.dir))
     cfg = run.config
@@ -561,7 +561,7 @@ def _verify_independent(run, budget, windows: int | None, gap: float) -> int:
 
 
 def _profile_bundle(args: argparse.Namespace) -> int:
-    from lana.profile import profile_bundle
+    from lana.latency.profile import profile_bundle
 
     # Unset options take the run's latency settings, which the bundle records.
     res = profile_bundle(args.dir, args.backend, args.threads, args.out,

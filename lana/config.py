@@ -138,7 +138,7 @@ class DistillConfig(_Section):
 class LatencyConfig(_Section):
     """Phase 2b: where and how latency is measured."""
 
-    backend: str = Field("onnxruntime", description="a name in lana.backends.BACKENDS: "
+    backend: str = Field("onnxruntime", description="a name in lana.latency.backends.BACKENDS: "
                          "onnxruntime, torch, openvino, torch-compile (CPU); torch-cuda, "
                          "torch-cuda-graphs, onnxruntime-cuda, onnxruntime-tensorrt, "
                          "tensorrt (GPU)")
@@ -211,7 +211,7 @@ class SearchConfig(_Section):
         "auto", description="a student must measure this fraction under the budget to be "
         "selected, so that measurement noise does not push it over in a later timing. "
         "auto: derived from how much repeated timings of the same networks differ on this "
-        "machine during the search (lana.spread; 3 % until repeats are timed, 1-25 %); or a "
+        "machine during the search (lana.latency.spread; 3 % until repeats are timed, 1-25 %); or a "
         "fixed fraction in [0, 0.5)")
     slack: float = Field(0.15, gt=0, le=1, description="a chosen student that measures "
                          "more than this fraction under the budget (after the margin) "
@@ -334,7 +334,7 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
     return cfg
 
 
-#: The latency backends lana ships, i.e. the names lana.backends.BACKENDS starts with; listed
+#: The latency backends lana ships, i.e. the names lana.latency.backends.BACKENDS starts with; listed
 #: here so that checking a name needs no torch.
 BUILTIN_BACKENDS = ("torch", "onnxruntime", "openvino", "torch-compile", "torch-cuda",
                     "torch-cuda-graphs", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
@@ -343,11 +343,11 @@ BUILTIN_BACKENDS = ("torch", "onnxruntime", "openvino", "torch-compile", "torch-
 def check_backend_name(name: str) -> None:
     """Raise BackendUnavailableError unless ``name`` is a registered latency backend.
 
-    Backends are registered in ``lana.backends.BACKENDS``, which imports torch. Registering
+    Backends are registered in ``lana.latency.backends.BACKENDS``, which imports torch. Registering
     one means importing that module, so while it is not loaded the built-in names are all
     there are, and a config is checked without loading torch.
     """
-    backends = sys.modules.get("lana.backends")
+    backends = sys.modules.get("lana.latency.backends")
     known = backends.BACKENDS if backends is not None else BUILTIN_BACKENDS
     if name not in known:
         raise BackendUnavailableError.unknown(name, known)

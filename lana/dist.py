@@ -190,7 +190,7 @@ KILL_POINTS: dict[str, dict[str, str]] = {
     "distill": {"N": "after phase-1 step N of a group of candidates (lana.distill.phase1)",
                 "saved-one": "the first candidate of a group saved, the others not yet"},
     "profile": {"layerN": "layer N's candidates measured and saved in the LUT "
-                          "(lana.profile)",
+                          "(lana.latency.profile)",
                 "computed": "latency.json computed but not yet written (Run._stage)"},
     "costs": {"computed": "costs.json computed but not yet written (Run._stage)"},
     "score": {"computed": "scores.json computed but not yet written (Run._stage)"},

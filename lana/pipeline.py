@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from lana import dist as D
-from lana.backends import deploy_env
 from lana.config import (
     BudgetConfig,
     Config,
@@ -30,7 +29,6 @@ from lana.config import (
     load_config,
 )
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
-from lana.independent import independent_summary
 from lana.io import (
     file_digest,
     load_state_dict,
@@ -39,12 +37,14 @@ from lana.io import (
     save_tensors,
     write_json,
 )
+from lana.latency.backends import deploy_env
+from lana.latency.independent import independent_summary
+from lana.latency.spread import interval_of
 from lana.model.data import Splits, load_data
 from lana.model.decompose import Chain, decompose
 from lana.model.usercode import code_digest
 from lana.model.zoo import SOURCES, source_digest
 from lana.progress import log
-from lana.spread import interval_of
 from lana.stages import (
     CANDIDATES,
     CONFIG,
@@ -239,7 +239,7 @@ class Run:
     def lut(self):
         """The latency LUT this run reads and extends (``latency.lut`` or ``DIR/lut.json``);
         its reference baseline is the unit of every normalised timing of the run."""
-        from lana.latency import LatencyTable
+        from lana.latency.timing import LatencyTable
 
         return LatencyTable(self.config.latency.lut or self.dir / LUT)
 
@@ -579,7 +579,7 @@ class Run:
                            self._stage_inputs("profile"), self._profile)
 
     def _profile(self) -> dict:
-        from lana.profile import measure_models, profile_candidates
+        from lana.latency.profile import measure_models, profile_candidates
 
         cfg = self.config.latency
         lut = self.lut()
@@ -605,7 +605,7 @@ class Run:
 
     def costs(self) -> dict:
         """Parameters and FLOPs of stem, head and every candidate (``costs.json``)."""
-        from lana.profile import static_costs
+        from lana.latency.profile import static_costs
 
         return self._stage("costs", self.dir / COSTS, {"specs": self.candidates},
                            lambda: static_costs(self.chain, self.candidates,
@@ -742,8 +742,8 @@ class Run:
         return path
 
     def _export(self, budget: BudgetConfig, ft: dict) -> dict:
+        from lana.latency.profile import measure_models
         from lana.model.student import arch_dict, save_student
-        from lana.profile import measure_models
         from lana.select import time_until_decided
 
         sdir = self.student_dir(budget)
@@ -811,7 +811,7 @@ class Run:
         is called after each. Returns the stored record with ``pooled`` (as
         :func:`lana.select.pool_timings`) and ``meets_budget``.
         """
-        from lana.profile import measure_models
+        from lana.latency.profile import measure_models
         from lana.select import pool_timings
 
         budget = budget or self.config.search.budget
@@ -871,8 +871,8 @@ class Run:
         backends only. Windows are stored under ``independent`` in
         ``students/<budget>/verify.json`` and summarised in ``summary.json``
         (``independent_verify``); ``on_window(n, record)`` is called after each. Returns the
-        windows and their distribution (:func:`lana.independent.verify_independent`)."""
-        from lana.independent import verify_independent
+        windows and their distribution (:func:`lana.latency.independent.verify_independent`)."""
+        from lana.latency.independent import verify_independent
 
         return verify_independent(self, budget, windows, gap_s, on_window)
 

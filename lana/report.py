@@ -16,8 +16,8 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     """Teacher vs students: accuracy, measured latency, speed-up, budget check."""
     # Imported here, as in print_search: lana.select brings in lana.config (pydantic),
     # which `lana search LIBRARY` (print_library_search) does not otherwise need.
+    from lana.latency.spread import interval_text
     from lana.select import budget_allowed_ms
-    from lana.spread import interval_text
 
     console = console or _out
     lat = summary["latency"]
@@ -256,7 +256,7 @@ def _budget_label(budget: dict) -> str:
 
 
 def independent_line(s: dict) -> str:
-    """One sentence on an ``independent_verify`` summary (:func:`lana.independent.summarize`):
+    """One sentence on an ``independent_verify`` summary (:func:`lana.latency.independent.summarize`):
     the speed-up's median and range over windows and how many met the budget."""
     verdict = "within budget" if s["meets_budget"] else "OVER budget"
     return (f"speed-up over {s['window_count']} window(s): median "

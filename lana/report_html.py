@@ -30,9 +30,9 @@ from typing import Any
 
 from lana.errors import ArtifactError, LanaError
 from lana.io import atomic_write_bytes, read_json
+from lana.latency.spread import interval_of
 from lana.progress import duration
 from lana.select import budget_allowed_ms, explain
-from lana.spread import interval_of
 from lana.stages import (
     CANDIDATES,
     CONFIG,
@@ -299,7 +299,7 @@ def _overview(run: RunFiles) -> Section:
 
 
 def _independent(run: RunFiles) -> Section:
-    from lana.independent import independent_summary
+    from lana.latency.independent import independent_summary
     from lana.stages import TEACHER_ONNX
 
     sec = Section("independent", "Timed independently",

@@ -23,6 +23,7 @@ from typing import Any
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
+from lana.latency.spread import MAX_MARGIN, SpreadMargin
 from lana.progress import log, progress
 from lana.search import (
     Budget,
@@ -33,7 +34,6 @@ from lana.search import (
     score_optimum_cost,
     solve,
 )
-from lana.spread import MAX_MARGIN, SpreadMargin
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def pool_timings(timings: Sequence[dict[str, float]], name: str, speedup: float 
 
     A median of separate timings, not one timing, decides: a shared machine's speed
     differs from one session to the next by more than a margin of a few percent (see
-    :data:`lana.latency.E2E_ROUNDS`). The student's ms, the teacher's and the speed-up are
+    :data:`lana.latency.timing.E2E_ROUNDS`). The student's ms, the teacher's and the speed-up are
     taken from the same timing rather than as medians of their own, so that the numbers
     a user reads agree with each other and with the verdict (independent medians of a
     teacher and a student that drift together imply a speed-up no timing measured).
@@ -686,8 +686,8 @@ def _looser_budget(points: list[tuple[float, float]], chosen: dict, layer_budget
 def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
     """:func:`select` wired to a :class:`lana.pipeline.Run` (real networks and timings)."""
     from lana.distill.train import evaluate
+    from lana.latency.profile import measure_models
     from lana.model.student import assemble
-    from lana.profile import measure_models
 
     val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
     fixed = lib.get("fixed_cost", {})

@@ -45,7 +45,7 @@ TINY_CONFIG: dict = {
 
 def fake_backend(prepare, name: str = "fake") -> type:
     """A latency backend class for tests: ``prepare(module, example)`` returns the runner
-    (register it with ``monkeypatch.setitem(lana.backends.BACKENDS, name, cls)``)."""
+    (register it with ``monkeypatch.setitem(lana.latency.backends.BACKENDS, name, cls)``)."""
 
     class FakeBackend:
         device_kind = "cpu"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import lana.latency
-import lana.profile
+import lana.latency.profile
+import lana.latency.timing
 from lana.cli import main
 from lana.config import BudgetConfig, config_from_dict
 from lana.errors import ArtifactError, ConfigError
@@ -51,7 +51,7 @@ def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypat
                                              "normalize": run_latency.normalize}
     assert main(["profile", str(bundle), "--out", str(lut), "--max-seconds", "0.02"]) == 0
     assert "device: lut" in capsys.readouterr().out
-    table = lana.latency.LatencyTable(lut)
+    table = lana.latency.timing.LatencyTable(lut)
     assert len(table) == len(keys)
     for entry in table.entries().values():  # statistics stored with every entry
         assert entry["count"] >= 1 and entry["p25_ms"] <= entry["p75_ms"]
@@ -61,13 +61,13 @@ def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypat
     _move_to_target(lut, "cpu:target-box|4 cores|aarch64")
     cfg["latency"].update(lut=str(lut), device="lut", max_seconds=0.02)
     # Nothing may be timed here: the numbers must come from the target's LUT.
-    monkeypatch.setattr(lana.profile, "measure", _forbid("measure"))
-    monkeypatch.setattr(lana.profile, "measure_models", _forbid("measure_models"))
-    monkeypatch.setattr(lana.latency, "time_runner", _forbid("time_runner"))
+    monkeypatch.setattr(lana.latency.profile, "measure", _forbid("measure"))
+    monkeypatch.setattr(lana.latency.profile, "measure_models", _forbid("measure_models"))
+    monkeypatch.setattr(lana.latency.timing, "time_runner", _forbid("time_runner"))
     run = Run(run_dir, config_from_dict(cfg))
     lat = run.profile()
     assert lat["remote"] and lat["settings"]["device"].startswith("cpu:target-box")
-    got = lana.latency.LatencyTable(lut).entries()
+    got = lana.latency.timing.LatencyTable(lut).entries()
     network = next(e for e in manifest["entries"] if e["kind"] == "network")
     assert lat["teacher_measured_ms"] == pytest.approx(next(
         v["median_ms"] for v in got.values() if v["op"] == network["op"]))
@@ -113,10 +113,10 @@ def test_bundle_with_a_torch_backend_is_refused(tmp_path: Path) -> None:
                                             "entries": [{"kind": "op", "op": "x",
                                                          "input_shape": [1, 2],
                                                          "file": "a.onnx"}]})
-    onnx = lana.latency.export_onnx(torch.nn.ReLU(), torch.zeros(1, 2))
+    onnx = lana.latency.timing.export_onnx(torch.nn.ReLU(), torch.zeros(1, 2))
     (tmp_path / "a.onnx").write_bytes(onnx)
     with pytest.raises(ConfigError, match="runs PyTorch modules"):
-        lana.profile.profile_bundle(tmp_path, "torch", 1, tmp_path / "lut.json")
+        lana.latency.profile.profile_bundle(tmp_path, "torch", 1, tmp_path / "lut.json")
 
 
 def test_profile_flags_override_the_runs_settings(run_copy, tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_profile_flags_override_the_runs_settings(run_copy, tmp_path: Path) -> N
     lut = tmp_path / "lut.json"
     assert main(["profile", str(bundle), "--out", str(lut), "--max-seconds", "0.01",
                  flag]) == 0
-    entries = lana.latency.LatencyTable(lut).entries().values()
+    entries = lana.latency.timing.LatencyTable(lut).entries().values()
     assert entries and all(e["settings"]["normalize"] is (not normalize) for e in entries)
 
 
@@ -138,7 +138,7 @@ def test_module_key_ignores_repr_but_not_structure(monkeypatch) -> None:
     import torch
     from torch import nn
 
-    from lana.profile import module_key
+    from lana.latency.profile import module_key
 
     def block(k: int = 3, gate=torch.sigmoid) -> nn.Module:
         m = nn.Sequential(nn.Conv2d(8, 8, k, padding=k // 2, groups=8), nn.BatchNorm2d(8),

@@ -168,7 +168,7 @@ def test_gpu_pipeline_end_to_end(tmp_path: Path, tiny_config: dict) -> None:
 @needs_gpu
 @pytest.mark.parametrize("name", ["torch-cuda", "torch-cuda-graphs"])
 def test_cuda_latency_backends_time_real_ops(name: str) -> None:
-    from lana import latency as L
+    from lana.latency import timing as L
 
     settings = L.Settings(backend=name)
     conv = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU())
@@ -186,7 +186,7 @@ def test_cuda_graph_runner_owns_the_memory_it_replays() -> None:
     latency benchmark on an H200 before this was fixed)."""
     import gc
 
-    from lana.backends import get_backend
+    from lana.latency.backends import get_backend
 
     run = get_backend("torch-cuda-graphs").prepare(
         torch.nn.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 256, 256), 1)
@@ -201,8 +201,8 @@ def test_cuda_graph_runner_owns_the_memory_it_replays() -> None:
 @needs_gpu
 @pytest.mark.parametrize("name", ["onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"])
 def test_optional_gpu_backends_work_or_say_how_to_install(name: str) -> None:
-    from lana import latency as L
-    from lana.backends import get_backend
+    from lana.latency import timing as L
+    from lana.latency.backends import get_backend
 
     try:
         get_backend(name).check_available()

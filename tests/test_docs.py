@@ -58,7 +58,7 @@ def _python_blocks(text: str) -> list[str]:
 
 
 def test_guide_examples_for_an_op_and_a_backend_work() -> None:
-    from lana.latency import BACKENDS, Settings, measure
+    from lana.latency.timing import BACKENDS, Settings, measure
     from lana.model.decompose import LayerInfo
     from lana.space.ops import OP_TYPES, build_op, check_shapes
 

@@ -11,10 +11,10 @@ import torch
 from conftest import fake_backend
 from torch import nn
 
-import lana.latency as L
-from lana.backends import BACKENDS
+import lana.latency.timing as L
 from lana.config import config_from_dict
 from lana.distill.phase1 import weight_path
+from lana.latency.backends import BACKENDS
 from lana.pipeline import Run
 from lana.report_html import build_sections
 from lana.search import Library, dominated

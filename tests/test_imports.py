@@ -144,10 +144,10 @@ def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
 
 
 def test_builtin_backend_names_match_the_registry() -> None:
-    # Config validation checks backend names against BUILTIN_BACKENDS until lana.backends
+    # Config validation checks backend names against BUILTIN_BACKENDS until lana.latency.backends
     # is loaded; a fresh registry must hold exactly those names.
     _python("""
-        from lana.backends import BACKENDS
+        from lana.latency.backends import BACKENDS
         from lana.config import BUILTIN_BACKENDS
 
         assert sorted(BACKENDS) == sorted(BUILTIN_BACKENDS), (BACKENDS, BUILTIN_BACKENDS)
@@ -156,8 +156,8 @@ def test_builtin_backend_names_match_the_registry() -> None:
 
 def test_registered_ops_and_backends_pass_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     # Ops and backends users register (which loads torch) are known to config validation.
-    from lana.backends import BACKENDS, TorchBackend
     from lana.config import config_from_dict
+    from lana.latency.backends import BACKENDS, TorchBackend
     from lana.space.ops import OP_TYPES, OpType, Param
 
     monkeypatch.setitem(BACKENDS, "my-backend", TorchBackend)

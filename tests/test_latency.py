@@ -1,4 +1,4 @@
-"""Tests of lana.latency: backends, stopping rule, ONNX export and the LUT."""
+"""Tests of lana.latency.timing: backends, stopping rule, ONNX export and the LUT."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import lana.latency as L
+import lana.latency.timing as L
 from lana.errors import ArtifactError, BackendUnavailableError, ConfigError, LanaError
 
 # Short budgets keep the real-timing tests fast on a 2-core machine.
@@ -359,7 +359,7 @@ def test_export_onnx_failure_is_a_quiet_lana_error(capfd: pytest.CaptureFixture[
 FAULTS_PER_FORWARD = """
 import resource, sys, torch
 from torch import nn
-from lana.backends import get_backend
+from lana.latency.backends import get_backend
 torch.set_num_threads(1)
 def block(c):  # an inverted residual at 112 px: 10 MB activations
     return nn.Sequential(nn.Conv2d(c, 6 * c, 1), nn.ReLU(),
@@ -411,7 +411,7 @@ def test_torch_backend_does_not_page_fault_every_run() -> None:
 
 
 def test_steady_malloc_leaves_a_users_allocator_alone(monkeypatch) -> None:
-    import lana.backends as B
+    import lana.latency.backends as B
 
     monkeypatch.setattr(B, "_malloc_state", None)
     monkeypatch.setenv("LANA_MALLOC", "default")
@@ -424,7 +424,7 @@ def test_steady_malloc_leaves_a_users_allocator_alone(monkeypatch) -> None:
 
 
 def test_deploy_env_names_the_malloc_settings_of_torch_backends(monkeypatch) -> None:
-    import lana.backends as B
+    import lana.latency.backends as B
 
     for var in ("LANA_MALLOC", "LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_MMAP_MAX_",
                 "MALLOC_TRIM_THRESHOLD_"):

@@ -11,10 +11,10 @@ import torch
 from conftest import fake_backend
 from torch import nn
 
-import lana.latency as L
-from lana.backends import BACKENDS
+import lana.latency.timing as L
 from lana.config import LatencyConfig
-from lana.profile import measure_models, profile_candidates, settings_from
+from lana.latency.backends import BACKENDS
+from lana.latency.profile import measure_models, profile_candidates, settings_from
 
 REF_MS = 1.0
 

@@ -13,9 +13,9 @@ import torch
 from conftest import fake_backend
 from torch import nn
 
-import lana.latency as L
-from lana.backends import BACKENDS, get_backend
+import lana.latency.timing as L
 from lana.errors import BackendUnavailableError
+from lana.latency.backends import BACKENDS, get_backend
 
 FAST = {"warmup": 1, "min_repeats": 6, "max_repeats": 6, "max_seconds": 10.0}
 

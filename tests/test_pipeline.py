@@ -14,7 +14,7 @@ import torch
 import lana
 import lana.distill.phase1
 import lana.distill.train
-import lana.profile
+import lana.latency.profile
 import lana.space.ops
 from lana.config import BudgetConfig, config_from_dict
 from lana.distill.train import evaluate
@@ -158,8 +158,8 @@ def test_rerun_does_no_work(run_copy, monkeypatch: pytest.MonkeyPatch) -> None:
     mtimes = _mtimes(run_dir, STAGE_FILES)
     assert len(mtimes) > 20
     _no_training(monkeypatch)
-    monkeypatch.setattr(lana.profile, "measure_models", _forbid("profile.measure_models"))
-    monkeypatch.setattr(lana.profile, "profile_candidates", _forbid("profile_candidates"))
+    monkeypatch.setattr(lana.latency.profile, "measure_models", _forbid("profile.measure_models"))
+    monkeypatch.setattr(lana.latency.profile, "profile_candidates", _forbid("profile_candidates"))
     summary = Run(run_dir, config_from_dict(cfg)).all()
     assert _mtimes(run_dir, STAGE_FILES) == mtimes
 
@@ -190,7 +190,7 @@ def test_second_budget_reruns_only_search_finetune_export(
     run_dir, cfg = run_copy
     mtimes = _mtimes(run_dir, STAGE_FILES)
     monkeypatch.setattr(lana.distill.phase1, "_train_group", _forbid("distill._train_group"))
-    monkeypatch.setattr(lana.profile, "profile_candidates", _forbid("profile_candidates"))
+    monkeypatch.setattr(lana.latency.profile, "profile_candidates", _forbid("profile_candidates"))
     trainings: list[str] = []
     real = lana.distill.train.train_classifier
 
@@ -328,7 +328,7 @@ def test_changed_score_settings_recompute_scores_only(run_copy,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir, cfg = run_copy
     _no_training(monkeypatch)
-    monkeypatch.setattr(lana.profile, "profile_candidates", _forbid("profile_candidates"))
+    monkeypatch.setattr(lana.latency.profile, "profile_candidates", _forbid("profile_candidates"))
     latency = read_json(run_dir / "latency.json")
     other = copy.deepcopy(cfg)
     other["score"]["samples"] = 16

@@ -1,4 +1,4 @@
-"""Drift detection inside phase 2b (lana.profile.profile_candidates), on a fake machine.
+"""Drift detection inside phase 2b (lana.latency.profile.profile_candidates), on a fake machine.
 
 The pipeline tests run with ``latency.drift_every: 0`` (on a busy machine the reference op
 drifts at random and doubles their profile stage), so the drift path of the profile stage
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from test_latency_trust import Machine
 
-import lana.latency as L
-from lana.backends import BACKENDS
+import lana.latency.timing as L
 from lana.config import LatencyConfig
-from lana.profile import profile_candidates, settings_from
+from lana.latency.backends import BACKENDS
+from lana.latency.profile import profile_candidates, settings_from
 
 
 @pytest.mark.parametrize("drift_every", [2, 0])

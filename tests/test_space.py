@@ -256,7 +256,7 @@ def test_registered_op_types() -> None:
 
 # ------------------------------------------------------------ family-aware op types
 
-from lana.latency import export_onnx  # noqa: E402
+from lana.latency.timing import export_onnx  # noqa: E402
 from lana.space.ops import (  # noqa: E402
     FAMILY_SPACES,
     RepVGGBlock,
@@ -351,7 +351,7 @@ def test_export_and_timing_use_the_reparameterized_block(randomize_bn) -> None:
     import onnx
     import onnxruntime as ort
 
-    from lana.latency import inference_form
+    from lana.latency.timing import inference_form
 
     info = LAYERS["same"]
     block = randomize_bn(build_op("rep_k3_a", info), seed=1).eval()
@@ -408,8 +408,8 @@ def test_family_default_spaces() -> None:
 def test_lut_key_follows_teacher_dependent_structure() -> None:
     import timm
 
+    from lana.latency.profile import op_key
     from lana.model.decompose import Chain
-    from lana.profile import op_key
 
     info = LayerInfo("r", (64, 8, 8), (128, 4, 4), "relu")
     keys = {}

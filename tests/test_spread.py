@@ -1,4 +1,4 @@
-"""The search margin derived from the spread of repeated timings (lana.spread, issue 34)."""
+"""The search margin derived from the spread of repeated timings (lana.latency.spread, issue 34)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from test_select import LATENCY, LIB, LUT, evaluate
 
 from lana.config import BudgetConfig, SearchConfig
+from lana.latency.spread import MAX_MARGIN, MIN_MARGIN, SpreadMargin, interval_of, interval_text
 from lana.report import print_summary
 from lana.select import select
-from lana.spread import MAX_MARGIN, MIN_MARGIN, SpreadMargin, interval_of, interval_text
 
 
 def timings(speedups: list[float], teacher: float = 4.0) -> list[dict[str, float]]:

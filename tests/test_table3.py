@@ -369,7 +369,7 @@ def _latency_bench(tmp_path, monkeypatch):
     every network takes ``1 / speed`` ms, the teacher 4 ms, times the session's slowness."""
     from types import SimpleNamespace
 
-    import lana.latency
+    import lana.latency.timing
     from lana.config import LatencyConfig
 
     calls: list[tuple[int, tuple[str, ...]]] = []
@@ -381,7 +381,7 @@ def _latency_bench(tmp_path, monkeypatch):
         return {k: SimpleNamespace(median_ms=slow * (4.0 if k == "teacher" else 1 / m) * shape[0])
                 for k, m in models.items()}
 
-    monkeypatch.setattr(lana.latency, "measure_interleaved", fake_measure)
+    monkeypatch.setattr(lana.latency.timing, "measure_interleaved", fake_measure)
     bench = table3.Table3.__new__(table3.Table3)
     bench.steps = table3.Steps(tmp_path / "steps", say=lambda _: None)
     bench.cfg = SimpleNamespace(latency=LatencyConfig(backend="onnxruntime", threads=1))

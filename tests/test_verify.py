@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-import lana.profile
+import lana.latency.profile
 from lana.cli import main
 from lana.config import BudgetConfig
 from lana.errors import ArtifactError, ConfigError
@@ -25,7 +25,7 @@ def _scripted(monkeypatch, timings: list[tuple[float, float]]):
         t, s = next(it)
         return {"teacher": t, "student": s}
 
-    monkeypatch.setattr(lana.profile, "measure_models", fake)
+    monkeypatch.setattr(lana.latency.profile, "measure_models", fake)
     return calls
 
 
@@ -126,13 +126,13 @@ def test_independent_verify_times_each_window_in_a_fresh_process(run_copy, monke
                                                                  capsys) -> None:
     import os
 
-    from lana.independent import independent_summary
+    from lana.latency.independent import independent_summary
     from lana.report_html import write_report
     from lana.status import run_status
 
     run_dir, _ = run_copy
     # None of lana's measuring code may time anything in this process either.
-    monkeypatch.setattr(lana.profile, "measure_models",
+    monkeypatch.setattr(lana.latency.profile, "measure_models",
                         lambda *a, **k: pytest.fail("lana's measuring code ran"))
     code = main(["verify", str(run_dir), "--independent", "--windows", "2", "--gap", "0"])
     out = capsys.readouterr().out
@@ -146,7 +146,7 @@ def test_independent_verify_times_each_window_in_a_fresh_process(run_copy, monke
     assert len(pids) == 2 and os.getpid() not in pids
     for w in windows:
         # the timing process imported nothing of lana but the timer itself
-        assert set(w["lana_modules"]) <= {"lana", "lana.ort_timer"}
+        assert set(w["lana_modules"]) <= {"lana", "lana.latency.ort_timer"}
         assert len(w["rounds"]) == 20 and w["runs_per_round"] >= 3
         assert w["speedup"] > 0 and w["teacher_ms"] > 0 and w["student_ms"] > 0
         assert w["holds"] == (w["speedup"] >= 1.5)
@@ -189,7 +189,7 @@ def test_independent_verify_refuses_other_backends_and_bad_input(run_copy) -> No
 
 
 def test_budget_verdict_on_given_numbers() -> None:
-    from lana.independent import budget_holds, summarize
+    from lana.latency.independent import budget_holds, summarize
 
     assert budget_holds({"speedup": 2.0}, 0.5, 2.0, 9.9)  # exactly the budget holds
     assert not budget_holds({"speedup": 2.0}, 0.5, 1.99, 0.1)

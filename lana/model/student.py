@@ -53,7 +53,7 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> by
     """``model`` (put in eval mode) exported to ONNX for one image of ``input_shape``
     (C, H, W): the export of every whole network lana writes, students and teacher alike,
     so that a user timing them side by side compares like with like."""
-    from lana.latency import export_onnx
+    from lana.latency.timing import export_onnx
 
     return export_onnx(model.eval(), torch.zeros(1, *input_shape))
 

@@ -9,7 +9,7 @@ Every time is in milliseconds.
 
 Backends
 --------
-A backend (:mod:`lana.backends`, registry :data:`BACKENDS`) turns an ``nn.Module`` and an
+A backend (:mod:`lana.latency.backends`, registry :data:`BACKENDS`) turns an ``nn.Module`` and an
 example input into a zero-argument *runner* that executes one inference: ``torch``,
 ``onnxruntime`` (the default), ``openvino`` and ``torch-compile`` on the CPU;
 ``torch-cuda``, ``torch-cuda-graphs``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt`` and
@@ -83,7 +83,7 @@ drifted, and not recovered by re-measuring, also has ``"flagged": true, "drift":
 The op key of a candidate is its spec plus the layer's shape contract
 (``"cb_k3@in64x56x56-out64x56x56-relu"``); the stem, head, teacher layers and
 teacher-dependent candidates are keyed by a digest of their structure
-(``"stem:<sha256>"``, see :func:`lana.profile.module_structure`): class names,
+(``"stem:<sha256>"``, see :func:`lana.latency.profile.module_structure`): class names,
 hyper-parameters and tensor shapes, never ``repr``, so the keys do not change with the
 torch or timm version. The entry key is :meth:`LatencyTable.key`; the settings key
 (:meth:`Settings.key`) contains every setting including the device fingerprint, so a
@@ -112,7 +112,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lana.backends import (
+from lana.errors import ArtifactError, ConfigError, LanaError
+from lana.io import read_json, write_json
+from lana.latency.backends import (
     BACKENDS,
     Backend,
     OnnxRuntimeBackend,
@@ -123,8 +125,6 @@ from lana.backends import (
     get_backend,
     inference_form,
 )
-from lana.errors import ArtifactError, ConfigError, LanaError
-from lana.io import read_json, write_json
 
 __all__ = [
     "BACKENDS",

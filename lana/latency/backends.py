@@ -361,7 +361,7 @@ class TorchBackend:
     def prepare(self, module: nn.Module, example: torch.Tensor, threads: int) -> Runner:
         """Return a runner calling an eval-mode copy of ``module`` on ``example``.
 
-        :func:`lana.latency.measure` pins ``torch.set_num_threads(threads)`` and enters
+        :func:`lana.latency.timing.measure` pins ``torch.set_num_threads(threads)`` and enters
         ``torch.inference_mode`` around the timed loop (entering it per run costs ~2 us,
         a sizeable share of a tiny op).
         """

@@ -23,7 +23,7 @@ from lana.config import extra_columns as extra_columns
 from lana.dist import maybe_kill
 from lana.errors import ArtifactError, ConfigError
 from lana.io import atomic_write_bytes, read_json, write_json
-from lana.latency import (
+from lana.latency.timing import (
     E2E_ROUNDS,
     DriftMonitor,
     LatencyTable,
@@ -329,7 +329,7 @@ def profile_bundle(bundle: str | Path, backend: str | None = None, threads: int 
     bundle from before they were recorded: onnxruntime, 1 thread, raw timings). Entries
     get this machine's device fingerprint; on the training machine the pipeline finds them
     with ``latency.lut: <out>`` and ``latency.device: lut``. With ``normalize`` every
-    timing is scaled by a reference op timed alongside (see :mod:`lana.latency`), and the
+    timing is scaled by a reference op timed alongside (see :mod:`lana.latency.timing`), and the
     periodic drift check is skipped.
     """
     bundle = Path(bundle)
@@ -422,7 +422,7 @@ def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...],
                    cfg: LatencyConfig, rounds: int = E2E_ROUNDS,
                    lut: LatencyTable | None = None) -> dict[str, float]:
     """End-to-end median ms of each model, measured in interleaved rounds (fair ratios;
-    :func:`lana.latency.e2e_kwargs`).
+    :func:`lana.latency.timing.e2e_kwargs`).
 
     With ``latency.normalize``, pass the run's ``lut``: the timings are then scaled to its
     reference baseline, the units its entries are in, so that a student's measured

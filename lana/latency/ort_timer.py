@@ -4,10 +4,10 @@
 Python process, so that nothing of the process that trained, profiled or exported the
 networks (threads, allocator state, caches, lana's own timing code) takes part. It imports
 only the standard library, numpy and onnxruntime, never torch or lana's measuring code
-(:mod:`lana.latency`, :mod:`lana.profile`), and prints one JSON object on stdout. Run it by
+(:mod:`lana.latency.timing`, :mod:`lana.latency.profile`), and prints one JSON object on stdout. Run it by
 hand the same way::
 
-    python -m lana.ort_timer DIR/teacher/model.onnx DIR/students/speedup2/model/model.onnx
+    python -m lana.latency.ort_timer DIR/teacher/model.onnx DIR/students/speedup2/model/model.onnx
 
 What it does: one ``onnxruntime.InferenceSession`` per file (CPU provider,
 ``intra_op_num_threads=--threads``, ``inter_op_num_threads=1``, sequential execution,
@@ -111,7 +111,7 @@ def time_pair(teacher: str, student: str, *, threads: int = 1, batch_size: int =
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: time two ONNX files and print the window's JSON record."""
-    p = argparse.ArgumentParser(prog="python -m lana.ort_timer", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lana.latency.ort_timer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("teacher", help="the teacher's ONNX file (DIR/teacher/model.onnx)")
     p.add_argument("student", help="the student's ONNX file (.../model/model.onnx)")

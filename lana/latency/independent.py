@@ -1,10 +1,10 @@
 """``lana verify --independent``: the exported files timed the way a user would time them.
 
 lana's own checks time the teacher and the student with its measuring code
-(:mod:`lana.latency`), inside the process that built them. A user checking the promised
+(:mod:`lana.latency.timing`), inside the process that built them. A user checking the promised
 speed-up times the ONNX files instead, with a plain ONNX Runtime loop of their own. This
-mode does the same: every timing window runs :mod:`lana.ort_timer` in a fresh Python
-process (``sys.executable -m lana.ort_timer``), which loads ``DIR/teacher/model.onnx`` and
+mode does the same: every timing window runs :mod:`lana.latency.ort_timer` in a fresh Python
+process (``sys.executable -m lana.latency.ort_timer``), which loads ``DIR/teacher/model.onnx`` and
 the student's ``model/model.onnx`` with ``onnxruntime.InferenceSession`` and times them
 interleaved in rounds with ``time.perf_counter``; none of lana's measuring code runs there.
 Windows are spread out in time (``gap_s``), since a shared machine's speed moves between
@@ -51,13 +51,13 @@ _EPS = 1e-9
 
 def supported_backends() -> list[str]:
     """The registered latency backends this mode can check: ONNX Runtime on the CPU."""
-    from lana.backends import BACKENDS
+    from lana.latency.backends import BACKENDS
 
     return sorted(name for name in BACKENDS if _is_ort_cpu(name))
 
 
 def _is_ort_cpu(name: str) -> bool:
-    from lana.backends import OnnxRuntimeBackend, get_backend
+    from lana.latency.backends import OnnxRuntimeBackend, get_backend
 
     backend = get_backend(name)
     return (isinstance(backend, OnnxRuntimeBackend)
@@ -107,17 +107,17 @@ def summarize(windows: Sequence[dict], budget: dict, budget_ms: float) -> dict:
 
 def time_window(teacher_onnx: Path, student_onnx: Path, *, threads: int, batch_size: int,
                 warmup: int, rounds: int = ROUNDS, round_seconds: float = 0.18) -> dict:
-    """One window: :mod:`lana.ort_timer` in a fresh process of ``sys.executable`` on the two
+    """One window: :mod:`lana.latency.ort_timer` in a fresh process of ``sys.executable`` on the two
     ONNX files; returns its record. LanaError, with the process's last words, when it
     fails."""
-    cmd = [sys.executable, "-m", "lana.ort_timer", str(Path(teacher_onnx).resolve()),
+    cmd = [sys.executable, "-m", "lana.latency.ort_timer", str(Path(teacher_onnx).resolve()),
            str(Path(student_onnx).resolve()),
            "--threads", str(threads), "--batch-size", str(batch_size),
            "--warmup", str(warmup), "--rounds", str(rounds),
            "--round-seconds", f"{round_seconds:g}"]
-    # The child imports this very copy of lana (only lana.ort_timer), installed or not:
+    # The child imports this very copy of lana (only lana.latency.ort_timer), installed or not:
     # `-m` looks in the working directory first, so it runs from the one holding lana.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
                                          if p)}
