@@ -23,7 +23,7 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
 - ``Torch-Pruning``: the teacher pruned (magnitude, uniform ratio; ResNeSt's split-attention
   outputs kept whole, :func:`radix_coupled_layers`) until its measured latency is within 5% of the LANA student's, the two timed side by side in one session
   (bisection, then regula falsi on the ratio), then fine-tuned;
-- ``random search``: :func:`lana.baselines.random_search` (best predicted score of 2000
+- ``random search``: :func:`lana.search.baselines.random_search` (best predicted score of 2000
   random feasible architectures whose LUT sum is within 90-100 % of a LUT budget,
   :data:`RANDOM_BAND`) on the same library, its LUT budget searched until the
   chosen architecture's measured latency is within 5% of the LANA student's (timed side
@@ -554,8 +554,8 @@ class Table3:
         """The best predicted score of 2000 random feasible architectures of ``lib`` whose
         layers' LUT sum lies in ``[RANDOM_BAND * layer_budget, layer_budget]`` (the budget
         clamped to what the library can reach; no floor where the band holds no draw)."""
-        from lana.baselines import random_search
-        from lana.search import Budget, minimum_reachable
+        from lana.search.baselines import random_search
+        from lana.search.solver import Budget, minimum_reachable
 
         lo = minimum_reachable(lib, "latency_ms")
         hi = minimum_reachable(lib, "latency_ms", "max")
@@ -603,7 +603,7 @@ class Table3:
 
         def match() -> dict:
             from lana.io import read_json
-            from lana.search import Library
+            from lana.search.solver import Library
 
             lib = Library.from_dict(read_json(self.run.dir / "library.json"))
             sols = {}  # search point -> the random architecture tried there
@@ -677,11 +677,11 @@ class Table3:
 
     def kendall_step(self) -> dict:
         def go() -> dict:
-            from lana.baselines import random_search
             from lana.io import read_json
             from lana.model.student import assemble
-            from lana.search import Budget, Library
-            from lana.sweep import budget_range, sweep
+            from lana.search.baselines import random_search
+            from lana.search.solver import Budget, Library
+            from lana.search.sweep import budget_range, sweep
 
             n = self.sc["kendall"]["archs"]
             samples = self.sc["kendall"]["eval_samples"]
@@ -850,12 +850,12 @@ def summary_path(family: str, scale: str, root: Path | None = None) -> Path:
 
 def search_speedup(search_json: Path) -> float | None:
     """The chosen student's speed-up over the teacher as the pipeline's search measured it
-    (:func:`lana.select.chosen_speedup`; None when the search did not time it or is
+    (:func:`lana.search.select.chosen_speedup`; None when the search did not time it or is
     missing)."""
     if not search_json.exists():
         return None
     from lana.io import read_json
-    from lana.select import chosen_speedup
+    from lana.search.select import chosen_speedup
 
     return chosen_speedup(read_json(search_json))
 

@@ -106,7 +106,7 @@ def _budget(args: argparse.Namespace):
     return None
 
 
-# Duplicated from lana.baselines.BASELINES so that building the parser imports nothing heavy.
+# Duplicated from lana.search.baselines.BASELINES so that building the parser imports nothing heavy.
 BASELINE_NAMES = ("random", "evolution", "greedy")
 
 
@@ -387,8 +387,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
           "as CSV and a plot", _sweep_args)
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from lana.report import print_sweep
-    from lana.search import Library
-    from lana.sweep import plot, sweep, write_csv
+    from lana.search.solver import Library
+    from lana.search.sweep import plot, sweep, write_csv
 
     path = Path(args.library)
     library = Library.load(path)
@@ -597,7 +597,7 @@ def _library_search(args: argparse.Namespace) -> int:
 
     from lana.io import write_json
     from lana.report import print_library_search
-    from lana.search import Budget, Library, SearchResult, minimum_reachable, solve
+    from lana.search.solver import Budget, Library, SearchResult, minimum_reachable, solve
 
     if args.speedup is not None or args.latency_ms is not None:
         raise ConfigError(
@@ -615,7 +615,7 @@ def _library_search(args: argparse.Namespace) -> int:
         if args.k not in (None, 1) or args.overlap is not None:
             raise ConfigError(f"--baseline {args.baseline} finds one architecture; drop "
                               "--k and --overlap")
-        from lana.baselines import BASELINES
+        from lana.search.baselines import BASELINES
 
         for b in budgets:
             reach = minimum_reachable(library, b.key, "min" if b.op == "<=" else "max")

@@ -326,7 +326,7 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
     if isinstance(cfg.space.ops, list):
         space_specs(cfg.space.ops)
     # Extra budgets and latency columns too: a typo must fail before the profile stage.
-    from lana.budget import Budget
+    from lana.search.budget import Budget
 
     for text in cfg.search.extra_budgets:
         Budget.parse(text)

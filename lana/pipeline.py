@@ -525,11 +525,11 @@ class Run:
 
     def dominated(self) -> list[list[str]]:
         """Per layer, the candidates that cost at least as much as the teacher's own layer
-        in every cost column (:func:`lana.search.dominated`); empty lists with
+        in every cost column (:func:`lana.search.solver.dominated`); empty lists with
         ``search.skip_dominated`` off. Measures the latency first if it is not yet."""
         if not self.config.search.skip_dominated:
             return [[] for _ in self.candidates]
-        from lana.search import dominated
+        from lana.search.solver import dominated
 
         return dominated(op_costs(self.candidates, self.profile(), self.costs()))
 
@@ -673,7 +673,7 @@ class Run:
 
     def search(self, budget: BudgetConfig | None = None) -> dict:
         """Phase 2c: ILP with K diverse solutions, measured and ranked (resumable)."""
-        from lana.select import select_student
+        from lana.search.select import select_student
 
         budget = budget or self.config.search.budget
         return self._stage(f"search_{budget_tag(budget)}",
@@ -744,7 +744,7 @@ class Run:
     def _export(self, budget: BudgetConfig, ft: dict) -> dict:
         from lana.latency.profile import measure_models
         from lana.model.student import arch_dict, save_student
-        from lana.select import time_until_decided
+        from lana.search.select import time_until_decided
 
         sdir = self.student_dir(budget)
         chosen = self.search(budget)["chosen"]
@@ -772,7 +772,7 @@ class Run:
                     "files": {k: str(Path(MODEL_DIR) / v) for k, v in files.items()}}
         # A speed-up budget is checked against the teacher timed alongside, so a machine
         # that got slower since profiling fails no student unfairly; the median of
-        # separate timings decides, as in the search (lana.select.time_until_decided).
+        # separate timings decides, as in the search (lana.search.select.time_until_decided).
         lut = self.lut()  # read once: every timing is scaled to its reference baseline
         timings, pooled = time_until_decided(
             lambda: measure_models({"teacher": self.teacher, "student": student},
@@ -809,10 +809,10 @@ class Run:
         Sessions are stored as they end in ``students/<budget>/verify.json`` (re-running
         adds to them; Ctrl-C loses only the session under way). ``on_session(n, timing)``
         is called after each. Returns the stored record with ``pooled`` (as
-        :func:`lana.select.pool_timings`) and ``meets_budget``.
+        :func:`lana.search.select.pool_timings`) and ``meets_budget``.
         """
         from lana.latency.profile import measure_models
-        from lana.select import pool_timings
+        from lana.search.select import pool_timings
 
         budget = budget or self.config.search.budget
         sdir = self.student_dir(budget)

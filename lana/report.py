@@ -14,10 +14,10 @@ def _pct(x: float | None) -> str:
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
     """Teacher vs students: accuracy, measured latency, speed-up, budget check."""
-    # Imported here, as in print_search: lana.select brings in lana.config (pydantic),
+    # Imported here, as in print_search: lana.search.select brings in lana.config (pydantic),
     # which `lana search LIBRARY` (print_library_search) does not otherwise need.
     from lana.latency.spread import interval_text
-    from lana.select import budget_allowed_ms
+    from lana.search.select import budget_allowed_ms
 
     console = console or _out
     lat = summary["latency"]
@@ -64,7 +64,7 @@ def _num(value: float | None) -> str:
 
 def print_search(result: dict, console: Console | None = None) -> None:
     """The K students of the last search attempt, best (chosen) marked."""
-    from lana.select import explain
+    from lana.search.select import explain
 
     console = console or _out
     last = result["attempts"][-1]

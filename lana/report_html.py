@@ -32,7 +32,7 @@ from lana.errors import ArtifactError, LanaError
 from lana.io import atomic_write_bytes, read_json
 from lana.latency.spread import interval_of
 from lana.progress import duration
-from lana.select import budget_allowed_ms, explain
+from lana.search.select import budget_allowed_ms, explain
 from lana.stages import (
     CANDIDATES,
     CONFIG,
@@ -210,7 +210,7 @@ def _calibration(lat: dict | None) -> tuple[float, float]:
 
 
 def _calibration_text(cal: dict | float | None) -> str:
-    """The search's LUT correction: ``α·LUT + β`` (a dict from lana.select) or an older
+    """The search's LUT correction: ``α·LUT + β`` (a dict from lana.search.select) or an older
     run's plain measured/LUT ratio."""
     if isinstance(cal, dict):
         return f"α={cal.get('alpha', math.nan):.3f}, β={cal.get('beta', math.nan):.3g} ms"
@@ -402,8 +402,8 @@ def _sweep(run: RunFiles, points: int, baselines: Sequence[str]) -> Section:
         sec.notes.append(f"No library yet: run `lana profile {run.dir}` and "
                          f"`lana score {run.dir}` (the search writes library.json).")
         return sec
-    from lana.search import Library
-    from lana.sweep import sweep
+    from lana.search.solver import Library
+    from lana.search.sweep import sweep
 
     library = Library.from_dict(lib)
     left_out = [(layer["name"], spec) for layer in lib["layers"]

@@ -97,7 +97,7 @@ class _RunView:
         """The candidates phase 1 and the score stage leave out, judged from the latency
         and costs files as the directory holds them; None while either is not done."""
         from lana.pipeline import op_costs, stage_inputs
-        from lana.search import dominated
+        from lana.search.solver import dominated
 
         if self.candidates is None:
             return None
@@ -179,7 +179,7 @@ def _score(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 def _search(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     from lana.pipeline import stage_inputs
-    from lana.select import chosen_speedup
+    from lana.search.select import chosen_speedup
 
     state, srch = view.keyed(stage, tag, stage_inputs(view.config, stage.name))
     if state not in ("done", "stale"):
@@ -212,7 +212,7 @@ def _finetune(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 def _export(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     """The exported student's latency, and what ``lana verify`` measured since."""
-    from lana.select import median_speedup
+    from lana.search.select import median_speedup
 
     f_state, ft = view.checked["finetune", tag]
     state, ex = view.keyed(stage, tag, {"finetune": ft.get(KEY_FIELD)}

@@ -1,4 +1,4 @@
-"""Tests of lana.baselines: every solution meets every budget and never beats the ILP."""
+"""Tests of lana.search.baselines: every solution meets every budget and never beats the ILP."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import budgets_met
 
-from lana.baselines import BASELINES, evolution, greedy, random_search
 from lana.errors import ConfigError
-from lana.search import Budget, Layer, Library, Op, brute_force, minimum_reachable, solve
+from lana.search.baselines import BASELINES, evolution, greedy, random_search
+from lana.search.solver import Budget, Layer, Library, Op, brute_force, minimum_reachable, solve
 
 # Evaluation caps instead of wall time, so that results do not depend on machine load.
 EVALS = {"random": 300, "evolution": 300}
@@ -184,6 +184,6 @@ def test_no_budgets_means_best_score_per_layer() -> None:
 
 
 def test_search_modules_do_not_import_torch() -> None:
-    code = ("import lana.search, lana.baselines, lana.sweep, sys; "
+    code = ("import lana.search.solver, lana.search.baselines, lana.search.sweep, sys; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

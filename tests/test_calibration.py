@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lana.config import BudgetConfig, SearchConfig
-from lana.select import Calibration, fit_calibration, select
+from lana.search.select import Calibration, fit_calibration, select
 from tests.test_select import LATENCY, LIB, LUT, evaluate
 
 

@@ -17,7 +17,7 @@ from lana.distill.phase1 import weight_path
 from lana.latency.backends import BACKENDS
 from lana.pipeline import Run
 from lana.report_html import build_sections
-from lana.search import Library, dominated
+from lana.search.solver import Library, dominated
 from lana.status import run_status
 
 

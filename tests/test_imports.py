@@ -129,6 +129,12 @@ def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
     _python(f"""
         import contextlib, io, json, sys
 
+        import lana.search
+        assert "scipy" not in sys.modules  # the folder's names load on first use
+        from lana.search import Library, solve
+        assert solve is sys.modules["lana.search.solver"].solve, solve
+        assert Library is lana.search.Library is sys.modules["lana.search.library"].Library
+
         from lana.cli import main
 
         lib = {str(run_dir / "library.json")!r}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import random
 
-from lana.baselines import evolution, greedy, random_search
-from lana.search import Budget, Layer, Library, Op, solve
+from lana.search.baselines import evolution, greedy, random_search
+from lana.search.solver import Budget, Layer, Library, Op, solve
 
 
 def _library(seed: int = 3, n_layers: int = 14, n_ops: int = 7) -> Library:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lana import progress as progress_mod
-from lana.search import Library, solve
+from lana.search.solver import Library, solve
 
 
 def test_line_progress_total_can_shrink(capsys, monkeypatch) -> None:

@@ -1,4 +1,4 @@
-"""Tests of lana.search: the ILP against brute force on tiny random libraries, budget safety,
+"""Tests of lana.search.solver: the ILP against brute force on tiny random libraries, budget safety,
 diversity, infeasibility reporting, budget parsing and library (de)serialisation."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from conftest import budgets_met
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lana import milp
 from lana.errors import ConfigError, InfeasibleBudgetError, LanaError
-from lana.local_search import Dense, descend, tabu
-from lana.milp import Ilp
-from lana.problem import Problem
-from lana.search import (
+from lana.search import milp
+from lana.search.local_search import Dense, descend, tabu
+from lana.search.milp import Ilp
+from lana.search.problem import Problem
+from lana.search.solver import (
     Budget,
     Layer,
     Library,
@@ -673,7 +673,7 @@ def test_brute_force_refuses_large_spaces():
 
 
 def test_score_optimum_cost_takes_the_cheapest_of_equal_scores():
-    from lana.search import score_optimum_cost
+    from lana.search.solver import score_optimum_cost
 
     lib = Library.from_dict({"layers": [
         {"name": "a", "ops": [{"spec": "x", "score": 0.0, "cost": {"latency_ms": 3.0}},

@@ -10,8 +10,7 @@ import pytest
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
-from lana.search import Library
-from lana.select import (
+from lana.search.select import (
     Bracket,
     Selection,
     explain,
@@ -19,6 +18,7 @@ from lana.select import (
     select,
     time_until_decided,
 )
+from lana.search.solver import Library
 
 # 4 layers; per layer: teacher (slow, score 0), a mid op, identity-like fast op.
 LIB = Library.from_dict({"layers": [
@@ -379,7 +379,7 @@ def test_no_resolve_looser_than_the_best_scoring_architecture():
     """Where a cheaper candidate scores better than the teacher's own layer, the ILP's
     optimum is that cheap architecture at any looser budget: loosening would only time the
     same students again. The search stops there and says why the student is under budget."""
-    from lana.search import score_optimum_cost
+    from lana.search.solver import score_optimum_cost
 
     lib = Library.from_dict({"layers": [
         {"name": f"l{i}", "ops": [
@@ -406,7 +406,7 @@ def test_no_resolve_looser_than_the_best_scoring_architecture():
     assert explain(older) == explain(res)
     # Another cost column may rule the best-scoring architecture out: then the latency
     # ceiling stays the costliest architecture's and the search may loosen past it.
-    from lana.search import Budget
+    from lana.search.solver import Budget
 
     res = select(lib, LATENCY, BudgetConfig(latency_ms=4.0), 4.0, cfg(k=1), build=list,
                  measure=fake_device(0.0), evaluate=evaluate,

@@ -1,4 +1,4 @@
-"""Tests of lana.sweep (budget sweep, CSV, plot) and of `lana search` / `lana sweep` on a
+"""Tests of lana.search.sweep (budget sweep, CSV, plot) and of `lana search` / `lana sweep` on a
 library file."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from conftest import budgets_met
 
 from lana.cli import main
 from lana.errors import ConfigError
-from lana.search import Budget, Layer, Library, Op, minimum_reachable, solve
-from lana.sweep import budget_range, plot, sweep, write_csv
+from lana.search.solver import Budget, Layer, Library, Op, minimum_reachable, solve
+from lana.search.sweep import budget_range, plot, sweep, write_csv
 
 
 def random_library(seed: int, n_layers: int = 6, n_ops: int = 6) -> Library:
@@ -253,6 +253,6 @@ def test_cli_sweep_outputs_and_errors(lib_path: Path, tmp_path: Path,
 
 def test_cli_baseline_names_match_the_registry() -> None:
     from lana import cli
-    from lana.baselines import BASELINES
+    from lana.search.baselines import BASELINES
 
     assert set(cli.BASELINE_NAMES) == set(BASELINES)

@@ -182,7 +182,7 @@ def test_random_baseline_uses_its_budget():
     """Random search draws in a band under its LUT budget: a looser budget gives a costlier
     architecture (without the floor the effnet full run could not reach LANA's latency),
     and a budget past the costliest architecture still gives one."""
-    from lana.search import Layer, Library, Op, minimum_reachable
+    from lana.search.solver import Layer, Library, Op, minimum_reachable
 
     # Cheap ops score well here, as phase 1's low-loss identity-like ops often do: a
     # floorless best-of-random sits near the cheapest end whatever the budget.

@@ -1,7 +1,7 @@
 """The search's safety margin, from the spread of speed-ups measured on this machine.
 
 A student is selected when the median of its timings beside the teacher meets the budget
-less a margin (:mod:`lana.select`). A constant margin promises too much on a noisy machine
+less a margin (:mod:`lana.search.select`). A constant margin promises too much on a noisy machine
 and gives accuracy away on a quiet one. Instead, every network the search times more than
 once (a student's confirmation timings, the best student timed again beside each later
 solve) is a sample of how much one timing of the speed-up differs from the next on this

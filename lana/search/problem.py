@@ -1,6 +1,6 @@
 """The one problem model every search sees: a library under budgets as plain arrays.
 
-The ILP (:mod:`lana.search`) and the baselines (:mod:`lana.baselines`) both work on a
+The ILP (:mod:`lana.search.solver`) and the baselines (:mod:`lana.search.baselines`) both work on a
 :class:`Problem`: per-layer scores and budget cost columns, dense padded tables for moves
 that look at every (layer, op) pair at once, and the exact checks every reported solution
 passes. Keeping them in one place means a baseline and the ILP cannot disagree on what
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lana.budget import Budget
 from lana.errors import ConfigError
-from lana.library import Library, Solution
+from lana.search.budget import Budget
+from lana.search.library import Library, Solution
 
 __all__ = ["Problem", "normalize_budgets", "worst_total"]
 

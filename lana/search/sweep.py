@@ -2,7 +2,7 @@
 
 Budgets are spaced evenly between the cheapest reachable cost and the cost of the
 best-score architecture (above which a larger budget changes nothing). Baselines from
-:mod:`lana.baselines` can be run at the same budgets for comparison. Like the search it
+:mod:`lana.search.baselines` can be run at the same budgets for comparison. Like the search it
 needs no torch; matplotlib is imported only by :func:`plot`.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from lana.baselines import BASELINES
 from lana.errors import ConfigError
 from lana.io import atomic_write_bytes
-from lana.search import Budget, Layer, Library, Op, Solution, minimum_reachable, solve
+from lana.search.baselines import BASELINES
+from lana.search.solver import Budget, Layer, Library, Op, Solution, minimum_reachable, solve
 
 __all__ = ["budget_range", "plot", "sweep", "write_csv"]
 
@@ -102,7 +102,7 @@ def sweep(
 
     Returns one row per (method, budget), ILP rows first, budgets ascending:
     ``{"method", "budget", "score", "cost": {key: total}, "choices", "specs", "seconds"}``.
-    ``baselines`` names entries of :data:`lana.baselines.BASELINES` to run at the same
+    ``baselines`` names entries of :data:`lana.search.baselines.BASELINES` to run at the same
     budgets, each for ``baseline_time_limit`` seconds per point (default: as long as the ILP
     took there, at least 0.05 s); a baseline that finds nothing has ``score`` None.
     """

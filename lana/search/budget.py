@@ -1,6 +1,6 @@
 """A bound on a summed cost (``latency_ms<=5.0``), parsed without numpy or scipy.
 
-:mod:`lana.search` solves with budgets; they live here so that validating a config's
+:mod:`lana.search.solver` solves with budgets; they live here so that validating a config's
 ``search.extra_budgets`` loads neither the solver nor torch.
 """
 

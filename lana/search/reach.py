@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lana.budget import Budget
 from lana.errors import ConfigError, InfeasibleBudgetError
-from lana.library import Library
-from lana.problem import Problem, worst_total
+from lana.search.budget import Budget
+from lana.search.library import Library
+from lana.search.problem import Problem, worst_total
 
 __all__ = ["check_reachable", "conflict_error", "dominated", "minimum_reachable",
            "score_optimum_cost"]

@@ -1,8 +1,8 @@
 """Search baselines under the same budgets as the ILP: random, regularized evolution, greedy.
 
 They exist so that the ILP's advantage is measured, not assumed (the paper: ILP 79.3 vs
-random 76.4 top-1). Each takes a :class:`lana.search.Library`, budgets and a time limit and
-returns the best feasible :class:`lana.search.Solution` it found (or None). Like the ILP,
+random 76.4 top-1). Each takes a :class:`lana.search.solver.Library`, budgets and a time limit and
+returns the best feasible :class:`lana.search.solver.Solution` it found (or None). Like the ILP,
 they need only numpy, and like the ILP every solution they report meets every budget when
 its costs are summed with Python floats (``sum`` or ``math.fsum``).
 """
@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lana.budget import Budget
 from lana.errors import ConfigError
-from lana.library import Library, Solution
-from lana.problem import Problem
+from lana.search.budget import Budget
+from lana.search.library import Library, Solution
+from lana.search.problem import Problem
 
 __all__ = ["BASELINES", "evolution", "greedy", "random_search"]
 

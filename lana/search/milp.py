@@ -1,6 +1,6 @@
-"""The integer linear program behind :func:`lana.search.solve`, on HiGHS through scipy.
+"""The integer linear program behind :func:`lana.search.solver.solve`, on HiGHS through scipy.
 
-:class:`Ilp` reads only a :class:`lana.problem.Problem`'s plain data (per-layer score and
+:class:`Ilp` reads only a :class:`lana.search.problem.Problem`'s plain data (per-layer score and
 cost arrays, the budgets' operators and values): it scales them, prunes dominated ops and
 solves the exact and the diverse (overlap-bounded) programs; :func:`solve_feasible` repeats
 a solve until the answer meets every budget in exact float arithmetic. Needs only
@@ -20,8 +20,8 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import csr_matrix, vstack
 
 from lana.errors import LanaError
-from lana.local_search import Dense, local_search
-from lana.problem import Problem, worst_total
+from lana.search.local_search import Dense, local_search
+from lana.search.problem import Problem, worst_total
 
 __all__ = ["Ilp", "Model", "solve_feasible"]
 
@@ -320,7 +320,7 @@ class Ilp:
         node_limit: int | None,
         moves: int,
     ) -> tuple[list[int] | None, str]:
-        """One diverse solve (see the comment atop :mod:`lana.local_search`): (choices or None,
+        """One diverse solve (see the comment atop :mod:`lana.search.local_search`): (choices or None,
         outcome) with outcome "optimal" (proven within ``gap`` of the LP bound), "limit" (best found
         within ``moves`` local-search moves and ``node_limit`` branch-and-bound nodes),
         "timeout" or "infeasible". ``node_limit=None`` runs HiGHS until the gap is proven."""

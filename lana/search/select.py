@@ -1,6 +1,6 @@
 """Phase 2c in the pipeline: solve the ILP, then measure and rank the K students.
 
-The ILP sees only the library (plain numbers, :mod:`lana.search`). Here its solutions are
+The ILP sees only the library (plain numbers, :mod:`lana.search.solver`). Here its solutions are
 turned into networks: each of the K diverse solutions is assembled from phase-1 weights,
 evaluated on held-out data (BatchNorm in batch-statistics mode, as in the paper) and
 measured end to end. The best student that *measurably* meets the budget wins; when none
@@ -25,7 +25,7 @@ from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.latency.spread import MAX_MARGIN, SpreadMargin
 from lana.progress import log, progress
-from lana.search import (
+from lana.search.solver import (
     Budget,
     Library,
     SearchResult,

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from lana.budget import is_real
 from lana.errors import ConfigError
 from lana.io import read_json, write_json
+from lana.search.budget import is_real
 
 __all__ = ["Layer", "Library", "Op", "Solution"]
 

@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lana.budget import Budget, is_real
 from lana.errors import ConfigError, LanaError
-from lana.library import Layer, Library, Op, Solution
-from lana.milp import Ilp, solve_feasible
-from lana.problem import Problem, normalize_budgets
-from lana.reach import (
+from lana.search.budget import Budget, is_real
+from lana.search.library import Layer, Library, Op, Solution
+from lana.search.milp import Ilp, solve_feasible
+from lana.search.problem import Problem, normalize_budgets
+from lana.search.reach import (
     check_reachable,
     conflict_error,
     dominated,
