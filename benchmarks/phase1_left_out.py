@@ -36,7 +36,7 @@ def measure(family: str, scale: str, steps: int, threads: int) -> dict:
 
     from lana.distill.phase1 import UNTRAINED, distill
     from lana.errors import ArtifactError
-    from lana.pipeline import Run, op_costs, without
+    from lana.pipeline.runner import Run, op_costs, without
 
     run_dir = HERE / "work" / f"table3-{family}-{scale}" / "run"
     if not (run_dir / "latency.json").exists():
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         ap.error("--steps must be >= 1")
     from lana.errors import LanaError
-    from lana.io import read_json, write_json
+    from lana.pipeline.io import read_json, write_json
 
     try:
         res = measure(args.family, args.scale, args.steps, args.threads)

@@ -38,12 +38,12 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
     """One process of a measurement (under torchrun or alone): run phase 1, write stats."""
     import torch
 
-    from lana import dist
     from lana.config import DistillConfig
     from lana.distill.phase1 import distill, pending
     from lana.model.data import Data, synthetic_dataset
     from lana.model.decompose import decompose
     from lana.model.zoo import create_model
+    from lana.pipeline import dist
     from lana.space.ops import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
 
     rank, world = dist.init_from_env()

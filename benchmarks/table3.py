@@ -9,7 +9,7 @@ Usage (one command per family; re-run the same command after an interruption to 
 
 Needs the ``bench`` extra (``pip install -e .[bench]``: Torch-Pruning) and Fashion-MNIST
 (``apt-get install dataset-fashion-mnist``). Everything runs through lana's own pipeline
-(:class:`lana.pipeline.Run` in ``WORK/run``): the teacher (a timm definition, random init)
+(:class:`lana.pipeline.runner.Run` in ``WORK/run``): the teacher (a timm definition, random init)
 is trained by lana's teacher recipe, then phase 1, profile and score run once; every budget
 only re-runs search and fine-tuning in the same run directory. Rows of the table:
 
@@ -96,7 +96,7 @@ def lana_step(speedup: float, seed: int) -> str:
     """The step name of the LANA student at ``speedup`` for ``seed`` (``lana_<tag>_s<seed>``,
     the tag being the pipeline's folder name of the budget)."""
     from lana.config import BudgetConfig
-    from lana.pipeline import budget_tag
+    from lana.pipeline.runner import budget_tag
 
     return f"lana_{budget_tag(BudgetConfig(speedup=speedup))}_s{seed}"
 
@@ -214,7 +214,7 @@ class Steps:
             valid: Callable[[dict], bool] | None = None) -> dict:
         """``valid(cached)`` False: the cached result was made by an older method (or from
         an input that changed since) and is computed again."""
-        from lana.io import read_json, write_json
+        from lana.pipeline.io import read_json, write_json
 
         p = self.path(name)
         if p.exists():
@@ -232,7 +232,7 @@ class Steps:
         return res
 
     def all(self) -> dict[str, dict]:
-        from lana.io import read_json
+        from lana.pipeline.io import read_json
 
         return {p.stem: read_json(p) for p in sorted(self.root.glob("*.json"))}
 
@@ -241,7 +241,7 @@ def check_settings(work: Path, settings: dict) -> None:
     """Tie a work directory to the settings that made it: cached steps are only reused by
     the same settings (``WORK/bench.json``); other settings need another ``--work``."""
     from lana.errors import ConfigError
-    from lana.io import read_json, write_json
+    from lana.pipeline.io import read_json, write_json
 
     path = Path(work) / "bench.json"
     settings = json.loads(json.dumps(settings))
@@ -375,7 +375,7 @@ class Table3:
                  threads: int = 1, timing_windows: int = TIMING_WINDOWS,
                  timing_gap_s: float = TIMING_GAP_S) -> None:
         from lana.config import config_from_dict
-        from lana.pipeline import Run
+        from lana.pipeline.runner import Run
 
         self.family, self.scale, self.work, self.seeds = family, scale, work, seeds
         self.fam, self.sc = FAMILIES[family], SCALES[scale]
@@ -470,7 +470,7 @@ class Table3:
 
     def member(self, seed: int) -> dict:
         def go() -> dict:
-            from lana.io import save_tensors
+            from lana.pipeline.io import save_tensors
 
             m = self.member_model()
             stats = self.train(m, seed, f"member_s{seed}", recipe="teacher")
@@ -493,8 +493,8 @@ class Table3:
         budget = BudgetConfig(speedup=speedup)
 
         def go() -> dict:
-            from lana.io import save_tensors
             from lana.model.student import assemble
+            from lana.pipeline.io import save_tensors
 
             base = self.lana_search(speedup)
             if "infeasible" in base:
@@ -517,7 +517,7 @@ class Table3:
         architecture, or ``infeasible`` with the reason."""
         from lana.config import BudgetConfig
         from lana.errors import InfeasibleBudgetError
-        from lana.pipeline import budget_tag
+        from lana.pipeline.runner import budget_tag
 
         budget = BudgetConfig(speedup=speedup)
         tag = budget_tag(budget)
@@ -541,7 +541,7 @@ class Table3:
     def finetune_for(self, lana0: dict, epochs: float, name: str) -> dict:
         """Fine-tune the LANA student of ``lana0`` from its phase-1 weights (seed 0, the
         fine-tuning recipe) for ``epochs``; its weights are kept as ``models/<name>``."""
-        from lana.io import save_tensors
+        from lana.pipeline.io import save_tensors
 
         student = self.lana_student(lana0)
         stats = self.train(student, 0, name, epochs=epochs)
@@ -578,7 +578,7 @@ class Table3:
         search = self.random_match(lana0)
 
         def go() -> dict:
-            from lana.io import save_tensors
+            from lana.pipeline.io import save_tensors
 
             student = assemble(self.run.chain, search["choices"], self.run._load)
             before = self.test_acc(student)["accuracy"]
@@ -602,7 +602,7 @@ class Table3:
         layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
 
         def match() -> dict:
-            from lana.io import read_json
+            from lana.pipeline.io import read_json
             from lana.search.solver import Library
 
             lib = Library.from_dict(read_json(self.run.dir / "library.json"))
@@ -640,7 +640,7 @@ class Table3:
         search = self.prune_match(lana0)
 
         def go() -> dict:
-            from lana.io import save_tensors
+            from lana.pipeline.io import save_tensors
 
             model = self.pruned_model(search["ratio"])
             before = self.test_acc(model)["accuracy"]
@@ -677,8 +677,8 @@ class Table3:
 
     def kendall_step(self) -> dict:
         def go() -> dict:
-            from lana.io import read_json
             from lana.model.student import assemble
+            from lana.pipeline.io import read_json
             from lana.search.baselines import random_search
             from lana.search.solver import Budget, Library
             from lana.search.sweep import budget_range, sweep
@@ -724,7 +724,7 @@ class Table3:
         and 32, at least ``gap_s`` apart; see :data:`TIMING_WINDOWS`. Each session is
         stored as soon as it ends, so an interrupted timing keeps the sessions it has, and
         a later invocation with more ``windows`` adds sessions to the stored ones."""
-        from lana.io import read_json, write_json
+        from lana.pipeline.io import read_json, write_json
 
         names = sorted(methods)
         path_key = json.dumps(names)
@@ -779,8 +779,8 @@ class Table3:
 
     def final_model(self, name: str, info: dict):
         """Rebuild a method's seed-0 network from its stored weights."""
-        from lana.io import load_tensors
         from lana.model.student import assemble
+        from lana.pipeline.io import load_tensors
 
         kind = name.split("_")[0]
         if kind == "member":
@@ -854,7 +854,7 @@ def search_speedup(search_json: Path) -> float | None:
     missing)."""
     if not search_json.exists():
         return None
-    from lana.io import read_json
+    from lana.pipeline.io import read_json
     from lana.search.select import chosen_speedup
 
     return chosen_speedup(read_json(search_json))
@@ -1125,7 +1125,7 @@ Targets (issue 6):
     # The same numbers as plain data, for benchmarks/table3_summary.py (all families). Kept
     # in the repository beside RESULTS.md, not in the work directory: the summary must not
     # depend on work directories (hours of training each) surviving.
-    from lana.io import write_json
+    from lana.pipeline.io import write_json
 
     write_json(summary_path(fam, scale), {
         "family": fam, "scale": scale, "teacher": bench.fam["teacher"], "member": member,
@@ -1146,7 +1146,7 @@ def plot(rows: list[dict], b1: dict, path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lana.io import atomic_write_bytes
+    from lana.pipeline.io import atomic_write_bytes
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -1201,7 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
         print("table3 needs Torch-Pruning: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     from lana.errors import LanaError
-    from lana.io import run_lock
+    from lana.pipeline.io import run_lock
 
     cmd = f"python benchmarks/table3.py --family {args.family} --scale {args.scale}" + \
         (f" --work {args.work}" if args.work else "") + \

@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lana.errors import LanaError
     from lana.model.decompose import Chain, decompose
     from lana.model.student import load_student
-    from lana.pipeline import Run, run
-    from lana.status import run_status
+    from lana.pipeline.runner import Run, run
+    from lana.pipeline.status import run_status
 
 # Imported lazily so that `import lana.search` (the ILP) needs neither torch nor timm. No
 # public name is also the name of a subpackage or module of lana (tests/test_imports.py):
@@ -34,8 +34,8 @@ _LAZY = {
     "accelerate": "lana.api", "AccelerateResult": "lana.api",
     "Config": "lana.config", "load_config": "lana.config",
     "Chain": "lana.model.decompose", "decompose": "lana.model.decompose",
-    "LanaError": "lana.errors", "Run": "lana.pipeline", "run": "lana.pipeline",
-    "load_student": "lana.model.student", "run_status": "lana.status",
+    "LanaError": "lana.errors", "Run": "lana.pipeline.runner", "run": "lana.pipeline.runner",
+    "load_student": "lana.model.student", "run_status": "lana.pipeline.status",
 }
 
 

@@ -1,6 +1,6 @@
 """One call for notebooks: ``lana.accelerate(model, train_data, val_data, budget=2.0)``.
 
-It wraps :class:`lana.pipeline.Run` with the model's current weights as the teacher and the
+It wraps :class:`lana.pipeline.runner.Run` with the model's current weights as the teacher and the
 given datasets as the splits, runs every stage (resumable: call it again with the same
 ``out`` to continue), writes the HTML report and hands back the student as a module.
 """
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from lana.config import BudgetConfig, Config, config_from_dict, load_config
 from lana.errors import ConfigError
-from lana.stages import EXPORT, MODEL_DIR, REPORT_DIR, REPORT_HTML
+from lana.pipeline.stages import EXPORT, MODEL_DIR, REPORT_DIR, REPORT_HTML
 
 __all__ = ["AccelerateResult", "accelerate", "parse_budget"]
 
@@ -30,7 +30,7 @@ class AccelerateResult:
 
     ``student`` is the fine-tuned student (eval mode), ``summary`` the run's
     ``summary.json`` content, ``report`` the path of the HTML report, ``run_dir`` the run
-    directory and ``run`` the :class:`lana.pipeline.Run` (for other budgets: ``run.all(...)``).
+    directory and ``run`` the :class:`lana.pipeline.runner.Run` (for other budgets: ``run.all(...)``).
     """
 
     student: nn.Module
@@ -102,7 +102,7 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     when there is one). Everything is written to ``out`` and resumes from there.
     """
     from lana.model.data import Data, Splits, sample_shape
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -147,8 +147,8 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     run = Run(out, cfg, teacher=teacher, splits=splits)
     run.all(bud)
     summary = run.write_summary()
-    from lana.io import read_json
     from lana.model.student import load_student
+    from lana.pipeline.io import read_json
 
     sdir = run.student_dir(bud)
     export = read_json(sdir / EXPORT)

@@ -38,7 +38,7 @@ def demo(out: str | Path = "lana-demo", budget: BudgetConfig | None = None,
 
     ``device`` (auto, cpu, cuda, cuda:N) is where it trains; default: the config's (auto).
     """
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
     from lana.report import print_summary
     from lana.report_html import write_report
 

@@ -198,7 +198,7 @@ _STATE_STYLE = {"done": "green", "partial": "yellow", "stale": "yellow", "missin
 
 
 def print_status(status: dict, console: Console | None = None) -> None:
-    """A run directory's stages (:func:`lana.status.run_status`) as a table, then what a
+    """A run directory's stages (:func:`lana.pipeline.status.run_status`) as a table, then what a
     re-run would compute."""
     console = console or _out
     t = Table(title=f"lana status: {status['dir']} ({status['model']})")
@@ -227,7 +227,7 @@ def print_status(status: dict, console: Console | None = None) -> None:
 
 
 def print_verify(res: dict, console: Console | None = None) -> None:
-    """The timings of :meth:`lana.pipeline.Run.verify`: export's and every session's, then
+    """The timings of :meth:`lana.pipeline.runner.Run.verify`: export's and every session's, then
     the verdict on their median."""
     import time
 
@@ -267,7 +267,7 @@ def independent_line(s: dict) -> str:
 
 
 def print_independent(res: dict, console: Console | None = None) -> None:
-    """The windows of :meth:`lana.pipeline.Run.verify_independent`, one row each (its fresh
+    """The windows of :meth:`lana.pipeline.runner.Run.verify_independent`, one row each (its fresh
     process's pid, median ms over rounds, the range of the rounds' speed-ups, whether the
     budget holds), then the distribution over windows and the verdict on its median."""
     import time

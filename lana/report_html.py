@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from lana.errors import ArtifactError, LanaError
-from lana.io import atomic_write_bytes, read_json
 from lana.latency.spread import interval_of
-from lana.progress import duration
-from lana.search.select import budget_allowed_ms, explain
-from lana.stages import (
+from lana.pipeline.io import atomic_write_bytes, read_json
+from lana.pipeline.stages import (
     CANDIDATES,
     CONFIG,
     EXPORT,
@@ -50,6 +48,8 @@ from lana.stages import (
     TIMINGS,
     VERIFY,
 )
+from lana.progress import duration
+from lana.search.select import budget_allowed_ms, explain
 
 __all__ = ["REPORT_DIR", "RunFiles", "Section", "build_sections", "write_report"]
 
@@ -300,7 +300,7 @@ def _overview(run: RunFiles) -> Section:
 
 def _independent(run: RunFiles) -> Section:
     from lana.latency.independent import independent_summary
-    from lana.stages import TEACHER_ONNX
+    from lana.pipeline.stages import TEACHER_ONNX
 
     sec = Section("independent", "Timed independently",
                   f"`lana verify DIR --independent` times `{TEACHER_ONNX}` and each student's "

@@ -157,7 +157,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     (see ``run_copy``).
     """
     from lana.config import config_from_dict
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
 
     base = tmp_path_factory.mktemp("pipeline")
     cfg_dict = tiny_config_dict(base / "teacher-cache")

@@ -119,7 +119,7 @@ def test_the_budget_argument_replaces_the_configs(tmp_path: Path, monkeypatch, b
                                                   want) -> None:
     """A millisecond budget over a config whose budget is a speed-up (the default) is
     that budget alone, not both (which the config refuses)."""
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
 
     seen = {}
 

@@ -12,8 +12,8 @@ import lana.latency.timing
 from lana.cli import main
 from lana.config import BudgetConfig, config_from_dict
 from lana.errors import ArtifactError, ConfigError
-from lana.io import read_json, write_json
-from lana.pipeline import Run
+from lana.pipeline.io import read_json, write_json
+from lana.pipeline.runner import Run
 
 
 def _forbid(name: str):
@@ -75,7 +75,7 @@ def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypat
     chosen = res["chosen"]
     assert chosen["verified"] is False and chosen["latency_ms_measured"] is None
     assert chosen["latency_ms_predicted"] <= res["budget_ms"] * 1.0001
-    from lana.status import run_status
+    from lana.pipeline.status import run_status
 
     search_row = next(s for s in run_status(run_dir)["stages"]
                       if s["stage"] == "search" and s["budget"] == "speedup1.2")

@@ -13,7 +13,7 @@ import yaml
 
 import lana.distill.phase1
 import lana.distill.train
-import lana.pipeline
+import lana.pipeline.runner
 from lana.cli import main
 from lana.config import Config, config_from_dict
 
@@ -89,7 +89,7 @@ def test_interrupt_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     def interrupted(self, budget=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lana.pipeline.Run, "all", interrupted)
+    monkeypatch.setattr(lana.pipeline.runner.Run, "all", interrupted)
     cfg = _write(tmp_path / "cfg.yaml", tiny_config)
     assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 130
     assert "re-run the same command" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 from lana.config import BudgetConfig, LatencyConfig, config_from_dict
 from lana.errors import BackendUnavailableError, ConfigError
 from lana.latency.profile import extra_columns, static_costs
-from lana.pipeline import Run
+from lana.pipeline.runner import Run
 
 
 def test_extra_columns_parse() -> None:

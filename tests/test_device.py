@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import lana.dist as D
+import lana.pipeline.dist as D
 from lana.config import config_from_dict
 from lana.errors import ConfigError, LanaError
 
@@ -126,7 +126,7 @@ def test_gpu_phase1_matches_cpu(seq_chain, synthetic_splits, tmp_path) -> None:
     distillation losses agree. The chain is back on the CPU afterwards."""
     from lana.config import DistillConfig
     from lana.distill.phase1 import build_candidate, distill, weight_path
-    from lana.io import load_tensors
+    from lana.pipeline.io import load_tensors
 
     cfg = DistillConfig(steps=20, batch_size=16, checkpoint_every=8)
     cands = [["teacher", "identity", "ir_k3_e1"] for _ in seq_chain.layers]
@@ -151,8 +151,8 @@ def test_gpu_phase1_matches_cpu(seq_chain, synthetic_splits, tmp_path) -> None:
 def test_gpu_pipeline_end_to_end(tmp_path: Path, tiny_config: dict) -> None:
     """The tiny run with device: cuda; every stage finishes, the exported student is a CPU
     model measured by the CPU latency backend, and GPU memory is recorded."""
-    from lana.io import read_json
-    from lana.pipeline import Run
+    from lana.pipeline.io import read_json
+    from lana.pipeline.runner import Run
 
     cfg = config_from_dict({**tiny_config, "device": "cuda"})
     run = Run(tmp_path / "run", cfg)

@@ -15,10 +15,10 @@ import lana.latency.timing as L
 from lana.config import config_from_dict
 from lana.distill.phase1 import weight_path
 from lana.latency.backends import BACKENDS
-from lana.pipeline import Run
+from lana.pipeline.runner import Run
+from lana.pipeline.status import run_status
 from lana.report_html import build_sections
 from lana.search.solver import Library, dominated
-from lana.status import run_status
 
 
 def test_dominated_needs_every_column_at_least_the_teachers() -> None:

@@ -14,8 +14,8 @@ import lana
 from lana.cli import main
 from lana.config import DataConfig, config_from_dict
 from lana.errors import ConfigError
-from lana.io import read_json
 from lana.model.data import load_data
+from lana.pipeline.io import read_json
 
 DATASETS = textwrap.dedent('''
     import torch
@@ -174,7 +174,7 @@ def test_a_builder_that_does_not_fit(tmp_path: Path, fn: str, over: dict, needle
 
 
 def test_dataset_names_are_checked_and_edits_retrain(tmp_path: Path) -> None:
-    from lana.pipeline import Run, _locked
+    from lana.pipeline.runner import Run, _locked
 
     with pytest.raises(ConfigError, match="unknown dataset 'fashon-mnist' .did you mean "
                        "'fashion-mnist'.."):

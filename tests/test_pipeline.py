@@ -1,4 +1,4 @@
-"""End-to-end tests of lana.pipeline.Run on tiny synthetic data (one shared ~40 s run)."""
+"""End-to-end tests of lana.pipeline.runner.Run on tiny synthetic data (one shared ~40 s run)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import lana.space.ops
 from lana.config import BudgetConfig, config_from_dict
 from lana.distill.train import evaluate
 from lana.errors import ConfigError, InfeasibleBudgetError
-from lana.io import load_tensors, read_json
 from lana.model.student import assemble
-from lana.pipeline import Run, budget_tag
+from lana.pipeline.io import load_tensors, read_json
+from lana.pipeline.runner import Run, budget_tag
 from lana.space.ops import log10_space_size
 
 

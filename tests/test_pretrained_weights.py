@@ -13,7 +13,7 @@ from conftest import tiny_config_dict
 
 from lana.config import config_from_dict
 from lana.errors import ArtifactError
-from lana.io import save_tensors
+from lana.pipeline.io import save_tensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lite_weights  # noqa: E402
@@ -92,7 +92,7 @@ def test_teacher_training_starts_from_init_weights(tmp_path: Path) -> None:
     """ImageNet-style weights with another classifier: everything else is loaded before the
     teacher trains; the file's content (not its path) keys the teacher cache."""
     from lana.model.zoo import create_model
-    from lana.pipeline import Run, load_matching
+    from lana.pipeline.runner import Run, load_matching
 
     path, state = _pretrained_file(tmp_path, num_classes=1000)
     model = create_model("lana:tiny_effnet", num_classes=4, in_chans=1)
@@ -117,7 +117,7 @@ def test_teacher_training_starts_from_init_weights(tmp_path: Path) -> None:
 
 def test_teacher_init_errors_say_what_is_wrong(tmp_path: Path) -> None:
     from lana.model.zoo import create_model
-    from lana.pipeline import Run, load_matching
+    from lana.pipeline.runner import Run, load_matching
 
     cfg = tiny_config_dict(tmp_path / "cache")
     cfg["teacher_training"]["init"] = str(tmp_path / "missing.safetensors")

@@ -21,9 +21,9 @@ import yaml
 
 import lana.distill.phase1 as D
 from lana.cli import main
-from lana.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
 from lana.model.student import assemble
-from lana.pipeline import Run
+from lana.pipeline.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
+from lana.pipeline.runner import Run
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -348,7 +348,7 @@ def test_corrupt_files_are_named_and_recomputed_on_request(
 
 
 def test_checksum_sidecar_is_sha256sum_compatible(tmp_path: Path) -> None:
-    from lana.io import write_json
+    from lana.pipeline.io import write_json
 
     write_json(tmp_path / "a.json", {"x": 1})
     line = checksum_path(tmp_path / "a.json").read_text()
@@ -365,7 +365,7 @@ def test_second_process_is_locked_out_and_stale_lock_is_taken_over(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lana.io import run_lock\n"
+        [sys.executable, "-c", "import sys, time; from lana.pipeline.io import run_lock\n"
          f"with run_lock({str(run_dir)!r}):\n print('locked', flush=True); time.sleep(60)"],
         env=_env(), stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:

@@ -19,9 +19,9 @@ from conftest import tiny_config_dict
 
 from lana.cli import main
 from lana.config import config_from_dict
-from lana.io import CHECKSUM_SUFFIX, atomic_write_bytes, read_json
-from lana.pipeline import score_inputs, stage_inputs
-from lana.stages import (
+from lana.pipeline.io import CHECKSUM_SUFFIX, atomic_write_bytes, read_json
+from lana.pipeline.runner import score_inputs, stage_inputs
+from lana.pipeline.stages import (
     KEY_FIELD,
     LOCKED_SECTIONS,
     RUN_FILES,
@@ -31,7 +31,7 @@ from lana.stages import (
     STUDENTS_DIR,
     key_hash,
 )
-from lana.status import run_status
+from lana.pipeline.status import run_status
 
 # Captured from lana before the stage graph was declared as data (commit 01b1662): the keys
 # stamped into run directories made since. A different value here means existing runs would
@@ -224,7 +224,7 @@ def test_every_declared_file_of_a_finished_stage_exists(pipeline_run) -> None:
 
 def test_the_table_is_consistent() -> None:
     from lana.config import Config
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
 
     names = [s.name for s in STAGES]
     assert len(set(names)) == len(names) and set(STAGE) == set(names)
@@ -259,7 +259,7 @@ def test_key_hash_is_the_stored_hash() -> None:
 
 def test_the_stage_table_is_light() -> None:
     # `lana status` and the report read it: importing it must not pull in torch.
-    code = ("import sys, lana.stages, lana.status; "
-            "assert 'torch' not in sys.modules and 'lana.pipeline' not in sys.modules")
+    code = ("import sys, lana.pipeline.stages, lana.pipeline.status; "
+            "assert 'torch' not in sys.modules and 'lana.pipeline.runner' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})

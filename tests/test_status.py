@@ -12,8 +12,8 @@ from lana.cli import main
 from lana.config import config_from_dict
 from lana.distill.phase1 import UNTRAINED, weight_path
 from lana.errors import ConfigError
-from lana.io import atomic_write_bytes, read_json, run_lock, write_json
-from lana.status import run_status
+from lana.pipeline.io import atomic_write_bytes, read_json, run_lock, write_json
+from lana.pipeline.status import run_status
 
 
 def _states(status: dict) -> dict[tuple[str, str | None], str]:

@@ -11,7 +11,7 @@ from torch import nn
 from lana.config import FinetuneConfig, TeacherTrainingConfig
 from lana.distill.train import Recipe, evaluate, make_optimizer, train_classifier
 from lana.errors import LanaError, TrainingDivergedError
-from lana.pipeline import _settings
+from lana.pipeline.runner import _settings
 
 
 def _classifier(seed: int = 0) -> nn.Module:

@@ -10,8 +10,8 @@ import lana.latency.profile
 from lana.cli import main
 from lana.config import BudgetConfig
 from lana.errors import ArtifactError, ConfigError
-from lana.io import read_json, write_json
-from lana.pipeline import Run
+from lana.pipeline.io import read_json, write_json
+from lana.pipeline.runner import Run
 
 
 def _scripted(monkeypatch, timings: list[tuple[float, float]]):
@@ -60,7 +60,7 @@ def test_sessions_add_up_and_the_median_of_all_timings_decides(run_copy, monkeyp
     out = capsys.readouterr().out
     assert "OVER budget" in out and "median of 11 timings: student 0.9 ms" in out
     assert len(read_json(run_dir / "students" / "speedup1.5" / "verify.json")["sessions"]) == 8
-    from lana.status import run_status
+    from lana.pipeline.status import run_status
 
     export_row = next(s for s in run_status(run_dir)["stages"] if s["stage"] == "export")
     assert export_row["detail"].endswith("`lana verify`: 8 later session(s), median 1.11x")
@@ -127,8 +127,8 @@ def test_independent_verify_times_each_window_in_a_fresh_process(run_copy, monke
     import os
 
     from lana.latency.independent import independent_summary
+    from lana.pipeline.status import run_status
     from lana.report_html import write_report
-    from lana.status import run_status
 
     run_dir, _ = run_copy
     # None of lana's measuring code may time anything in this process either.

@@ -23,21 +23,28 @@ import torch
 from torch import nn
 
 from lana.config import DistillConfig
-from lana.dist import maybe_kill
 from lana.distill.train import cosine_lr, placed
 from lana.errors import ArtifactError
-from lana.io import checksum_path, file_lock, load_tensors, read_json, save_tensors, write_json
 from lana.model.data import Data
 from lana.model.decompose import Chain
-from lana.progress import log, progress
-from lana.space.ops import build_op
-from lana.stages import (
+from lana.pipeline.dist import maybe_kill
+from lana.pipeline.io import (
+    checksum_path,
+    file_lock,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
+from lana.pipeline.stages import (
     DISTILL_CHECKPOINTS,
     DISTILL_INDEX,
     DISTILL_INDEX_LOCK,
     distill_checkpoint,
     distill_weights,
 )
+from lana.progress import log, progress
+from lana.space.ops import build_op
 
 # Ops whose weights are not learned in phase 1: the teacher's own layer and identity.
 UNTRAINED = ("teacher", "identity")
@@ -326,7 +333,7 @@ def _save_checkpoint(path: Path, step: int, ema: list[float], modules: nn.Module
                      opt: torch.optim.Optimizer, sched, members) -> None:
     import io
 
-    from lana.io import atomic_write_bytes
+    from lana.pipeline.io import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({"step": step, "ema": ema, "members": [list(m) for m in members],

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lana.errors import ArtifactError, ConfigError, LanaError
-from lana.io import read_json, write_json
+from lana.pipeline.io import read_json, write_json
+from lana.pipeline.stages import EXPORT, SUMMARY, TEACHER_ONNX, VERIFY
 from lana.progress import log
-from lana.stages import EXPORT, SUMMARY, TEACHER_ONNX, VERIFY
 
 if TYPE_CHECKING:  # pragma: no cover
     from lana.config import BudgetConfig
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
 
 #: Timed rounds per window; each network runs about ``12 * latency.max_seconds`` in all
 #: per window, as in export's check, spread over the rounds.

@@ -20,9 +20,7 @@ from torch import nn
 # extra_columns is re-exported: it lived here before config validation needed it torch-free.
 from lana.config import LatencyConfig
 from lana.config import extra_columns as extra_columns
-from lana.dist import maybe_kill
 from lana.errors import ArtifactError, ConfigError
-from lana.io import atomic_write_bytes, read_json, write_json
 from lana.latency.timing import (
     E2E_ROUNDS,
     DriftMonitor,
@@ -38,6 +36,8 @@ from lana.latency.timing import (
     reference_baseline,
 )
 from lana.model.decompose import Chain
+from lana.pipeline.dist import maybe_kill
+from lana.pipeline.io import atomic_write_bytes, read_json, write_json
 from lana.progress import log, progress
 
 BUNDLE_FORMAT = "lana-bundle/1"

@@ -113,7 +113,6 @@ import torch
 from torch import nn
 
 from lana.errors import ArtifactError, ConfigError, LanaError
-from lana.io import read_json, write_json
 from lana.latency.backends import (
     BACKENDS,
     Backend,
@@ -125,6 +124,7 @@ from lana.latency.backends import (
     get_backend,
     inference_form,
 )
+from lana.pipeline.io import read_json, write_json
 
 __all__ = [
     "BACKENDS",

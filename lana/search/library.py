@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from lana.errors import ConfigError
-from lana.io import read_json, write_json
+from lana.pipeline.io import read_json, write_json
 from lana.search.budget import is_real
 
 __all__ = ["Layer", "Library", "Op", "Solution"]

@@ -684,7 +684,7 @@ def _looser_budget(points: list[tuple[float, float]], chosen: dict, layer_budget
 
 
 def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
-    """:func:`select` wired to a :class:`lana.pipeline.Run` (real networks and timings)."""
+    """:func:`select` wired to a :class:`lana.pipeline.runner.Run` (real networks and timings)."""
     from lana.distill.train import evaluate
     from lana.latency.profile import measure_models
     from lana.model.student import assemble

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lana.errors import ConfigError
-from lana.io import atomic_write_bytes
+from lana.pipeline.io import atomic_write_bytes
 from lana.search.baselines import BASELINES
 from lana.search.solver import Budget, Layer, Library, Op, Solution, minimum_reachable, solve
 

@@ -1,7 +1,7 @@
 """The LANA pipeline over a run directory: every stage reads and writes plain files there.
 
 The stages, their files and what their keys depend on are declared once in
-:mod:`lana.stages`; docs/run-directory.md describes every file. A stage whose output exists
+:mod:`lana.pipeline.stages`; docs/run-directory.md describes every file. A stage whose output exists
 is skipped, so an interrupted ``lana run`` resumes, and a new budget re-runs only the
 search, fine-tuning and export for that budget.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lana import dist as D
 from lana.config import (
     BudgetConfig,
     Config,
@@ -29,14 +28,6 @@ from lana.config import (
     load_config,
 )
 from lana.errors import ArtifactError, ConfigError, InfeasibleBudgetError
-from lana.io import (
-    file_digest,
-    load_state_dict,
-    load_tensors,
-    read_json,
-    save_tensors,
-    write_json,
-)
 from lana.latency.backends import deploy_env
 from lana.latency.independent import independent_summary
 from lana.latency.spread import interval_of
@@ -44,8 +35,16 @@ from lana.model.data import Splits, load_data
 from lana.model.decompose import Chain, decompose
 from lana.model.usercode import code_digest
 from lana.model.zoo import SOURCES, source_digest
-from lana.progress import log
-from lana.stages import (
+from lana.pipeline import dist as D
+from lana.pipeline.io import (
+    file_digest,
+    load_state_dict,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
+from lana.pipeline.stages import (
     CANDIDATES,
     CONFIG,
     COSTS,
@@ -77,6 +76,7 @@ from lana.stages import (
     key_hash,
     student_dir,
 )
+from lana.progress import log
 
 SUMMARY_FORMAT = "lana-summary/1"
 
@@ -144,7 +144,7 @@ def _locked(config: Config, section: str):
 
 def stage_inputs(config: Config, stage: str) -> dict:
     """The settings a stage's result depends on (``profile``, ``score``, ``search`` or
-    ``finetune``: the config sections :data:`lana.stages.STAGES` declares for it); their
+    ``finetune``: the config sections :data:`lana.pipeline.stages.STAGES` declares for it); their
     hash keys the stage's file, so a change recomputes it."""
     sections = STAGE[stage].sections
     if not sections:
@@ -213,7 +213,7 @@ class Run:
                         "(search, latency and fine-tuning settings may change freely).")
         self.config = config
         self.dir.mkdir(parents=True, exist_ok=True)
-        from lana.io import atomic_write_bytes
+        from lana.pipeline.io import atomic_write_bytes
 
         if D.is_main():  # under torchrun, rank 0 alone writes shared artifacts
             atomic_write_bytes(cfg_path, config.to_yaml().encode())
@@ -230,7 +230,7 @@ class Run:
     @cached_property
     def device(self) -> torch.device:
         """Where this process trains and evaluates (the config's ``device``, resolved once:
-        see :func:`lana.dist.resolve_device`)."""
+        see :func:`lana.pipeline.dist.resolve_device`)."""
         dev = D.resolve_device(self.config.device)
         if dev.type == "cuda" and D.is_main():
             log(f"training and evaluation on {dev} ({torch.cuda.get_device_name(dev)})")
@@ -733,8 +733,8 @@ class Run:
         """``teacher/model.onnx``: the teacher exported exactly as the students'
         ``model/model.onnx`` (:func:`lana.model.student.onnx_bytes`), written once per run,
         atomically, and again only when missing. Returns its path."""
-        from lana.io import atomic_write_bytes
         from lana.model.student import onnx_bytes
+        from lana.pipeline.io import atomic_write_bytes
 
         path = self.dir / TEACHER_ONNX
         if not path.exists() and D.is_main():
@@ -887,7 +887,7 @@ class Run:
             self.finetune(budget)
             D.on_main(lambda: self.export(budget))
             return read_json(self.dir / SUMMARY)
-        # The steps of lana.stages, in order; each is the method of its name.
+        # The steps of lana.pipeline.stages, in order; each is the method of its name.
         for stage in STEPS:
             step = getattr(self, stage.name)
             if stage.per_budget:
@@ -1000,7 +1000,7 @@ def run(config: Config | dict | str | os.PathLike, out: str | Path,
         config = config_from_dict(config)
     elif not isinstance(config, Config):
         config = load_config(config)
-    from lana.io import run_lock
+    from lana.pipeline.io import run_lock
 
     with run_lock(out):
         return Run(out, config).all(budget)

@@ -5,7 +5,7 @@ A run that crashed, was stopped, or had its settings changed resumes from its di
 this module says how far it got without loading data or training anything: every stage's
 file is checked against the settings in ``DIR/config.yaml`` (the key the stage would
 recompute under) and against its checksum. The stages, their files and their order are
-:data:`lana.stages.STEPS`; what is said about each is here.
+:data:`lana.pipeline.stages.STEPS`; what is said about each is here.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lana.errors import ArtifactError
-from lana.progress import duration
-from lana.stages import (
+from lana.pipeline.stages import (
     CANDIDATES,
     CONFIG,
     DISTILL_CHECKPOINTS,
@@ -34,6 +33,7 @@ from lana.stages import (
     Stage,
     key_hash,
 )
+from lana.progress import duration
 
 #: The states a stage can be in, as ``run_status`` reports them.
 STATES = ("done", "partial", "stale", "missing", "corrupt")
@@ -41,7 +41,7 @@ STATES = ("done", "partial", "stale", "missing", "corrupt")
 
 def _read(path: Path) -> tuple[str, Any]:
     """("missing" | "corrupt" | "ok", the JSON or the error message)."""
-    from lana.io import read_json
+    from lana.pipeline.io import read_json
 
     if not path.exists():
         return "missing", None
@@ -96,7 +96,7 @@ class _RunView:
     def left_out(self) -> list[list[str]] | None:
         """The candidates phase 1 and the score stage leave out, judged from the latency
         and costs files as the directory holds them; None while either is not done."""
-        from lana.pipeline import op_costs, stage_inputs
+        from lana.pipeline.runner import op_costs, stage_inputs
         from lana.search.solver import dominated
 
         if self.candidates is None:
@@ -133,7 +133,7 @@ def _prepare(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _profile(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline import stage_inputs
+    from lana.pipeline.runner import stage_inputs
 
     state, data = view.keyed(stage, tag, stage_inputs(view.config, stage.name))
     return _Check(state, f"teacher {data['teacher_measured_ms']:.4g} ms measured, "
@@ -145,7 +145,7 @@ def _distill(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     """One weight file per trained candidate, but for those left out (which the latency
     tells, once measured)."""
     from lana.distill.phase1 import UNTRAINED, pending
-    from lana.pipeline import without
+    from lana.pipeline.runner import without
 
     candidates, left_out = view.candidates, view.left_out
     if candidates is None:
@@ -168,7 +168,7 @@ def _distill(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _score(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline import score_inputs
+    from lana.pipeline.runner import score_inputs
 
     state, data = view.keyed(stage, tag, score_inputs(
         view.config, view.left_out or [[] for _ in view.candidates or []]))
@@ -178,7 +178,7 @@ def _score(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _search(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline import stage_inputs
+    from lana.pipeline.runner import stage_inputs
     from lana.search.select import chosen_speedup
 
     state, srch = view.keyed(stage, tag, stage_inputs(view.config, stage.name))
@@ -199,7 +199,7 @@ def _search(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _finetune(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline import stage_inputs
+    from lana.pipeline.runner import stage_inputs
 
     s_state, srch = view.checked["search", tag]
     chosen = srch.get("chosen") if s_state == "done" else None
@@ -238,7 +238,7 @@ def _export(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     return _Check(state, detail)
 
 
-#: What ``lana status`` says about each step of :data:`lana.stages.STEPS`.
+#: What ``lana status`` says about each step of :data:`lana.pipeline.stages.STEPS`.
 _CHECKS: dict[str, Callable[[_RunView, Stage, str | None], _Check]] = {
     "prepare": _prepare, "profile": _profile, "distill": _distill, "score": _score,
     "search": _search, "finetune": _finetune, "export": _export}
@@ -246,7 +246,7 @@ _CHECKS: dict[str, Callable[[_RunView, Stage, str | None], _Check]] = {
 
 def _budgets(d: Path, config) -> dict:
     """Budget tag -> budget: the configured one first, then every one the directory holds."""
-    from lana.pipeline import budget_from_tag, budget_tag
+    from lana.pipeline.runner import budget_from_tag, budget_tag
 
     tags = {budget_tag(config.search.budget): config.search.budget}
     for sdir in sorted((d / STUDENTS_DIR).glob("*")):
@@ -281,7 +281,7 @@ def run_status(run_dir: str | Path) -> dict:
     """
     from lana.config import load_config
     from lana.errors import ConfigError
-    from lana.io import lock_holder
+    from lana.pipeline.io import lock_holder
 
     d = Path(run_dir)
     if not (d / CONFIG).is_file():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lana.errors import ArtifactError, LanaError
-from lana.stages import LOCK
+from lana.pipeline.stages import LOCK
 
 CHECKSUM_SUFFIX = ".sha256"
 

@@ -1,7 +1,7 @@
 """The stage graph of a LANA run and the layout of its run directory, defined once, as data.
 
-Every reader shares this table: :mod:`lana.pipeline` keys its stages' files with the config
-sections declared here and runs the steps in this order, :mod:`lana.status` reports them
+Every reader shares this table: :mod:`lana.pipeline.runner` keys its stages' files with the config
+sections declared here and runs the steps in this order, :mod:`lana.pipeline.status` reports them
 stage by stage, and :mod:`lana.report_html` finds their files by these names
 (docs/run-directory.md says what each file holds). It is plain data, importing neither
 torch nor the pipeline, so any module may read it without a cycle or a heavy import.
@@ -78,7 +78,7 @@ RUN_FILES = (CONFIG, TIMINGS, MEMORY, SUMMARY, LOCK, f"{REPORT_DIR}/*", TEACHER_
 
 def student_dir(run_dir: str | Path, tag: str) -> Path:
     """``DIR/students/<tag>``: the folder of one budget's search, fine-tuning and export
-    (``tag`` as :func:`lana.pipeline.budget_tag` names it)."""
+    (``tag`` as :func:`lana.pipeline.runner.budget_tag` names it)."""
     return Path(run_dir) / STUDENTS_DIR / tag
 
 
