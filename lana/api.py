@@ -156,7 +156,7 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     student = load_student(sdir / MODEL_DIR, teacher=copy.deepcopy(model))
     report_path = Path(out) / REPORT_DIR / REPORT_HTML
     if report:
-        from lana.report_html import write_report
+        from lana.report.html import write_report
 
         report_path = write_report(out)
     return AccelerateResult(student=student, summary=summary, report=report_path,

@@ -165,7 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from lana.config import load_config
     from lana.pipeline import dist
     from lana.pipeline.runner import Run
-    from lana.report import print_summary
+    from lana.report.terminal import print_summary
 
     config = _with_device(load_config(args.config), args.device)
     with _dir_lock(Path(args.out), args.recompute_corrupt, create=True):
@@ -300,7 +300,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     _, result = _in_run(args, lambda run, budget: dist.on_main(lambda: run.search(budget)))
     if dist.is_main():
-        from lana.report import print_search
+        from lana.report.terminal import print_search
 
         print_search(result)
     return 0
@@ -330,7 +330,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     run, _ = _in_run(args, lambda run, budget: dist.on_main(lambda: run.export(budget)))
     if dist.is_main():
-        from lana.report import print_summary
+        from lana.report.terminal import print_summary
 
         print_summary(run.write_summary())
         _print_report(run.dir)
@@ -386,7 +386,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 @_command("sweep", "Pareto front of a library: the ILP at evenly spaced budgets on one cost, "
           "as CSV and a plot", _sweep_args)
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from lana.report import print_sweep
+    from lana.report.terminal import print_sweep
     from lana.search.solver import Library
     from lana.search.sweep import plot, sweep, write_csv
 
@@ -419,7 +419,7 @@ def _list_models_args(p: argparse.ArgumentParser) -> None:
 @_command("list-models", "supported teacher families; with --model, its layers and "
           "candidate counts", _list_models_args)
 def _cmd_list_models(args: argparse.Namespace) -> int:
-    from lana.report import print_families, print_model_space
+    from lana.report.terminal import print_families, print_model_space
 
     if args.model:
         print_model_space(args.model, args.input, args.config)
@@ -438,7 +438,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 @_command("report", "write DIR/report/report.html (self-contained, with plots) and report.md "
           "from a run directory", _report_args)
 def _cmd_report(args: argparse.Namespace) -> int:
-    from lana.report_html import write_report
+    from lana.report.html import write_report
 
     print(f"report: {write_report(args.dir, args.out, sweep_points=args.points)}")
     return 0
@@ -455,7 +455,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from lana.pipeline.status import run_status
-    from lana.report import print_status
+    from lana.report.terminal import print_status
 
     status = run_status(args.dir)
     if args.json:
@@ -510,7 +510,7 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
     with --recompute-corrupt, move corrupt files aside before any stage reads them."""
     from lana.pipeline import dist
     from lana.pipeline.io import run_lock, verify_tree
-    from lana.progress import log
+    from lana.report.progress import log
 
     def check() -> None:
         if recompute_corrupt and run_dir.is_dir():
@@ -536,8 +536,8 @@ def _check_verify_args(option: str, count: int, gap: float) -> None:
 
 
 def _verify(run, budget, sessions: int, gap: float) -> int:
-    from lana.progress import log
-    from lana.report import print_verify
+    from lana.report.progress import log
+    from lana.report.terminal import print_verify
 
     _check_verify_args("--sessions", sessions, gap)
     res = run.verify(budget, sessions, gap, on_session=lambda n, t: log(
@@ -548,8 +548,8 @@ def _verify(run, budget, sessions: int, gap: float) -> int:
 
 
 def _verify_independent(run, budget, windows: int | None, gap: float) -> int:
-    from lana.progress import log
-    from lana.report import print_independent
+    from lana.report.progress import log
+    from lana.report.terminal import print_independent
 
     windows = 3 if windows is None else windows
     _check_verify_args("--windows", windows, gap)
@@ -579,7 +579,7 @@ def _profile_bundle(args: argparse.Namespace) -> int:
 
 def _print_report(run_dir: str | Path) -> None:
     """Write the HTML/Markdown report of a finished run and say where it is."""
-    from lana.report_html import write_report
+    from lana.report.html import write_report
 
     print(f"report: {write_report(run_dir)}")
 
@@ -596,7 +596,7 @@ def _library_search(args: argparse.Namespace) -> int:
     import time
 
     from lana.pipeline.io import write_json
-    from lana.report import print_library_search
+    from lana.report.terminal import print_library_search
     from lana.search.solver import Budget, Library, SearchResult, minimum_reachable, solve
 
     if args.speedup is not None or args.latency_ms is not None:

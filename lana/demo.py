@@ -39,8 +39,8 @@ def demo(out: str | Path = "lana-demo", budget: BudgetConfig | None = None,
     ``device`` (auto, cpu, cuda, cuda:N) is where it trains; default: the config's (auto).
     """
     from lana.pipeline.runner import Run
-    from lana.report import print_summary
-    from lana.report_html import write_report
+    from lana.report.html import write_report
+    from lana.report.terminal import print_summary
 
     cfg = demo_config()
     if device is not None:

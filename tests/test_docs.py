@@ -337,7 +337,7 @@ def test_readme_python_blocks_all_run() -> None:
                 f"README.md:{line}: a Python block with no test that runs it")
 
 
-# --- the terminal table in the README: what lana.report.print_summary prints
+# --- the terminal table in the README: what lana.report.terminal.print_summary prints
 
 DEMO_SUMMARY = {  # the `lana demo` run of benchmarks/RESULTS.md ("lana demo", 2026-11-29)
     "teacher": {"name": "lana:tiny_effnet", "accuracy": 0.8309, "latency_ms": 0.2899},
@@ -354,7 +354,7 @@ DEMO_SUMMARY = {  # the `lana demo` run of benchmarks/RESULTS.md ("lana demo", 2
 def test_readme_terminal_table_is_what_lana_prints() -> None:
     from rich.console import Console
 
-    from lana.report import print_summary
+    from lana.report.terminal import print_summary
 
     (body,) = [b for lang, b, _ in _fenced(README) if lang == "text"]
     buf = io.StringIO()

@@ -17,7 +17,7 @@ from lana.distill.phase1 import weight_path
 from lana.latency.backends import BACKENDS
 from lana.pipeline.runner import Run
 from lana.pipeline.status import run_status
-from lana.report_html import build_sections
+from lana.report.html import build_sections
 from lana.search.solver import Library, dominated
 
 

@@ -16,7 +16,7 @@ from scipy.stats import kendalltau
 from lana.cli import main
 from lana.errors import ArtifactError
 from lana.pipeline.io import read_json
-from lana.report_html import build_sections, write_report
+from lana.report.html import build_sections, write_report
 
 PLOTS = {"accuracy_latency.png", "sweep.png", "layers_speedup1.5.png",
          "predicted_measured.png", "score_loss.png", "timings.png"}
@@ -239,7 +239,7 @@ def test_cli_export_prints_the_table_and_writes_the_report(run_copy, capsys) -> 
 def test_summary_table_tells_the_deployment_environment() -> None:
     from rich.console import Console
 
-    from lana.report import print_summary
+    from lana.report.terminal import print_summary
 
     summary = {"teacher": {"name": "t", "accuracy": 0.9, "latency_ms": 2.0},
                "latency": {"backend": "torch", "batch_size": 1, "threads": 1,
@@ -260,7 +260,7 @@ def test_summary_table_shows_the_budget_the_check_used() -> None:
     shows 0.48 ms next to the measured 0.43 ms and "yes", not 0.39 ms."""
     from rich.console import Console
 
-    from lana.report import print_summary
+    from lana.report.terminal import print_summary
     from lana.search.select import budget_allowed_ms
 
     student = {"budget": {"speedup": 2.0}, "budget_ms": 0.388, "latency_ms_predicted": 0.375,

@@ -346,7 +346,7 @@ def test_explain_says_why_a_student_sits_well_under_its_budget():
     # `lana search` prints it under its table
     from rich.console import Console
 
-    from lana.report import print_search
+    from lana.report.terminal import print_search
 
     console = Console(record=True, width=300)
     print_search(res, console)

@@ -10,7 +10,7 @@ from test_select import LATENCY, LIB, LUT, evaluate
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.latency.spread import MAX_MARGIN, MIN_MARGIN, SpreadMargin, interval_of, interval_text
-from lana.report import print_summary
+from lana.report.terminal import print_summary
 from lana.search.select import select
 
 

@@ -128,7 +128,7 @@ def test_independent_verify_times_each_window_in_a_fresh_process(run_copy, monke
 
     from lana.latency.independent import independent_summary
     from lana.pipeline.status import run_status
-    from lana.report_html import write_report
+    from lana.report.html import write_report
 
     run_dir, _ = run_copy
     # None of lana's measuring code may time anything in this process either.

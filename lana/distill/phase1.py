@@ -43,7 +43,7 @@ from lana.pipeline.stages import (
     distill_checkpoint,
     distill_weights,
 )
-from lana.progress import log, progress
+from lana.report.progress import log, progress
 from lana.space.ops import build_op
 
 # Ops whose weights are not learned in phase 1: the teacher's own layer and identity.

@@ -19,7 +19,7 @@ from torch import nn
 from lana.distill.train import placed
 from lana.model.data import Data
 from lana.model.decompose import Chain
-from lana.progress import progress
+from lana.report.progress import progress
 
 LoadFn = Callable[[int, str], nn.Module]
 

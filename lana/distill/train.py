@@ -17,7 +17,7 @@ from torch import nn
 
 from lana.model.data import Data
 from lana.pipeline.io import atomic_write_bytes, checksum_path, verify_bytes
-from lana.progress import log, progress
+from lana.report.progress import log, progress
 
 if TYPE_CHECKING:
     from lana.config import FinetuneConfig, TeacherTrainingConfig

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from lana.errors import ArtifactError, ConfigError, LanaError
 from lana.pipeline.io import read_json, write_json
 from lana.pipeline.stages import EXPORT, SUMMARY, TEACHER_ONNX, VERIFY
-from lana.progress import log
+from lana.report.progress import log
 
 if TYPE_CHECKING:  # pragma: no cover
     from lana.config import BudgetConfig

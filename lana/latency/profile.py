@@ -38,7 +38,7 @@ from lana.latency.timing import (
 from lana.model.decompose import Chain
 from lana.pipeline.dist import maybe_kill
 from lana.pipeline.io import atomic_write_bytes, read_json, write_json
-from lana.progress import log, progress
+from lana.report.progress import log, progress
 
 BUNDLE_FORMAT = "lana-bundle/1"
 

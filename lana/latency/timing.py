@@ -532,7 +532,7 @@ def measure_interleaved(
     example = torch.randn(shape, generator=gen).to(DTYPES[settings.dtype])
     medians: dict[str, list[float]] = {name: [] for name in modules}
     last: dict[str, Measurement] = {}
-    from lana.progress import progress
+    from lana.report.progress import progress
 
     bars = progress() if description else contextlib.nullcontext()
     # torch's thread pool is pinned even for non-torch backends: it is idle then, and

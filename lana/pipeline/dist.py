@@ -80,7 +80,7 @@ def resolve_device(spec: str = "auto"):
         if gpus == 0:
             return torch.device("cpu")
         if gpus < per_node:
-            from lana.progress import log
+            from lana.report.progress import log
 
             log(f"[yellow]device auto: {per_node} processes on this node but {gpus} "
                 "GPU(s); training on the CPUs (start at most one process per GPU, or set "

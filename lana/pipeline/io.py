@@ -387,7 +387,7 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     old = _lock_holder(path)
     if old.get("pid") and old.get("host") == socket.gethostname() \
             and not _pid_alive(int(old["pid"])):
-        from lana.progress import log
+        from lana.report.progress import log
 
         log(f"[yellow]{path}: taking over the lock of pid {old['pid']}, which is no longer "
             "running[/yellow]")

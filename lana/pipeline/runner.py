@@ -76,7 +76,7 @@ from lana.pipeline.stages import (
     key_hash,
     student_dir,
 )
-from lana.progress import log
+from lana.report.progress import log
 
 SUMMARY_FORMAT = "lana-summary/1"
 

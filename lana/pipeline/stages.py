@@ -2,7 +2,7 @@
 
 Every reader shares this table: :mod:`lana.pipeline.runner` keys its stages' files with the config
 sections declared here and runs the steps in this order, :mod:`lana.pipeline.status` reports them
-stage by stage, and :mod:`lana.report_html` finds their files by these names
+stage by stage, and :mod:`lana.report.html` finds their files by these names
 (docs/run-directory.md says what each file holds). It is plain data, importing neither
 torch nor the pipeline, so any module may read it without a cycle or a heavy import.
 

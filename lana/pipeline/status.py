@@ -33,7 +33,7 @@ from lana.pipeline.stages import (
     Stage,
     key_hash,
 )
-from lana.progress import duration
+from lana.report.progress import duration
 
 #: The states a stage can be in, as ``run_status`` reports them.
 STATES = ("done", "partial", "stale", "missing", "corrupt")

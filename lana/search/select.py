@@ -24,7 +24,7 @@ from typing import Any
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
 from lana.latency.spread import MAX_MARGIN, SpreadMargin
-from lana.progress import log, progress
+from lana.report.progress import log, progress
 from lana.search.solver import (
     Budget,
     Library,

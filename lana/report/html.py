@@ -48,7 +48,7 @@ from lana.pipeline.stages import (
     TIMINGS,
     VERIFY,
 )
-from lana.progress import duration
+from lana.report.progress import duration
 from lana.search.select import budget_allowed_ms, explain
 
 __all__ = ["REPORT_DIR", "RunFiles", "Section", "build_sections", "write_report"]
