@@ -9,7 +9,7 @@ import pytest
 
 import lana.latency.profile
 import lana.latency.timing
-from lana.cli import main
+from lana.cli.commands import main
 from lana.config import BudgetConfig, config_from_dict
 from lana.errors import ArtifactError, ConfigError
 from lana.pipeline.io import read_json, write_json

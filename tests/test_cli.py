@@ -14,7 +14,7 @@ import yaml
 import lana.distill.phase1
 import lana.distill.train
 import lana.pipeline.runner
-from lana.cli import main
+from lana.cli.commands import main
 from lana.config import Config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_commands_on_a_finished_run(run_copy, tmp_path: Path, capsys: pytest.Cap
 
 def test_console_script_entry_point(tmp_path: Path) -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["lana"] == "lana.cli:main"
+    assert pyproject["project"]["scripts"]["lana"] == "lana.cli.commands:main"
     (ep,) = entry_points(group="console_scripts", name="lana")
     assert ep.load() is main
     # the real process: exit status 2 and one line of error, no traceback

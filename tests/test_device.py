@@ -93,7 +93,7 @@ def test_config_rejects_unknown_devices(bad: str) -> None:
 
 
 def test_cli_device_flag_is_validated(tmp_path: Path, capsys) -> None:
-    from lana.cli import main
+    from lana.cli.commands import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {name: synthetic}\n")

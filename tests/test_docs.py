@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from lana.cli import main
+from lana.cli.commands import main
+from lana.cli.config_doc import config_reference
 from lana.config import Config
-from lana.config_doc import config_reference
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -208,7 +208,7 @@ def _commands(body: str) -> list[list[str]]:
 
 
 def _check_command(tokens: list[str], where: str) -> None:
-    from lana.cli import _parser
+    from lana.cli.commands import _parser
 
     while tokens and re.fullmatch(r"[A-Z_]+=\S*", tokens[0]):   # VAR=value prefixes
         tokens = tokens[1:]

@@ -88,7 +88,7 @@ def test_config_validation_imports_no_torch(tmp_path: Path) -> None:
     _python(f"""
         import contextlib, io, sys
 
-        from lana.cli import main
+        from lana.cli.commands import main
         from lana.config import extra_columns, load_config
         from lana.errors import BackendUnavailableError, ConfigError
 
@@ -135,7 +135,7 @@ def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
         assert solve is sys.modules["lana.search.solver"].solve, solve
         assert Library is lana.search.Library is sys.modules["lana.search.library"].Library
 
-        from lana.cli import main
+        from lana.cli.commands import main
 
         lib = {str(run_dir / "library.json")!r}
         with contextlib.redirect_stdout(io.StringIO()):

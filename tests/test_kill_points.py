@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lana.cli import main
+from lana.cli.commands import main
 from lana.errors import ConfigError
 from lana.pipeline import dist
 

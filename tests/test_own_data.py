@@ -11,7 +11,7 @@ import yaml
 from conftest import tiny_config_dict
 
 import lana
-from lana.cli import main
+from lana.cli.commands import main
 from lana.config import DataConfig, config_from_dict
 from lana.errors import ConfigError
 from lana.model.data import load_data

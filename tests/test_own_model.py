@@ -12,7 +12,7 @@ import yaml
 from conftest import tiny_config_dict
 
 import lana
-from lana.cli import main
+from lana.cli.commands import main
 from lana.errors import ConfigError
 from lana.model.zoo import create_model, source_digest
 from lana.pipeline.io import read_json

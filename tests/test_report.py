@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import kendalltau
 
-from lana.cli import main
+from lana.cli.commands import main
 from lana.errors import ArtifactError
 from lana.pipeline.io import read_json
 from lana.report.html import build_sections, write_report

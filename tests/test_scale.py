@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import lana.distill.phase1 as D
-from lana.cli import main
+from lana.cli.commands import main
 from lana.model.student import assemble
 from lana.pipeline.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
 from lana.pipeline.runner import Run

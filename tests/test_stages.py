@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config_dict
 
-from lana.cli import main
+from lana.cli.commands import main
 from lana.config import config_from_dict
 from lana.pipeline.io import CHECKSUM_SUFFIX, atomic_write_bytes, read_json
 from lana.pipeline.runner import score_inputs, stage_inputs

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lana.cli import main
+from lana.cli.commands import main
 from lana.config import config_from_dict
 from lana.distill.phase1 import UNTRAINED, weight_path
 from lana.errors import ConfigError

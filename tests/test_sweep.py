@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import budgets_met
 
-from lana.cli import main
+from lana.cli.commands import main
 from lana.errors import ConfigError
 from lana.search.solver import Budget, Layer, Library, Op, minimum_reachable, solve
 from lana.search.sweep import budget_range, plot, sweep, write_csv
@@ -252,7 +252,7 @@ def test_cli_sweep_outputs_and_errors(lib_path: Path, tmp_path: Path,
 
 
 def test_cli_baseline_names_match_the_registry() -> None:
-    from lana import cli
+    from lana.cli import commands as cli
     from lana.search.baselines import BASELINES
 
     assert set(cli.BASELINE_NAMES) == set(BASELINES)

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 import lana.latency.profile
-from lana.cli import main
+from lana.cli.commands import main
 from lana.config import BudgetConfig
 from lana.errors import ArtifactError, ConfigError
 from lana.pipeline.io import read_json, write_json

@@ -184,7 +184,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 @_command("demo", "the whole method on Fashion-MNIST with a 2x budget", _demo_args)
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from lana.demo import demo
+    from lana.cli.demo import demo
 
     with _dir_lock(Path(args.out), False, create=True):
         demo(args.out, _budget(args), device=args.device)
@@ -477,7 +477,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from lana.config import Config
 
     if args.reference:
-        from lana.config_doc import config_reference
+        from lana.cli.config_doc import config_reference
 
         print(config_reference(), end="")
         return 0
