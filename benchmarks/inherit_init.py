@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[0, 25, 100])
     args = p.parse_args()
     torch.set_num_threads(1)
-    chain = calibrated_resnet_chain()  # also the teacher of tests/test_distill.py
+    chain = calibrated_resnet_chain()  # also the teacher of tests/distill/test_distill.py
     splits = load_data(DataConfig(name="synthetic", image_size=16, train_samples=512,
                                   val_samples=64, test_samples=32), seed=0)
     x = next(splits.val.batches(64))[0]

@@ -43,7 +43,7 @@ class Pairs(Dataset):
 
 
 def _model() -> nn.Sequential:
-    from conftest import small_sequential_teacher
+    from tests.conftest import small_sequential_teacher
 
     return small_sequential_teacher(seed=3).append(
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)))

@@ -39,7 +39,7 @@ def calibrated_resnet_chain(seed: int = 0) -> Chain:
     Random weights (``seed``), random BatchNorm affine parameters and running statistics
     calibrated on 256 synthetic images. Layers: ``layer1.0`` (16->64 channels),
     ``layer1.1`` (64->64), ``layer2.0`` (64->128, stride 2), ``layer3.0``, ``layer4.0``.
-    Used by tests/test_distill.py and benchmarks/inherit_init.py.
+    Used by tests/distill/test_distill.py and benchmarks/inherit_init.py.
     """
     from timm.models.resnet import Bottleneck, ResNet
 

@@ -182,7 +182,7 @@ KILL_RANK_ENV = "LANA_TEST_KILL_RANK"
 # Every point where a test can SIGKILL lana (LANA_TEST_KILL_AT=stage:step), with where it
 # is. In a step, N stands for a number: a training step (1, 2, ...) or a layer index
 # (0, 1, ...). A call to maybe_kill names one of these; the crash-safety tests
-# (tests/test_scale.py) kill a run at each and check that re-running the same command
+# (tests/pipeline/test_scale.py) kill a run at each and check that re-running the same command
 # resumes and ends with the same result. Keep this table in step with the calls.
 KILL_POINTS: dict[str, dict[str, str]] = {
     "teacher": {"N": "after teacher-training step N, its checkpoint saved if one was due "

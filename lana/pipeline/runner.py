@@ -120,7 +120,7 @@ def _settings(section, exclude: set[str]) -> dict:
 # Settings of the locked sections that change how fast a run goes (or how much memory it
 # takes), never its results: changing them neither retrains the teacher nor refuses a run
 # directory. They keep their default in the teacher's key, so keys made before they were
-# left out still match. Phase 1's grouping is among them (tests/test_distill.py:
+# left out still match. Phase 1's grouping is among them (tests/distill/test_distill.py:
 # test_grouping_does_not_change_results), so a run short of memory can lower
 # distill.max_memory_mb and resume.
 _SPEED_ONLY = {
