@@ -119,8 +119,8 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         nets = {name: assemble(chain, choices[name], lambda i, s: (
             chain.layers[i] if s == "teacher" else build_candidate(chain, i, s)))
             for name in group}
-        # As lana.latency.profile.measure_models (lana.latency.timing.e2e_kwargs), keeping the minimum
-        # as well as the median.
+        # As lana.latency.profile.measure_models (lana.latency.timing.e2e_kwargs), keeping the
+        # minimum as well as the median.
         # Normalised, in the LUT's units (its reference baseline), as measure_models.
         base = ({"baseline_ms": reference_baseline(lut, settings, warmup=cfg.warmup,
                                                    max_seconds=cfg.max_seconds)}

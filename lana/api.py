@@ -30,7 +30,8 @@ class AccelerateResult:
 
     ``student`` is the fine-tuned student (eval mode), ``summary`` the run's
     ``summary.json`` content, ``report`` the path of the HTML report, ``run_dir`` the run
-    directory and ``run`` the :class:`lana.pipeline.runner.Run` (for other budgets: ``run.all(...)``).
+    directory and ``run`` the :class:`lana.pipeline.runner.Run` (for other budgets:
+    ``run.all(...)``).
     """
 
     student: nn.Module

@@ -211,8 +211,8 @@ class SearchConfig(_Section):
         "auto", description="a student must measure this fraction under the budget to be "
         "selected, so that measurement noise does not push it over in a later timing. "
         "auto: derived from how much repeated timings of the same networks differ on this "
-        "machine during the search (lana.latency.spread; 3 % until repeats are timed, 1-25 %); or a "
-        "fixed fraction in [0, 0.5)")
+        "machine during the search (lana.latency.spread; 3 % until repeats are timed, "
+        "1-25 %); or a fixed fraction in [0, 0.5)")
     slack: float = Field(0.15, gt=0, le=1, description="a chosen student that measures "
                          "more than this fraction under the budget (after the margin) "
                          "gives away accuracy: the calibration is refitted on every network "
@@ -334,8 +334,8 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
     return cfg
 
 
-#: The latency backends lana ships, i.e. the names lana.latency.backends.BACKENDS starts with; listed
-#: here so that checking a name needs no torch.
+#: The latency backends lana ships, i.e. the names lana.latency.backends.BACKENDS starts
+#: with; listed here so that checking a name needs no torch.
 BUILTIN_BACKENDS = ("torch", "onnxruntime", "openvino", "torch-compile", "torch-cuda",
                     "torch-cuda-graphs", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 

@@ -4,8 +4,8 @@
 Python process, so that nothing of the process that trained, profiled or exported the
 networks (threads, allocator state, caches, lana's own timing code) takes part. It imports
 only the standard library, numpy and onnxruntime, never torch or lana's measuring code
-(:mod:`lana.latency.timing`, :mod:`lana.latency.profile`), and prints one JSON object on stdout. Run it by
-hand the same way::
+(:mod:`lana.latency.timing`, :mod:`lana.latency.profile`), and prints one JSON object on
+stdout. Run it by hand the same way::
 
     python -m lana.latency.ort_timer DIR/teacher/model.onnx DIR/students/speedup2/model/model.onnx
 

@@ -256,8 +256,9 @@ def _budget_label(budget: dict) -> str:
 
 
 def independent_line(s: dict) -> str:
-    """One sentence on an ``independent_verify`` summary (:func:`lana.latency.independent.summarize`):
-    the speed-up's median and range over windows and how many met the budget."""
+    """One sentence on an ``independent_verify`` summary
+    (:func:`lana.latency.independent.summarize`): the speed-up's median and range over
+    windows and how many met the budget."""
     verdict = "within budget" if s["meets_budget"] else "OVER budget"
     return (f"speed-up over {s['window_count']} window(s): median "
             f"{s['speedup_median']:.2f}x (min {s['speedup_min']:.2f}x, max "

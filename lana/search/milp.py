@@ -320,8 +320,8 @@ class Ilp:
         node_limit: int | None,
         moves: int,
     ) -> tuple[list[int] | None, str]:
-        """One diverse solve (see the comment atop :mod:`lana.search.local_search`): (choices or None,
-        outcome) with outcome "optimal" (proven within ``gap`` of the LP bound), "limit" (best found
+        """One diverse solve (see the comment atop :mod:`lana.search.local_search`): (choices
+        or None, outcome) with outcome "optimal" (proven within ``gap`` of the LP bound), "limit" (best found
         within ``moves`` local-search moves and ``node_limit`` branch-and-bound nodes),
         "timeout" or "infeasible". ``node_limit=None`` runs HiGHS until the gap is proven."""
         n = self.n_layers

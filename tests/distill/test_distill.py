@@ -1,4 +1,5 @@
-"""Tests of lana.distill.phase1: learning, grouping-independence, checkpoint/resume, weight files."""
+"""Tests of lana.distill.phase1: learning, grouping-independence, checkpoint/resume, weight
+files."""
 
 from __future__ import annotations
 
