@@ -4,11 +4,11 @@ Usage: python benchmarks/e2e_timing.py [--model efficientnet_b0] [--backend onnx
                                        [--repeats 3] [--students 8]
 
 A teacher (timm, random weights, 224 px) and random students from lana's default space
-are timed end to end with ``lana.latency.measure_interleaved``, normalised as the
+are timed end to end with ``lana.latency.timing.measure_interleaved``, normalised as the
 pipeline does, ``--repeats`` times with each scheme, the schemes alternating so that both
 see the same machine. Both schemes give every network the same time (12 x
 ``--max-seconds``): the one before issue 4's noise fix (3 rounds of 4 x the cap, warm-up
-in every round) and ``lana.latency.e2e_kwargs`` (24 rounds). Reported per scheme: the
+in every round) and ``lana.latency.timing.e2e_kwargs`` (24 rounds). Reported per scheme: the
 spread of each network's ms from one call to the next and of each student's speed-up
 over the teacher (what a speed-up budget is checked on), as relative standard
 deviations. Writes the "End-to-end timing" section of benchmarks/RESULTS.md.
@@ -25,9 +25,9 @@ import torch
 from _results import machine, write_section
 from latency_additivity import candidates_of
 
-from lana.distill import build_candidate
-from lana.latency import Settings, e2e_kwargs, measure_interleaved, reference_ms
-from lana.student import assemble
+from lana.distill.phase1 import build_candidate
+from lana.latency.timing import Settings, e2e_kwargs, measure_interleaved, reference_ms
+from lana.model.student import assemble
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
 
     import timm
 
-    from lana.decompose import decompose
+    from lana.model.decompose import decompose
 
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, num_classes=1000).eval()

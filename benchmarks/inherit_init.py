@@ -1,4 +1,4 @@
-"""Phase 1 with candidates initialised from the teacher (lana/inherit.py) vs fresh weights.
+"""Phase 1 with candidates initialised from the teacher (lana/space/inherit.py) vs fresh weights.
 
 A small Bottleneck ResNet teacher (random weights, BatchNorm statistics calibrated on data,
 1x16x16 synthetic images) and six narrower/grouped/split-attention bottleneck candidates
@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
-import lana.distill as D  # noqa: E402
+import lana.distill.phase1 as D  # noqa: E402
 from lana.config import DataConfig, DistillConfig  # noqa: E402
-from lana.data import load_data  # noqa: E402
-from lana.toys import calibrated_resnet_chain  # noqa: E402
+from lana.model.data import load_data  # noqa: E402
+from lana.model.toys import calibrated_resnet_chain  # noqa: E402
 
 CANDIDATES = [["rb_w0.5_g1_r1", "rb_w0.25_g1_r1"],
               ["rb_w0.5_g1_r1", "rb_w0.5_g2_r1", "rb_w1_g1_r2"],
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[0, 25, 100])
     args = p.parse_args()
     torch.set_num_threads(1)
-    chain = calibrated_resnet_chain()  # also the teacher of tests/test_distill.py
+    chain = calibrated_resnet_chain()  # also the teacher of tests/distill/test_distill.py
     splits = load_data(DataConfig(name="synthetic", image_size=16, train_samples=512,
                                   val_samples=64, test_samples=32), seed=0)
     x = next(splits.val.batches(64))[0]

@@ -9,10 +9,10 @@ For every model (timm, random weights, ``pretrained=False``, 1000 classes) at
 ``--image-size`` px and every backend at batch 1:
 
 1. the LUT of every candidate of lana's default space at its layer (phase 2b, the same
-   :func:`lana.profile.profile_candidates` the pipeline runs), cached in
+   :func:`lana.latency.profile.profile_candidates` the pipeline runs), cached in
    ``WORK/lut.json`` so an interrupted run resumes where it stopped;
 2. the teacher and ``--calib-students`` random students measured end to end: the
-   points the pipeline's correction (:func:`lana.select.fit_calibration`,
+   points the pipeline's correction (:func:`lana.search.select.fit_calibration`,
    measured ~ alpha * LUT sum + beta) is fitted on, as in ``lana search`` where the teacher
    and the K students of the first solve calibrate the re-solve;
 3. ``--students`` other random students (one uniformly random op per layer) measured end
@@ -39,20 +39,20 @@ import torch
 from _results import machine, write_section
 
 from lana.config import LatencyConfig
-from lana.decompose import decompose
-from lana.distill import build_candidate
-from lana.io import read_json, write_json
-from lana.latency import (
+from lana.distill.phase1 import build_candidate
+from lana.latency.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
+from lana.latency.timing import (
     LatencyTable,
     Settings,
     e2e_kwargs,
     measure_interleaved,
     reference_baseline,
 )
-from lana.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
-from lana.select import fit_calibration
-from lana.space import fitting_candidates, resolve_space, space_specs
-from lana.student import assemble
+from lana.model.decompose import decompose
+from lana.model.student import assemble
+from lana.pipeline.io import read_json, write_json
+from lana.search.select import fit_calibration
+from lana.space.ops import fitting_candidates, resolve_space, space_specs
 
 SECTION = "## Latency additivity (latency issue acceptance)"
 # GPU backends (torch-cuda, ...) report in a section of their own, beside the CPU one.
@@ -119,8 +119,8 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         nets = {name: assemble(chain, choices[name], lambda i, s: (
             chain.layers[i] if s == "teacher" else build_candidate(chain, i, s)))
             for name in group}
-        # As lana.profile.measure_models (lana.latency.e2e_kwargs), keeping the minimum
-        # as well as the median.
+        # As lana.latency.profile.measure_models (lana.latency.timing.e2e_kwargs), keeping the
+        # minimum as well as the median.
         # Normalised, in the LUT's units (its reference baseline), as measure_models.
         base = ({"baseline_ms": reference_baseline(lut, settings, warmup=cfg.warmup,
                                                    max_seconds=cfg.max_seconds)}
@@ -207,7 +207,7 @@ def main() -> int:
                    help="measure nothing: report the (model, backend) pairs whose students "
                    "are all cached in WORK, list the others as pending")
     args = p.parse_args()
-    from lana.backends import get_backend
+    from lana.latency.backends import get_backend
 
     kinds = {get_backend(b).device_kind for b in args.backends}
     if len(kinds) > 1:

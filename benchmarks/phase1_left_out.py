@@ -6,7 +6,7 @@ Usage: python benchmarks/phase1_left_out.py --family resnest [--scale medium] [-
 
 Opens the table3 run of the family (``benchmarks/work/table3-<family>-<scale>/run``; it must
 be profiled: ``latency.json`` and ``costs.json`` tell which candidates are left out) and
-runs phase 1 (:func:`lana.distill.distill` with the run's settings, but ``--steps`` steps
+runs phase 1 (:func:`lana.distill.phase1.distill` with the run's settings, but ``--steps`` steps
 and no checkpoints) into fresh temporary directories twice, side by side in one process:
 on every candidate, and on the ones the pipeline keeps. Same teacher, data, seed and
 grouping rule (``distill.max_memory_mb``), so the ratio is the saving; the projection
@@ -34,9 +34,9 @@ def measure(family: str, scale: str, steps: int, threads: int) -> dict:
     """Time ``steps`` of phase 1 on all candidates and on the kept ones of the table3 run."""
     import torch
 
-    from lana.distill import UNTRAINED, distill
+    from lana.distill.phase1 import UNTRAINED, distill
     from lana.errors import ArtifactError
-    from lana.pipeline import Run, op_costs, without
+    from lana.pipeline.runner import Run, op_costs, without
 
     run_dir = HERE / "work" / f"table3-{family}-{scale}" / "run"
     if not (run_dir / "latency.json").exists():
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         ap.error("--steps must be >= 1")
     from lana.errors import LanaError
-    from lana.io import read_json, write_json
+    from lana.pipeline.io import read_json, write_json
 
     try:
         res = measure(args.family, args.scale, args.steps, args.threads)

@@ -38,13 +38,13 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
     """One process of a measurement (under torchrun or alone): run phase 1, write stats."""
     import torch
 
-    from lana import dist
     from lana.config import DistillConfig
-    from lana.data import Data, synthetic_dataset
-    from lana.decompose import decompose
-    from lana.distill import distill, pending
-    from lana.models import create_model
-    from lana.space import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
+    from lana.distill.phase1 import distill, pending
+    from lana.model.data import Data, synthetic_dataset
+    from lana.model.decompose import decompose
+    from lana.model.zoo import create_model
+    from lana.pipeline import dist
+    from lana.space.ops import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
 
     rank, world = dist.init_from_env()
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
         for spec in layer_candidates(info, specs):
             try:
                 if spec != "teacher":
-                    from lana.distill import build_candidate
+                    from lana.distill.phase1 import build_candidate
 
                     check_shapes(build_candidate(chain, i, spec), info)
                 ok.append(spec)

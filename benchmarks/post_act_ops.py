@@ -6,7 +6,7 @@ ReLU, whose head applies it) is trained briefly on Fashion-MNIST; ``lana.decompo
 the layers whose output is post-activation. Every op in both endings is then trained by
 phase 1 at every layer, and the table gives the normalised MSE to the teacher's layer
 output on held-out images (eval mode), with which ending the generic default space gives
-the layer (``lana.space.matches_ending``).
+the layer (``lana.space.ops.matches_ending``).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/post_act_ops.py [--steps 200]
 """
@@ -26,12 +26,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
-import lana.distill as D  # noqa: E402
+import lana.distill.phase1 as D  # noqa: E402
 from lana.config import DataConfig, DistillConfig  # noqa: E402
-from lana.data import load_data  # noqa: E402
-from lana.decompose import decompose  # noqa: E402
-from lana.space import canonical, family_space, layer_candidates, space_specs  # noqa: E402
-from lana.train import Recipe, evaluate, train_classifier  # noqa: E402
+from lana.distill.train import Recipe, evaluate, train_classifier  # noqa: E402
+from lana.model.data import load_data  # noqa: E402
+from lana.model.decompose import decompose  # noqa: E402
+from lana.space.ops import canonical, family_space, layer_candidates, space_specs  # noqa: E402
 
 OPS = ["cc_k3_w1", "bn_k3_w0.5", "cb_k3", "ir_k3_e3", "er_k3_e1", "ds_k3"]
 HEADING = "## Phase 1 at post-activation layers: ops ending with the activation"

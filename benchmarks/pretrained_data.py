@@ -6,7 +6,7 @@ teacher's cache key)."""
 
 from __future__ import annotations
 
-from lana.data import fashion_mnist
+from lana.model.data import fashion_mnist
 
 
 def fashion_mnist_rgb(image_size: int = 64, path: str | None = None):

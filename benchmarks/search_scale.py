@@ -30,8 +30,8 @@ import numpy as np
 import scipy
 from _results import machine, write_section
 
-from lana.baselines import BASELINES
-from lana.search import Budget, Layer, Library, Op, solve
+from lana.search.baselines import BASELINES
+from lana.search.solver import Budget, Layer, Library, Op, solve
 
 SECTION = "## Search at scale (search issue acceptance)"
 N_LAYERS, N_OPS = 46, 197

@@ -9,7 +9,7 @@ Usage (one command per family; re-run the same command after an interruption to 
 
 Needs the ``bench`` extra (``pip install -e .[bench]``: Torch-Pruning) and Fashion-MNIST
 (``apt-get install dataset-fashion-mnist``). Everything runs through lana's own pipeline
-(:class:`lana.pipeline.Run` in ``WORK/run``): the teacher (a timm definition, random init)
+(:class:`lana.pipeline.runner.Run` in ``WORK/run``): the teacher (a timm definition, random init)
 is trained by lana's teacher recipe, then phase 1, profile and score run once; every budget
 only re-runs search and fine-tuning in the same run directory. Rows of the table:
 
@@ -23,14 +23,14 @@ only re-runs search and fine-tuning in the same run directory. Rows of the table
 - ``Torch-Pruning``: the teacher pruned (magnitude, uniform ratio; ResNeSt's split-attention
   outputs kept whole, :func:`radix_coupled_layers`) until its measured latency is within 5% of the LANA student's, the two timed side by side in one session
   (bisection, then regula falsi on the ratio), then fine-tuned;
-- ``random search``: :func:`lana.baselines.random_search` (best predicted score of 2000
+- ``random search``: :func:`lana.search.baselines.random_search` (best predicted score of 2000
   random feasible architectures whose LUT sum is within 90-100 % of a LUT budget,
   :data:`RANDOM_BAND`) on the same library, its LUT budget searched until the
   chosen architecture's measured latency is within 5% of the LANA student's (timed side
   by side, as for pruning), assembled from the same phase-1 weights and fine-tuned.
 
 All fine-tuning uses the run's ``finetune`` section (epochs, lr, KD) through
-:func:`lana.train.train_classifier`, as the pipeline's phase 3 does. Every final network is
+:func:`lana.distill.train.train_classifier`, as the pipeline's phase 3 does. Every final network is
 timed in interleaved ONNX Runtime sessions at batch 1 and batch 32, several sessions spread
 out in time (``--timing-windows``, ``--timing-gap``). Kendall tau compares
 the additive predicted score with the test accuracy before fine-tuning of >= 30
@@ -96,7 +96,7 @@ def lana_step(speedup: float, seed: int) -> str:
     """The step name of the LANA student at ``speedup`` for ``seed`` (``lana_<tag>_s<seed>``,
     the tag being the pipeline's folder name of the budget)."""
     from lana.config import BudgetConfig
-    from lana.pipeline import budget_tag
+    from lana.pipeline.runner import budget_tag
 
     return f"lana_{budget_tag(BudgetConfig(speedup=speedup))}_s{seed}"
 
@@ -214,7 +214,7 @@ class Steps:
             valid: Callable[[dict], bool] | None = None) -> dict:
         """``valid(cached)`` False: the cached result was made by an older method (or from
         an input that changed since) and is computed again."""
-        from lana.io import read_json, write_json
+        from lana.pipeline.io import read_json, write_json
 
         p = self.path(name)
         if p.exists():
@@ -232,7 +232,7 @@ class Steps:
         return res
 
     def all(self) -> dict[str, dict]:
-        from lana.io import read_json
+        from lana.pipeline.io import read_json
 
         return {p.stem: read_json(p) for p in sorted(self.root.glob("*.json"))}
 
@@ -241,7 +241,7 @@ def check_settings(work: Path, settings: dict) -> None:
     """Tie a work directory to the settings that made it: cached steps are only reused by
     the same settings (``WORK/bench.json``); other settings need another ``--work``."""
     from lana.errors import ConfigError
-    from lana.io import read_json, write_json
+    from lana.pipeline.io import read_json, write_json
 
     path = Path(work) / "bench.json"
     settings = json.loads(json.dumps(settings))
@@ -375,7 +375,7 @@ class Table3:
                  threads: int = 1, timing_windows: int = TIMING_WINDOWS,
                  timing_gap_s: float = TIMING_GAP_S) -> None:
         from lana.config import config_from_dict
-        from lana.pipeline import Run
+        from lana.pipeline.runner import Run
 
         self.family, self.scale, self.work, self.seeds = family, scale, work, seeds
         self.fam, self.sc = FAMILIES[family], SCALES[scale]
@@ -398,7 +398,7 @@ class Table3:
     def member_model(self):
         import torch
 
-        from lana.models import create_model
+        from lana.model.zoo import create_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)
@@ -411,7 +411,7 @@ class Table3:
         """Train ``model`` with CE + KD from the teacher: the fine-tuning recipe, or the
         teacher's training recipe (``recipe="teacher"``: for a network from scratch);
         ``epochs`` overrides the recipe's."""
-        from lana.train import Checkpointing, Recipe, train_classifier
+        from lana.distill.train import Checkpointing, Recipe, train_classifier
 
         ft = self.cfg.finetune
         r = self.cfg.teacher_training if recipe == "teacher" else ft
@@ -426,7 +426,7 @@ class Table3:
                                         key=f"{tag}-{seed}", every=r.checkpoint_every))
 
     def test_acc(self, model, batch_stats: bool = False, samples: int | None = None) -> dict:
-        from lana.train import evaluate
+        from lana.distill.train import evaluate
 
         data = self.run.splits.test.subset(samples, self.cfg.seed)
         return evaluate(model, data, batch_stats=batch_stats)
@@ -439,7 +439,7 @@ class Table3:
         """Measured ms of ``model`` / ms of ``reference``, timed interleaved (batch 1) in
         one session, so that a machine whose speed drifts between sessions (sub-ms
         networks on a shared VM move by 10-20 %) does not move the ratio."""
-        from lana.profile import measure_models
+        from lana.latency.profile import measure_models
 
         ms = measure_models({"ref": reference, "m": model}, self.run.input_shape,
                             self.cfg.latency)
@@ -448,7 +448,7 @@ class Table3:
     def lana_student(self, lana0: dict):
         """The LANA student of ``lana0`` as assembled from phase 1 (latency does not depend
         on its weights): the reference that baselines are matched to."""
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         return assemble(self.run.chain, lana0["choices"], self.run._load).eval()
 
@@ -470,7 +470,7 @@ class Table3:
 
     def member(self, seed: int) -> dict:
         def go() -> dict:
-            from lana.io import save_tensors
+            from lana.pipeline.io import save_tensors
 
             m = self.member_model()
             stats = self.train(m, seed, f"member_s{seed}", recipe="teacher")
@@ -493,8 +493,8 @@ class Table3:
         budget = BudgetConfig(speedup=speedup)
 
         def go() -> dict:
-            from lana.io import save_tensors
-            from lana.student import assemble
+            from lana.model.student import assemble
+            from lana.pipeline.io import save_tensors
 
             base = self.lana_search(speedup)
             if "infeasible" in base:
@@ -517,7 +517,7 @@ class Table3:
         architecture, or ``infeasible`` with the reason."""
         from lana.config import BudgetConfig
         from lana.errors import InfeasibleBudgetError
-        from lana.pipeline import budget_tag
+        from lana.pipeline.runner import budget_tag
 
         budget = BudgetConfig(speedup=speedup)
         tag = budget_tag(budget)
@@ -541,7 +541,7 @@ class Table3:
     def finetune_for(self, lana0: dict, epochs: float, name: str) -> dict:
         """Fine-tune the LANA student of ``lana0`` from its phase-1 weights (seed 0, the
         fine-tuning recipe) for ``epochs``; its weights are kept as ``models/<name>``."""
-        from lana.io import save_tensors
+        from lana.pipeline.io import save_tensors
 
         student = self.lana_student(lana0)
         stats = self.train(student, 0, name, epochs=epochs)
@@ -554,8 +554,8 @@ class Table3:
         """The best predicted score of 2000 random feasible architectures of ``lib`` whose
         layers' LUT sum lies in ``[RANDOM_BAND * layer_budget, layer_budget]`` (the budget
         clamped to what the library can reach; no floor where the band holds no draw)."""
-        from lana.baselines import random_search
-        from lana.search import Budget, minimum_reachable
+        from lana.search.baselines import random_search
+        from lana.search.solver import Budget, minimum_reachable
 
         lo = minimum_reachable(lib, "latency_ms")
         hi = minimum_reachable(lib, "latency_ms", "max")
@@ -572,13 +572,13 @@ class Table3:
     def random(self, lana0: dict, seed: int) -> dict:
         """Best of random search at the LANA student's measured latency
         (:meth:`random_match`), fine-tuned."""
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         tag = lana0["tag"]
         search = self.random_match(lana0)
 
         def go() -> dict:
-            from lana.io import save_tensors
+            from lana.pipeline.io import save_tensors
 
             student = assemble(self.run.chain, search["choices"], self.run._load)
             before = self.test_acc(student)["accuracy"]
@@ -596,14 +596,14 @@ class Table3:
         budget of the random search is searched (as the pruning ratio is) until the
         chosen architecture's measured latency is within ``match_tol`` of the LANA
         student's."""
-        from lana.student import assemble
+        from lana.model.student import assemble
 
         tag = lana0["tag"]
         layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
 
         def match() -> dict:
-            from lana.io import read_json
-            from lana.search import Library
+            from lana.pipeline.io import read_json
+            from lana.search.solver import Library
 
             lib = Library.from_dict(read_json(self.run.dir / "library.json"))
             sols = {}  # search point -> the random architecture tried there
@@ -640,7 +640,7 @@ class Table3:
         search = self.prune_match(lana0)
 
         def go() -> dict:
-            from lana.io import save_tensors
+            from lana.pipeline.io import save_tensors
 
             model = self.pruned_model(search["ratio"])
             before = self.test_acc(model)["accuracy"]
@@ -677,11 +677,11 @@ class Table3:
 
     def kendall_step(self) -> dict:
         def go() -> dict:
-            from lana.baselines import random_search
-            from lana.io import read_json
-            from lana.search import Budget, Library
-            from lana.student import assemble
-            from lana.sweep import budget_range, sweep
+            from lana.model.student import assemble
+            from lana.pipeline.io import read_json
+            from lana.search.baselines import random_search
+            from lana.search.solver import Budget, Library
+            from lana.search.sweep import budget_range, sweep
 
             n = self.sc["kendall"]["archs"]
             samples = self.sc["kendall"]["eval_samples"]
@@ -724,7 +724,7 @@ class Table3:
         and 32, at least ``gap_s`` apart; see :data:`TIMING_WINDOWS`. Each session is
         stored as soon as it ends, so an interrupted timing keeps the sessions it has, and
         a later invocation with more ``windows`` adds sessions to the stored ones."""
-        from lana.io import read_json, write_json
+        from lana.pipeline.io import read_json, write_json
 
         names = sorted(methods)
         path_key = json.dumps(names)
@@ -744,8 +744,8 @@ class Table3:
             self.steps.say(f"[table3] latency: cached ({len(out['windows'])} session(s))")
             return out
 
-        from lana.latency import e2e_kwargs, measure_interleaved
-        from lana.profile import settings_from
+        from lana.latency.profile import settings_from
+        from lana.latency.timing import e2e_kwargs, measure_interleaved
 
         models = {"teacher": self.run.teacher}
         for name in names:
@@ -779,8 +779,8 @@ class Table3:
 
     def final_model(self, name: str, info: dict):
         """Rebuild a method's seed-0 network from its stored weights."""
-        from lana.io import load_tensors
-        from lana.student import assemble
+        from lana.model.student import assemble
+        from lana.pipeline.io import load_tensors
 
         kind = name.split("_")[0]
         if kind == "member":
@@ -850,12 +850,12 @@ def summary_path(family: str, scale: str, root: Path | None = None) -> Path:
 
 def search_speedup(search_json: Path) -> float | None:
     """The chosen student's speed-up over the teacher as the pipeline's search measured it
-    (:func:`lana.select.chosen_speedup`; None when the search did not time it or is
+    (:func:`lana.search.select.chosen_speedup`; None when the search did not time it or is
     missing)."""
     if not search_json.exists():
         return None
-    from lana.io import read_json
-    from lana.select import chosen_speedup
+    from lana.pipeline.io import read_json
+    from lana.search.select import chosen_speedup
 
     return chosen_speedup(read_json(search_json))
 
@@ -922,7 +922,7 @@ def _arch(step: dict) -> dict:
 
 def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     """Write the RESULTS.md section and the plot; return the section's text."""
-    from lana.latency import E2E_ROUNDS
+    from lana.latency.timing import E2E_ROUNDS
 
     fam, scale = bench.family, bench.scale
     lat = res["latency"]
@@ -1061,7 +1061,7 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
     plot(rows, b1, png, f"{fam} ({scale} scale): test accuracy vs ONNX Runtime latency, batch 1")
     settings = lat["settings"]
     sc = SCALES[scale]
-    from lana.space import space_specs
+    from lana.space.ops import space_specs
 
     space = bench.fam.get(f"{sc['space']}_space")
     setup = (f"{sc['data']['train_samples'] or 'all'} training images, teacher "
@@ -1125,7 +1125,7 @@ Targets (issue 6):
     # The same numbers as plain data, for benchmarks/table3_summary.py (all families). Kept
     # in the repository beside RESULTS.md, not in the work directory: the summary must not
     # depend on work directories (hours of training each) surviving.
-    from lana.io import write_json
+    from lana.pipeline.io import write_json
 
     write_json(summary_path(fam, scale), {
         "family": fam, "scale": scale, "teacher": bench.fam["teacher"], "member": member,
@@ -1146,7 +1146,7 @@ def plot(rows: list[dict], b1: dict, path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lana.io import atomic_write_bytes
+    from lana.pipeline.io import atomic_write_bytes
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -1201,7 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
         print("table3 needs Torch-Pruning: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     from lana.errors import LanaError
-    from lana.io import run_lock
+    from lana.pipeline.io import run_lock
 
     cmd = f"python benchmarks/table3.py --family {args.family} --scale {args.scale}" + \
         (f" --work {args.work}" if args.work else "") + \

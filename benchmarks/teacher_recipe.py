@@ -33,10 +33,10 @@ from _results import machine, write_section  # noqa: E402
 from table3 import FAMILIES, SCALES, run_config  # noqa: E402
 
 from lana.config import Config  # noqa: E402
-from lana.data import load_data  # noqa: E402
+from lana.distill.train import Recipe, evaluate, train_classifier  # noqa: E402
 from lana.errors import TrainingDivergedError  # noqa: E402
-from lana.models import create_model  # noqa: E402
-from lana.train import Recipe, evaluate, train_classifier  # noqa: E402
+from lana.model.data import load_data  # noqa: E402
+from lana.model.zoo import create_model  # noqa: E402
 
 DEFAULT_RECIPES = ["adamw:3e-3:128", "adamw:1e-2:128", "adamw:1e-3:128", "sgd:0.1:128",
                    "adamw:3e-3:32"]
@@ -56,7 +56,7 @@ def parse_recipe(text: str) -> tuple[str, float, int]:
 
 def train_one(family: str, recipe: str, images: int, seed: int) -> dict:
     """Train the family's teacher from scratch with ``recipe`` for ``images`` images, by
-    lana's own training loop (``lana.train.train_classifier``); a recipe that diverges is
+    lana's own training loop (``lana.distill.train.train_classifier``); a recipe that diverges is
     recorded with NaN accuracy instead of stopping the study."""
     opt_name, lr, batch = parse_recipe(recipe)
     cfg = Config.model_validate(run_config(family, "medium", Path("/nonexistent")))

@@ -9,12 +9,12 @@ hypothesis per pair of methods:
 
 * ``plain-fresh``: ``torch.onnx.export`` + a plain ``InferenceSession`` loop in a fresh
   process (``benchmarks/ort_timing.py``, the issue-33 table's timer): the user's number;
-* ``lana-export-fresh``: lana's export (``lana.student.onnx_bytes``) under the same plain
+* ``lana-export-fresh``: lana's export (``lana.model.student.onnx_bytes``) under the same plain
   loop: differs from the first only by the exporter (H1: the ONNX graph);
 * ``plain-here``: the plain loop on the plain files inside this process, after torch has
   built and exported every network (H2: the state of a big process);
 * ``lana-norm``: lana's end-to-end measurement as the search calls it
-  (``lana.profile.measure_models`` with the default ``latency`` section: interleaved
+  (``lana.latency.profile.measure_models`` with the default ``latency`` section: interleaved
   rounds, the reference op timed between runs);
 * ``lana-raw``: the same with ``latency.normalize: false`` (H3: the reference op
   interleaved with the runs, i.e. what running another network in between does to caches);
@@ -60,9 +60,9 @@ def build_networks(archs: dict[str, list[str]]) -> dict[str, Any]:
     import timm
     import torch
 
-    from lana.decompose import decompose
-    from lana.space import build_op
-    from lana.student import assemble
+    from lana.model.decompose import decompose
+    from lana.model.student import assemble
+    from lana.space.ops import build_op
 
     torch.manual_seed(0)
     teacher = timm.create_model("tf_efficientnet_lite2", num_classes=10).eval()
@@ -126,7 +126,7 @@ def plain_here(files: dict[str, Path], rounds: int, runs: int,
 
 def lana_measure(nets: dict[str, Any], normalize: bool) -> dict[str, Any]:
     from lana.config import LatencyConfig
-    from lana.profile import measure_models
+    from lana.latency.profile import measure_models
 
     ms = measure_models(nets, SHAPE, LatencyConfig(normalize=normalize))
     return {"speedup": {n: ms["teacher"] / v for n, v in ms.items()}, "ms": ms}
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ort_timing
 
-    from lana.student import onnx_bytes
+    from lana.model.student import onnx_bytes
 
     archs = students_from(args.students)
     nets = build_networks(archs)
@@ -279,7 +279,7 @@ def render(path: Path) -> int:
 def _machine() -> str:
     import platform
 
-    from lana.latency import device_fingerprint
+    from lana.latency.timing import device_fingerprint
 
     return f"{device_fingerprint('cpu')}, Python {platform.python_version()}"
 

@@ -9,9 +9,9 @@ Default models: one per timm model module (the smallest-named of each: ``atto``,
 torchvision classification model instead (``torchvision:<name>``, its own section). Each is split by
 :func:`lana.decompose` at ``--image-size`` px (models with a fixed patch-embedding size at
 their own input size), and every candidate of its family's default space is built for
-every layer as phase 1 builds it (:func:`lana.distill.build_candidate`, teacher weight
+every layer as phase 1 builds it (:func:`lana.distill.phase1.build_candidate`, teacher weight
 inheritance included) and kept only if it maps the layer's input shape to its output shape
-(:func:`lana.space.fitting_candidates`, as the pipeline does). Reported per model: the
+(:func:`lana.space.ops.fitting_candidates`, as the pipeline does). Reported per model: the
 family that split it, layers, channels-last layers, candidates that fit out of those that
 apply, log10 of the search space; or the error lana gives. A crash (any exception that is
 not one of lana's own errors) is a bug. Rewrites the "timm coverage" section of
@@ -28,10 +28,10 @@ import time
 import torch
 from _results import machine, write_section
 
-from lana.decompose import decompose
-from lana.distill import build_candidate
+from lana.distill.phase1 import build_candidate
 from lana.errors import LanaError
-from lana.space import (
+from lana.model.decompose import decompose
+from lana.space.ops import (
     fitting_candidates,
     layer_candidates,
     log10_space_size,
@@ -78,7 +78,7 @@ def check(name: str, image_size: int, max_size: int = 320, source: str = "timm")
 
 
 def _check(name: str, image_size: int, source: str) -> dict:
-    from lana.models import create_model
+    from lana.model.zoo import create_model
 
     t0 = time.time()
     rec: dict = {"model": name}

@@ -13,8 +13,6 @@ Public API::
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -22,19 +20,22 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     from lana.api import AccelerateResult, accelerate
     from lana.config import Config, load_config
-    from lana.decompose import Chain, decompose
     from lana.errors import LanaError
-    from lana.pipeline import Run, run
-    from lana.status import run_status
-    from lana.student import load_student
+    from lana.model.decompose import Chain, decompose
+    from lana.model.student import load_student
+    from lana.pipeline.runner import Run, run
+    from lana.pipeline.status import run_status
 
-# Imported lazily so that `import lana.search` (the ILP) needs neither torch nor timm.
+# Imported lazily so that `import lana.search` (the ILP) needs neither torch nor timm. No
+# public name is also the name of a subpackage or module of lana (tests/test_imports.py):
+# importing one binds it on the package under its own name, which would shadow the public
+# object (as `lana.decompose`, a module beside the function, once did).
 _LAZY = {
     "accelerate": "lana.api", "AccelerateResult": "lana.api",
     "Config": "lana.config", "load_config": "lana.config",
-    "Chain": "lana.decompose", "decompose": "lana.decompose",
-    "LanaError": "lana.errors", "Run": "lana.pipeline", "run": "lana.pipeline",
-    "load_student": "lana.student", "run_status": "lana.status",
+    "Chain": "lana.model.decompose", "decompose": "lana.model.decompose",
+    "LanaError": "lana.errors", "Run": "lana.pipeline.runner", "run": "lana.pipeline.runner",
+    "load_student": "lana.model.student", "run_status": "lana.pipeline.status",
 }
 
 
@@ -45,32 +46,10 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        # Written to the namespace directly: _Package.__setattr__ is for the import system.
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lana' has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """The ``lana`` package object, which keeps public callables from being shadowed.
-
-    Importing a submodule binds it on its package (``lana.decompose`` becomes the module
-    ``lana/decompose.py``) the first time it loads, wherever that import happens. Where a
-    public name of ``_LAZY`` is also a submodule's name, that would replace the function
-    the README calls, ``lana.decompose(model, x)``, with the module: a "'module' object is
-    not callable" error that depends on import order. The binding is skipped instead, so
-    the name still resolves through ``__getattr__``. The submodule itself stays reachable
-    with ``from lana.decompose import ...``, ``importlib.import_module`` or ``sys.modules``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (name in _LAZY and isinstance(value, types.ModuleType)
-                and value.__name__ == f"{__name__}.{name}"):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = ["AccelerateResult", "Chain", "Config", "LanaError", "Run", "accelerate", "decompose",
            "load_config", "load_student", "run", "run_status", "__version__"]

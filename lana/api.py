@@ -1,6 +1,6 @@
 """One call for notebooks: ``lana.accelerate(model, train_data, val_data, budget=2.0)``.
 
-It wraps :class:`lana.pipeline.Run` with the model's current weights as the teacher and the
+It wraps :class:`lana.pipeline.runner.Run` with the model's current weights as the teacher and the
 given datasets as the splits, runs every stage (resumable: call it again with the same
 ``out`` to continue), writes the HTML report and hands back the student as a module.
 """
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from lana.config import BudgetConfig, Config, config_from_dict, load_config
 from lana.errors import ConfigError
-from lana.stages import EXPORT, MODEL_DIR, REPORT_DIR, REPORT_HTML
+from lana.pipeline.stages import EXPORT, MODEL_DIR, REPORT_DIR, REPORT_HTML
 
 __all__ = ["AccelerateResult", "accelerate", "parse_budget"]
 
@@ -30,7 +30,8 @@ class AccelerateResult:
 
     ``student`` is the fine-tuned student (eval mode), ``summary`` the run's
     ``summary.json`` content, ``report`` the path of the HTML report, ``run_dir`` the run
-    directory and ``run`` the :class:`lana.pipeline.Run` (for other budgets: ``run.all(...)``).
+    directory and ``run`` the :class:`lana.pipeline.runner.Run` (for other budgets:
+    ``run.all(...)``).
     """
 
     student: nn.Module
@@ -88,7 +89,7 @@ def _teacher(model: nn.Module, train_data: Dataset, val_data: Dataset,
     lana keeps the teacher on the CPU between stages and moves it to config.device to
     train; a model handed over on a GPU is copied to the CPU first.
     """
-    from lana.data import sample_shape
+    from lana.model.data import sample_shape
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -154,8 +155,8 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     search={"k": 4}, seed=1, device="cuda"`` (where training runs; default ``auto``: a GPU
     when there is one). Everything is written to ``out`` and resumes from there.
     """
-    from lana.data import Data, Splits
-    from lana.pipeline import Run
+    from lana.model.data import Data, Splits
+    from lana.pipeline.runner import Run
 
     teacher, shape, logits = _teacher(model, train_data, val_data, test_data)
     cfg, bud = _config(model, shape, budget, backend, config, overrides)
@@ -166,8 +167,8 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     run = Run(out, cfg, teacher=teacher, splits=splits)
     run.all(bud)
     summary = run.write_summary()
-    from lana.io import read_json
-    from lana.student import load_student
+    from lana.model.student import load_student
+    from lana.pipeline.io import read_json
 
     sdir = run.student_dir(bud)
     export = read_json(sdir / EXPORT)
@@ -175,7 +176,7 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     student = load_student(sdir / MODEL_DIR, teacher=copy.deepcopy(model))
     report_path = Path(out) / REPORT_DIR / REPORT_HTML
     if report:
-        from lana.report_html import write_report
+        from lana.report.html import write_report
 
         report_path = write_report(out)
     return AccelerateResult(student=student, summary=summary, report=report_path,

@@ -81,7 +81,7 @@ class DataConfig(_Section):
                          "your own, 'python:<file.py or dotted.module>:<function>'")
 
 
-#: lana's training optimizers (:func:`lana.train.make_optimizer`).
+#: lana's training optimizers (:func:`lana.distill.train.make_optimizer`).
 Optimizer = Literal["adamw", "sgd"]
 _OPTIMIZER_HELP = "adamw (weight decay 1e-4) or sgd (Nesterov momentum 0.9, weight decay 5e-5)"
 
@@ -138,7 +138,7 @@ class DistillConfig(_Section):
 class LatencyConfig(_Section):
     """Phase 2b: where and how latency is measured."""
 
-    backend: str = Field("onnxruntime", description="a name in lana.backends.BACKENDS: "
+    backend: str = Field("onnxruntime", description="a name in lana.latency.backends.BACKENDS: "
                          "onnxruntime, torch, openvino, torch-compile (CPU); torch-cuda, "
                          "torch-cuda-graphs, onnxruntime-cuda, onnxruntime-tensorrt, "
                          "tensorrt (GPU)")
@@ -211,8 +211,8 @@ class SearchConfig(_Section):
         "auto", description="a student must measure this fraction under the budget to be "
         "selected, so that measurement noise does not push it over in a later timing. "
         "auto: derived from how much repeated timings of the same networks differ on this "
-        "machine during the search (lana.spread; 3 % until repeats are timed, 1-25 %); or a "
-        "fixed fraction in [0, 0.5)")
+        "machine during the search (lana.latency.spread; 3 % until repeats are timed, "
+        "1-25 %); or a fixed fraction in [0, 0.5)")
     slack: float = Field(0.15, gt=0, le=1, description="a chosen student that measures "
                          "more than this fraction under the budget (after the margin) "
                          "gives away accuracy: the calibration is refitted on every network "
@@ -321,12 +321,12 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
         raise ConfigError(_format_errors(exc, source)) from None
     # Candidate specs are validated here so a typo fails before hours of training. This
     # and the checks below import no torch: validating a YAML takes a fraction of a second.
-    from lana.specs import space_specs
+    from lana.space.specs import space_specs
 
     if isinstance(cfg.space.ops, list):
         space_specs(cfg.space.ops)
     # Extra budgets and latency columns too: a typo must fail before the profile stage.
-    from lana.budget import Budget
+    from lana.search.budget import Budget
 
     for text in cfg.search.extra_budgets:
         Budget.parse(text)
@@ -334,8 +334,8 @@ def config_from_dict(data: dict | None, source: str = "config") -> Config:
     return cfg
 
 
-#: The latency backends lana ships, i.e. the names lana.backends.BACKENDS starts with; listed
-#: here so that checking a name needs no torch.
+#: The latency backends lana ships, i.e. the names lana.latency.backends.BACKENDS starts
+#: with; listed here so that checking a name needs no torch.
 BUILTIN_BACKENDS = ("torch", "onnxruntime", "openvino", "torch-compile", "torch-cuda",
                     "torch-cuda-graphs", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
@@ -343,11 +343,11 @@ BUILTIN_BACKENDS = ("torch", "onnxruntime", "openvino", "torch-compile", "torch-
 def check_backend_name(name: str) -> None:
     """Raise BackendUnavailableError unless ``name`` is a registered latency backend.
 
-    Backends are registered in ``lana.backends.BACKENDS``, which imports torch. Registering
+    Backends are registered in ``lana.latency.backends.BACKENDS``, which imports torch. Registering
     one means importing that module, so while it is not loaded the built-in names are all
     there are, and a config is checked without loading torch.
     """
-    backends = sys.modules.get("lana.backends")
+    backends = sys.modules.get("lana.latency.backends")
     known = backends.BACKENDS if backends is not None else BUILTIN_BACKENDS
     if name not in known:
         raise BackendUnavailableError.unknown(name, known)

@@ -45,7 +45,7 @@ TINY_CONFIG: dict = {
 
 def fake_backend(prepare, name: str = "fake") -> type:
     """A latency backend class for tests: ``prepare(module, example)`` returns the runner
-    (register it with ``monkeypatch.setitem(lana.backends.BACKENDS, name, cls)``)."""
+    (register it with ``monkeypatch.setitem(lana.latency.backends.BACKENDS, name, cls)``)."""
 
     class FakeBackend:
         device_kind = "cpu"
@@ -113,7 +113,7 @@ def small_sequential_teacher(seed: int = 0) -> nn.Sequential:
     _randomize_bn(model, seed)
     # Calibrate the BatchNorm statistics on data, as a trained teacher would have them, so
     # that every layer's output has a realistic (about unit) scale.
-    from lana.data import synthetic_dataset
+    from lana.model.data import synthetic_dataset
 
     x = synthetic_dataset(256, 16, seed=99).tensors[0]
     for m in model.modules():
@@ -129,7 +129,7 @@ def small_sequential_teacher(seed: int = 0) -> nn.Sequential:
 @pytest.fixture
 def seq_chain():
     """A decomposed :func:`small_sequential_teacher` (eval mode)."""
-    from lana.decompose import decompose
+    from lana.model.decompose import decompose
 
     chain = decompose(small_sequential_teacher(), torch.zeros(2, 1, 16, 16))
     return chain.eval()
@@ -139,7 +139,7 @@ def seq_chain():
 def synthetic_splits():
     """Deterministic synthetic splits (1x16x16 images, 4 classes)."""
     from lana.config import DataConfig
-    from lana.data import load_data
+    from lana.model.data import load_data
 
     cfg = DataConfig(name="synthetic", image_size=16, train_samples=128, val_samples=32,
                      test_samples=32)
@@ -157,7 +157,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     (see ``run_copy``).
     """
     from lana.config import config_from_dict
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
 
     base = tmp_path_factory.mktemp("pipeline")
     cfg_dict = tiny_config_dict(base / "teacher-cache")

@@ -10,13 +10,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import lana
-import lana.distill
-import lana.train
+import lana.distill.phase1
+import lana.distill.train
 from lana.api import parse_budget
 from lana.config import BudgetConfig
-from lana.data import synthetic_dataset
 from lana.errors import ConfigError
-from lana.student import load_student
+from lana.model.data import synthetic_dataset
+from lana.model.student import load_student
 
 FAST = {
     "seed": 0, "threads": 1, "device": "cpu",  # a top-level override, as a user passes it
@@ -43,7 +43,7 @@ class Pairs(Dataset):
 
 
 def _model() -> nn.Sequential:
-    from conftest import small_sequential_teacher
+    from tests.conftest import small_sequential_teacher
 
     return small_sequential_teacher(seed=3).append(
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)))
@@ -78,8 +78,8 @@ def test_accelerate_end_to_end_and_resume(tmp_path: Path, monkeypatch) -> None:
     def forbid(*a, **k):
         raise AssertionError("must not train on resume")
 
-    monkeypatch.setattr(lana.distill, "_train_group", forbid)
-    monkeypatch.setattr(lana.train, "train_classifier", forbid)
+    monkeypatch.setattr(lana.distill.phase1, "_train_group", forbid)
+    monkeypatch.setattr(lana.distill.train, "train_classifier", forbid)
     res2 = lana.accelerate(model, train, val, budget=1.1, backend="torch",
                            out=tmp_path / "run", report=False, **FAST)
     assert res2.export == res.export
@@ -119,7 +119,7 @@ def test_the_budget_argument_replaces_the_configs(tmp_path: Path, monkeypatch, b
                                                   want) -> None:
     """A millisecond budget over a config whose budget is a speed-up (the default) is
     that budget alone, not both (which the config refuses)."""
-    from lana.pipeline import Run
+    from lana.pipeline.runner import Run
 
     seen = {}
 

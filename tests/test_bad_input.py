@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from lana.cli import main
+from lana.cli.commands import main
 from lana.config import config_from_dict
 from lana.errors import ArtifactError, ConfigError
-from lana.io import load_tensors
+from lana.pipeline.io import load_tensors
 
 
 def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from lana.cli import main
+from lana.cli.commands import main
+from lana.cli.config_doc import config_reference
 from lana.config import Config
-from lana.config_doc import config_reference
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -58,9 +58,9 @@ def _python_blocks(text: str) -> list[str]:
 
 
 def test_guide_examples_for_an_op_and_a_backend_work() -> None:
-    from lana.decompose import LayerInfo
-    from lana.latency import BACKENDS, Settings, measure
-    from lana.space import OP_TYPES, build_op, check_shapes
+    from lana.latency.timing import BACKENDS, Settings, measure
+    from lana.model.decompose import LayerInfo
+    from lana.space.ops import OP_TYPES, build_op, check_shapes
 
     blocks = _python_blocks((DOCS / "guide.md").read_text())
     op_code = next(b for b in blocks if "register_op(" in b)
@@ -139,7 +139,7 @@ def test_readme_is_a_short_front_door() -> None:
 def test_code_points_to_existing_doc_sections() -> None:
     """Messages and docstrings that cite 'docs/PAGE.md, "Heading"' name a real heading."""
     refs = 0
-    for src in (ROOT / "lana").glob("*.py"):
+    for src in sorted((ROOT / "lana").rglob("*.py")):
         code = src.read_text().replace('\\"', '"')
         code = re.sub(r'"\s*\n\s*"', "", code)   # join implicitly concatenated strings
         assert "README, " not in code, f"{src.name} cites a README section that moved"
@@ -208,7 +208,7 @@ def _commands(body: str) -> list[list[str]]:
 
 
 def _check_command(tokens: list[str], where: str) -> None:
-    from lana.cli import _parser
+    from lana.cli.commands import _parser
 
     while tokens and re.fullmatch(r"[A-Z_]+=\S*", tokens[0]):   # VAR=value prefixes
         tokens = tokens[1:]
@@ -280,7 +280,7 @@ def test_readme_accelerate_block_runs(tmp_path: Path, monkeypatch) -> None:
 
     import lana.api
     from lana.config import config_from_dict
-    from lana.data import synthetic_dataset
+    from lana.model.data import synthetic_dataset
 
     tiny = {"seed": 0, "threads": 1, "device": "cpu",
             "space": {"ops": ["teacher", "identity", "cb_k{1,3}"]},
@@ -315,8 +315,7 @@ def test_readme_step_by_step_block_runs(pipeline_run, tmp_path: Path) -> None:
     run_dir, cfg_dict = pipeline_run
     shutil.copytree(run_dir, tmp_path / "runs" / "mine")
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(cfg_dict))
-    # lana.decompose is called once in a fresh process: within one process, importing the
-    # lana.decompose module first makes `lana.decompose` that module, not the function.
+    # In a fresh process, as a user runs it: nothing imported before the block.
     code = _readme_python("lana.decompose(") + (
         "\nprint(type(chain).__name__, len(chain.layers), type(student).__name__,"
         " summary['students'][0]['path'])\n")
@@ -338,7 +337,7 @@ def test_readme_python_blocks_all_run() -> None:
                 f"README.md:{line}: a Python block with no test that runs it")
 
 
-# --- the terminal table in the README: what lana.report.print_summary prints
+# --- the terminal table in the README: what lana.report.terminal.print_summary prints
 
 DEMO_SUMMARY = {  # the `lana demo` run of benchmarks/RESULTS.md ("lana demo", 2026-11-29)
     "teacher": {"name": "lana:tiny_effnet", "accuracy": 0.8309, "latency_ms": 0.2899},
@@ -355,7 +354,7 @@ DEMO_SUMMARY = {  # the `lana demo` run of benchmarks/RESULTS.md ("lana demo", 2
 def test_readme_terminal_table_is_what_lana_prints() -> None:
     from rich.console import Console
 
-    from lana.report import print_summary
+    from lana.report.terminal import print_summary
 
     (body,) = [b for lang, b, _ in _fenced(README) if lang == "text"]
     buf = io.StringIO()

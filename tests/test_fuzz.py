@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from lana.config import Config, config_from_dict, load_config
 from lana.errors import LanaError
-from lana.search import Library
+from lana.search.solver import Library
 
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

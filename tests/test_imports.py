@@ -1,5 +1,5 @@
-"""Import-time behaviour of the package: public names that share a submodule's name stay
-the public objects, and the torch-free paths (config validation, the library search) never
+"""Import-time behaviour of the package: public names stay the public objects whatever was
+imported before, and the torch-free paths (config validation, the library search) never
 import torch. Each check runs in a fresh interpreter, where import order is under control."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 import lana
 
-# Public names of the package that are also the names of its submodules (lana.decompose).
-CLASHING = sorted(set(lana.__all__) & {m.name for m in pkgutil.iter_modules(lana.__path__)})
+# lana's subpackages and top-level modules: importing one binds it on lana under its name.
+SUBMODULES = sorted(m.name for m in pkgutil.iter_modules(lana.__path__))
 
 
 def _python(code: str) -> None:
@@ -25,20 +25,21 @@ def _python(code: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_some_public_name_clashes_with_a_submodule() -> None:
-    # Guards the tests below against checking nothing.
-    assert "decompose" in CLASHING
+def test_no_public_name_is_a_submodule_name() -> None:
+    # A public name that were also a submodule's would become that module once the
+    # submodule loads (`lana.decompose` did, before lana had folders: issue 35).
+    assert "model" in SUBMODULES and "decompose" not in SUBMODULES
+    assert not set(lana.__all__) & set(SUBMODULES)
 
 
 @pytest.mark.parametrize("first", ["attribute", "import", "from-import"])
-def test_public_names_survive_importing_their_submodule(first: str) -> None:
-    # The submodule is loaded before the public name is used, after it, or both ways.
+def test_public_names_survive_importing_their_modules(first: str) -> None:
+    # The defining module is loaded before the public name is used, after it, or both ways.
     _python(f"""
         import importlib, sys, types
         import lana
 
-        for name in {CLASHING!r}:
-            module = "lana." + name
+        for name, module in lana._LAZY.items():
             if {first!r} == "attribute":
                 getattr(lana, name)
             if {first!r} == "from-import":
@@ -47,7 +48,7 @@ def test_public_names_survive_importing_their_submodule(first: str) -> None:
             exec(f"import {{module}}")
             value = getattr(lana, name)
             assert not isinstance(value, types.ModuleType), (name, value)
-            assert value is getattr(sys.modules[value.__module__], name), name
+            assert value is getattr(sys.modules[module], name), name
     """)
 
 
@@ -64,8 +65,8 @@ def test_decompose_is_callable_again_after_its_module_is_imported() -> None:
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
         x = torch.zeros(1, 3, 8, 8)
         first = lana.decompose(model, x)
-        import lana.decompose
-        from lana.decompose import Chain
+        import lana.model.decompose
+        from lana.model.decompose import Chain
 
         again = lana.decompose(model, x)
         assert isinstance(first, Chain) and isinstance(again, Chain)
@@ -87,7 +88,7 @@ def test_config_validation_imports_no_torch(tmp_path: Path) -> None:
     _python(f"""
         import contextlib, io, sys
 
-        from lana.cli import main
+        from lana.cli.commands import main
         from lana.config import extra_columns, load_config
         from lana.errors import BackendUnavailableError, ConfigError
 
@@ -128,7 +129,13 @@ def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
     _python(f"""
         import contextlib, io, json, sys
 
-        from lana.cli import main
+        import lana.search
+        assert "scipy" not in sys.modules  # the folder's names load on first use
+        from lana.search import Library, solve
+        assert solve is sys.modules["lana.search.solver"].solve, solve
+        assert Library is lana.search.Library is sys.modules["lana.search.library"].Library
+
+        from lana.cli.commands import main
 
         lib = {str(run_dir / "library.json")!r}
         with contextlib.redirect_stdout(io.StringIO()):
@@ -143,10 +150,10 @@ def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
 
 
 def test_builtin_backend_names_match_the_registry() -> None:
-    # Config validation checks backend names against BUILTIN_BACKENDS until lana.backends
+    # Config validation checks backend names against BUILTIN_BACKENDS until lana.latency.backends
     # is loaded; a fresh registry must hold exactly those names.
     _python("""
-        from lana.backends import BACKENDS
+        from lana.latency.backends import BACKENDS
         from lana.config import BUILTIN_BACKENDS
 
         assert sorted(BACKENDS) == sorted(BUILTIN_BACKENDS), (BACKENDS, BUILTIN_BACKENDS)
@@ -155,9 +162,9 @@ def test_builtin_backend_names_match_the_registry() -> None:
 
 def test_registered_ops_and_backends_pass_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     # Ops and backends users register (which loads torch) are known to config validation.
-    from lana.backends import BACKENDS, TorchBackend
     from lana.config import config_from_dict
-    from lana.space import OP_TYPES, OpType, Param
+    from lana.latency.backends import BACKENDS, TorchBackend
+    from lana.space.ops import OP_TYPES, OpType, Param
 
     monkeypatch.setitem(BACKENDS, "my-backend", TorchBackend)
     monkeypatch.setitem(OP_TYPES, "zz", OpType("zz", None, (Param("k", int, 3, (3, 5)),)))

@@ -1,0 +1,787 @@
+"""Phase 2c in the pipeline: solve the ILP, then measure and rank the K students.
+
+The ILP sees only the library (plain numbers, :mod:`lana.search.solver`). Here its solutions are
+turned into networks: each of the K diverse solutions is assembled from phase-1 weights,
+evaluated on held-out data (BatchNorm in batch-statistics mode, as in the paper) and
+measured end to end. The best student that *measurably* meets the budget wins; when none
+does, the LUT budget is tightened by the observed error and the ILP re-solved; when the
+winner measures far under the budget (``search.slack``), the LUT budget is loosened the
+same way, so a budget is used rather than given away in accuracy.
+
+:func:`select` takes the network-side work as three callables, so the logic is testable
+with fakes and independent of torch. The search is a :class:`Selection`: its state (the
+calibration, the margin, the bracket of layer budgets tried, the best student so far) is
+explicit, and each round of :meth:`Selection.run` is a sequence of small steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lana.config import BudgetConfig, SearchConfig
+from lana.errors import InfeasibleBudgetError
+from lana.latency.spread import MAX_MARGIN, SpreadMargin
+from lana.report.progress import log, progress
+from lana.search.solver import (
+    Budget,
+    Library,
+    SearchResult,
+    Solution,
+    minimum_reachable,
+    score_optimum_cost,
+    solve,
+)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured end-to-end latency ~ ``alpha`` * LUT sum + ``beta`` (ms).
+
+    The LUT times every op alone, so its sum misses what the whole network does
+    differently: a per-network overhead (one session call instead of dozens, the input
+    copy, the head) that is constant, and a per-op speed factor (fused kernels, warm
+    caches between consecutive layers, or the opposite). ``alpha`` captures the factor,
+    ``beta`` the constant; ``points`` is how many (LUT sum, measured) pairs it was fit on.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    points: int = 0
+    method: str = "none"
+
+    def predict(self, lut_ms: float) -> float:
+        """The corrected prediction of a network whose LUT sum is ``lut_ms``."""
+        return self.alpha * lut_ms + self.beta
+
+    def invert(self, measured_ms: float) -> float:
+        """The LUT sum whose corrected prediction is ``measured_ms``."""
+        return (measured_ms - self.beta) / self.alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+def budget_allowed_ms(speedup: float | None, target_ms: float,
+                      teacher_ms: float | None) -> float:
+    """The budget in ms that a student's measured latency is checked against.
+
+    A speed-up budget is checked against the teacher timed in the same session as the
+    student (its ms over the speed-up), so a machine that drifted since profiling fails no
+    student unfairly; ``target_ms`` (the search's target, from the teacher timed at
+    profiling) stands for a millisecond budget, or when no teacher was timed.
+    """
+    if speedup is not None and teacher_ms is not None:
+        return teacher_ms / speedup
+    return target_ms
+
+
+def pool_timings(timings: Sequence[dict[str, float]], name: str, speedup: float | None,
+                 target_ms: float) -> dict[str, float]:
+    """Pool separate timings of the student ``name``, each a dict of ms with the teacher
+    timed alongside (``"teacher"``), into the values of one of them: the timing whose
+    ``fraction`` (the student's ms over the budget allowed in that timing,
+    :func:`budget_allowed_ms`) is the median; of an even number, the higher of the two
+    middle ones, so a tie is judged on the slower side. A student meets the budget when
+    ``fraction <= 1`` (less a margin in the search).
+
+    A median of separate timings, not one timing, decides: a shared machine's speed
+    differs from one session to the next by more than a margin of a few percent (see
+    :data:`lana.latency.timing.E2E_ROUNDS`). The student's ms, the teacher's and the speed-up are
+    taken from the same timing rather than as medians of their own, so that the numbers
+    a user reads agree with each other and with the verdict (independent medians of a
+    teacher and a student that drift together imply a speed-up no timing measured).
+    Returns ``latency_ms``, ``teacher_ms``, ``speedup``, ``fraction`` and ``timing`` (the
+    index of the median timing).
+    """
+    if not timings:
+        raise ValueError("no timings to pool")
+    fractions = _fractions(timings, name, speedup, target_ms)
+    order = sorted(range(len(timings)), key=fractions.__getitem__)
+    k = order[len(order) // 2]
+    t = timings[k]
+    return {"latency_ms": t[name], "teacher_ms": t["teacher"],
+            "speedup": t["teacher"] / t[name], "fraction": fractions[k], "timing": k}
+
+
+def median_speedup(timings: Sequence[dict[str, float]], name: str = "student") -> float:
+    """The median over ``timings`` (each a dict of ms with the teacher timed alongside) of
+    teacher ms / ``name`` ms: a speed-up from pairs timed in the same session."""
+    import statistics
+
+    return statistics.median(t["teacher"] / t[name] for t in timings)
+
+
+def chosen_speedup(search: dict) -> float | None:
+    """The chosen student's speed-up over the teacher as a search result (``search.json``)
+    measured it: the median of its confirmation timings, else its one timing beside the
+    teacher of its attempt; None when nothing was timed (a LUT from another device)."""
+    return _measured_speedup(search.get("chosen") or {}, search.get("attempts", []))
+
+
+def _measured_speedup(chosen: dict, attempts: Sequence[dict]) -> float | None:
+    if chosen.get("timings_ms"):
+        return median_speedup(chosen["timings_ms"])
+    if chosen.get("latency_ms_measured"):
+        for att in attempts:
+            if chosen in att["students"]:
+                return att["teacher_ms"] / chosen["latency_ms_measured"]
+    return None
+
+
+def _fractions(timings: Sequence[dict[str, float]], name: str, speedup: float | None,
+               target_ms: float) -> list[float]:
+    """Per timing: the student's ms over the budget allowed in that timing."""
+    return [t[name] / budget_allowed_ms(speedup, target_ms, t["teacher"]) for t in timings]
+
+
+def time_until_decided(time_once: Callable[[], dict[str, float]], name: str,
+                       speedup: float | None, target_ms: float, threshold: float,
+                       confirm: int, first: dict[str, float] | None = None
+                       ) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Time the student ``name`` (``time_once()``: one timing with the teacher alongside)
+    ``confirm`` times in all, counting ``first``, and more while the verdict is in doubt:
+    while the median ``fraction`` (:func:`pool_timings`) is within half the spread of the
+    timings' fractions of ``threshold``, up to ``2 * confirm + 1`` timings. A clear case
+    costs ``confirm`` timings; a noisy, borderline one gets the timings it needs.
+    Returns the timings and their pooled values.
+    """
+    timings = [first] if first is not None else []
+    while True:
+        if len(timings) >= confirm:
+            pooled = pool_timings(timings, name, speedup, target_ms)
+            fractions = _fractions(timings, name, speedup, target_ms)
+            spread = max(fractions) - min(fractions)
+            if (len(timings) >= 2 * confirm + 1
+                    or abs(pooled["fraction"] - threshold) > spread / 2):
+                return timings, pooled
+        timings.append(time_once())
+
+
+def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15,
+                    test_line: bool = True, level: float = 0.05) -> Calibration:
+    """Fit measured ~ alpha * lut + beta to ``(lut_ms, measured_ms)`` pairs.
+
+    A line needs LUT sums that differ: when there are fewer than three points, or their
+    LUT sums span less than ``min_span`` of the largest one, the intercept is not
+    identifiable from noise and the fit falls back to a ratio through the origin (the
+    pooled measured/LUT ratio, ``beta = 0``). The line is also rejected in favour of the
+    ratio when it is implausible: a non-positive slope, or a prediction at or below zero
+    for one of the points.
+
+    The ratio is the default and the line's second parameter must earn its place
+    (``test_line=False`` skips both tests and keeps any plausible line):
+
+    - its intercept must differ from zero by more than noise: a two-sided t-test at
+      ``level`` on the least-squares intercept (a handful of noisy timings gives a line
+      whose intercept is mostly noise, and extrapolating it costs more than it gains);
+    - from four points on, it must also predict the points better than the ratio does
+      when each point is left out of the fit in turn (leave-one-out).
+    """
+    pts = [(float(x), float(y)) for x, y in points
+           if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
+    if not pts:
+        return Calibration()
+    ratio = _fit_ratio(pts)
+    line = _fit_line(pts, min_span)
+    if line is None or not test_line:
+        return line or ratio
+    if not _intercept_significant(pts, line, level):
+        return ratio
+    if len(pts) >= 4:
+        def loo_error(fit) -> float:  # mean relative error of the left-out point's prediction
+            errs = []
+            for k, (x, y) in enumerate(pts):
+                cal = fit(pts[:k] + pts[k + 1:]) or _fit_ratio(pts[:k] + pts[k + 1:])
+                errs.append(abs(cal.predict(x) - y) / y)
+            return sum(errs) / len(errs)
+
+        if loo_error(lambda p: _fit_line(p, min_span)) >= loo_error(_fit_ratio):
+            return ratio
+    return line
+
+
+def _intercept_significant(pts: list[tuple[float, float]], line: Calibration,
+                           level: float) -> bool:
+    """Whether the least-squares intercept of ``line`` is non-zero at ``level`` (t-test)."""
+    from scipy.stats import t as student_t
+
+    n = len(pts)
+    xs = [x for x, _ in pts]
+    mx = sum(xs) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    rss = sum((y - line.predict(x)) ** 2 for x, y in pts)
+    # Standard error of the intercept of an ordinary least-squares line.
+    se = math.sqrt(rss / (n - 2) * (1.0 / n + mx * mx / sxx))
+    scale = max(y for _, y in pts)
+    if se <= 1e-12 * scale:  # the points lie on the line: any visible intercept is real
+        return abs(line.beta) > 1e-9 * scale
+    return abs(line.beta) / se > student_t.ppf(1.0 - level / 2.0, n - 2)
+
+
+def _fit_ratio(pts: list[tuple[float, float]]) -> Calibration:
+    return Calibration(alpha=sum(y for _, y in pts) / sum(x for x, _ in pts), beta=0.0,
+                       points=len(pts), method="ratio")
+
+
+def _fit_line(pts: list[tuple[float, float]], min_span: float) -> Calibration | None:
+    """The least-squares line, or None where it is not identifiable or implausible."""
+    xs = [x for x, _ in pts]
+    if len(pts) < 3 or (max(xs) - min(xs)) < min_span * max(xs):
+        return None
+    n = len(pts)
+    mx = sum(xs) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    alpha = sxy / sxx
+    beta = my - alpha * mx
+    line = Calibration(alpha=alpha, beta=beta, points=n, method="line")
+    if alpha <= 0 or any(line.predict(x) <= 0 for x in xs):
+        return None
+    return line
+
+
+def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: float,
+           cfg: SearchConfig, build: Callable[[list[str]], Any],
+           measure: Callable[[dict[str, Any]], dict[str, float]] | None,
+           evaluate: Callable[[Any], dict[str, float]],
+           extra_budgets: Sequence[Budget] = ()) -> dict:
+    """Search, verify and rank students; return the content of ``search.json``.
+
+    ``latency`` holds ``stem_ms``, ``head_ms``, ``teacher_measured_ms``,
+    ``teacher_predicted_ms`` (from the profile stage). ``build(specs)`` assembles a student,
+    ``measure(students)`` returns end-to-end ms per name plus ``"teacher"`` (timed in the
+    same session), ``evaluate(student)`` returns held-out ``loss`` and ``accuracy``.
+    ``measure=None`` (the LUT comes from another machine, ``latency.device``): nothing can
+    be timed here, so students are judged by the corrected prediction, marked
+    ``verified: false``, and there is no re-solve. ``extra_budgets`` bound further cost
+    columns of the library (layer sums, i.e. without the fixed stem/head costs).
+    The search itself is :class:`Selection`.
+    """
+    return Selection(library, latency, budget, target_ms, cfg, build, measure, evaluate,
+                     extra_budgets).run()
+
+
+@dataclass
+class Bracket:
+    """The layer budgets tried so far on either side of the budget: the largest one whose
+    chosen student met it (``under``) and the smallest one none of whose students did
+    (``over``). Later budgets stay between; once both are known, they bisect."""
+
+    under: float | None = None
+    over: float | None = None
+
+    def met(self, layer_budget: float) -> None:
+        """A solve at ``layer_budget`` chose a student that met the budget."""
+        self.under = layer_budget if self.under is None else max(self.under, layer_budget)
+
+    def missed(self, layer_budget: float) -> None:
+        """No student of a solve at ``layer_budget`` met the budget."""
+        self.over = layer_budget if self.over is None else min(self.over, layer_budget)
+
+    def retract(self, layer_budget: float) -> None:
+        """The student chosen at ``layer_budget`` misses the budget when timed again: that
+        budget counts as missed, and a met budget at or above it is no evidence any more."""
+        self.missed(layer_budget)
+        if self.under is not None and self.under >= layer_budget:
+            self.under = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether both sides are known."""
+        return self.under is not None and self.over is not None
+
+    @property
+    def narrow(self) -> bool:
+        """Whether both sides are known and within 1 % of each other: nowhere left to go."""
+        return self.closed and self.over - self.under <= 0.01 * self.over
+
+
+@dataclass
+class Incumbent:
+    """A student confirmed within budget: its row (of ``search.json``), its network, the
+    layer budget of the solve that found it, and its timing in that solve's time window
+    (``{"teacher": ms, "student": ms}``)."""
+
+    row: dict
+    model: Any
+    layer_budget: float
+    window: dict[str, float]
+
+
+@dataclass
+class Round:
+    """One solve of the search and what came of it, filled in by the steps of
+    :meth:`Selection.run` in turn."""
+
+    result: SearchResult
+    students: dict[str, Any]
+    measured: dict[str, float] = field(default_factory=dict)
+    allowed: float = 0.0  # ms, by the teacher timed in this round
+    retimed: bool = False  # the incumbent was timed beside this round's students
+    rows: list[dict] = field(default_factory=list)
+    chosen: Incumbent | None = None
+    used: float = 1.0  # the chosen student's share of the budget allowed
+    improved: bool = False  # the chosen student became the incumbent
+
+
+class Selection:
+    """The search of :func:`select`, with its state explicit.
+
+    :meth:`run` is the template: each round solves the ILP at ``layer_budget`` and builds
+    the K students, measures them (with the incumbent beside them), re-times the
+    incumbent, evaluates the students, confirms the best one that met the budget, records
+    the attempt and decides the next layer budget, or stops.
+
+    State carried from one round to the next: ``points`` (every (LUT sum, measured ms)
+    pair so far) and ``cal`` (the calibration the next solve's budget came from);
+    ``spread`` (the margin, from the spread of repeated timings); ``layer_budget``;
+    ``bracket`` (:class:`Bracket`); ``best`` (the most accurate student confirmed within
+    budget over all solves, an :class:`Incumbent`, or None); ``attempts`` (the rows of
+    ``search.json``) and ``solve_seconds``. Building raises
+    :class:`~lana.errors.InfeasibleBudgetError` when the budget is below every architecture.
+    """
+
+    def __init__(self, library: Library, latency: dict, budget: BudgetConfig,
+                 target_ms: float, cfg: SearchConfig, build: Callable[[list[str]], Any],
+                 measure: Callable[[dict[str, Any]], dict[str, float]] | None,
+                 evaluate: Callable[[Any], dict[str, float]],
+                 extra_budgets: Sequence[Budget] = ()) -> None:
+        self.library, self.latency, self.budget = library, latency, budget
+        self.target_ms, self.cfg, self.extra_budgets = target_ms, cfg, extra_budgets
+        self.build, self.measure, self.evaluate = build, measure, evaluate
+        self.fixed = latency["stem_ms"] + latency["head_ms"]
+        # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
+        # caches, per-call overhead). Measured ~ alpha * LUT sum + beta calibrates that:
+        # first from the teacher alone (a ratio), then refitted on every network measured.
+        self.teacher_lut = latency["teacher_predicted_ms"]
+        self.points = [(self.teacher_lut, latency["teacher_measured_ms"])]
+        self.cal = fit_calibration(self.points)
+        # The margin grows or shrinks with the spread of the repeated timings below.
+        self.spread = SpreadMargin.from_config(cfg.margin)
+        self.layer_budget = self.cal.invert(target_ms * (1 - self.spread.value)) - self.fixed
+        self.floor = minimum_reachable(library, "latency_ms")
+        if self.layer_budget < self.floor:
+            raise self._infeasible()
+        self.ceiling = minimum_reachable(library, "latency_ms", "max")
+        self.optimum = score_optimum_cost(library, "latency_ms")
+        if not extra_budgets:
+            # Looser than the best-scoring architecture, the ILP's optimum stays that one: a
+            # re-solve there only times the same students again. (Another cost column may
+            # rule that architecture out, and then a costlier latency can still buy a
+            # better one.)
+            self.ceiling = min(self.ceiling, self.optimum)
+        self.bracket = Bracket()
+        self.best: Incumbent | None = None
+        self.attempts: list[dict] = []
+        self.solve_seconds = 0.0
+
+    def _infeasible(self) -> InfeasibleBudgetError:
+        backend = self.latency.get("settings", {}).get("backend", "the backend")
+        minimum = self.cal.predict(self.floor + self.fixed)
+        margin = self.spread.value
+        return InfeasibleBudgetError(
+            f"a budget of {self.target_ms:.4g} ms is below the minimum reachable latency "
+            f"{minimum:.4g} ms of this candidate space on {backend} "
+            f"(stem+head alone: {self.cal.predict(self.fixed):.4g} ms"
+            + (f", {margin:.0%} safety margin" if margin else "") + "). Raise the "
+            "budget (or lower the speed-up), or add cheaper candidate ops.",
+            minimum={"latency_ms": minimum})
+
+    def run(self) -> dict:
+        """Solve, measure and re-solve until a round decides to stop (at most
+        ``search.max_resolves`` re-solves); return the content of ``search.json``."""
+        for _ in range(self.cfg.max_resolves + 1):
+            rnd = self._solve()
+            self._measure(rnd)
+            self._retime_best(rnd)
+            self._evaluate(rnd)
+            self._confirm(rnd)
+            self._record(rnd)
+            new_budget = self._next_layer_budget(rnd)
+            if new_budget is None:
+                break
+            self.layer_budget = new_budget
+        return self._result()
+
+    def _solve(self) -> Round:
+        """Solve the ILP at the current layer budget and build its students."""
+        with progress() as bar:
+            task = bar.add_task("phase 2c ILP", total=self.cfg.k, info="diverse solutions")
+            result = solve(self.library, [Budget("latency_ms", "<=", self.layer_budget),
+                                          *self.extra_budgets], k=self.cfg.k,
+                           overlap=self.cfg.overlap,
+                           on_solution=lambda n, b=bar, t=task: b.update(t, completed=n))
+            # Fewer than K diverse architectures may exist; the bar ends where the ILP did.
+            bar.update(task, total=len(result.solutions), completed=len(result.solutions))
+        self.solve_seconds += result.solve_seconds
+        return Round(result, {f"s{n}": self.build(sol.specs)
+                              for n, sol in enumerate(result.solutions)})
+
+    def _measure(self, rnd: Round) -> None:
+        """Time the round's students beside the teacher, and the incumbent with them."""
+        # The machine's speed drifts by whole time windows, and keeping the solve that met
+        # its budget keeps the luckiest window: timing the incumbent again in every later
+        # window undoes that. One timing stands for each window (the confirm timings of one
+        # solve share a window).
+        rnd.retimed = self.best is not None and self.measure is not None
+        again = {"best": self.best.model} if rnd.retimed else {}
+        measured = self.measure({**rnd.students, **again}) if self.measure is not None else None
+        rnd.measured = (measured if measured is not None
+                        else {"teacher": self.latency["teacher_measured_ms"]})
+        rnd.allowed = budget_allowed_ms(self.budget.speedup, self.target_ms,
+                                        rnd.measured["teacher"])
+
+    def _retime_best(self, rnd: Round) -> None:
+        """Pool the incumbent's timings over every time window so far (its own solve's and
+        each later one's); one that misses the budget there is dropped."""
+        if not rnd.retimed:
+            return
+        best = self.best
+        retimed = best.row.setdefault("retimed_ms", [])
+        retimed.append({"teacher": rnd.measured["teacher"], "student": rnd.measured["best"]})
+        windows = [best.window, *retimed]
+        self.spread.set_group("best", windows)
+        pooled = pool_timings(windows, "student", self.budget.speedup, self.target_ms)
+        if pooled["fraction"] > (1 - self.spread.value) * (1 + 1e-9):
+            self._drop_best(pooled, len(windows))
+
+    def _drop_best(self, pooled: dict[str, float], windows: int) -> None:
+        """The incumbent missed the budget over ``windows`` time windows: no longer met."""
+        best = self.best
+        log(f"[yellow]search: the best student so far, timed again beside this "
+            f"solve, measures {pooled['latency_ms']:.4g} ms, "
+            f"{pooled['fraction']:.0%} of its budget over {windows} "
+            "time windows: dropped[/yellow]")
+        best.row.update(meets_budget=False, latency_ms_measured=pooled["latency_ms"])
+        self.bracket.retract(best.layer_budget)
+        self.best = None
+
+    def _evaluate(self, rnd: Round) -> None:
+        """Evaluate the round's students on held-out data; one row each for ``search.json``,
+        judged by the timing of all K (or the corrected prediction where nothing is timed)."""
+        solutions = rnd.result.solutions
+        with progress() as bar:
+            task = bar.add_task("phase 2c evaluate", total=len(solutions),
+                                info="K students on held-out data")
+            evals = []
+            for n in range(len(solutions)):
+                evals.append(self.evaluate(rnd.students[f"s{n}"]))
+                bar.advance(task)
+        rnd.rows = [self._row(sol, ev, rnd.measured.get(f"s{n}"), rnd.allowed)
+                    for n, (sol, ev) in enumerate(zip(solutions, evals, strict=True))]
+
+    def _row(self, sol: Solution, ev: dict[str, float], ms: float | None,
+             allowed: float) -> dict:
+        lut_ms = sol.cost["latency_ms"] + self.fixed
+        judged = ms if ms is not None else self.cal.predict(lut_ms)
+        return {"choices": sol.specs, "score": sol.score,
+                "latency_ms_lut": lut_ms,
+                "latency_ms_predicted": self.cal.predict(lut_ms),
+                "latency_ms_measured": ms, "verified": ms is not None,
+                "meets_budget": judged <= allowed * (1 - self.spread.value) * (1 + 1e-9),
+                "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]}
+
+    def _confirm(self, rnd: Round) -> None:
+        """Choose the round's student: the lowest held-out loss of those that met the
+        budget, once fresh timings confirm it (a student they fail gives way to the next)."""
+        rows = rnd.rows
+        for n in sorted((n for n, r in enumerate(rows) if r["meets_budget"]),
+                        key=lambda n: rows[n]["val_loss"]):
+            r, name = rows[n], f"s{n}"
+            rnd.used = (r["latency_ms_measured"] or r["latency_ms_predicted"]) / rnd.allowed
+            pooled = None
+            if self.measure is not None and self.cfg.confirm > 1:
+                pooled = self._time_again(rnd, r, name)
+                rnd.used = pooled["fraction"]
+            if r["meets_budget"]:
+                window = (r["timings_ms"][pooled["timing"]] if pooled is not None
+                          else {"teacher": rnd.measured["teacher"],
+                                "student": r["latency_ms_measured"]})
+                rnd.chosen = Incumbent(r, rnd.students[name], self.layer_budget, window)
+                return
+
+    def _time_again(self, rnd: Round, r: dict, name: str) -> dict[str, float]:
+        """Judge the row ``r`` (student ``name``) by ``search.confirm`` fresh timings (more
+        while in doubt, :func:`time_until_decided`); return their pooled values."""
+        # Picking the best of K noisy timings favours one that was timed fast by luck, so
+        # the timing that picked it is no evidence and takes no part in the verdict
+        # (counting it biased the median low: a student passed the search that later
+        # timings put over budget).
+        timings, pooled = time_until_decided(
+            lambda one={name: rnd.students[name]}: self.measure(one), name,
+            self.budget.speedup, self.target_ms, 1 - self.spread.value, self.cfg.confirm)
+        r["selected_by_ms"] = {"teacher": rnd.measured["teacher"],
+                               "student": rnd.measured[name]}
+        r["timings_ms"] = [{"teacher": t["teacher"], "student": t[name]} for t in timings]
+        r["latency_ms_measured"] = pooled["latency_ms"]
+        self.spread.set_group(f"{len(self.attempts)}/{name}", r["timings_ms"])
+        r["margin"] = self.spread.value
+        r["meets_budget"] = pooled["fraction"] <= (1 - self.spread.value) * (1 + 1e-9)
+        if not r["meets_budget"]:
+            log(f"[yellow]search: {name} met the budget in the timing of all K "
+                f"but not in the median of {len(timings)} more "
+                f"({pooled['fraction']:.1%} of the budget): not chosen[/yellow]")
+        return pooled
+
+    def _record(self, rnd: Round) -> None:
+        """Add the round's timings to the calibration points and the round to
+        ``attempts``; its chosen student becomes the incumbent if its loss is lower."""
+        for r in rnd.rows:
+            if r["latency_ms_measured"] is not None:
+                self.points.append((r["latency_ms_lut"], r["latency_ms_measured"]))
+        if self.measure is not None:
+            self.points.append((self.teacher_lut, rnd.measured["teacher"]))
+        self.attempts.append({"layer_budget_ms": self.layer_budget,
+                              "teacher_ms": rnd.measured["teacher"],
+                              "allowed_ms": rnd.allowed,
+                              "solve_seconds": rnd.result.solve_seconds,
+                              "calibration": self.cal.to_dict(), "students": rnd.rows})
+        rnd.improved = rnd.chosen is not None and (
+            self.best is None or rnd.chosen.row["val_loss"] < self.best.row["val_loss"])
+        if rnd.improved:
+            self.best = rnd.chosen
+
+    def _next_layer_budget(self, rnd: Round) -> float | None:
+        """The layer budget of the next solve, or None to stop: tighter after a miss, looser
+        after a student far under the budget, within the bracket and the reachable range."""
+        if self.measure is None:
+            return None  # nothing measured, nothing to learn from
+        goal = min(rnd.allowed, self.target_ms) * (1 - self.spread.value)
+        if rnd.chosen is not None:
+            if self._settled(rnd):
+                return None
+            self.bracket.met(self.layer_budget)
+            new_budget, why, how = self._loosen(rnd, goal)
+        else:
+            self.bracket.missed(self.layer_budget)
+            new_budget, why, how = self._tighten(rnd, goal)
+        under, over = self.bracket.under, self.bracket.over
+        if self.bracket.closed:
+            # A refit line interpolates badly where the device is not linear in the LUT
+            # sum; halving the bracket always gets there.
+            new_budget = (under + over) / 2
+            how = (f"bisecting between LUT budgets {under + self.fixed:.4g} ms (met) and "
+                   f"{over + self.fixed:.4g} ms (missed)")
+        new_budget = min(max(self.floor, new_budget), self.ceiling)
+        if (abs(new_budget - self.layer_budget) <= 0.005 * self.layer_budget
+                or self.bracket.narrow):
+            return None  # at the cheapest (or costliest) architecture, or nowhere left to go
+        log(f"[yellow]search: {why}; {how}; LUT budget {self.layer_budget + self.fixed:.4g}"
+            f" -> {new_budget + self.fixed:.4g} ms, re-solving[/yellow]")
+        return new_budget
+
+    def _settled(self, rnd: Round) -> bool:
+        """Whether a round whose student met the budget ends the search."""
+        # Far under the budget, the student gave away accuracy that a costlier one would
+        # keep, so the search goes on with a looser budget, unless this solve, between
+        # budgets already tried, found nothing better: there is nothing left between.
+        return (rnd.used >= _loosen_below(self.spread.value, self.cfg.slack)
+                or self.layer_budget >= self.ceiling
+                or (not rnd.improved and self.bracket.over is not None))
+
+    def _loosen(self, rnd: Round, goal: float) -> tuple[float, str, str]:
+        """The next layer budget after a student well under the budget; why and how."""
+        row = rnd.chosen.row
+        new_budget, self.cal, how = _looser_budget(self.points, row, self.layer_budget,
+                                                   self.fixed, self.cal, goal)
+        why = (f"chosen student measured {row['latency_ms_measured']:.4g} ms, "
+               f"{rnd.used:.0%} of the {rnd.allowed:.4g} ms allowed")
+        return new_budget, why, how
+
+    def _tighten(self, rnd: Round, goal: float) -> tuple[float, str, str]:
+        """The next layer budget after no student met the budget; why and how."""
+        new_budget, self.cal, how = _next_budget(self.points, rnd.rows, self.layer_budget,
+                                                 self.fixed, self.cal, goal)
+        top = min(rnd.rows, key=lambda r: r["val_loss"])
+        # Below the best student's LUT cost, or the ILP returns it again.
+        new_budget = min(new_budget, (top["latency_ms_lut"] - self.fixed) * (1 - 1e-3))
+        why = (f"best student measured {top['latency_ms_measured']:.4g} ms > "
+               f"{rnd.allowed * (1 - self.spread.value):.4g} ms allowed")
+        return new_budget, why, how
+
+    def _result(self) -> dict:
+        """The content of ``search.json``: the incumbent, else the fastest student."""
+        chosen = self.best.row if self.best is not None else self._fastest()
+        final = fit_calibration(self.points)
+        spread = self.spread
+        if spread.fixed is None and spread.value >= MAX_MARGIN:
+            log(f"[yellow]search: repeated timings of the same networks differ by "
+                f"{spread.sigma:.0%} (sd) on this machine; the margin stops at "
+                f"{MAX_MARGIN:.0%}, so a later timing may well miss the budget. Time on a "
+                "quieter machine (nothing else running) for a promise that holds[/yellow]")
+        if (sp := _measured_speedup(chosen, self.attempts)) is not None:
+            chosen["speedup_interval"] = spread.interval(sp)
+        cfg = self.cfg
+        return {"budget": self.budget.model_dump(exclude_none=True),
+                "budget_ms": self.target_ms, "calibration": final.to_dict(),
+                "fixed_ms": self.fixed, "k": cfg.k, "overlap": cfg.overlap,
+                "margin": spread.value, "margin_from": spread.to_dict(), "slack": cfg.slack,
+                "log10_space_size": self.library.log10_space_size(),
+                "solve_seconds": self.solve_seconds, "resolves": len(self.attempts) - 1,
+                "score_optimum_ms_lut": self.optimum + self.fixed,
+                "attempts": self.attempts, "chosen": chosen}
+
+    def _fastest(self) -> dict:
+        """The fastest student of every solve (measured, else predicted), when none met
+        the budget."""
+        fastest = min((r for a in self.attempts for r in a["students"]),
+                      key=lambda r: (r["latency_ms_measured"] if r["verified"]
+                                     else r["latency_ms_predicted"]))
+        log(f"[red]search: no student measurably met the budget after {len(self.attempts)} "
+            "solve(s); keeping the fastest one (see meets_budget in summary.json)[/red]")
+        return fastest
+
+
+def _loosen_below(margin: float, slack: float) -> float:
+    """The share of its budget below which a student that met it gave away accuracy: the
+    search loosens the LUT budget there, and :func:`explain` says why it stayed there."""
+    return (1 - margin) * (1 - slack)
+
+
+def _next_budget(points: list[tuple[float, float]], rows: list[dict], layer_budget: float,
+                 fixed: float, cal: Calibration, goal: float
+                 ) -> tuple[float, Calibration, str]:
+    """The layer budget of the next solve after no student met ``goal`` (ms, measured).
+
+    First choice: refit the calibration on every network measured so far and invert it at
+    the goal. When the refit does not tighten the budget (the miss is noise rather than a
+    wrong calibration), shrink it by the best student's measured overshoot instead (at
+    least 3 %).
+    """
+    refit = fit_calibration(points)
+    by_fit = refit.invert(goal) - fixed
+    if by_fit < layer_budget:
+        return by_fit, refit, (f"refit measured ~ {refit.alpha:.3f} x LUT "
+                               f"{refit.beta:+.3g} ms on {refit.points} networks")
+    best = min(rows, key=lambda r: r["val_loss"])
+    shrink = min(0.97, goal / best["latency_ms_measured"])
+    return ((layer_budget + fixed) * shrink - fixed, cal,
+            f"calibration unchanged, tightening by {1 - shrink:.1%}")
+
+
+def _looser_budget(points: list[tuple[float, float]], chosen: dict, layer_budget: float,
+                   fixed: float, cal: Calibration, goal: float
+                   ) -> tuple[float, Calibration, str]:
+    """The layer budget of the next solve after the chosen student measured well under
+    ``goal`` (ms): the larger of the calibration refitted on every network measured so far
+    (inverted at the goal) and the budget grown by the chosen student's undershoot
+    (measured ∝ LUT for that student). The larger one, because a refit line is pulled
+    towards the teacher's ratio by the teacher's points; a step too far is caught by the
+    next solve's miss and the :class:`Bracket` of :class:`Selection`."""
+    refit = fit_calibration(points)
+    by_fit = refit.invert(goal) - fixed
+    grow = max(1.03, goal / chosen["latency_ms_measured"])
+    by_grow = (layer_budget + fixed) * grow - fixed
+    if by_fit > by_grow:
+        return by_fit, refit, (f"refit measured ~ {refit.alpha:.3f} x LUT "
+                               f"{refit.beta:+.3g} ms on {refit.points} networks")
+    return by_grow, cal, f"loosening by the chosen student's undershoot ({grow - 1:.1%})"
+
+
+def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
+    """:func:`select` wired to a :class:`lana.pipeline.runner.Run` (real networks and timings)."""
+    from lana.distill.train import evaluate
+    from lana.latency.profile import measure_models
+    from lana.model.student import assemble
+
+    val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
+    fixed = lib.get("fixed_cost", {})
+    lut = run.lut()  # read once, not at every timing of the search
+    extra = []
+    for text in run.config.search.extra_budgets:
+        b = Budget.parse(text)  # whole network -> the layers' share
+        extra.append(Budget(b.key, b.op, b.value - fixed.get(b.key, 0.0)))
+    return select(
+        Library.from_dict(lib), run.profile(), budget, run.budget_ms(budget),
+        run.config.search,
+        build=lambda specs: assemble(run.chain, specs, run._load),
+        measure=None if run.profile().get("remote") else
+        lambda students: measure_models({"teacher": run.teacher, **students},
+                                        run.input_shape, run.config.latency, lut=lut),
+        evaluate=lambda student: evaluate(student, val, batch_stats=True, device=run.device),
+        extra_budgets=extra,
+    )
+
+
+def explain(result: dict) -> list[str]:
+    """What a search did and why it kept its student, as plain sentences (``search.json``
+    in, lines out; the terminal and the report print them).
+
+    One line per solve (its LUT budget, how many of its students met the budget in the
+    timing, the best of those), then the kept student and the share of its budget it uses.
+    A kept student well under its budget (below ``(1 - margin) * (1 - slack)`` of it, the
+    point where the search itself loosens the budget; the run's own ``search.margin`` and
+    ``search.slack``, recorded in ``search.json``) gets a reason: the search
+    reached the best-scoring architecture of the whole space (no looser budget can give a
+    better one), or costlier students met the budget but had no lower held-out loss (the
+    search keeps the lowest loss, as the paper does, not the largest network), or none
+    did.
+    """
+    attempts = result.get("attempts") or []
+    chosen = result.get("chosen")
+    if not attempts or chosen is None:
+        return []
+    fixed = result.get("fixed_ms", 0.0)
+    # search.json files written before margin and slack were recorded ran on the defaults
+    # of then (a fixed 3 % margin; the margin is recorded as a number since "auto")
+    defaults = SearchConfig.model_fields
+    under = _loosen_below(result.get("margin", 0.03),
+                          result.get("slack", defaults["slack"].default))
+
+    def ms_of(r: dict) -> float:  # measured, or the corrected prediction where unmeasured
+        return r["latency_ms_measured"] or r["latency_ms_predicted"]
+
+    lines = []
+    where = None  # (solve, student) of the kept student
+    for a, att in enumerate(attempts):
+        rows = att["students"]
+        met = [r for r in rows if r["meets_budget"]]
+        for n, r in enumerate(rows):
+            if r["choices"] == chosen["choices"] and where is None:
+                where = (a, n)
+        text = (f"solve {a + 1}: LUT budget {att['layer_budget_ms'] + fixed:.4g} ms, "
+                f"{len(met)}/{len(rows)} students met the {att['allowed_ms']:.4g} ms allowed")
+        if met:
+            top = min(met, key=lambda r: r["val_loss"])
+            ms = ms_of(top)
+            text += (f"; the best of them {ms:.4g} ms ({ms / att['allowed_ms']:.0%}), "
+                     f"val loss {top['val_loss']:.4f}")
+        lines.append(text)
+    if not chosen["meets_budget"]:
+        lines.append("kept: the fastest student, as none met the budget")
+        return lines
+    a, n = where if where is not None else (len(attempts) - 1, 0)
+    allowed = attempts[a]["allowed_ms"]
+    ms = ms_of(chosen)
+    used = ms / allowed
+    lines.append(f"kept: student {n} of solve {a + 1}, {ms:.4g} ms = {used:.0%} of the "
+                 f"{allowed:.4g} ms allowed, val loss {chosen['val_loss']:.4f}")
+    if used < under * (1 - 1e-9):
+        # The same network solved again (timed anew) is not a costlier alternative.
+        costlier = [r for att in attempts for r in att["students"] if r["meets_budget"]
+                    and r["choices"] != chosen["choices"]
+                    and ms_of(r) > ms * 1.02]
+        best_lut = result.get("score_optimum_ms_lut")
+        reached = best_lut is not None and any(
+            att["layer_budget_ms"] + fixed >= best_lut * (1 - 1e-9) for att in attempts)
+        optimum = (f"the best-scoring architecture of the whole space costs {best_lut:.4g} ms "
+                   "by the LUT, within a LUT budget the search tried, so no looser budget "
+                   "gives a better-scoring one") if reached else ""
+        if costlier:
+            lines.append(
+                f"why under budget: {len(costlier)} costlier student(s) met the budget (up "
+                f"to {max(ms_of(r) for r in costlier):.4g} ms) "
+                f"with no lower held-out loss (the lowest of them "
+                f"{min(r['val_loss'] for r in costlier):.4f}); the search keeps the lowest "
+                "loss, not the largest network" + (f"; and {optimum}" if reached else ""))
+        elif reached:
+            lines.append(f"why under budget: {optimum}")
+        else:
+            lines.append(f"why under budget: no costlier student met the budget in "
+                         f"{len(attempts)} solve(s)")
+    return lines
