@@ -46,7 +46,10 @@ def replace_section(text: str, heading: str, body: str) -> str:
     return text[:start] + body.rstrip("\n") + "\n\n" + text[end + 1:]
 
 
-def write_section(heading: str, body: str) -> None:
-    """Rewrite this benchmark's section of RESULTS.md."""
+def write_section(heading: str, body: str, reading: Path | None = None) -> None:
+    """Rewrite this benchmark's section of RESULTS.md; ``reading``, a by-hand reading kept
+    beside the results, is appended when it exists."""
+    if reading is not None and reading.exists():
+        body = body.rstrip("\n") + "\n\n" + reading.read_text().strip() + "\n"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     RESULTS.write_text(replace_section(text, heading, body))

@@ -237,9 +237,7 @@ def render() -> int:
     if res["infeasible"]:
         body += ["Infeasible budgets: " + ", ".join(f"{r['family']} {r['budget']:g}x"
                                                      for r in res["infeasible"]), ""]
-    if reading.exists():
-        body += [reading.read_text().strip(), ""]
-    write_section(HEADING, "\n".join(body))
+    write_section(HEADING, "\n".join(body), reading=reading)
     return 0
 
 

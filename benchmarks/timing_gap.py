@@ -270,9 +270,7 @@ def render(path: Path) -> int:
             f"Weights: the ImageNet Lite2 teacher {w['imagenet']:.3f} ms, the same network "
             f"freshly initialised {w['random']:.3f} ms (interleaved).", ""]
     reading = path.with_name("timing_gap-reading.md")
-    if reading.exists():
-        body += [reading.read_text().strip(), ""]
-    write_section(HEADING, "\n".join(body))
+    write_section(HEADING, "\n".join(body), reading=reading)
     return 0
 
 
