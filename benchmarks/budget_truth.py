@@ -101,14 +101,13 @@ def search_family(family: str, work: Path, steps: Steps) -> list[dict]:
         tag = budget_tag(budget)
 
         def go(budget=budget, tag=tag, sp=sp) -> dict:
-            from lana.model.student import assemble
 
             try:
                 srch = run.search(budget)
             except InfeasibleBudgetError as exc:
                 return {"infeasible": str(exc)}
             done = time.time()
-            student = assemble(run.chain, srch["chosen"]["choices"], run._load)
+            student = run.assemble(srch["chosen"]["choices"])
             ort_timing.export(student, onnx_dir / f"{tag}.onnx", run.input_shape)
             return {"family": family, "budget_speedup": sp, "tag": tag,
                     "search_speedup": chosen_speedup(srch), "search_done_at": done,

@@ -448,9 +448,8 @@ class Table3:
     def lana_student(self, lana0: dict):
         """The LANA student of ``lana0`` as assembled from phase 1 (latency does not depend
         on its weights): the reference that baselines are matched to."""
-        from lana.model.student import assemble
 
-        return assemble(self.run.chain, lana0["choices"], self.run._load).eval()
+        return self.run.assemble(lana0["choices"]).eval()
 
     # ---------------------------------------------------------- steps
     def prepare(self) -> dict:
@@ -493,7 +492,6 @@ class Table3:
         budget = BudgetConfig(speedup=speedup)
 
         def go() -> dict:
-            from lana.model.student import assemble
             from lana.pipeline.io import save_tensors
 
             base = self.lana_search(speedup)
@@ -504,7 +502,7 @@ class Table3:
                 ft = self.run.finetune(budget)
                 return {**base, "accuracy": ft["accuracy"],
                         "accuracy_before": ft["accuracy_before"]}
-            student = assemble(self.run.chain, base["choices"], self.run._load)
+            student = self.run.assemble(base["choices"])
             before = self.test_acc(student)["accuracy"]
             stats = self.train(student, seed, f"lana_{tag}_s{seed}")
             save_tensors(self.model_path(f"lana_{tag}_s{seed}"), student.state_dict())
@@ -572,7 +570,6 @@ class Table3:
     def random(self, lana0: dict, seed: int) -> dict:
         """Best of random search at the LANA student's measured latency
         (:meth:`random_match`), fine-tuned."""
-        from lana.model.student import assemble
 
         tag = lana0["tag"]
         search = self.random_match(lana0)
@@ -580,7 +577,7 @@ class Table3:
         def go() -> dict:
             from lana.pipeline.io import save_tensors
 
-            student = assemble(self.run.chain, search["choices"], self.run._load)
+            student = self.run.assemble(search["choices"])
             before = self.test_acc(student)["accuracy"]
             stats = self.train(student, seed, f"random_{tag}_s{seed}")
             save_tensors(self.model_path(f"random_{tag}_s{seed}"), student.state_dict())
@@ -596,7 +593,6 @@ class Table3:
         budget of the random search is searched (as the pruning ratio is) until the
         chosen architecture's measured latency is within ``match_tol`` of the LANA
         student's."""
-        from lana.model.student import assemble
 
         tag = lana0["tag"]
         layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
@@ -612,7 +608,7 @@ class Table3:
                 # x in [0, 0.95] -> LUT budget 2x .. 0.54x the LANA student's; 0.5 (the
                 # first search point) is the LANA student's own LUT cost.
                 sols[x] = self.random_solution(lib, layer_budget * 2.0 ** (1 - 2 * x))
-                return assemble(self.run.chain, sols[x].specs, self.run._load)
+                return self.run.assemble(sols[x].specs)
 
             ref = self.lana_student(lana0)
             # Latency relative to the LANA student, both timed in the same session.
@@ -677,7 +673,6 @@ class Table3:
 
     def kendall_step(self) -> dict:
         def go() -> dict:
-            from lana.model.student import assemble
             from lana.pipeline.io import read_json
             from lana.search.baselines import random_search
             from lana.search.solver import Budget, Library
@@ -703,7 +698,7 @@ class Table3:
                 i += 1
             rows = []
             for specs, score in archs.items():
-                student = assemble(self.run.chain, list(specs), self.run._load)
+                student = self.run.assemble(list(specs))
                 # BatchNorm in batch-statistics mode, as lana ranks fresh students.
                 ev = self.test_acc(student, batch_stats=True, samples=samples)
                 rows.append({"specs": list(specs), "score": score, **ev})

@@ -213,7 +213,7 @@ def verify_independent(run: Run, budget: BudgetConfig | None = None, windows: in
     budget = budget or run.config.search.budget
     lat = run.config.latency
     require_supported(lat.backend)
-    exp = run._exported(budget)
+    exp = run.exported(budget)
     sdir = run.student_dir(budget)
     student = student_onnx(sdir, exp)
     teacher = run.teacher_onnx()

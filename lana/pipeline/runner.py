@@ -466,10 +466,18 @@ class Run:
         return build_candidate(self.chain, i, spec, self.config.seed,
                                self.config.distill.inherit)
 
-    def _load(self, i: int, spec: str) -> nn.Module:
+    def load_candidate(self, i: int, spec: str) -> nn.Module:
+        """Candidate ``spec`` of layer ``i`` with its phase-1 weights from this run."""
         from lana.distill.phase1 import load_candidate
 
         return load_candidate(self.chain, self.dir, i, spec)
+
+    def assemble(self, choices: list[str]) -> nn.Module:
+        """The student of ``choices`` (one spec per layer) from this run's phase-1 weights,
+        before any fine-tuning."""
+        from lana.model.student import assemble
+
+        return assemble(self.chain, choices, self.load_candidate)
 
     @cached_property
     def teacher_eval(self) -> dict:
@@ -623,7 +631,7 @@ class Run:
 
         self._require_distilled(left_out)
         cfg = self.config.score
-        res = replace_one_scores(self.chain, self.candidates, self._load,
+        res = replace_one_scores(self.chain, self.candidates, self.load_candidate,
                                  self.splits.val.subset(cfg.samples, self.config.seed),
                                  cfg.metric, cfg.batch_size, device=self.device,
                                  skip=left_out)
@@ -692,9 +700,8 @@ class Run:
 
     def _finetune(self, budget: BudgetConfig, chosen: dict) -> dict:
         from lana.distill.train import Checkpointing, Recipe, evaluate, train_classifier
-        from lana.model.student import assemble
 
-        student = assemble(self.chain, chosen["choices"], self._load)
+        student = self.assemble(chosen["choices"])
         before = evaluate(student, self.splits.test, device=self.device)
         cfg = self.config.finetune
         start = time.time()
@@ -816,7 +823,7 @@ class Run:
 
         budget = budget or self.config.search.budget
         sdir = self.student_dir(budget)
-        exp = self._exported(budget)
+        exp = self.exported(budget)
         path = sdir / VERIFY
         record = read_json(path) if path.exists() else {}
         record.setdefault("sessions", [])  # a file with only independent windows has none
@@ -845,7 +852,7 @@ class Run:
                 "budget_ms": target, "export_timings": exported,
                 "pooled": pooled, "meets_budget": pooled["fraction"] <= 1 + 1e-9}
 
-    def _exported(self, budget: BudgetConfig) -> dict:
+    def exported(self, budget: BudgetConfig) -> dict:
         """The student's ``export.json``, for a verification; ArtifactError when it is not
         exported, ConfigError when its latency belongs to another machine."""
         path = self.student_dir(budget) / EXPORT

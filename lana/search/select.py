@@ -687,7 +687,6 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
     """:func:`select` wired to a :class:`lana.pipeline.runner.Run` (real networks and timings)."""
     from lana.distill.train import evaluate
     from lana.latency.profile import measure_models
-    from lana.model.student import assemble
 
     val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
     fixed = lib.get("fixed_cost", {})
@@ -699,7 +698,7 @@ def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
     return select(
         Library.from_dict(lib), run.profile(), budget, run.budget_ms(budget),
         run.config.search,
-        build=lambda specs: assemble(run.chain, specs, run._load),
+        build=lambda specs: run.assemble(specs),
         measure=None if run.profile().get("remote") else
         lambda students: measure_models({"teacher": run.teacher, **students},
                                         run.input_shape, run.config.latency, lut=lut),

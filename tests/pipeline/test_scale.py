@@ -21,7 +21,6 @@ import yaml
 
 import lana.distill.phase1 as D
 from lana.cli.commands import main
-from lana.model.student import assemble
 from lana.pipeline.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
 from lana.pipeline.runner import Run
 
@@ -169,7 +168,7 @@ def test_torchrun_run_matches_one_process(run_copy) -> None:
     # Phase 3 moved the weights from their phase-1 values the same way in both runs:
     # the two updates point the same way and have the same size.
     run = Run(run_dir)
-    init = assemble(run.chain, ref_summary["students"][0]["choices"], run._load).state_dict()
+    init = run.assemble(ref_summary["students"][0]["choices"]).state_dict()
     keys = [k for k in ft if ft[k].is_floating_point() and "running_" not in k]
     d_ref = torch.cat([(ref_ft[k] - init[k]).flatten() for k in keys])
     d_ddp = torch.cat([(ft[k] - init[k]).flatten() for k in keys])
@@ -177,7 +176,7 @@ def test_torchrun_run_matches_one_process(run_copy) -> None:
     ratio = (d_ddp.norm() / d_ref.norm()).item()
     assert cos > 0.99 and 0.99 < ratio < 1.01, (cos, ratio)  # observed 0.9995, 1.00003
     # The fine-tuned networks compute the same function (observed: 4e-4 on logits up to 4).
-    student = assemble(run.chain, ref_summary["students"][0]["choices"], run._load)
+    student = run.assemble(ref_summary["students"][0]["choices"])
     ref_student = copy.deepcopy(student)
     student.load_state_dict(ft)
     ref_student.load_state_dict(ref_ft)
