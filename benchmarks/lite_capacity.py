@@ -1,0 +1,141 @@
+"""Does the bigger pretrained network learn this task better? (issue 33, the sibling miss)
+
+In ``pretrained.py`` the Lite0 and Lite1 siblings, fine-tuned with KD for 2.5 epochs, matched
+or beat their 2-epoch Lite2 teacher (86.98 % / 86.93 % vs 86.82 %), so no student of that
+teacher could beat them. LANA's premise is a teacher *better* than its smaller siblings.
+This study fine-tunes Lite0, Lite1 and Lite2 from their ImageNet weights on the benchmark's
+data (Fashion-MNIST as RGB at 64 px, the same 10k training images, the full 10k test set)
+with one recipe each -- cross-entropy alone, no KD, so that no network borrows another's
+accuracy -- at two learning rates and two lengths, and reports test accuracy and wall time:
+
+- ``--lrs``: the benchmark's AdamW 1e-3 and a fine-tuning-sized 3e-4 (does 1e-3 wash out
+  the ImageNet features that make Lite2 better?);
+- ``--epochs``: the benchmark's 2 epochs and longer (is the gap a matter of training, i.e.
+  does the larger network pull ahead when the smaller ones stop gaining?).
+
+Each run is one cached step in ``benchmarks/work/lite-capacity/`` (a re-run resumes);
+results in ``benchmarks/results/lite_capacity.json`` and the RESULTS.md section "Lite2
+against its siblings". Training tolerates other work on the machine (no timing here).
+
+    python benchmarks/lite_capacity.py --models lite0 lite1 lite2 --lrs 1e-3 3e-4 --epochs 2
+    python benchmarks/lite_capacity.py --models lite0 lite2 --lrs 3e-4 --epochs 6
+    python benchmarks/lite_capacity.py --render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _results import machine, write_section  # noqa: E402
+
+RESULT = HERE / "results" / "lite_capacity.json"
+HEADING = "## Lite2 against its siblings: fine-tuning from ImageNet (issue 33)"
+BATCH = 64
+
+
+def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
+              threads: int) -> dict:
+    """Fine-tune ``tf_efficientnet_<name>`` from its ImageNet weights with CE alone; its
+    test accuracy on the full test set and the wall time."""
+    import torch
+    from pretrained import run_config, weights_file
+
+    from lana.config import config_from_dict
+    from lana.distill.train import Recipe, evaluate, train_classifier
+    from lana.model.data import load_data
+    from lana.model.zoo import create_model
+    from lana.pipeline.runner import load_matching
+
+    torch.set_num_threads(threads)
+    cfg = config_from_dict(run_config("full", work), "lite-capacity")
+    splits = load_data(cfg.data, seed=cfg.seed)
+    torch.manual_seed(seed)
+    model = create_model(f"timm:tf_efficientnet_{name}", num_classes=splits.num_classes,
+                         in_chans=splits.in_chans)
+    load_matching(model, weights_file(work, name))
+    start = time.time()
+    stats = train_classifier(model, splits.train,
+                             Recipe(epochs=epochs, batch_size=BATCH, lr=lr, seed=seed),
+                             description=f"{name} lr {lr:g} {epochs:g} ep", distributed=False)
+    seconds = time.time() - start
+    test = evaluate(model, splits.test)
+    return {"model": name, "lr": lr, "epochs": epochs, "seed": seed, "batch_size": BATCH,
+            "train_images": len(splits.train), "test_images": len(splits.test),
+            "train_loss": stats["train_loss"], "accuracy": test["accuracy"],
+            "test_loss": test["loss"], "seconds": seconds, "machine": machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | lr | epochs | test acc % | test loss | train loss | min |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["epochs"], r["lr"], r["model"])):
+        lines.append(f"| {r['model']} | {r['lr']:g} | {r['epochs']:g} | "
+                     f"{100 * r['accuracy']:.2f} | {r['test_loss']:.3f} | "
+                     f"{r['train_loss']:.3f} | {r['seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def render() -> int:
+    res = json.loads(RESULT.read_text())
+    reading = HERE / "results" / "lite_capacity-reading.md"
+    rows = res["rows"]
+    command = ("python benchmarks/lite_capacity.py --models "
+               + " ".join(sorted({r["model"] for r in rows})) + " --lrs "
+               + " ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in rows})) + " --epochs "
+               + " ".join(f"{e:g}" for e in sorted({r["epochs"] for r in rows})))
+    body = [HEADING, "",
+            f"Command: `{command}` (one cached run per row below, over several invocations; "
+            f"{res['machine']}, 2 torch threads; the minutes are wall time on a machine "
+            "shared with test suites part of the time). Each network fine-tuned from its ImageNet weights on "
+            f"pretrained.py's data ({res['rows'][0]['train_images']} training images, "
+            "Fashion-MNIST as RGB at 64 px), cross-entropy only (no KD), AdamW, batch "
+            f"{BATCH}, warm-up + cosine, seed 0; test accuracy on the full "
+            f"{res['rows'][0]['test_images']}-image test set.", "",
+            table(res["rows"]), ""]
+    write_section(HEADING, "\n".join(body), reading=reading)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["lite0", "lite1", "lite2"],
+                    choices=["lite0", "lite1", "lite2"])
+    ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-4])
+    ap.add_argument("--epochs", nargs="+", type=float, default=[2.0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "lite-capacity")
+    ap.add_argument("--render", action="store_true", help="only re-render the section")
+    args = ap.parse_args(argv)
+    if args.render:
+        return render()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for epochs in args.epochs:
+        for lr in args.lrs:
+            for name in args.models:
+                path = args.work / f"{name}_lr{lr:g}_ep{epochs:g}_s{args.seed}.json"
+                if path.exists():
+                    row = json.loads(path.read_text())
+                else:
+                    row = train_one(name, lr, epochs, args.seed, args.work, args.threads)
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(row, indent=1))
+                    tmp.replace(path)
+                print(f"{name} lr {lr:g} {epochs:g} ep: test {100 * row['accuracy']:.2f} %, "
+                      f"{row['seconds'] / 60:.1f} min", flush=True)
+    rows = [json.loads(p.read_text()) for p in sorted(args.work.glob("*_s*.json"))]
+    RESULT.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
+    return render()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
