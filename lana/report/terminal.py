@@ -288,7 +288,9 @@ def print_independent(res: dict, console: Console | None = None) -> None:
         t.add_column(col, justify="right" if col != "window" else "left")
     for w, ok in zip(res["windows"], res["holds"], strict=True):
         ratios = [a / b for a, b in w["rounds"]]
-        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["at"])), str(w["pid"]),
+        # The time of day only (verify.json keeps the full timestamp): with the date, an
+        # 80-column terminal cut this column and the rounds' range.
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(w["at"])), str(w["pid"]),
                   f"{len(w['rounds'])} x {w['runs_per_round']}", f"{w['teacher_ms']:.4g}",
                   f"{w['student_ms']:.4g}", f"{w['speedup']:.2f}x",
                   f"{min(ratios):.2f}-{max(ratios):.2f}x", "yes" if ok else "[red]no[/red]")
