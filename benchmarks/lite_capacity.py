@@ -42,7 +42,7 @@ BATCH = 64
 
 
 def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
-              threads: int) -> dict:
+              threads: int, train_samples: int | None = None) -> dict:
     """Fine-tune ``tf_efficientnet_<name>`` from its ImageNet weights with CE alone; its
     test accuracy on the full test set and the wall time."""
     import torch
@@ -55,7 +55,10 @@ def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
     from lana.pipeline.runner import load_matching
 
     torch.set_num_threads(threads)
-    cfg = config_from_dict(run_config("full", work), "lite-capacity")
+    raw = run_config("full", work)
+    if train_samples is not None:
+        raw["data"]["train_samples"] = train_samples
+    cfg = config_from_dict(raw, "lite-capacity")
     splits = load_data(cfg.data, seed=cfg.seed)
     torch.manual_seed(seed)
     model = create_model(f"timm:tf_efficientnet_{name}", num_classes=splits.num_classes,
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-4])
     ap.add_argument("--epochs", nargs="+", type=float, default=[2.0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-samples", type=int, default=None,
+                    help="training images (default: pretrained.py's 10k); fewer images and "
+                         "more epochs asks whether the larger network transfers better "
+                         "when data, not steps, is short")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=HERE / "work" / "lite-capacity")
     ap.add_argument("--render", action="store_true", help="only re-render the section")
@@ -122,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     for epochs in args.epochs:
         for lr in args.lrs:
             for name in args.models:
-                path = args.work / f"{name}_lr{lr:g}_ep{epochs:g}_s{args.seed}.json"
+                size = "" if args.train_samples is None else f"_n{args.train_samples}"
+                path = args.work / f"{name}_lr{lr:g}_ep{epochs:g}{size}_s{args.seed}.json"
                 if path.exists():
                     row = json.loads(path.read_text())
                 else:
-                    row = train_one(name, lr, epochs, args.seed, args.work, args.threads)
+                    row = train_one(name, lr, epochs, args.seed, args.work, args.threads,
+                                    args.train_samples)
                     tmp = path.with_suffix(".tmp")
                     tmp.write_text(json.dumps(row, indent=1))
                     tmp.replace(path)

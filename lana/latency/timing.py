@@ -536,6 +536,7 @@ def measure_interleaved(
     rounds: int = 3,
     description: str | None = None,
     baseline_ms: float | None = None,
+    reference_slot: bool = False,
     **measure_kwargs: Any,
 ) -> dict[str, Measurement]:
     """Measure several modules in interleaved rounds; each result pools its rounds' medians.
@@ -551,12 +552,15 @@ def measure_interleaved(
     see :data:`E2E_ROUNDS`.
 
     With ``settings.normalize`` every timing is scaled by ``baseline_ms`` over the
-    reference op's median (module docstring, "Normalisation"). The reference runs between
-    the runs of every module, as it does for a LUT entry, and its median over the whole
-    call gives one factor for every module: the ratios between the modules are those of
-    their raw timings, and the reference's own noise does not enter them. Without a
-    ``baseline_ms`` the reference is timed here first (median of 3 sessions), which keeps
-    this call's results comparable with each other but not with a LUT's.
+    reference op's median (module docstring, "Normalisation"), one factor for every module
+    (the reference's median over the whole call): the ratios between the modules are those
+    of their raw timings, and the reference's own noise does not enter them. By default
+    the reference runs between the runs of every module, as it does for a LUT entry; with
+    ``reference_slot`` it is timed as a module of its own at the start of every round and
+    the modules run back to back, as a user's timer runs them (whole networks, see
+    :func:`e2e_kwargs`). Without a ``baseline_ms`` the reference is timed here first
+    (median of 3 sessions), which keeps this call's results comparable with each other but
+    not with a LUT's.
     """
     shape = tuple(int(s) for s in input_shape)
     if not shape or shape[0] != settings.batch_size:
@@ -589,7 +593,8 @@ def measure_interleaved(
         if ref is not None and baseline_ms is None:
             baseline_ms = reference_ms(settings, **measure_kwargs)
         warmup = measure_kwargs.pop("warmup", 10)
-        out, refs = _timed_rounds(runners, ref, max(1, rounds), warmup, step, measure_kwargs)
+        out, refs = _timed_rounds(runners, ref, max(1, rounds), warmup, step, measure_kwargs,
+                                  reference_slot)
     if ref is None:
         return out
     pooled = float(np.median(refs))
@@ -599,6 +604,7 @@ def measure_interleaved(
 
 def _timed_rounds(runners: dict[str, Runner], ref: Runner | None, rounds: int, warmup: int,
                   step: Callable[[], None], measure_kwargs: dict[str, Any],
+                  reference_slot: bool = False,
                   ) -> tuple[dict[str, Measurement], list[float]]:
     """(each runner's result pooled over ``rounds`` interleaved rounds, the reference's
     medians of every timing) for :func:`measure_interleaved`.
@@ -606,7 +612,9 @@ def _timed_rounds(runners: dict[str, Runner], ref: Runner | None, rounds: int, w
     A result is the last round's measurement with the median of the rounds' medians, the
     fastest run of all rounds and their number of runs. Only the first round warms up with
     ``warmup`` runs; later ones with one run (the caches the other runners evicted).
-    ``step`` is called after each timing (the progress bar).
+    ``step`` is called after each timing (the progress bar). With ``reference_slot`` the
+    reference is timed on its own at the start of each round (same rules as a runner) and
+    the runners without it between their runs.
     """
     medians: dict[str, list[float]] = {name: [] for name in runners}
     last: dict[str, Measurement] = {}
@@ -615,10 +623,12 @@ def _timed_rounds(runners: dict[str, Runner], ref: Runner | None, rounds: int, w
     counts = dict.fromkeys(runners, 0)
     with torch.inference_mode():
         for n in range(rounds):
+            warm = warmup if n == 0 else min(warmup, 1)
+            if ref is not None and reference_slot:
+                refs.append(time_runner(ref, warmup=warm, **measure_kwargs).median_ms)
             for name, runner in runners.items():
-                m = time_runner(runner, reference=ref,
-                                warmup=warmup if n == 0 else min(warmup, 1),
-                                **measure_kwargs)
+                m = time_runner(runner, reference=None if reference_slot else ref,
+                                warmup=warm, **measure_kwargs)
                 if m.ref_ms is not None:
                     refs.append(m.ref_ms)
                 last[name] = m
@@ -647,11 +657,13 @@ E2E_ROUNDS = 24
 def e2e_kwargs(max_seconds: float, warmup: int, rounds: int = E2E_ROUNDS) -> dict[str, Any]:
     """Keyword arguments of :func:`measure_interleaved` for whole networks: ``rounds``
     rounds sharing ``12 * max_seconds`` per network (``max_seconds``: the per-op time cap
-    of the LUT, ``latency.max_seconds``), at least 3 runs each."""
+    of the LUT, ``latency.max_seconds``), at least 3 runs each, the reference op (when
+    normalised) in a slot of its own: with it between their runs, students read up to 9 %
+    slower beside their teacher than under a plain loop (benchmarks/timing_gap.py)."""
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     return {"rounds": rounds, "warmup": warmup, "max_seconds": 12.0 * max_seconds / rounds,
-            "min_repeats": 3}
+            "min_repeats": 3, "reference_slot": True}
 
 
 def _reference_runner(backend: Backend, settings: Settings) -> Runner:

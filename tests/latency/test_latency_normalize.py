@@ -215,6 +215,26 @@ def test_networks_timed_together_share_one_factor(monkeypatch: pytest.MonkeyPatc
     assert t.median_ms == pytest.approx(3.0 * REF_MS / t.ref_ms)
 
 
+def test_whole_networks_run_back_to_back_with_the_reference_in_its_own_slot(phased) -> None:
+    """Whole networks (e2e_kwargs) are timed as a user's loop times them: no timed run
+    follows the reference op, which here evicts whatever ran before it (+30 % on the next
+    run). Between the runs it made a large network (no untimed re-run) read 30 % slow
+    beside a small one, the speed-up with it; in a slot of its own the ratio is exact."""
+    m = phased(cold=0.3)
+    s = L.Settings(backend="fake", normalize=True)
+    nets = {"teacher": _op(8.0), "student": _op(2.0)}
+    kw = L.e2e_kwargs(0.5, warmup=2, rounds=4)
+    res = L.measure_interleaved(nets, (1, 4, 8, 8), s, baseline_ms=REF_MS, **kw)
+    assert res["teacher"].raw_median_ms == pytest.approx(8.0)
+    assert res["student"].raw_median_ms == pytest.approx(2.0)
+    assert res["teacher"].median_ms / res["student"].median_ms == pytest.approx(4.0)
+    assert res["teacher"].ref_ms == pytest.approx(REF_MS)
+    assert m.runs["ref"] >= 4  # timed in every round
+    between = L.measure_interleaved(nets, (1, 4, 8, 8), s, baseline_ms=REF_MS,
+                                    **{**kw, "reference_slot": False})
+    assert between["teacher"].raw_median_ms == pytest.approx(8.0 * 1.3)
+
+
 def test_rounds_warm_up_once_and_split_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Warm-up runs are the first round's; later rounds run each network once untimed (to
     refill the caches the others evicted). The rounds share 12x the per-op time cap."""
