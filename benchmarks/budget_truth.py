@@ -86,7 +86,8 @@ def search_family(family: str, work: Path, steps: Steps) -> list[dict]:
 
     from lana.config import BudgetConfig, config_from_dict
     from lana.errors import InfeasibleBudgetError
-    from lana.pipeline.runner import Run, budget_tag
+    from lana.pipeline.keys import budget_tag
+    from lana.pipeline.runner import Run
     from lana.search.select import chosen_speedup
 
     run = Run(work / family / "run", config_from_dict(run_config(family, work), "truth"))

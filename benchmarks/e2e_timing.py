@@ -27,7 +27,7 @@ from latency_additivity import candidates_of
 
 from lana.distill.phase1 import build_candidate
 from lana.latency.timing import Settings, e2e_kwargs, measure_interleaved, reference_ms
-from lana.model.student import assemble
+from lana.pipeline.student import assemble
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ def budget_step(steps_dir: Path, budget: str) -> str:
                                 "for this family and scale first")
     import table3
 
-    from lana.pipeline.io import read_json
+    from lana.core.io import read_json
 
     if budget == "member":
         ratio_file = steps_dir / "member_ratio.json"
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(e <= 0 for e in args.epochs):
         ap.error("--epochs must be positive")
     work = Path(args.work or HERE / "work" / f"table3-{args.family}-{args.scale}").resolve()
+    from lana.core.io import read_json, run_lock
     from lana.errors import LanaError
-    from lana.pipeline.io import read_json, run_lock
 
     start = time.time()
     try:

@@ -39,6 +39,7 @@ import torch
 from _results import machine, write_section
 
 from lana.config import LatencyConfig
+from lana.core.io import read_json, write_json
 from lana.distill.phase1 import build_candidate
 from lana.latency.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
 from lana.latency.timing import (
@@ -49,8 +50,7 @@ from lana.latency.timing import (
     reference_baseline,
 )
 from lana.model.decompose import decompose
-from lana.model.student import assemble
-from lana.pipeline.io import read_json, write_json
+from lana.pipeline.student import assemble
 from lana.search.select import fit_calibration
 from lana.space.ops import fitting_candidates, resolve_space, space_specs
 

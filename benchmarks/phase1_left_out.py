@@ -36,7 +36,9 @@ def measure(family: str, scale: str, steps: int, threads: int) -> dict:
 
     from lana.distill.phase1 import UNTRAINED, distill
     from lana.errors import ArtifactError
-    from lana.pipeline.runner import Run, op_costs, without
+    from lana.pipeline.keys import without
+    from lana.pipeline.runner import Run
+    from lana.search.library import op_costs
 
     run_dir = HERE / "work" / f"table3-{family}-{scale}" / "run"
     if not (run_dir / "latency.json").exists():
@@ -105,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
+    from lana.core.io import read_json, write_json
     from lana.errors import LanaError
-    from lana.pipeline.io import read_json, write_json
 
     try:
         res = measure(args.family, args.scale, args.steps, args.threads)

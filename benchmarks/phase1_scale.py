@@ -39,11 +39,11 @@ def worker(out: Path, steps: int, batch: int, image_size: int) -> None:
     import torch
 
     from lana.config import DistillConfig
+    from lana.core import dist
     from lana.distill.phase1 import distill, pending
     from lana.model.data import Data, synthetic_dataset
     from lana.model.decompose import decompose
     from lana.model.zoo import create_model
-    from lana.pipeline import dist
     from lana.space.ops import DEFAULT_SPACE, check_shapes, layer_candidates, space_specs
 
     rank, world = dist.init_from_env()

@@ -146,8 +146,8 @@ class Pretrained(Table3):
 
     # ---------------------------------------------------------- siblings
     def sibling_model(self, name: str, pretrained: bool = True):
+        from lana.core.io import load_matching
         from lana.model.zoo import create_model
-        from lana.pipeline.runner import load_matching
 
         m = create_model(f"timm:tf_efficientnet_{name}", num_classes=self.run.splits.num_classes,
                          in_chans=self.run.splits.in_chans)
@@ -164,7 +164,7 @@ class Pretrained(Table3):
         def go() -> dict:
             import torch
 
-            from lana.pipeline.io import save_tensors
+            from lana.core.io import save_tensors
 
             torch.manual_seed(seed)
             m = self.sibling_model(name)
@@ -203,7 +203,7 @@ class Pretrained(Table3):
         return {"rows": rows, "finals": finals, "search_done_at": None}
 
     def load_sibling(self, name: str):
-        from lana.pipeline.io import load_tensors
+        from lana.core.io import load_tensors
 
         m = self.sibling_model(name, False)
         m.load_state_dict(load_tensors(self.model_path(f"{name}_s0")))

@@ -96,7 +96,7 @@ def lana_step(speedup: float, seed: int) -> str:
     """The step name of the LANA student at ``speedup`` for ``seed`` (``lana_<tag>_s<seed>``,
     the tag being the pipeline's folder name of the budget)."""
     from lana.config import BudgetConfig
-    from lana.pipeline.runner import budget_tag
+    from lana.pipeline.keys import budget_tag
 
     return f"lana_{budget_tag(BudgetConfig(speedup=speedup))}_s{seed}"
 
@@ -214,7 +214,7 @@ class Steps:
             valid: Callable[[dict], bool] | None = None) -> dict:
         """``valid(cached)`` False: the cached result was made by an older method (or from
         an input that changed since) and is computed again."""
-        from lana.pipeline.io import read_json, write_json
+        from lana.core.io import read_json, write_json
 
         p = self.path(name)
         if p.exists():
@@ -232,7 +232,7 @@ class Steps:
         return res
 
     def all(self) -> dict[str, dict]:
-        from lana.pipeline.io import read_json
+        from lana.core.io import read_json
 
         return {p.stem: read_json(p) for p in sorted(self.root.glob("*.json"))}
 
@@ -240,8 +240,8 @@ class Steps:
 def check_settings(work: Path, settings: dict) -> None:
     """Tie a work directory to the settings that made it: cached steps are only reused by
     the same settings (``WORK/bench.json``); other settings need another ``--work``."""
+    from lana.core.io import read_json, write_json
     from lana.errors import ConfigError
-    from lana.pipeline.io import read_json, write_json
 
     path = Path(work) / "bench.json"
     settings = json.loads(json.dumps(settings))
@@ -469,7 +469,7 @@ class Table3:
 
     def member(self, seed: int) -> dict:
         def go() -> dict:
-            from lana.pipeline.io import save_tensors
+            from lana.core.io import save_tensors
 
             m = self.member_model()
             stats = self.train(m, seed, f"member_s{seed}", recipe="teacher")
@@ -492,7 +492,7 @@ class Table3:
         budget = BudgetConfig(speedup=speedup)
 
         def go() -> dict:
-            from lana.pipeline.io import save_tensors
+            from lana.core.io import save_tensors
 
             base = self.lana_search(speedup)
             if "infeasible" in base:
@@ -515,7 +515,7 @@ class Table3:
         architecture, or ``infeasible`` with the reason."""
         from lana.config import BudgetConfig
         from lana.errors import InfeasibleBudgetError
-        from lana.pipeline.runner import budget_tag
+        from lana.pipeline.keys import budget_tag
 
         budget = BudgetConfig(speedup=speedup)
         tag = budget_tag(budget)
@@ -539,7 +539,7 @@ class Table3:
     def finetune_for(self, lana0: dict, epochs: float, name: str) -> dict:
         """Fine-tune the LANA student of ``lana0`` from its phase-1 weights (seed 0, the
         fine-tuning recipe) for ``epochs``; its weights are kept as ``models/<name>``."""
-        from lana.pipeline.io import save_tensors
+        from lana.core.io import save_tensors
 
         student = self.lana_student(lana0)
         stats = self.train(student, 0, name, epochs=epochs)
@@ -575,7 +575,7 @@ class Table3:
         search = self.random_match(lana0)
 
         def go() -> dict:
-            from lana.pipeline.io import save_tensors
+            from lana.core.io import save_tensors
 
             student = self.run.assemble(search["choices"])
             before = self.test_acc(student)["accuracy"]
@@ -598,7 +598,7 @@ class Table3:
         layer_budget = lana0["latency_ms_lut"] - lana0["fixed_ms"]
 
         def match() -> dict:
-            from lana.pipeline.io import read_json
+            from lana.core.io import read_json
             from lana.search.solver import Library
 
             lib = Library.from_dict(read_json(self.run.dir / "library.json"))
@@ -636,7 +636,7 @@ class Table3:
         search = self.prune_match(lana0)
 
         def go() -> dict:
-            from lana.pipeline.io import save_tensors
+            from lana.core.io import save_tensors
 
             model = self.pruned_model(search["ratio"])
             before = self.test_acc(model)["accuracy"]
@@ -673,7 +673,7 @@ class Table3:
 
     def kendall_step(self) -> dict:
         def go() -> dict:
-            from lana.pipeline.io import read_json
+            from lana.core.io import read_json
             from lana.search.baselines import random_search
             from lana.search.solver import Budget, Library
             from lana.search.sweep import budget_range, sweep
@@ -719,7 +719,7 @@ class Table3:
         and 32, at least ``gap_s`` apart; see :data:`TIMING_WINDOWS`. Each session is
         stored as soon as it ends, so an interrupted timing keeps the sessions it has, and
         a later invocation with more ``windows`` adds sessions to the stored ones."""
-        from lana.pipeline.io import read_json, write_json
+        from lana.core.io import read_json, write_json
 
         names = sorted(methods)
         path_key = json.dumps(names)
@@ -774,8 +774,8 @@ class Table3:
 
     def final_model(self, name: str, info: dict):
         """Rebuild a method's seed-0 network from its stored weights."""
-        from lana.model.student import assemble
-        from lana.pipeline.io import load_tensors
+        from lana.core.io import load_tensors
+        from lana.pipeline.student import assemble
 
         kind = name.split("_")[0]
         if kind == "member":
@@ -849,7 +849,7 @@ def search_speedup(search_json: Path) -> float | None:
     missing)."""
     if not search_json.exists():
         return None
-    from lana.pipeline.io import read_json
+    from lana.core.io import read_json
     from lana.search.select import chosen_speedup
 
     return chosen_speedup(read_json(search_json))
@@ -1025,7 +1025,7 @@ def report(bench: Table3, res: dict, command: str, wall: float) -> str:
 
     kend = res["kendall"]
     # Wall time of every phase next to the teacher's training time.
-    timings = bench.run._timings()
+    timings = bench.run.timings()
     steps = bench.steps.all()
     phase_lines = [f"- teacher training (lana recipe): {timings.get('teacher_train_s', math.nan):.0f} s"]
     for k in ("distill_s", "profile_s", "score_s", "costs_s"):
@@ -1120,7 +1120,7 @@ Targets (issue 6):
     # The same numbers as plain data, for benchmarks/table3_summary.py (all families). Kept
     # in the repository beside RESULTS.md, not in the work directory: the summary must not
     # depend on work directories (hours of training each) surviving.
-    from lana.pipeline.io import write_json
+    from lana.core.io import write_json
 
     write_json(summary_path(fam, scale), {
         "family": fam, "scale": scale, "teacher": bench.fam["teacher"], "member": member,
@@ -1141,7 +1141,7 @@ def plot(rows: list[dict], b1: dict, path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lana.pipeline.io import atomic_write_bytes
+    from lana.core.io import atomic_write_bytes
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -1195,8 +1195,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("table3 needs Torch-Pruning: pip install -e '.[bench]'", file=sys.stderr)
         return 2
+    from lana.core.io import run_lock
     from lana.errors import LanaError
-    from lana.pipeline.io import run_lock
 
     cmd = f"python benchmarks/table3.py --family {args.family} --scale {args.scale}" + \
         (f" --work {args.work}" if args.work else "") + \

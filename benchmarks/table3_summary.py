@@ -41,7 +41,7 @@ def load(scale: str, root: Path | None = None) -> dict[str, dict | None]:
     the run has not rendered."""
     import table3
 
-    from lana.pipeline.io import read_json
+    from lana.core.io import read_json
 
     out: dict[str, dict | None] = {}
     for fam in table3.FAMILIES:

@@ -9,7 +9,7 @@ hypothesis per pair of methods:
 
 * ``plain-fresh``: ``torch.onnx.export`` + a plain ``InferenceSession`` loop in a fresh
   process (``benchmarks/ort_timing.py``, the issue-33 table's timer): the user's number;
-* ``lana-export-fresh``: lana's export (``lana.model.student.onnx_bytes``) under the same plain
+* ``lana-export-fresh``: lana's export (``lana.pipeline.student.onnx_bytes``) under the same plain
   loop: differs from the first only by the exporter (H1: the ONNX graph);
 * ``plain-here``: the plain loop on the plain files inside this process, after torch has
   built and exported every network (H2: the state of a big process);
@@ -63,7 +63,7 @@ def build_networks(archs: dict[str, list[str]]) -> dict[str, Any]:
     import torch
 
     from lana.model.decompose import decompose
-    from lana.model.student import assemble
+    from lana.pipeline.student import assemble
     from lana.space.ops import build_op
 
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ort_timing
 
-    from lana.model.student import onnx_bytes
+    from lana.pipeline.student import onnx_bytes
 
     archs = students_from(args.students)
     nets = build_networks(archs)

@@ -22,9 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from lana.config import Config, load_config
     from lana.errors import LanaError
     from lana.model.decompose import Chain, decompose
-    from lana.model.student import load_student
     from lana.pipeline.runner import Run, run
     from lana.pipeline.status import run_status
+    from lana.pipeline.student import load_student
 
 # Imported lazily so that `import lana.search` (the ILP) needs neither torch nor timm. No
 # public name is also the name of a subpackage or module of lana (tests/test_imports.py):
@@ -35,7 +35,7 @@ _LAZY = {
     "Config": "lana.config", "load_config": "lana.config",
     "Chain": "lana.model.decompose", "decompose": "lana.model.decompose",
     "LanaError": "lana.errors", "Run": "lana.pipeline.runner", "run": "lana.pipeline.runner",
-    "load_student": "lana.model.student", "run_status": "lana.pipeline.status",
+    "load_student": "lana.pipeline.student", "run_status": "lana.pipeline.status",
 }
 
 

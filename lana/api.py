@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lana.config import BudgetConfig, Config, config_from_dict, load_config
+from lana.core.layout import EXPORT, MODEL_DIR, REPORT_DIR, REPORT_HTML
 from lana.errors import ConfigError
-from lana.pipeline.stages import EXPORT, MODEL_DIR, REPORT_DIR, REPORT_HTML
 
 __all__ = ["AccelerateResult", "accelerate", "parse_budget"]
 
@@ -167,8 +167,8 @@ def accelerate(model: nn.Module, train_data: Dataset, val_data: Dataset, *,
     run = Run(out, cfg, teacher=teacher, splits=splits)
     run.all(bud)
     summary = run.write_summary()
-    from lana.model.student import load_student
-    from lana.pipeline.io import read_json
+    from lana.core.io import read_json
+    from lana.pipeline.student import load_student
 
     sdir = run.student_dir(bud)
     export = read_json(sdir / EXPORT)

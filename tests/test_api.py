@@ -16,7 +16,7 @@ from lana.api import parse_budget
 from lana.config import BudgetConfig
 from lana.errors import ConfigError
 from lana.model.data import synthetic_dataset
-from lana.model.student import load_student
+from lana.pipeline.student import load_student
 
 FAST = {
     "seed": 0, "threads": 1, "device": "cpu",  # a top-level override, as a user passes it

@@ -12,8 +12,8 @@ import yaml
 
 from lana.cli.commands import main
 from lana.config import config_from_dict
+from lana.core.io import load_tensors
 from lana.errors import ArtifactError, ConfigError
-from lana.pipeline.io import load_tensors
 
 
 def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

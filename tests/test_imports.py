@@ -171,3 +171,65 @@ def test_registered_ops_and_backends_pass_validation(monkeypatch: pytest.MonkeyP
     cfg = config_from_dict({"space": {"ops": ["teacher", "zz_k{3,5}"]},
                             "latency": {"extra": ["my-backend"]}})
     assert cfg.latency.extra == ["my-backend"]
+
+
+def _folder_imports() -> dict[str, set[str]]:
+    """Which of lana's folders (``core``, ``model``...; ``config``, ``errors`` and ``api``
+    for the top-level modules) each imports at run time, from the source: every
+    ``import``, also inside functions, but not under ``if TYPE_CHECKING``."""
+    import ast
+
+    root = Path(lana.__file__).parent
+
+    def folder(module: str) -> str | None:
+        parts = module.split(".")
+        if parts[0] != "lana" or len(parts) < 2:
+            return None
+        if (root / parts[1]).is_dir():
+            return parts[1]
+        return parts[1] if parts[1] in ("config", "errors") else "api"
+
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        own = folder(".".join(path.relative_to(root.parent).with_suffix("").parts))
+        tree = ast.parse(path.read_text())
+        types_only = {id(n) for node in ast.walk(tree)
+                      if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
+                      for stmt in node.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in types_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = ([f"{node.module}.{a.name}" for a in node.names]
+                         if node.module.count(".") <= 1 else [node.module])
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                other = folder(name)
+                if other is not None and own is not None and other != own:
+                    graph.setdefault(own, set()).add(other)
+    return graph
+
+
+def test_the_folders_import_each_other_without_a_cycle() -> None:
+    """The folders follow the method from the bottom up (docs/development.md): a folder
+    imports only folders below it, so each can be read, tested and replaced alone."""
+    from graphlib import CycleError, TopologicalSorter
+
+    graph = _folder_imports()
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        pytest.fail(f"lana's folders import each other in a cycle: {exc.args[1]}")
+    assert max(order.index("core"), order.index("model")) < order.index("pipeline")
+    assert "pipeline" not in graph["latency"] | graph["distill"] | graph["search"]
+
+
+def test_config_is_only_a_type_below_the_pipeline() -> None:
+    # The phases take their config section as an argument: the schema (which validates op
+    # specs and budgets with space's and search's grammars) sits above them.
+    graph = _folder_imports()
+    assert not any("config" in graph.get(f, set())
+                   for f in ("core", "model", "space", "latency", "distill", "search"))

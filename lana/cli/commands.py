@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lana`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        from lana.pipeline import dist
+        from lana.core import dist
 
         dist.check_kill_env()
         # Under torchrun (WORLD_SIZE > 1) join the job's process group; else a no-op.
@@ -163,7 +163,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 @_command("run", "run every stage on CONFIG into --out (resumes)", _run_args)
 def _cmd_run(args: argparse.Namespace) -> int:
     from lana.config import load_config
-    from lana.pipeline import dist
+    from lana.core import dist
     from lana.pipeline.runner import Run
     from lana.report.terminal import print_summary
 
@@ -198,7 +198,7 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
 
 @_command("prepare", "teacher, decomposition and candidate list", _stage_args)
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from lana.pipeline import dist
+    from lana.core import dist
 
     _in_run(args, lambda run, _: dist.on_main(run.prepare))
     return 0
@@ -229,8 +229,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
 @_command("profile", "phase 2b: latency of every candidate (LUT); given a bundle from "
           "export-candidates, measure it into --out", _profile_args)
 def _cmd_profile(args: argparse.Namespace) -> int:
+    from lana.core import dist
     from lana.latency.profile import is_bundle
-    from lana.pipeline import dist
 
     if is_bundle(args.dir):
         return _profile_bundle(args)
@@ -245,7 +245,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 @_command("score", "phase 2a: replace-one scores", _stage_args)
 def _cmd_score(args: argparse.Namespace) -> int:
-    from lana.pipeline import dist
+    from lana.core import dist
 
     _in_run(args, lambda run, _: dist.on_main(run.score))
     return 0
@@ -296,7 +296,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             f"{', '.join(used)} apply to a library JSON file, but {args.dir} is "
             "not one; for a run directory give the budget as --speedup or --latency-ms"
         )
-    from lana.pipeline import dist
+    from lana.core import dist
 
     _, result = _in_run(args, lambda run, budget: dist.on_main(lambda: run.search(budget)))
     if dist.is_main():
@@ -314,7 +314,7 @@ def _budget_stage_args(p: argparse.ArgumentParser) -> None:
 
 @_command("finetune", "phase 3: fine-tune the selected student with KD", _budget_stage_args)
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from lana.pipeline import dist
+    from lana.core import dist
 
     def finetune(run, budget) -> None:
         dist.on_main(lambda: run.search(budget))
@@ -326,7 +326,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 @_command("export", "ONNX + safetensors + arch JSON, latency verified", _budget_stage_args)
 def _cmd_export(args: argparse.Namespace) -> int:
-    from lana.pipeline import dist
+    from lana.core import dist
 
     run, _ = _in_run(args, lambda run, budget: dist.on_main(lambda: run.export(budget)))
     if dist.is_main():
@@ -508,9 +508,9 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
               ) -> Iterator[None]:
     """Hold the run directory's lock (rank 0 takes it for the whole torchrun job) and,
     with --recompute-corrupt, move corrupt files aside before any stage reads them."""
-    from lana.pipeline import dist
-    from lana.pipeline.io import run_lock, verify_tree
-    from lana.report.progress import log
+    from lana.core import dist
+    from lana.core.io import run_lock, verify_tree
+    from lana.core.progress import log
 
     def check() -> None:
         if recompute_corrupt and run_dir.is_dir():
@@ -527,7 +527,7 @@ def _dir_lock(run_dir: Path, recompute_corrupt: bool, create: bool = False
 
 
 def _check_verify_args(option: str, count: int, gap: float) -> None:
-    from lana.pipeline import dist
+    from lana.core import dist
 
     if count < 0 or gap < 0:
         raise ConfigError(f"{option} and --gap must be >= 0")
@@ -536,7 +536,7 @@ def _check_verify_args(option: str, count: int, gap: float) -> None:
 
 
 def _verify(run, budget, sessions: int, gap: float) -> int:
-    from lana.report.progress import log
+    from lana.core.progress import log
     from lana.report.terminal import print_verify
 
     _check_verify_args("--sessions", sessions, gap)
@@ -548,7 +548,7 @@ def _verify(run, budget, sessions: int, gap: float) -> int:
 
 
 def _verify_independent(run, budget, windows: int | None, gap: float) -> int:
-    from lana.report.progress import log
+    from lana.core.progress import log
     from lana.report.terminal import print_independent
 
     windows = 3 if windows is None else windows
@@ -595,7 +595,7 @@ def _is_library(path: Path) -> bool:
 def _library_search(args: argparse.Namespace) -> int:
     import time
 
-    from lana.pipeline.io import write_json
+    from lana.core.io import write_json
     from lana.report.terminal import print_library_search
     from lana.search.solver import Budget, Library, SearchResult, minimum_reachable, solve
 

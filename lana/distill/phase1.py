@@ -18,17 +18,13 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from lana.config import DistillConfig
-from lana.distill.train import cosine_lr, placed
-from lana.errors import ArtifactError
-from lana.model.data import Data
-from lana.model.decompose import Chain
-from lana.pipeline.dist import maybe_kill
-from lana.pipeline.io import (
+from lana.core.dist import maybe_kill
+from lana.core.io import (
     checksum_path,
     file_lock,
     load_tensors,
@@ -36,15 +32,22 @@ from lana.pipeline.io import (
     save_tensors,
     write_json,
 )
-from lana.pipeline.stages import (
+from lana.core.layout import (
     DISTILL_CHECKPOINTS,
     DISTILL_INDEX,
     DISTILL_INDEX_LOCK,
     distill_checkpoint,
     distill_weights,
 )
-from lana.report.progress import log, progress
+from lana.core.progress import log, progress
+from lana.distill.train import cosine_lr, placed
+from lana.errors import ArtifactError
+from lana.model.data import Data
+from lana.model.decompose import Chain
 from lana.space.ops import build_op
+
+if TYPE_CHECKING:
+    from lana.config import DistillConfig
 
 # Ops whose weights are not learned in phase 1: the teacher's own layer and identity.
 UNTRAINED = ("teacher", "identity")
@@ -333,7 +336,7 @@ def _save_checkpoint(path: Path, step: int, ema: list[float], modules: nn.Module
                      opt: torch.optim.Optimizer, sched, members) -> None:
     import io
 
-    from lana.pipeline.io import atomic_write_bytes
+    from lana.core.io import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({"step": step, "ema": ema, "members": [list(m) for m in members],

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lana.core.progress import progress
 from lana.distill.train import placed
 from lana.model.data import Data
 from lana.model.decompose import Chain
-from lana.report.progress import progress
 
 LoadFn = Callable[[int, str], nn.Module]
 

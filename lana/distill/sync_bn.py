@@ -155,7 +155,7 @@ def synced_batchnorm(model: nn.Module, group=None) -> Iterator[int]:
             parent.add_module(name, new)
             swapped.append((parent, name, child, new))
     if skipped:
-        from lana.report.progress import log
+        from lana.core.progress import log
 
         log(f"[yellow]BatchNorm types {sorted(skipped)} are not synchronised across ranks "
             "(their statistics come from each rank's share of the batch)[/yellow]")

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lana.core.io import atomic_write_bytes, checksum_path, verify_bytes
+from lana.core.progress import log, progress
 from lana.model.data import Data
-from lana.pipeline.io import atomic_write_bytes, checksum_path, verify_bytes
-from lana.report.progress import log, progress
 
 if TYPE_CHECKING:
     from lana.config import FinetuneConfig, TeacherTrainingConfig
@@ -174,7 +174,7 @@ class Checkpointing:
     written under (one written under another key is ignored), so it must stay stable for
     the same settings: cached run directories hold files written under it. ``kill_tag``
     names the test kill hook (``LANA_TEST_KILL_AT=<kill_tag>:<step>``, see
-    :data:`lana.pipeline.dist.KILL_POINTS`; empty: none)."""
+    :data:`lana.core.dist.KILL_POINTS`; empty: none)."""
 
     path: str | Path
     key: str = ""
@@ -200,11 +200,11 @@ def train_classifier(model: nn.Module, data: Data, recipe: Recipe, *,
     run resumes where it was saved. ``description`` labels the progress bar and errors.
     ``distributed=False`` trains in this process alone even under torchrun. ``device``
     (default the CPU) is where this process trains, e.g. its GPU from
-    :func:`lana.pipeline.dist.resolve_device`; model and teacher are back on the CPU afterwards.
+    :func:`lana.core.dist.resolve_device`; model and teacher are back on the CPU afterwards.
     A loss that becomes NaN or infinite stops training with
     :class:`lana.errors.TrainingDivergedError`.
     """
-    from lana.pipeline import dist as D
+    from lana.core import dist as D
 
     steps = recipe.total_steps(len(data))
     rank, world = (D.rank(), D.world()) if distributed else (0, 1)
@@ -227,7 +227,7 @@ def train_classifier(model: nn.Module, data: Data, recipe: Recipe, *,
 def _train(model: nn.Module, data: Data, recipe: Recipe, steps: int, rank: int, world: int,
            device: torch.device, *, teacher: nn.Module | None, description: str,
            checkpointing: Checkpointing | None) -> dict[str, float]:
-    from lana.pipeline import dist as D
+    from lana.core import dist as D
 
     net: nn.Module = model
     if world > 1:

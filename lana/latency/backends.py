@@ -310,7 +310,7 @@ def steady_malloc() -> str:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if mallopt(M_MMAP_MAX, MMAP_MAX) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
         _malloc_state = "set"
-        from lana.report.progress import log
+        from lana.core.progress import log
 
         log(f"latency: glibc malloc keeps freed memory for reuse while torch is timed (as "
             f"`{STEADY_MALLOC_ENV}`; deploy with the same, or set LANA_MALLOC=default)")

@@ -12,14 +12,14 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-# extra_columns is re-exported: it lived here before config validation needed it torch-free.
-from lana.config import LatencyConfig
-from lana.config import extra_columns as extra_columns
+from lana.core.dist import maybe_kill
+from lana.core.io import atomic_write_bytes, read_json, write_json
+from lana.core.progress import log, progress
 from lana.errors import ArtifactError, ConfigError
 from lana.latency.timing import (
     E2E_ROUNDS,
@@ -36,9 +36,9 @@ from lana.latency.timing import (
     reference_baseline,
 )
 from lana.model.decompose import Chain
-from lana.pipeline.dist import maybe_kill
-from lana.pipeline.io import atomic_write_bytes, read_json, write_json
-from lana.report.progress import log, progress
+
+if TYPE_CHECKING:
+    from lana.config import LatencyConfig
 
 BUNDLE_FORMAT = "lana-bundle/1"
 

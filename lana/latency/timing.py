@@ -112,6 +112,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lana.core.io import read_json, write_json
 from lana.errors import ArtifactError, ConfigError, LanaError
 from lana.latency.backends import (
     BACKENDS,
@@ -124,7 +125,6 @@ from lana.latency.backends import (
     get_backend,
     inference_form,
 )
-from lana.pipeline.io import read_json, write_json
 
 __all__ = [
     "BACKENDS",
@@ -570,7 +570,7 @@ def measure_interleaved(
     backend.check_available()
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(shape, generator=gen).to(DTYPES[settings.dtype])
-    from lana.report.progress import progress
+    from lana.core.progress import progress
 
     bars = progress() if description else contextlib.nullcontext()
     # torch's thread pool is pinned even for non-torch backends: it is idle then, and

@@ -1,4 +1,5 @@
-"""The stage graph of a LANA run and the layout of its run directory, defined once, as data.
+"""The stage graph of a LANA run, defined once, as data: each stage's files (named in
+:mod:`lana.core.layout`), the stages it reads and the config sections its result depends on.
 
 Every reader shares this table: :mod:`lana.pipeline.runner` keys its stages' files with the config
 sections declared here and runs the steps in this order, :mod:`lana.pipeline.status` reports them
@@ -19,45 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-# ---------------------------------------------------------------- file names
-# Run-level bookkeeping, written by every stage or by the commands around them.
-CONFIG = "config.yaml"
-TIMINGS = "timings.json"
-MEMORY = "memory.json"
-SUMMARY = "summary.json"
-LOCK = "lana.lock"
-REPORT_DIR = "report"
-REPORT_HTML = "report.html"
-REPORT_MD = "report.md"
-
-# prepare
-TEACHER_WEIGHTS = "teacher.safetensors"
-TEACHER = "teacher.json"
-TEACHER_CHECKPOINT = "teacher-checkpoint.pt"
-CANDIDATES = "candidates.json"
-# profile and the parts computed on demand
-LATENCY = "latency.json"
-LUT = "lut.json"
-COSTS = "costs.json"
-LIBRARY = "library.json"
-# distill (phase 1): one weight file per candidate, in a folder per layer
-DISTILL_DIR = "distill"
-DISTILL_INDEX = f"{DISTILL_DIR}/index.json"
-DISTILL_INDEX_LOCK = f"{DISTILL_DIR}/index.lock"
-DISTILL_CHECKPOINTS = f"{DISTILL_DIR}/checkpoint-*.pt"
-SCORES = "scores.json"
-# Per budget, under students/<budget tag>/ (see :func:`student_dir`).
-STUDENTS_DIR = "students"
-SEARCH = "search.json"
-FINETUNE = "finetune.json"
-FINETUNED_WEIGHTS = "finetuned.safetensors"
-FINETUNE_CHECKPOINT = "finetune-checkpoint.pt"
-EXPORT = "export.json"
-MODEL_DIR = "model"
-VERIFY = "verify.json"
-# Written by `lana export` beside the students' model/ folders, once per run: the teacher
-# exported as they are, so anyone can time both with their own tools.
-TEACHER_ONNX = "teacher/model.onnx"
+from lana.core.layout import (
+    CANDIDATES,
+    COSTS,
+    DISTILL_CHECKPOINTS,
+    DISTILL_DIR,
+    DISTILL_INDEX,
+    DISTILL_INDEX_LOCK,
+    EXPORT,
+    FINETUNE,
+    FINETUNE_CHECKPOINT,
+    FINETUNED_WEIGHTS,
+    LATENCY,
+    LIBRARY,
+    LUT,
+    MODEL_DIR,
+    SCORES,
+    SEARCH,
+    TEACHER,
+    TEACHER_CHECKPOINT,
+    TEACHER_WEIGHTS,
+    VERIFY,
+    student_dir,
+)
 
 #: The field of a stage's JSON file that holds the hash of its key (:func:`key_hash`).
 KEY_FIELD = "inputs"
@@ -69,28 +54,6 @@ LOCKED_SECTIONS = ("model", "data", "space", "distill", "seed")
 #: Settings never part of a stage's key: the budget names the folder instead, and how
 #: often a stage checkpoints does not change its result.
 UNKEYED_SETTINGS = frozenset({"budget", "checkpoint_every"})
-
-#: Bookkeeping files of the run directory that belong to no one stage (``report/``: the
-#: commands ``lana run``, ``lana export`` and ``lana report`` write it; the teacher's ONNX
-#: file: every export, when missing).
-RUN_FILES = (CONFIG, TIMINGS, MEMORY, SUMMARY, LOCK, f"{REPORT_DIR}/*", TEACHER_ONNX)
-
-
-def student_dir(run_dir: str | Path, tag: str) -> Path:
-    """``DIR/students/<tag>``: the folder of one budget's search, fine-tuning and export
-    (``tag`` as :func:`lana.pipeline.runner.budget_tag` names it)."""
-    return Path(run_dir) / STUDENTS_DIR / tag
-
-
-def distill_weights(run_dir: str | Path, layer: int, spec: str) -> Path:
-    """Where candidate ``spec`` of layer ``layer`` keeps its phase-1 weights."""
-    return Path(run_dir) / DISTILL_DIR / f"L{layer:03d}" / f"{spec}.safetensors"
-
-
-def distill_checkpoint(run_dir: str | Path, group: str) -> Path:
-    """The checkpoint of phase-1 group ``group`` (its id) while it trains."""
-    return Path(run_dir) / DISTILL_CHECKPOINTS.replace("*", group)
-
 
 def key_hash(inputs: dict) -> str:
     """The hash of a stage's key (the settings and data it was computed from), stored in

@@ -18,22 +18,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lana.errors import ArtifactError
-from lana.pipeline.stages import (
+from lana.core.layout import (
     CANDIDATES,
     CONFIG,
     DISTILL_CHECKPOINTS,
-    KEY_FIELD,
-    STAGE,
-    STEPS,
     STUDENTS_DIR,
     TEACHER,
     TIMINGS,
     VERIFY,
-    Stage,
-    key_hash,
 )
-from lana.report.progress import duration
+from lana.core.progress import duration
+from lana.errors import ArtifactError
+from lana.pipeline.stages import KEY_FIELD, STAGE, STEPS, Stage, key_hash
 
 #: The states a stage can be in, as ``run_status`` reports them.
 STATES = ("done", "partial", "stale", "missing", "corrupt")
@@ -41,7 +37,7 @@ STATES = ("done", "partial", "stale", "missing", "corrupt")
 
 def _read(path: Path) -> tuple[str, Any]:
     """("missing" | "corrupt" | "ok", the JSON or the error message)."""
-    from lana.pipeline.io import read_json
+    from lana.core.io import read_json
 
     if not path.exists():
         return "missing", None
@@ -96,7 +92,8 @@ class _RunView:
     def left_out(self) -> list[list[str]] | None:
         """The candidates phase 1 and the score stage leave out, judged from the latency
         and costs files as the directory holds them; None while either is not done."""
-        from lana.pipeline.runner import op_costs, stage_inputs
+        from lana.pipeline.keys import stage_inputs
+        from lana.search.library import op_costs
         from lana.search.solver import dominated
 
         if self.candidates is None:
@@ -133,7 +130,7 @@ def _prepare(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _profile(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline.runner import stage_inputs
+    from lana.pipeline.keys import stage_inputs
 
     state, data = view.keyed(stage, tag, stage_inputs(view.config, stage.name))
     return _Check(state, f"teacher {data['teacher_measured_ms']:.4g} ms measured, "
@@ -145,7 +142,7 @@ def _distill(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     """One weight file per trained candidate, but for those left out (which the latency
     tells, once measured)."""
     from lana.distill.phase1 import UNTRAINED, pending
-    from lana.pipeline.runner import without
+    from lana.pipeline.keys import without
 
     candidates, left_out = view.candidates, view.left_out
     if candidates is None:
@@ -168,7 +165,7 @@ def _distill(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _score(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline.runner import score_inputs
+    from lana.pipeline.keys import score_inputs
 
     state, data = view.keyed(stage, tag, score_inputs(
         view.config, view.left_out or [[] for _ in view.candidates or []]))
@@ -178,7 +175,7 @@ def _score(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _search(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline.runner import stage_inputs
+    from lana.pipeline.keys import stage_inputs
     from lana.search.select import chosen_speedup
 
     state, srch = view.keyed(stage, tag, stage_inputs(view.config, stage.name))
@@ -199,7 +196,7 @@ def _search(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 
 def _finetune(view: _RunView, stage: Stage, tag: str | None) -> _Check:
-    from lana.pipeline.runner import stage_inputs
+    from lana.pipeline.keys import stage_inputs
 
     s_state, srch = view.checked["search", tag]
     chosen = srch.get("chosen") if s_state == "done" else None
@@ -246,7 +243,7 @@ _CHECKS: dict[str, Callable[[_RunView, Stage, str | None], _Check]] = {
 
 def _budgets(d: Path, config) -> dict:
     """Budget tag -> budget: the configured one first, then every one the directory holds."""
-    from lana.pipeline.runner import budget_from_tag, budget_tag
+    from lana.pipeline.keys import budget_from_tag, budget_tag
 
     tags = {budget_tag(config.search.budget): config.search.budget}
     for sdir in sorted((d / STUDENTS_DIR).glob("*")):
@@ -280,8 +277,8 @@ def run_status(run_dir: str | Path) -> dict:
     Raises :class:`lana.errors.ConfigError` if ``run_dir`` is not a run directory.
     """
     from lana.config import load_config
+    from lana.core.io import lock_holder
     from lana.errors import ConfigError
-    from lana.pipeline.io import lock_holder
 
     d = Path(run_dir)
     if not (d / CONFIG).is_file():

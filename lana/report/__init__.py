@@ -1,6 +1,6 @@
-"""What a run shows: terminal tables, the HTML/Markdown report, progress output.
+"""What a run shows: terminal tables and the HTML/Markdown report.
 
 ``terminal`` (the tables ``lana run``, ``lana search`` and ``lana status`` print),
-``html`` (``report/report.html`` and its Markdown twin, with plots), ``progress``
-(progress bars and log lines, one look for every stage). Nothing is imported here.
+``html`` (``report/report.html`` and its Markdown twin, with plots). Progress bars and log
+lines are :mod:`lana.core.progress`. Nothing is imported here.
 """

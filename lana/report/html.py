@@ -28,10 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lana.errors import ArtifactError, LanaError
-from lana.latency.spread import interval_of
-from lana.pipeline.io import atomic_write_bytes, read_json
-from lana.pipeline.stages import (
+from lana.core.io import atomic_write_bytes, read_json
+from lana.core.layout import (
     CANDIDATES,
     CONFIG,
     EXPORT,
@@ -48,7 +46,9 @@ from lana.pipeline.stages import (
     TIMINGS,
     VERIFY,
 )
-from lana.report.progress import duration
+from lana.core.progress import duration
+from lana.errors import ArtifactError, LanaError
+from lana.latency.spread import interval_of
 from lana.search.select import budget_allowed_ms, explain
 
 __all__ = ["REPORT_DIR", "RunFiles", "Section", "build_sections", "write_report"]
@@ -299,8 +299,8 @@ def _overview(run: RunFiles) -> Section:
 
 
 def _independent(run: RunFiles) -> Section:
-    from lana.latency.independent import independent_summary
-    from lana.pipeline.stages import TEACHER_ONNX
+    from lana.core.layout import TEACHER_ONNX
+    from lana.pipeline.verify import independent_summary
 
     sec = Section("independent", "Timed independently",
                   f"`lana verify DIR --independent` times `{TEACHER_ONNX}` and each student's "

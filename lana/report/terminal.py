@@ -261,7 +261,7 @@ def _budget_label(budget: dict) -> str:
 
 def independent_line(s: dict) -> str:
     """One sentence on an ``independent_verify`` summary
-    (:func:`lana.latency.independent.summarize`): the speed-up's median and range over
+    (:func:`lana.pipeline.verify.summarize`): the speed-up's median and range over
     windows and how many met the budget."""
     verdict = "within budget" if s["meets_budget"] else "OVER budget"
     return (f"speed-up over {s['window_count']} window(s): median "

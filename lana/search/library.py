@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from lana.core.io import read_json, write_json
 from lana.errors import ConfigError
-from lana.pipeline.io import read_json, write_json
 from lana.search.budget import is_real
 
 __all__ = ["Layer", "Library", "Op", "Solution"]
@@ -245,3 +245,22 @@ class Solution:
             "score": self.score,
             "cost": dict(self.cost),
         }
+
+
+# The cost columns a library's ops carry, from a run's latency.json and costs.json.
+def latency_columns(latency: dict) -> dict[str, dict]:
+    """The latency cost columns of ``latency.json``: the configured one (``latency_ms``)
+    and each extra one (other backends or batch sizes), by column name."""
+    return {"latency_ms": latency, **latency.get("extra", {})}
+
+
+def op_costs(candidates: list[list[str]], latency: dict, costs: dict
+             ) -> list[dict[str, dict[str, float]]]:
+    """Per layer and op, every cost column the search can bound: the configured latency
+    (``latency_ms``), each extra latency column, params and FLOPs; from the contents of
+    ``latency.json`` and ``costs.json``."""
+    columns = latency_columns(latency)
+    return [{spec: {**{col: c["layers"][i][j] for col, c in columns.items()},
+                    **costs["layers"][i][j]}
+             for j, spec in enumerate(specs)}
+            for i, specs in enumerate(candidates)]

@@ -19,12 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lana.config import BudgetConfig, SearchConfig
+from lana.core.progress import log, progress
 from lana.errors import InfeasibleBudgetError
 from lana.latency.spread import MAX_MARGIN, SpreadMargin
-from lana.report.progress import log, progress
 from lana.search.solver import (
     Budget,
     Library,
@@ -34,6 +33,9 @@ from lana.search.solver import (
     score_optimum_cost,
     solve,
 )
+
+if TYPE_CHECKING:
+    from lana.config import BudgetConfig, SearchConfig
 
 
 @dataclass(frozen=True)
@@ -683,30 +685,6 @@ def _looser_budget(points: list[tuple[float, float]], chosen: dict, layer_budget
     return by_grow, cal, f"loosening by the chosen student's undershoot ({grow - 1:.1%})"
 
 
-def select_student(run, lib: dict, budget: BudgetConfig) -> dict:
-    """:func:`select` wired to a :class:`lana.pipeline.runner.Run` (real networks and timings)."""
-    from lana.distill.train import evaluate
-    from lana.latency.profile import measure_models
-
-    val = run.splits.val.subset(run.config.search.eval_samples, run.config.seed + 1)
-    fixed = lib.get("fixed_cost", {})
-    lut = run.lut()  # read once, not at every timing of the search
-    extra = []
-    for text in run.config.search.extra_budgets:
-        b = Budget.parse(text)  # whole network -> the layers' share
-        extra.append(Budget(b.key, b.op, b.value - fixed.get(b.key, 0.0)))
-    return select(
-        Library.from_dict(lib), run.profile(), budget, run.budget_ms(budget),
-        run.config.search,
-        build=lambda specs: run.assemble(specs),
-        measure=None if run.profile().get("remote") else
-        lambda students: measure_models({"teacher": run.teacher, **students},
-                                        run.input_shape, run.config.latency, lut=lut),
-        evaluate=lambda student: evaluate(student, val, batch_stats=True, device=run.device),
-        extra_budgets=extra,
-    )
-
-
 def explain(result: dict) -> list[str]:
     """What a search did and why it kept its student, as plain sentences (``search.json``
     in, lines out; the terminal and the report print them).
@@ -727,10 +705,9 @@ def explain(result: dict) -> list[str]:
         return []
     fixed = result.get("fixed_ms", 0.0)
     # search.json files written before margin and slack were recorded ran on the defaults
-    # of then (a fixed 3 % margin; the margin is recorded as a number since "auto")
-    defaults = SearchConfig.model_fields
-    under = _loosen_below(result.get("margin", 0.03),
-                          result.get("slack", defaults["slack"].default))
+    # of then (a fixed 3 % margin, 15 % slack; the margin is recorded as a number since
+    # "auto")
+    under = _loosen_below(result.get("margin", 0.03), result.get("slack", 0.15))
 
     def ms_of(r: dict) -> float:  # measured, or the corrected prediction where unmeasured
         return r["latency_ms_measured"] or r["latency_ms_predicted"]

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from lana.core.io import atomic_write_bytes
 from lana.errors import ConfigError
-from lana.pipeline.io import atomic_write_bytes
 from lana.search.baselines import BASELINES
 from lana.search.solver import Budget, Layer, Library, Op, Solution, minimum_reachable, solve
 

@@ -223,7 +223,7 @@ def fake_run(tmp_path, scale: str, sessions: int = 1, family: str = "effnet"):
     them; its work directory is ``tmp_path``."""
     from types import SimpleNamespace
 
-    from lana.pipeline.io import write_json
+    from lana.core.io import write_json
 
     steps = table3.Steps(tmp_path / "steps")
     steps.get("member_s0", lambda: {"accuracy": 0.80})
@@ -231,7 +231,7 @@ def fake_run(tmp_path, scale: str, sessions: int = 1, family: str = "effnet"):
     bench = SimpleNamespace(family=family, scale=scale, seeds=1,
                             fam=table3.FAMILIES[family], steps=steps,
                             cfg=SimpleNamespace(threads=2),
-                            run=SimpleNamespace(_timings=lambda: {"teacher_train_s": 60.0,
+                            run=SimpleNamespace(timings=lambda: {"teacher_train_s": 60.0,
                                                                   "distill_s": 30.0},
                                                 dir=tmp_path / "run"),
                             work=tmp_path)
@@ -280,7 +280,7 @@ def fake_run(tmp_path, scale: str, sessions: int = 1, family: str = "effnet"):
 def test_report_renders_a_whole_result(scale, sessions, tmp_path, monkeypatch):
     """The report runs only after hours of training: render it from a made-up result so a
     formatting slip cannot lose a finished run."""
-    from lana.pipeline.io import read_json
+    from lana.core.io import read_json
 
     written: dict[str, str] = {}
     monkeypatch.setattr(table3, "write_section", lambda h, b: written.update({h: b}))
@@ -413,7 +413,7 @@ def test_final_timing_takes_sessions_apart_and_adds_to_stored_ones(tmp_path, mon
 
 
 def test_final_timing_reads_a_step_stored_before_sessions_were_kept(tmp_path, monkeypatch):
-    from lana.pipeline.io import write_json
+    from lana.core.io import write_json
 
     bench, calls = _latency_bench(tmp_path, monkeypatch)
     methods = {"lana_2x": {"speed": 0.5}}

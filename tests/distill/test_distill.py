@@ -11,9 +11,9 @@ import torch
 
 import lana.distill.phase1 as D
 from lana.config import DistillConfig
+from lana.core.io import read_json, save_tensors
 from lana.errors import ArtifactError
 from lana.model.data import Data
-from lana.pipeline.io import read_json, save_tensors
 
 # Layers of the conftest teacher: 0: 1x16x16 -> 8x8x8, 1: 8x8x8 -> 8x8x8,
 # 2: 8x8x8 -> 16x4x4, 3: 16x4x4 -> 16x4x4.

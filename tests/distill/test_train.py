@@ -10,7 +10,7 @@ from torch import nn
 from lana.config import FinetuneConfig, TeacherTrainingConfig
 from lana.distill.train import Recipe, evaluate, make_optimizer, train_classifier
 from lana.errors import LanaError, TrainingDivergedError
-from lana.pipeline.runner import _settings
+from lana.pipeline.keys import section_settings
 from tests.conftest import small_sequential_teacher
 
 
@@ -100,9 +100,9 @@ def test_a_diverging_loss_stops_with_advice(synthetic_splits) -> None:
 def test_optimizer_at_its_default_leaves_stage_keys_unchanged(section: type) -> None:
     # Runs cached before the setting existed must resume, not retrain: at the default it
     # is not part of the key; any other value is.
-    default = _settings(section(), {"checkpoint_every"})
+    default = section_settings(section(), {"checkpoint_every"})
     assert "optimizer" not in default
     # (teacher_training.init came later still, with the same rule)
     assert default == section().model_dump(exclude={"checkpoint_every", "optimizer", "init"})
-    assert _settings(section(optimizer="sgd"), {"checkpoint_every"}) == {**default,
+    assert section_settings(section(optimizer="sgd"), {"checkpoint_every"}) == {**default,
                                                                          "optimizer": "sgd"}

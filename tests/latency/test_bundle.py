@@ -11,8 +11,8 @@ import lana.latency.profile
 import lana.latency.timing
 from lana.cli.commands import main
 from lana.config import BudgetConfig, config_from_dict
+from lana.core.io import read_json, write_json
 from lana.errors import ArtifactError, ConfigError
-from lana.pipeline.io import read_json, write_json
 from lana.pipeline.runner import Run
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lana.config import BudgetConfig, LatencyConfig, config_from_dict
+from lana.config import BudgetConfig, LatencyConfig, config_from_dict, extra_columns
 from lana.errors import BackendUnavailableError, ConfigError
-from lana.latency.profile import extra_columns, static_costs
+from lana.latency.profile import static_costs
 from lana.pipeline.runner import Run
 
 

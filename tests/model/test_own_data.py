@@ -12,9 +12,9 @@ import yaml
 import lana
 from lana.cli.commands import main
 from lana.config import DataConfig, config_from_dict
+from lana.core.io import read_json
 from lana.errors import ConfigError
 from lana.model.data import load_data
-from lana.pipeline.io import read_json
 from tests.conftest import tiny_config_dict
 
 DATASETS = textwrap.dedent('''
@@ -174,17 +174,19 @@ def test_a_builder_that_does_not_fit(tmp_path: Path, fn: str, over: dict, needle
 
 
 def test_dataset_names_are_checked_and_edits_retrain(tmp_path: Path) -> None:
-    from lana.pipeline.runner import Run, _locked
+    from lana.pipeline.keys import locked_section
+    from lana.pipeline.runner import Run
+    from lana.pipeline.teacher import cache_entry
 
     with pytest.raises(ConfigError, match="unknown dataset 'fashon-mnist' .did you mean "
                        "'fashion-mnist'.."):
         config_from_dict({"data": {"name": "fashon-mnist"}})
     cfg = tiny_config_dict(tmp_path / "cache")
     # data.kwargs came later: a config without them keys the teacher as before
-    assert "kwargs" not in _locked(config_from_dict(cfg), "data")
+    assert "kwargs" not in locked_section(config_from_dict(cfg), "data")
     data = _write(tmp_path)
     cfg["data"] = {"name": f"python:{data}:as_dict", "image_size": 16, "val_samples": 16}
-    key, _ = Run(tmp_path / "r", config_from_dict(cfg))._teacher_cache()
-    assert Run(tmp_path / "r", config_from_dict(cfg))._teacher_cache()[0] == key
+    key, _ = cache_entry(Run(tmp_path / "r", config_from_dict(cfg)))
+    assert cache_entry(Run(tmp_path / "r", config_from_dict(cfg)))[0] == key
     data.write_text(DATASETS.replace("n=96", "n=97"))  # the data changed: a new teacher
-    assert Run(tmp_path / "r", config_from_dict(cfg))._teacher_cache()[0] != key
+    assert cache_entry(Run(tmp_path / "r", config_from_dict(cfg)))[0] != key

@@ -12,9 +12,9 @@ import yaml
 
 import lana
 from lana.cli.commands import main
+from lana.core.io import read_json
 from lana.errors import ConfigError
 from lana.model.zoo import create_model, source_digest
-from lana.pipeline.io import read_json
 from tests.conftest import tiny_config_dict
 
 NETS = textwrap.dedent('''
@@ -159,8 +159,8 @@ def test_weights_from_a_training_scripts_checkpoint(tmp_path: Path) -> None:
     DDP-prefixed, read with weights_only=True (never arbitrary unpickling)."""
     import argparse
 
+    from lana.core.io import load_state_dict, save_tensors
     from lana.errors import ArtifactError
-    from lana.pipeline.io import load_state_dict, save_tensors
 
     state = _nets_state(tmp_path, num_classes=4, in_chans=1)
 
@@ -197,7 +197,7 @@ def test_run_loads_a_checkpoint_and_names_a_mismatch(tmp_path: Path, capsys) -> 
     cfg = tiny_config_dict(tmp_path / "cache")
     cfg["model"] = {"name": f"python:{nets}:Net", "weights": str(tmp_path / "t.pth")}
     from lana.config import config_from_dict
-    from lana.pipeline.io import load_tensors
+    from lana.core.io import load_tensors
     from lana.pipeline.runner import Run
 
     Run(tmp_path / "run", config_from_dict(cfg)).prepare()

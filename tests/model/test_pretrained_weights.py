@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lana.config import config_from_dict
+from lana.core.io import save_tensors
 from lana.errors import ArtifactError
-from lana.pipeline.io import save_tensors
 from tests.conftest import tiny_config_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -91,8 +91,10 @@ def _pretrained_file(tmp_path: Path, num_classes: int, seed: int = 0) -> tuple[P
 def test_teacher_training_starts_from_init_weights(tmp_path: Path) -> None:
     """ImageNet-style weights with another classifier: everything else is loaded before the
     teacher trains; the file's content (not its path) keys the teacher cache."""
+    from lana.core.io import load_matching
     from lana.model.zoo import create_model
-    from lana.pipeline.runner import Run, load_matching
+    from lana.pipeline.runner import Run
+    from lana.pipeline.teacher import cache_entry
 
     path, state = _pretrained_file(tmp_path, num_classes=1000)
     model = create_model("lana:tiny_effnet", num_classes=4, in_chans=1)
@@ -102,28 +104,30 @@ def test_teacher_training_starts_from_init_weights(tmp_path: Path) -> None:
     assert all(torch.equal(own[k], v) for k, v in state.items() if not k.startswith("classifier"))
 
     cfg = tiny_config_dict(tmp_path / "cache")
-    base = Run(tmp_path / "r0", config_from_dict(cfg))._teacher_cache()[0]
+    base = cache_entry(Run(tmp_path / "r0", config_from_dict(cfg)))[0]
     cfg["teacher_training"]["init"] = str(path)
-    key = Run(tmp_path / "r1", config_from_dict(cfg))._teacher_cache()[0]
+    key = cache_entry(Run(tmp_path / "r1", config_from_dict(cfg)))[0]
     assert key != base
     moved = tmp_path / "elsewhere.safetensors"
     moved.write_bytes(path.read_bytes())
     cfg["teacher_training"]["init"] = str(moved)
-    assert Run(tmp_path / "r2", config_from_dict(cfg))._teacher_cache()[0] == key
+    assert cache_entry(Run(tmp_path / "r2", config_from_dict(cfg)))[0] == key
     other, _ = _pretrained_file(tmp_path, num_classes=1000, seed=1)
     cfg["teacher_training"]["init"] = str(other)
-    assert Run(tmp_path / "r3", config_from_dict(cfg))._teacher_cache()[0] != key
+    assert cache_entry(Run(tmp_path / "r3", config_from_dict(cfg)))[0] != key
 
 
 def test_teacher_init_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    from lana.core.io import load_matching
     from lana.model.zoo import create_model
-    from lana.pipeline.runner import Run, load_matching
+    from lana.pipeline.runner import Run
+    from lana.pipeline.teacher import cache_entry
 
     cfg = tiny_config_dict(tmp_path / "cache")
     cfg["teacher_training"]["init"] = str(tmp_path / "missing.safetensors")
     with pytest.raises(ArtifactError, match="teacher_training.init: .*missing.safetensors "
                        "does not exist"):
-        Run(tmp_path / "r", config_from_dict(cfg))._teacher_cache()
+        cache_entry(Run(tmp_path / "r", config_from_dict(cfg)))
     other = tmp_path / "other.safetensors"
     save_tensors(other, {"fc.weight": torch.zeros(3, 3)})
     with pytest.raises(ArtifactError, match="does not fit the model: .*No name matches"):

@@ -40,8 +40,8 @@ def train(net: nn.Module) -> dict:
 
 
 if __name__ == "__main__":
-    from lana.pipeline import dist
-    from lana.pipeline.io import save_tensors, write_json
+    from lana.core import dist
+    from lana.core.io import save_tensors, write_json
 
     rank, world = dist.init_from_env()
     net = model()

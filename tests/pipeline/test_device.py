@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import lana.pipeline.dist as D
+import lana.core.dist as D
 from lana.config import config_from_dict
 from lana.errors import ConfigError, LanaError
 
@@ -125,8 +125,8 @@ def test_gpu_phase1_matches_cpu(seq_chain, synthetic_splits, tmp_path) -> None:
     how far training moved them: the CPU/GPU difference is a small part of that, and the
     distillation losses agree. The chain is back on the CPU afterwards."""
     from lana.config import DistillConfig
+    from lana.core.io import load_tensors
     from lana.distill.phase1 import build_candidate, distill, weight_path
-    from lana.pipeline.io import load_tensors
 
     cfg = DistillConfig(steps=20, batch_size=16, checkpoint_every=8)
     cands = [["teacher", "identity", "ir_k3_e1"] for _ in seq_chain.layers]
@@ -151,7 +151,7 @@ def test_gpu_phase1_matches_cpu(seq_chain, synthetic_splits, tmp_path) -> None:
 def test_gpu_pipeline_end_to_end(tmp_path: Path, tiny_config: dict) -> None:
     """The tiny run with device: cuda; every stage finishes, the exported student is a CPU
     model measured by the CPU latency backend, and GPU memory is recorded."""
-    from lana.pipeline.io import read_json
+    from lana.core.io import read_json
     from lana.pipeline.runner import Run
 
     cfg = config_from_dict({**tiny_config, "device": "cuda"})

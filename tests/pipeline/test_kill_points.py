@@ -1,4 +1,4 @@
-"""The test kill hook (lana.pipeline.dist.maybe_kill): its table of points, and that a point it does
+"""The test kill hook (lana.core.dist.maybe_kill): its table of points, and that a point it does
 not know is an error rather than a run that is silently never killed. No torch needed."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lana.cli.commands import main
+from lana.core import dist
 from lana.errors import ConfigError
-from lana.pipeline import dist
 
 ROOT = Path(__file__).parents[2]
 
@@ -68,13 +68,13 @@ def test_a_call_naming_no_point_is_an_error_while_set(monkeypatch: pytest.Monkey
                                                       ) -> None:
     monkeypatch.setenv(dist.KILL_AT_ENV, "distill:3")
     dist.maybe_kill("distill", 2)  # known, not the target: goes on
-    with pytest.raises(ValueError, match="names no point of lana.pipeline.dist.KILL_POINTS"):
+    with pytest.raises(ValueError, match="names no point of lana.core.dist.KILL_POINTS"):
         dist.maybe_kill("distill", "saved-all")
 
 
 @pytest.mark.parametrize(("target", "killed"), [("distill:3", True), ("distill:4", False)])
 def test_the_named_point_kills(target: str, killed: bool) -> None:
-    proc = subprocess.run([sys.executable, "-c", "from lana.pipeline.dist import maybe_kill; "
+    proc = subprocess.run([sys.executable, "-c", "from lana.core.dist import maybe_kill; "
                            "maybe_kill('distill', 3)"],
                           env={**os.environ, dist.KILL_AT_ENV: target, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True)

@@ -17,11 +17,12 @@ import lana.distill.train
 import lana.latency.profile
 import lana.space.ops
 from lana.config import BudgetConfig, config_from_dict
+from lana.core.io import load_tensors, read_json
 from lana.distill.train import evaluate
 from lana.errors import ConfigError, InfeasibleBudgetError
-from lana.model.student import assemble
-from lana.pipeline.io import load_tensors, read_json
-from lana.pipeline.runner import Run, budget_tag
+from lana.pipeline.keys import budget_tag
+from lana.pipeline.runner import Run
+from lana.pipeline.student import assemble
 from lana.space.ops import log10_space_size
 
 
@@ -343,7 +344,7 @@ def test_own_model_and_data_through_the_python_api(tmp_path: Path, synthetic_spl
     """A user's trained nn.Sequential on user data: no teacher training, torch backend."""
     from torch import nn
 
-    from lana.model.student import load_student
+    from lana.pipeline.student import load_student
     from tests.conftest import small_sequential_teacher
 
     torch.manual_seed(0)
@@ -457,7 +458,7 @@ def test_layers_named_by_hand_through_the_config(tmp_path: Path, synthetic_split
     around b2); the student keeps the split and loads back."""
     from torch import nn
 
-    from lana.model.student import load_student
+    from lana.pipeline.student import load_student
 
     class Block(nn.Module):
         def __init__(self, c: int) -> None:

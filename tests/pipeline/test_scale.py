@@ -21,7 +21,7 @@ import yaml
 
 import lana.distill.phase1 as D
 from lana.cli.commands import main
-from lana.pipeline.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
+from lana.core.io import checksum_path, load_tensors, read_json, run_lock, verify_tree
 from lana.pipeline.runner import Run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -347,7 +347,7 @@ def test_corrupt_files_are_named_and_recomputed_on_request(
 
 
 def test_checksum_sidecar_is_sha256sum_compatible(tmp_path: Path) -> None:
-    from lana.pipeline.io import write_json
+    from lana.core.io import write_json
 
     write_json(tmp_path / "a.json", {"x": 1})
     line = checksum_path(tmp_path / "a.json").read_text()
@@ -364,7 +364,7 @@ def test_second_process_is_locked_out_and_stale_lock_is_taken_over(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lana.pipeline.io import run_lock\n"
+        [sys.executable, "-c", "import sys, time; from lana.core.io import run_lock\n"
          f"with run_lock({str(run_dir)!r}):\n print('locked', flush=True); time.sleep(60)"],
         env=_env(), stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
@@ -478,17 +478,18 @@ def _fork_gloo_ranks(log_dir: Path, target, **env: str) -> list[tuple[int, str]]
 
 
 def test_ddp_teacher_killed_resumes_on_every_rank(tmp_path: Path) -> None:
-    """A run's teacher trained by 2 ranks together (DDP, Run._teacher_on_every_rank as
+    """A run's teacher trained by 2 ranks together (DDP, lana.pipeline.teacher.on_every_rank as
     `lana run`/`distill` under torchrun do) computes what the one-process teacher does;
     killed after a checkpoint, rank 0 wrote it, both ranks resume from it, and the
     teacher equals the uninterrupted 2-rank one bit for bit."""
     from lana.config import load_config
+    from lana.pipeline.teacher import on_every_rank
 
     def teacher(name: str):
         # The config file is written here, once, before the fork: two ranks rewriting it
         # at once let one read it half-written (a different 'data' section; 2 of 3 failed).
         cfg = _micro(tmp_path, name)
-        return lambda: Run(tmp_path / name, load_config(cfg))._teacher_on_every_rank()
+        return lambda: on_every_rank(Run(tmp_path / name, load_config(cfg)))
 
     whole = _fork_gloo_ranks(tmp_path, teacher("whole"))
     for code, out in whole:  # both ranks trained

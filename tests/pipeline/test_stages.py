@@ -18,18 +18,10 @@ import pytest
 
 from lana.cli.commands import main
 from lana.config import config_from_dict
-from lana.pipeline.io import CHECKSUM_SUFFIX, atomic_write_bytes, read_json
-from lana.pipeline.runner import score_inputs, stage_inputs
-from lana.pipeline.stages import (
-    KEY_FIELD,
-    LOCKED_SECTIONS,
-    RUN_FILES,
-    STAGE,
-    STAGES,
-    STEPS,
-    STUDENTS_DIR,
-    key_hash,
-)
+from lana.core.io import CHECKSUM_SUFFIX, atomic_write_bytes, read_json
+from lana.core.layout import RUN_FILES, STUDENTS_DIR
+from lana.pipeline.keys import score_inputs, stage_inputs
+from lana.pipeline.stages import KEY_FIELD, LOCKED_SECTIONS, STAGE, STAGES, STEPS, key_hash
 from lana.pipeline.status import run_status
 from tests.conftest import tiny_config_dict
 

@@ -10,9 +10,9 @@ import pytest
 
 from lana.cli.commands import main
 from lana.config import config_from_dict
+from lana.core.io import atomic_write_bytes, read_json, run_lock, write_json
 from lana.distill.phase1 import UNTRAINED, weight_path
 from lana.errors import ConfigError
-from lana.pipeline.io import atomic_write_bytes, read_json, run_lock, write_json
 from lana.pipeline.status import run_status
 
 

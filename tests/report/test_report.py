@@ -14,8 +14,8 @@ import pytest
 from scipy.stats import kendalltau
 
 from lana.cli.commands import main
+from lana.core.io import read_json
 from lana.errors import ArtifactError
-from lana.pipeline.io import read_json
 from lana.report.html import build_sections, write_report
 
 PLOTS = {"accuracy_latency.png", "sweep.png", "layers_speedup1.5.png",
@@ -173,7 +173,7 @@ def test_missing_stages_give_notes_not_errors(run_copy, tmp_path: Path) -> None:
 def test_a_student_well_under_its_budget_gets_a_reason(run_copy) -> None:
     """A kept student far under its budget reads like a search that gave accuracy away: the
     report says why (here: a costlier student met the budget with a higher held-out loss)."""
-    from lana.pipeline.io import write_json
+    from lana.core.io import write_json
 
     run_dir, _ = run_copy
     path = run_dir / "students" / "speedup1.5" / "search.json"

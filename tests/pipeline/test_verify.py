@@ -9,8 +9,8 @@ import pytest
 import lana.latency.profile
 from lana.cli.commands import main
 from lana.config import BudgetConfig
+from lana.core.io import read_json, write_json
 from lana.errors import ArtifactError, ConfigError
-from lana.pipeline.io import read_json, write_json
 from lana.pipeline.runner import Run
 
 
@@ -126,8 +126,8 @@ def test_independent_verify_times_each_window_in_a_fresh_process(run_copy, monke
                                                                  capsys) -> None:
     import os
 
-    from lana.latency.independent import independent_summary
     from lana.pipeline.status import run_status
+    from lana.pipeline.verify import independent_summary
     from lana.report.html import write_report
 
     run_dir, _ = run_copy
@@ -190,7 +190,7 @@ def test_independent_verify_refuses_other_backends_and_bad_input(run_copy) -> No
 
 
 def test_budget_verdict_on_given_numbers() -> None:
-    from lana.latency.independent import budget_holds, summarize
+    from lana.pipeline.verify import budget_holds, summarize
 
     assert budget_holds({"speedup": 2.0}, 0.5, 2.0, 9.9)  # exactly the budget holds
     assert not budget_holds({"speedup": 2.0}, 0.5, 1.99, 0.1)

@@ -1,4 +1,4 @@
-"""Tests of lana.model.student: assembling students, saving them and loading them back."""
+"""Tests of lana.pipeline.student: assembling students, saving them and loading them back."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 from lana.distill.phase1 import build_candidate
 from lana.errors import ArtifactError
 from lana.model.decompose import decompose
-from lana.model.student import STUDENT_FORMAT, arch_dict, assemble, load_student, save_student
 from lana.model.zoo import create_model
+from lana.pipeline.student import STUDENT_FORMAT, arch_dict, assemble, load_student, save_student
 from lana.space.ops import build_op
 from tests.conftest import small_sequential_teacher
 

@@ -80,7 +80,7 @@ def resolve_device(spec: str = "auto"):
         if gpus == 0:
             return torch.device("cpu")
         if gpus < per_node:
-            from lana.report.progress import log
+            from lana.core.progress import log
 
             log(f"[yellow]device auto: {per_node} processes on this node but {gpus} "
                 "GPU(s); training on the CPUs (start at most one process per GPU, or set "
@@ -218,7 +218,7 @@ def _kill_point_error(target: str) -> str:
     known = ", ".join(f"{stage}:{step}" for stage, steps in KILL_POINTS.items()
                       for step in steps)
     return (f"{KILL_AT_ENV}={target!r} is not a kill point; known (N a number): {known}; "
-            "see lana.pipeline.dist.KILL_POINTS")
+            "see lana.core.dist.KILL_POINTS")
 
 
 def check_kill_env() -> None:
@@ -254,7 +254,7 @@ def maybe_kill(stage: str, step: int | str) -> None:
     # rather than a run that is never killed.
     if not _is_kill_point(stage, str(step)):
         raise ValueError(f"maybe_kill({stage!r}, {step!r}) names no point of "
-                         "lana.pipeline.dist.KILL_POINTS: add it there")
+                         "lana.core.dist.KILL_POINTS: add it there")
     check_kill_env()
     if target != f"{stage}:{step}":
         return

@@ -16,10 +16,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lana.core.layout import LOCK
 from lana.errors import ArtifactError, LanaError
-from lana.pipeline.stages import LOCK
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CHECKSUM_SUFFIX = ".sha256"
 
@@ -387,7 +390,7 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     old = _lock_holder(path)
     if old.get("pid") and old.get("host") == socket.gethostname() \
             and not _pid_alive(int(old["pid"])):
-        from lana.report.progress import log
+        from lana.core.progress import log
 
         log(f"[yellow]{path}: taking over the lock of pid {old['pid']}, which is no longer "
             "running[/yellow]")
@@ -435,3 +438,60 @@ def _lock_holder(path: Path) -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+# ---------------------------------------------------------------- weights into a model
+def load_state(model: nn.Module, state: dict, path: str | os.PathLike[str]) -> None:
+    """Load ``state`` into ``model`` (strictly); a mismatch raises ArtifactError naming
+    ``path`` and what differs, in a few lines."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        why = _state_mismatch(model, state) or str(exc)
+        raise ArtifactError(f"{path} does not fit the model: {why}") from None
+
+
+def load_matching(model: nn.Module, path: str | Path) -> str:
+    """Load every tensor of the weights file ``path`` whose name and shape match ``model``'s
+    (pretrained weights for a model with another classifier or input channels); the rest of
+    ``model`` keeps its initialisation. Returns what was loaded, in words; raises
+    ArtifactError when nothing matches (another architecture)."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items()
+            if k in own and tuple(getattr(v, "shape", ())) == tuple(own[k].shape)}
+    if not fits:
+        raise ArtifactError(f"teacher_training.init {path} does not fit the model: "
+                            f"{_state_mismatch(model, state)}")
+    model.load_state_dict(fits, strict=False)
+    kept = [k for k in own if k not in fits and not k.endswith("num_batches_tracked")]
+    return (f"{len(fits)} of {len(own)} tensors loaded" +
+            (f"; freshly initialised: {', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''}"
+             if kept else ""))
+
+
+def _state_mismatch(model: nn.Module, state: dict) -> str:
+    """What differs between ``model``'s state dict and ``state``, in a few lines (torch's
+    own message lists every key, hundreds for a real network)."""
+    own = model.state_dict()
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in own.items() if k in state and hasattr(state[k], "shape")
+              and tuple(state[k].shape) != tuple(v.shape)]
+    parts = [f"{len(missing)} of the model's {len(own)} entries missing ({some(missing)})"
+             if missing else "",
+             f"{len(extra)} unexpected ({some(extra)})" if extra else "",
+             f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
+    text = "; ".join(p for p in parts if p)
+    if text and shapes and not missing and not extra:
+        text += (". Same layers, other sizes: build the model as it was trained "
+                 "(model.kwargs, e.g. num_classes)")
+    elif text and missing and len(missing) == len(own):
+        text += ". No name matches: is it another architecture, or are the weights "
+        text += "nested or prefixed (pick an entry with weights: FILE#key)?"
+    return text

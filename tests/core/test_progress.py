@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lana.report import progress as progress_mod
+from lana.core import progress as progress_mod
 from lana.search.solver import Library, solve
 
 

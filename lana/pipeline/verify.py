@@ -30,10 +30,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lana.core.io import read_json, write_json
+from lana.core.layout import EXPORT, SUMMARY, TEACHER_ONNX, VERIFY
+from lana.core.progress import log
 from lana.errors import ArtifactError, ConfigError, LanaError
-from lana.pipeline.io import read_json, write_json
-from lana.pipeline.stages import EXPORT, SUMMARY, TEACHER_ONNX, VERIFY
-from lana.report.progress import log
 
 if TYPE_CHECKING:  # pragma: no cover
     from lana.config import BudgetConfig

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lana.core.io import atomic_write_bytes, load_tensors, read_json, save_tensors, write_json
 from lana.errors import ArtifactError
 from lana.model.decompose import Chain, LayerInfo, decompose
-from lana.pipeline.io import atomic_write_bytes, load_tensors, read_json, save_tensors, write_json
 from lana.space.ops import build_op
 
 STUDENT_FORMAT = "lana-student/1"
