@@ -6,12 +6,14 @@ teacher could beat them. LANA's premise is a teacher *better* than its smaller s
 This study fine-tunes Lite0, Lite1 and Lite2 from their ImageNet weights on the benchmark's
 data (Fashion-MNIST as RGB at 64 px, the same 10k training images, the full 10k test set)
 with one recipe each -- cross-entropy alone, no KD, so that no network borrows another's
-accuracy -- at two learning rates and two lengths, and reports test accuracy and wall time:
+accuracy -- and reports test accuracy and wall time, over:
 
-- ``--lrs``: the benchmark's AdamW 1e-3 and a fine-tuning-sized 3e-4 (does 1e-3 wash out
-  the ImageNet features that make Lite2 better?);
+- ``--lrs``: learning rates (the benchmark's AdamW 1e-3, a fine-tuning-sized 3e-4, a
+  faster 3e-3: does the rate wash out the ImageNet features that make Lite2 better?);
 - ``--epochs``: the benchmark's 2 epochs and longer (is the gap a matter of training, i.e.
-  does the larger network pull ahead when the smaller ones stop gaining?).
+  does the larger network pull ahead when the smaller ones stop gaining?);
+- ``--train-samples``: fewer images for more epochs, the same number of steps (does the
+  larger pretrained network transfer better when data, not steps, is short?).
 
 Each run is one cached step in ``benchmarks/work/lite-capacity/`` (a re-run resumes);
 results in ``benchmarks/results/lite_capacity.json`` and the RESULTS.md section "Lite2
@@ -39,6 +41,7 @@ from _results import machine, write_section  # noqa: E402
 RESULT = HERE / "results" / "lite_capacity.json"
 HEADING = "## Lite2 against its siblings: fine-tuning from ImageNet (issue 33)"
 BATCH = 64
+DEFAULT_IMAGES = 10000  # pretrained.py's training set
 
 
 def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
@@ -78,10 +81,10 @@ def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | lr | epochs | test acc % | test loss | train loss | min |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["epochs"], r["lr"], r["model"])):
-        lines.append(f"| {r['model']} | {r['lr']:g} | {r['epochs']:g} | "
+    lines = ["| model | training images | lr | epochs | test acc % | test loss | train loss | min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (-r["train_images"], r["epochs"], r["lr"], r["model"])):
+        lines.append(f"| {r['model']} | {r['train_images']} | {r['lr']:g} | {r['epochs']:g} | "
                      f"{100 * r['accuracy']:.2f} | {r['test_loss']:.3f} | "
                      f"{r['train_loss']:.3f} | {r['seconds'] / 60:.1f} |")
     return "\n".join(lines)
@@ -91,16 +94,23 @@ def render() -> int:
     res = json.loads(RESULT.read_text())
     reading = HERE / "results" / "lite_capacity-reading.md"
     rows = res["rows"]
-    command = ("python benchmarks/lite_capacity.py --models "
-               + " ".join(sorted({r["model"] for r in rows})) + " --lrs "
-               + " ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in rows})) + " --epochs "
-               + " ".join(f"{e:g}" for e in sorted({r["epochs"] for r in rows})))
+    commands = []
+    for n in sorted({r["train_images"] for r in rows}, reverse=True):
+        some = [r for r in rows if r["train_images"] == n]
+        commands.append(
+            "python benchmarks/lite_capacity.py --models "
+            + " ".join(sorted({r["model"] for r in some})) + " --lrs "
+            + " ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in some})) + " --epochs "
+            + " ".join(f"{e:g}" for e in sorted({r["epochs"] for r in some}))
+            + ("" if n == DEFAULT_IMAGES else f" --train-samples {n}"))
+    command = "`, `".join(commands)
     body = [HEADING, "",
-            f"Command: `{command}` (one cached run per row below, over several invocations; "
+            f"Commands: `{command}` (one cached run per row below, over several invocations; "
             f"{res['machine']}, 2 torch threads; the minutes are wall time on a machine "
-            "shared with test suites part of the time). Each network fine-tuned from its ImageNet weights on "
-            f"pretrained.py's data ({res['rows'][0]['train_images']} training images, "
-            "Fashion-MNIST as RGB at 64 px), cross-entropy only (no KD), AdamW, batch "
+            "shared with test suites part of the time). Each network fine-tuned from its "
+            "ImageNet weights on pretrained.py's data (Fashion-MNIST as RGB at 64 px; its "
+            f"{DEFAULT_IMAGES} training images, or a seeded subset of them), cross-entropy only "
+            "(no KD), AdamW, batch "
             f"{BATCH}, warm-up + cosine, seed 0; test accuracy on the full "
             f"{res['rows'][0]['test_images']}-image test set.", "",
             table(res["rows"]), ""]
