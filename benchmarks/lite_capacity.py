@@ -42,10 +42,12 @@ RESULT = HERE / "results" / "lite_capacity.json"
 HEADING = "## Lite2 against its siblings: fine-tuning from ImageNet (issue 33)"
 BATCH = 64
 DEFAULT_IMAGES = 10000  # pretrained.py's training set
+DEFAULT_PX = 64  # and its input size
 
 
 def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
-              threads: int, train_samples: int | None = None) -> dict:
+              threads: int, train_samples: int | None = None,
+              image_size: int | None = None) -> dict:
     """Fine-tune ``tf_efficientnet_<name>`` from its ImageNet weights with CE alone; its
     test accuracy on the full test set and the wall time."""
     import torch
@@ -61,6 +63,8 @@ def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
     raw = run_config("full", work)
     if train_samples is not None:
         raw["data"]["train_samples"] = train_samples
+    if image_size is not None:
+        raw["data"]["image_size"] = image_size
     cfg = config_from_dict(raw, "lite-capacity")
     splits = load_data(cfg.data, seed=cfg.seed)
     torch.manual_seed(seed)
@@ -75,16 +79,23 @@ def train_one(name: str, lr: float, epochs: float, seed: int, work: Path,
     test = evaluate(model, splits.test)
     return {"model": name, "lr": lr, "epochs": epochs, "seed": seed, "batch_size": BATCH,
             "train_images": len(splits.train), "test_images": len(splits.test),
+            "image_size": cfg.data.image_size,
             "train_loss": stats["train_loss"], "accuracy": test["accuracy"],
             "test_loss": test["loss"], "seconds": seconds, "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def _px(row: dict) -> int:
+    return row.get("image_size", DEFAULT_PX)  # rows made before the option: 64 px
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| model | training images | lr | epochs | test acc % | test loss | train loss | min |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (-r["train_images"], r["epochs"], r["lr"], r["model"])):
-        lines.append(f"| {r['model']} | {r['train_images']} | {r['lr']:g} | {r['epochs']:g} | "
+    lines = ["| model | px | training images | lr | epochs | test acc % | test loss | train loss "
+             "| min |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (_px(r), -r["train_images"], r["epochs"], r["lr"],
+                                         r["model"])):
+        lines.append(f"| {r['model']} | {_px(r)} | {r['train_images']} | {r['lr']:g} | "
+                     f"{r['epochs']:g} | "
                      f"{100 * r['accuracy']:.2f} | {r['test_loss']:.3f} | "
                      f"{r['train_loss']:.3f} | {r['seconds'] / 60:.1f} |")
     return "\n".join(lines)
@@ -95,20 +106,23 @@ def render() -> int:
     reading = HERE / "results" / "lite_capacity-reading.md"
     rows = res["rows"]
     commands = []
-    for n in sorted({r["train_images"] for r in rows}, reverse=True):
-        some = [r for r in rows if r["train_images"] == n]
+    for px, n in sorted({(_px(r), r["train_images"]) for r in rows},
+                        key=lambda k: (k[0], -k[1])):
+        some = [r for r in rows if r["train_images"] == n and _px(r) == px]
         commands.append(
             "python benchmarks/lite_capacity.py --models "
             + " ".join(sorted({r["model"] for r in some})) + " --lrs "
             + " ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in some})) + " --epochs "
             + " ".join(f"{e:g}" for e in sorted({r["epochs"] for r in some}))
-            + ("" if n == DEFAULT_IMAGES else f" --train-samples {n}"))
+            + ("" if n == DEFAULT_IMAGES else f" --train-samples {n}")
+            + ("" if px == DEFAULT_PX else f" --image-size {px}"))
     command = "`, `".join(commands)
     body = [HEADING, "",
             f"Commands: `{command}` (one cached run per row below, over several invocations; "
             f"{res['machine']}, 2 torch threads; the minutes are wall time on a machine "
             "shared with test suites part of the time). Each network fine-tuned from its "
-            "ImageNet weights on pretrained.py's data (Fashion-MNIST as RGB at 64 px; its "
+            "ImageNet weights on pretrained.py's data (Fashion-MNIST as RGB at 64 px unless the "
+            "row says otherwise; its "
             f"{DEFAULT_IMAGES} training images, or a seeded subset of them), cross-entropy only "
             "(no KD), AdamW, batch "
             f"{BATCH}, warm-up + cosine, seed 0; test accuracy on the full "
@@ -129,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="training images (default: pretrained.py's 10k); fewer images and "
                          "more epochs asks whether the larger network transfers better "
                          "when data, not steps, is short")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="input size in px (default: pretrained.py's 64); Lite2 is built for "
+                         "260 px, Lite0 for 224")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=HERE / "work" / "lite-capacity")
     ap.add_argument("--render", action="store_true", help="only re-render the section")
@@ -140,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         for lr in args.lrs:
             for name in args.models:
                 size = "" if args.train_samples is None else f"_n{args.train_samples}"
+                size += "" if args.image_size is None else f"_px{args.image_size}"
                 path = args.work / f"{name}_lr{lr:g}_ep{epochs:g}{size}_s{args.seed}.json"
                 if path.exists():
                     row = json.loads(path.read_text())
                 else:
                     row = train_one(name, lr, epochs, args.seed, args.work, args.threads,
-                                    args.train_samples)
+                                    args.train_samples, args.image_size)
                     tmp = path.with_suffix(".tmp")
                     tmp.write_text(json.dumps(row, indent=1))
                     tmp.replace(path)

@@ -38,14 +38,18 @@ reference``: the latency the op would have at the machine speed of the LUT's bas
 that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
 variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
 (``ref_ms``). Whole networks timed together in interleaved rounds
-(:func:`measure_interleaved`) share one factor, the reference's median over the whole
-call, so that the reference's own noise does not enter their ratios (a speed-up is
-checked on such a ratio). Timing the reference as one more module of every round
-instead, with the networks back to back, was tried side by side (efficientnet_b0 and 8
-students at 224 px, 3 calls each): a network's timing varied more from call to call
+(:func:`measure_interleaved` with :func:`e2e_kwargs`) share one factor, the reference's
+median over the whole call, so that the reference's own noise does not enter their ratios
+(a speed-up is checked on such a ratio). They run back to back, as a user's timer runs
+them, and the reference is timed in a slot of its own in every round: with it between a
+network's runs (as for a LUT entry) a plain ONNX Runtime loop read small students up to
+9 % faster beside their teacher than lana did (benchmarks/timing_gap.py, first run). The
+slot costs something elsewhere, measured earlier (efficientnet_b0 and 8 students at
+224 px, 3 calls each): a network's normalised timing varied more from call to call
 (relative std 2.2-9.6 % against 0.3-4.1 %) and came out in other units than the LUT's
-entries (the teacher 15 % slower). Normalised entries have their own settings key
-(suffix ``|norm``). The
+entries (the teacher 15 % slower), which the search's calibration of the LUT against the
+measured networks absorbs. Normalised entries have their own settings key (suffix
+``|norm``). The
 reference evicts a runner small enough to live in the cache (a 0.3 ms network), whose
 next run would then be up to 30 % slower: such a runner runs once untimed after every
 reference run (:data:`COLD_RERUN_FACTOR`). :class:`Settings` itself defaults to a raw

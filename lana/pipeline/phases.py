@@ -21,6 +21,8 @@ from lana.config import BudgetConfig, extra_columns
 from lana.core import dist as D
 from lana.core.io import load_state, load_tensors, read_json, save_tensors, write_json
 from lana.core.layout import (
+    CANDIDATES,
+    DISTILL_INDEX,
     EXPORT,
     FINETUNE_CHECKPOINT,
     FINETUNED_WEIGHTS,
@@ -36,6 +38,7 @@ from lana.core.progress import log
 from lana.errors import ArtifactError
 from lana.latency.backends import deploy_env
 from lana.latency.spread import interval_of
+from lana.pipeline import teacher as teacher_source
 from lana.pipeline.keys import stage_inputs
 from lana.pipeline.stages import key_hash
 from lana.pipeline.verify import independent_summary
@@ -73,6 +76,58 @@ def profile(run: Run) -> dict:
         res["extra"][column] = {k: x[k] for k in ("settings", "stem_ms", "head_ms",
                                                   "layers")}
     return res
+
+
+def candidates(run: Run) -> list[list[str]]:
+    """Per layer, the op specs of ``space.ops`` that fit it, from ``candidates.json`` or
+    worked out (and written) once; ops that fail to build at a layer are skipped, said."""
+    path = run.dir / CANDIDATES
+    if path.exists():
+        data = read_json(path)
+        return [layer["ops"] for layer in data["layers"]]
+    from lana.space.ops import fitting_candidates, resolve_space, space_specs
+
+    # space.ops 'auto' resolves to the teacher family's default space; the resolved
+    # patterns are recorded next to the per-layer specs.
+    patterns = resolve_space(run.config.space.ops, run.chain.family)
+    out = fitting_candidates(
+        run.chain.info, space_specs(patterns), run.build_candidate,
+        on_skip=lambda info, spec, exc: log(f"[yellow]skipping {spec} at {info.name}: "
+                                            f"{exc}[/yellow]"))
+    write_json(path, {"space": {"family": run.chain.family, "ops": patterns},
+                      "layers": [{"name": n, **info.to_dict(), "ops": ops} for n, info, ops
+                                 in zip(run.chain.names, run.chain.info, out,
+                                        strict=True)]})
+    return out
+
+
+def distill(run: Run, rank: int | None, world: int | None) -> dict:
+    """Phase 1 over the run: this rank's share of the candidates still to train (see
+    :meth:`lana.pipeline.runner.Run.distill`); the phase-1 index."""
+    from lana.distill.phase1 import distill as distill_candidates
+    from lana.distill.phase1 import pending
+
+    _ = run.device  # every rank checks its device before any of them waits for another
+    if D.world() > 1:
+        teacher_source.on_every_rank(run)  # a teacher to train is trained by every rank
+        # One rank evaluates it, lists the candidates and measures their latency.
+        D.on_main(lambda: (run.prepare(), run.left_out("phase 1")))
+    rank = D.rank() if rank is None else rank
+    world = D.world() if world is None else world
+    index_path = run.dir / DISTILL_INDEX
+    # Every rank reads the same latency.json, so every rank shards the same list.
+    to_train = run.to_train()
+    todo = pending(to_train, run.dir, rank, world)
+    start = time.time()
+    plan: dict = {}  # groups and their estimated memory (rank 0's, under torchrun)
+    if todo:
+        D.reset_peak_rss()
+        distill_candidates(run.chain, to_train, run.splits.train, run.config.distill,
+                           run.dir, run.config.seed, rank, world, report=plan,
+                           device=run.device)
+    if not D.all_ok(not todo):  # also the barrier after which every shard is saved
+        run.record_time("distill", start, plan)
+    return read_json(index_path) if index_path.exists() else {}
 
 
 def score(run: Run, left_out: list[list[str]]) -> dict:

@@ -21,10 +21,8 @@ from lana.config import BudgetConfig, Config, config_from_dict, load_config
 from lana.core import dist as D
 from lana.core.io import atomic_write_bytes, read_json, write_json
 from lana.core.layout import (
-    CANDIDATES,
     CONFIG,
     COSTS,
-    DISTILL_INDEX,
     EXPORT,
     FINETUNE,
     LATENCY,
@@ -33,7 +31,6 @@ from lana.core.layout import (
     SCORES,
     SEARCH,
     SUMMARY,
-    TEACHER,
     TEACHER_ONNX,
     TIMINGS,
     student_dir,
@@ -140,18 +137,7 @@ class Run:
     @cached_property
     def teacher_eval(self) -> dict:
         """Teacher accuracy on the test split (cached in teacher.json)."""
-        path = self.dir / TEACHER
-        if path.exists():
-            return read_json(path)
-        from lana.distill.train import evaluate
-
-        res = evaluate(self.teacher, self.splits.test, device=self.device)
-        data = {"name": self.config.model.name, "accuracy": res["accuracy"],
-                "loss": res["loss"], "data": self.splits.name,
-                "layers": [i.to_dict() for i in self.chain.info],
-                "params": sum(p.numel() for p in self.teacher.parameters())}
-        write_json(path, data)
-        return data
+        return teacher_source.evaluate(self)
 
     @cached_property
     def chain(self) -> Chain:
@@ -160,24 +146,8 @@ class Run:
 
     @cached_property
     def candidates(self) -> list[list[str]]:
-        path = self.dir / CANDIDATES
-        if path.exists():
-            data = read_json(path)
-            return [layer["ops"] for layer in data["layers"]]
-        from lana.space.ops import fitting_candidates, resolve_space, space_specs
-
-        # space.ops 'auto' resolves to the teacher family's default space; the resolved
-        # patterns are recorded next to the per-layer specs.
-        patterns = resolve_space(self.config.space.ops, self.chain.family)
-        out = fitting_candidates(
-            self.chain.info, space_specs(patterns), self.build_candidate,
-            on_skip=lambda info, spec, exc: log(f"[yellow]skipping {spec} at {info.name}: "
-                                                f"{exc}[/yellow]"))
-        write_json(path, {"space": {"family": self.chain.family, "ops": patterns},
-                          "layers": [{"name": n, **info.to_dict(), "ops": ops} for n, info, ops
-                                     in zip(self.chain.names, self.chain.info, out,
-                                            strict=True)]})
-        return out
+        """Per layer, the op specs that fit it (``candidates.json``, written once)."""
+        return phases.candidates(self)
 
     def build_candidate(self, i: int, spec: str) -> nn.Module:
         """A new candidate ``spec`` for layer ``i`` with this run's deterministic initial
@@ -264,28 +234,7 @@ class Run:
         the index is complete when this returns. Without a process group, ``rank`` and
         ``world`` shard by hand (start each shard yourself).
         """
-        from lana.distill.phase1 import distill, pending
-
-        _ = self.device  # every rank checks its device before any of them waits for another
-        if D.world() > 1:
-            teacher_source.on_every_rank(self)  # a teacher to train is trained by every rank
-            # One rank evaluates it, lists the candidates and measures their latency.
-            D.on_main(lambda: (self.prepare(), self.left_out("phase 1")))
-        rank = D.rank() if rank is None else rank
-        world = D.world() if world is None else world
-        index_path = self.dir / DISTILL_INDEX
-        # Every rank reads the same latency.json, so every rank shards the same list.
-        to_train = self.to_train()
-        todo = pending(to_train, self.dir, rank, world)
-        start = time.time()
-        plan: dict = {}  # groups and their estimated memory (rank 0's, under torchrun)
-        if todo:
-            D.reset_peak_rss()
-            distill(self.chain, to_train, self.splits.train, self.config.distill,
-                    self.dir, self.config.seed, rank, world, report=plan, device=self.device)
-        if not D.all_ok(not todo):  # also the barrier after which every shard is saved
-            self.record_time("distill", start, plan)
-        return read_json(index_path) if index_path.exists() else {}
+        return phases.distill(self, rank, world)
 
     def dominated(self) -> list[list[str]]:
         """Per layer, the candidates that cost at least as much as the teacher's own layer

@@ -24,9 +24,11 @@ from lana.core.io import (
     load_state,
     load_state_dict,
     load_tensors,
+    read_json,
     save_tensors,
+    write_json,
 )
-from lana.core.layout import TEACHER_CHECKPOINT, TEACHER_WEIGHTS
+from lana.core.layout import TEACHER, TEACHER_CHECKPOINT, TEACHER_WEIGHTS
 from lana.core.progress import log
 from lana.errors import ArtifactError, ConfigError
 from lana.model.usercode import code_digest
@@ -181,3 +183,20 @@ def on_every_rank(run: Run) -> None:
     if not found:
         train(run, model, path, distributed=True)
     D.barrier()  # rank 0 has written the weights
+
+
+def evaluate(run: Run) -> dict:
+    """The teacher's accuracy and loss on the test split, its layers and parameter count
+    (``teacher.json``, written once)."""
+    path = run.dir / TEACHER
+    if path.exists():
+        return read_json(path)
+    from lana.distill.train import evaluate as evaluate_model
+
+    res = evaluate_model(run.teacher, run.splits.test, device=run.device)
+    data = {"name": run.config.model.name, "accuracy": res["accuracy"],
+            "loss": res["loss"], "data": run.splits.name,
+            "layers": [i.to_dict() for i in run.chain.info],
+            "params": sum(p.numel() for p in run.teacher.parameters())}
+    write_json(path, data)
+    return data
