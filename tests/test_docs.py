@@ -339,16 +339,17 @@ def test_readme_python_blocks_all_run() -> None:
 
 # --- the terminal table in the README: what lana.report.terminal.print_summary prints
 
-DEMO_SUMMARY = {  # the `lana demo` run of benchmarks/RESULTS.md ("lana demo", 2026-11-29)
-    "teacher": {"name": "lana:tiny_effnet", "accuracy": 0.8309, "latency_ms": 0.2899},
+DEMO_SUMMARY = {  # the `lana demo` run of benchmarks/RESULTS.md ("lana demo", 2026-12-07)
+    "teacher": {"name": "lana:tiny_effnet", "accuracy": 0.8309, "latency_ms": 0.4586},
     "latency": {"backend": "onnxruntime", "batch_size": 1, "threads": 1, "deploy_env": None},
     "students": [{
-        "budget": {"speedup": 2.0}, "budget_ms": 0.1384, "accuracy": 0.8374,
-        "latency_ms_measured": 0.1403, "latency_ms_predicted": 0.1598,
-        "teacher_latency_ms_measured": 0.2899, "speedup": 2.07, "meets_budget": True,
+        "budget": {"speedup": 2.0}, "budget_ms": 0.2293, "accuracy": 0.8388,
+        "latency_ms_measured": 0.2113, "latency_ms_predicted": 0.2220,
+        "teacher_latency_ms_measured": 0.5005, "speedup": 2.37, "meets_budget": True,
+        "speedup_interval": [2.32, 2.42],
         "path": "lana-demo/students/speedup2/model",
-        "choices": ["ds_k3", "ir_k3_e3", "teacher", "ir_k5_e6", "cb_k3", "ir_k5_e1",
-                    "ir_k3_e3", "ir_k5_e3", "ir_k5_e1", "ir_k5_e3", "cb_k1"]}]}
+        "choices": ["teacher", "teacher", "ir_k3_e3", "teacher", "cb_k3", "identity",
+                    "ir_k3_e3", "ir_k3_e3", "cb_k1", "ir_k5_e3", "cb_k1"]}]}
 
 
 def test_readme_terminal_table_is_what_lana_prints() -> None:
