@@ -106,8 +106,11 @@ def _budget(args: argparse.Namespace):
     return None
 
 
-# Duplicated from lana.search.baselines.BASELINES so that building the parser imports nothing heavy.
-BASELINE_NAMES = ("random", "evolution", "greedy")
+def _baseline_names() -> list[str]:
+    """The registered baselines (numpy, no torch: the parser stays light)."""
+    from lana.search.baselines import BASELINES
+
+    return sorted(BASELINES)
 
 
 def _library_search_args(p: argparse.ArgumentParser) -> None:
@@ -120,7 +123,7 @@ def _library_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="seconds for the whole search (baselines: default 1)")
     g.add_argument("--json", metavar="OUT", help="write the result here")
-    g.add_argument("--baseline", choices=BASELINE_NAMES,
+    g.add_argument("--baseline", choices=_baseline_names(),
                    help="run this baseline instead of the ILP (one solution)")
     g.add_argument("--seed", type=int, default=None, help="baseline random seed (default 0)")
 
@@ -376,7 +379,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", metavar="OUT.csv", help="default: LIBRARY.sweep.csv next to it")
     p.add_argument("--plot", metavar="OUT.png|OUT.svg",
                    help="default: LIBRARY.sweep.png next to it")
-    p.add_argument("--baselines", nargs="*", choices=sorted(BASELINE_NAMES), default=None,
+    p.add_argument("--baselines", nargs="*", choices=_baseline_names(), default=None,
                    metavar="NAME", help="also run these baselines at every budget (no names: "
                    "greedy and evolution)")
     p.add_argument("--baseline-time", type=float, default=None, metavar="S",
