@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -53,3 +55,15 @@ def write_section(heading: str, body: str, reading: Path | None = None) -> None:
         body = body.rstrip("\n") + "\n\n" + reading.read_text().strip() + "\n"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     RESULTS.write_text(replace_section(text, heading, body))
+
+
+def cached_json(path: Path, compute: Callable[[], dict]) -> dict:
+    """``path``'s JSON if it exists, else ``compute()`` written there atomically: one
+    resumable step of a benchmark, so a re-run skips what is done."""
+    if path.exists():
+        return json.loads(path.read_text())
+    row = compute()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=1))
+    tmp.replace(path)
+    return row

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _results import machine, write_section  # noqa: E402
+from _results import cached_json, machine, write_section  # noqa: E402
 
 RESULT = HERE / "results" / "lite_capacity.json"
 HEADING = "## Lite2 against its siblings: fine-tuning from ImageNet (issue 33)"
@@ -159,14 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                 size = "" if args.train_samples is None else f"_n{args.train_samples}"
                 size += "" if args.image_size is None else f"_px{args.image_size}"
                 path = args.work / f"{name}_lr{lr:g}_ep{epochs:g}{size}_s{args.seed}.json"
-                if path.exists():
-                    row = json.loads(path.read_text())
-                else:
-                    row = train_one(name, lr, epochs, args.seed, args.work, args.threads,
-                                    args.train_samples, args.image_size)
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(row, indent=1))
-                    tmp.replace(path)
+                row = cached_json(path, lambda name=name, lr=lr, epochs=epochs: train_one(
+                    name, lr, epochs, args.seed, args.work, args.threads, args.train_samples,
+                    args.image_size))
                 print(f"{name} lr {lr:g} {epochs:g} ep: test {100 * row['accuracy']:.2f} %, "
                       f"{row['seconds'] / 60:.1f} min", flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(args.work.glob("*_s*.json"))]

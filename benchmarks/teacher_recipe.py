@@ -20,7 +20,6 @@ RESULTS.md unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section  # noqa: E402
+from _results import cached_json, machine, write_section  # noqa: E402
 from table3 import FAMILIES, SCALES, run_config  # noqa: E402
 
 from lana.config import Config  # noqa: E402
@@ -99,13 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for recipe in args.recipes:
         path = work / f"{recipe.replace(':', '_')}_{args.images}_s{args.seed}.json"
-        if path.exists():
-            row = json.loads(path.read_text())
-        else:
-            row = train_one(args.family, recipe, args.images, args.seed)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(row, indent=1))
-            tmp.replace(path)
+        row = cached_json(path, lambda recipe=recipe: train_one(args.family, recipe,
+                                                                  args.images, args.seed))
         rows.append(row)
         print(f"{recipe}: val {100 * row['val_accuracy']:.2f} %, train loss "
               f"{row['train_loss']:.3f}, {row['seconds']:.0f} s", flush=True)
