@@ -106,11 +106,16 @@ def _budget(args: argparse.Namespace):
     return None
 
 
-def _baseline_names() -> list[str]:
-    """The registered baselines (numpy, no torch: the parser stays light)."""
+def _baseline(name: str) -> str:
+    """A registered baseline's name (an argparse ``type``): the registry, which needs
+    numpy, is read only when the option is given, so every other command starts light."""
     from lana.search.baselines import BASELINES
 
-    return sorted(BASELINES)
+    if name not in BASELINES:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {name!r} (choose from "
+            f"{', '.join(repr(n) for n in sorted(BASELINES))})")
+    return name
 
 
 def _library_search_args(p: argparse.ArgumentParser) -> None:
@@ -123,8 +128,9 @@ def _library_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="seconds for the whole search (baselines: default 1)")
     g.add_argument("--json", metavar="OUT", help="write the result here")
-    g.add_argument("--baseline", choices=_baseline_names(),
-                   help="run this baseline instead of the ILP (one solution)")
+    g.add_argument("--baseline", type=_baseline, metavar="NAME",
+                   help="run this baseline instead of the ILP (one solution; random, "
+                   "evolution or greedy)")
     g.add_argument("--seed", type=int, default=None, help="baseline random seed (default 0)")
 
 
@@ -379,7 +385,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", metavar="OUT.csv", help="default: LIBRARY.sweep.csv next to it")
     p.add_argument("--plot", metavar="OUT.png|OUT.svg",
                    help="default: LIBRARY.sweep.png next to it")
-    p.add_argument("--baselines", nargs="*", choices=_baseline_names(), default=None,
+    p.add_argument("--baselines", nargs="*", type=_baseline, default=None,
                    metavar="NAME", help="also run these baselines at every budget (no names: "
                    "greedy and evolution)")
     p.add_argument("--baseline-time", type=float, default=None, metavar="S",

@@ -105,16 +105,23 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, (text + "\n").encode())
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON artifact, naming the file in the error if it is missing or corrupt."""
-    path = Path(path)
+def _verified_bytes(path: Path, kind: str, missing: str) -> bytes:
+    """``path``'s bytes, checked against its checksum sidecar; a missing file or a folder
+    raises ArtifactError naming it (``missing`` says what to do, ``kind`` what it should be)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist; run the stage that writes it first") from None
+        raise ArtifactError(f"{path} does not exist{missing}") from None
     except IsADirectoryError:
-        raise ArtifactError(f"{path} is a directory, not a JSON file") from None
+        raise ArtifactError(f"{path} is a directory, not a {kind} file") from None
     verify_bytes(path, raw)
+    return raw
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON artifact, naming the file in the error if it is missing or corrupt."""
+    path = Path(path)
+    raw = _verified_bytes(path, "JSON", "; run the stage that writes it first")
     try:
         return json.loads(raw.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -138,13 +145,7 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
     from safetensors.torch import load
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise ArtifactError(f"{path} is a directory, not a safetensors file") from None
-    verify_bytes(path, data)
+    data = _verified_bytes(path, "safetensors", "")
     try:
         return load(data)
     except (SafetensorError, Exception) as exc:  # safetensors raises several types

@@ -662,8 +662,7 @@ def e2e_kwargs(max_seconds: float, warmup: int, rounds: int = E2E_ROUNDS) -> dic
     """Keyword arguments of :func:`measure_interleaved` for whole networks: ``rounds``
     rounds sharing ``12 * max_seconds`` per network (``max_seconds``: the per-op time cap
     of the LUT, ``latency.max_seconds``), at least 3 runs each, the reference op (when
-    normalised) in a slot of its own: with it between their runs, students read up to 9 %
-    slower beside their teacher than under a plain loop (benchmarks/timing_gap.py)."""
+    normalised) in a slot of its own (why: module docstring, "Normalisation")."""
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     return {"rounds": rounds, "warmup": warmup, "max_seconds": 12.0 * max_seconds / rounds,

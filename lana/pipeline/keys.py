@@ -39,7 +39,6 @@ def budget_from_tag(tag: str) -> BudgetConfig | None:
         return None
 
 
-
 # Settings added after runs were already cached, with their defaults. At the default they
 # are left out of a stage's key, so a run made before they existed still resumes instead
 # of retraining; any other value changes the key.
@@ -54,7 +53,6 @@ def section_settings(section, exclude: set[str]) -> dict:
         if out.get(name, object()) == default:
             del out[name]
     return out
-
 
 
 # Settings of the locked sections that change how fast a run goes (or how much memory it

@@ -53,7 +53,7 @@ SUMMARY_FORMAT = "lana-summary/1"
 def profile(run: Run) -> dict:
     """Phase 2b: latency of stem, head, every candidate and the teacher end to end (and
     each extra latency column)."""
-    from lana.latency.profile import measure_models, profile_candidates
+    from lana.latency.profile import profile_candidates
 
     cfg = run.config.latency
     lut = run.lut()
@@ -62,9 +62,7 @@ def profile(run: Run) -> dict:
     if res.get("remote"):  # measured on the target from the bundle's teacher network
         res["teacher_measured_ms"] = res["teacher_network_ms"]
     else:
-        res["teacher_measured_ms"] = measure_models({"teacher": run.teacher},
-                                                    run.input_shape, cfg,
-                                                    lut=lut)["teacher"]
+        res["teacher_measured_ms"] = _beside_teacher(run, {}, lut)["teacher"]
     res["teacher_predicted_ms"] = res["stem_ms"] + res["head_ms"] + sum(
         row[ops.index("teacher")] for row, ops in zip(res["layers"], run.candidates,
                                                       strict=True))
@@ -77,6 +75,16 @@ def profile(run: Run) -> dict:
                                                   "layers")}
     return res
 
+
+def _beside_teacher(run: Run, students: dict[str, nn.Module], lut) -> dict[str, float]:
+    """End-to-end ms of ``students`` and the teacher (``"teacher"``), timed together in
+    interleaved rounds with the run's latency settings and scaled to ``lut``'s reference
+    baseline (:func:`lana.latency.profile.measure_models`): how every stage times whole
+    networks, so a speed-up is always a ratio measured in one call."""
+    from lana.latency.profile import measure_models
+
+    return measure_models({"teacher": run.teacher, **students}, run.input_shape,
+                          run.config.latency, lut=lut)
 
 def candidates(run: Run) -> list[list[str]]:
     """Per layer, the op specs of ``space.ops`` that fit it, from ``candidates.json`` or
@@ -182,7 +190,6 @@ def search(run: Run, budget: BudgetConfig) -> dict:
     """Phase 2c: :func:`lana.search.select.select` wired to the run (its library, real
     networks from phase-1 weights, held-out loss and end-to-end timings)."""
     from lana.distill.train import evaluate
-    from lana.latency.profile import measure_models
     from lana.search.select import select
     from lana.search.solver import Budget, Library
 
@@ -199,8 +206,7 @@ def search(run: Run, budget: BudgetConfig) -> dict:
         run.config.search,
         build=lambda specs: run.assemble(specs),
         measure=None if run.profile().get("remote") else
-        lambda students: measure_models({"teacher": run.teacher, **students},
-                                        run.input_shape, run.config.latency, lut=lut),
+        lambda students: _beside_teacher(run, students, lut),
         evaluate=lambda student: evaluate(student, val, batch_stats=True, device=run.device),
         extra_budgets=extra,
     )
@@ -246,7 +252,6 @@ def finetuned_student(run: Run, budget: BudgetConfig, chosen: dict) -> nn.Module
 def export(run: Run, budget: BudgetConfig, ft: dict) -> dict:
     """The fine-tuned student saved (ONNX, safetensors, arch JSON) and its latency
     checked against the budget beside the teacher, as the search checked it."""
-    from lana.latency.profile import measure_models
     from lana.pipeline.student import arch_dict, save_student
     from lana.search.select import time_until_decided
 
@@ -278,8 +283,7 @@ def export(run: Run, budget: BudgetConfig, ft: dict) -> dict:
     # separate timings decides, as in the search (lana.search.select.time_until_decided).
     lut = run.lut()  # read once: every timing is scaled to its reference baseline
     timings, pooled = time_until_decided(
-        lambda: measure_models({"teacher": run.teacher, "student": student},
-                               run.input_shape, run.config.latency, lut=lut),
+        lambda: _beside_teacher(run, {"student": student}, lut),
         "student", budget.speedup, target, 1.0, run.config.search.confirm)
     return {**common, "latency_ms_measured": pooled["latency_ms"],
             "teacher_latency_ms": pooled["teacher_ms"], "speedup": pooled["speedup"],
@@ -292,7 +296,6 @@ def verify(run: Run, budget: BudgetConfig, sessions: int, gap_s: float,
     """The exported student timed beside the teacher in ``sessions`` more sessions
     ``gap_s`` seconds apart, judged on the median of every timing so far (see
     :meth:`lana.pipeline.runner.Run.verify`)."""
-    from lana.latency.profile import measure_models
     from lana.search.select import pool_timings
 
     exp = run.exported(budget)
@@ -311,8 +314,7 @@ def verify(run: Run, budget: BudgetConfig, sessions: int, gap_s: float,
             log(f"verify: next timing session in {wait:.0f} s (sessions are spread "
                 "out in time)")
             time.sleep(wait)
-        ms = measure_models({"teacher": run.teacher, "student": student},
-                            run.input_shape, run.config.latency, lut=lut)
+        ms = _beside_teacher(run, {"student": student}, lut)
         record["sessions"].append({"at": time.time(), **ms})
         write_json(path, record)
         if on_session is not None:
