@@ -51,6 +51,9 @@ BEFORE = (
     (HERE / "results" / "budget_truth-fixed-margin.json", "a fixed 3 % margin"),
     (HERE / "results" / "budget_truth-reference-between.json",
      "`search.margin: auto`, the reference op timed between a network's runs"),
+    (HERE / "results" / "budget_truth-within-margin.json",
+     "the reference op in a slot of its own, the margin from the spread within one window "
+     "(no `search.windows`)"),
 )
 HEADING = "## Budget truth: lana's speed-ups under an independent timer (issue 34)"
 TOLERANCE = 0.97  # the issue's target: a student meets 0.97 x its budget
@@ -119,6 +122,10 @@ def search_family(family: str, work: Path, steps: Steps) -> list[dict]:
                     "meets_budget": srch["chosen"]["meets_budget"],
                     "margin": srch.get("margin"),
                     "speedup_interval": srch["chosen"].get("speedup_interval"),
+                    # Absent before search.windows: the drift between the chosen student's
+                    # time windows (sd of the log speed-up) and how many.
+                    "sigma_between": srch.get("margin_from", {}).get("sigma_between"),
+                    "search_windows": len(srch["chosen"].get("windows_ms", [])),
                     "choices": srch["chosen"]["choices"]}
         out.append(steps.get(f"{family}_{tag}", go))
     teacher = onnx_dir / "teacher.onnx"
@@ -161,7 +168,9 @@ def assemble_result(rows: list[dict], windows: list[dict], wall_s: float) -> dic
             "minutes_after": [(w["at"] - r["search_done_at"]) / 60 for w in windows],
             "meets_budget_in_search": r["meets_budget"],
             # Absent in runs made before search.margin auto (a fixed 3 % margin).
-            "margin": r.get("margin"), "speedup_interval": r.get("speedup_interval")})
+            "margin": r.get("margin"), "speedup_interval": r.get("speedup_interval"),
+            "sigma_between": r.get("sigma_between"),
+            "search_windows": r.get("search_windows")})
     return {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "image_size": IMAGE_SIZE, "wall_s": wall_s,
             "infeasible": [{"family": r.get("family"), "budget": r.get("budget_speedup"),

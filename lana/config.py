@@ -224,6 +224,13 @@ class SearchConfig(_Section):
                          "meets the budget: the chosen student's in the search, and the "
                          "final check's at export; up to 2 x confirm + 1 while the median "
                          "is within half the timings' spread of the budget")
+    windows: int = Field(3, ge=1, description="time windows in which the chosen student "
+                         "is timed (confirm timings each, the teacher alongside) before the "
+                         "search ends: the speed-up drifts between windows more than within "
+                         "one, so the margin (auto) grows by the drift measured and a student "
+                         "that misses over the windows is dropped and the ILP re-solved. 1: "
+                         "judge by one window only")
+    window_gap_s: float = Field(20.0, ge=0, description="seconds between those windows")
     skip_dominated: bool = Field(True, description="leave out every candidate that costs "
                                  "at least as much as the teacher's own layer in every cost "
                                  "column (each latency column, params, FLOPs): the search "

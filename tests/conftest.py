@@ -37,8 +37,10 @@ TINY_CONFIG: dict = {
     # Leaving out the candidates no cheaper than the teacher's layer depends on measured
     # latency, which on a busy machine flips for ops of near-equal cost; tests compare exact
     # results, so it is off here and tested with a deterministic clock (test_dominated.py).
+    # Time windows back to back: waiting between them is tested with fakes
+    # (tests/search/test_select.py).
     "search": {"k": 2, "eval_samples": 32, "budget": {"speedup": 1.5},
-               "skip_dominated": False},
+               "skip_dominated": False, "window_gap_s": 0},
     "finetune": {"epochs": 1, "batch_size": 32},
 }
 

@@ -16,7 +16,19 @@ in a fresh timing with probability ~ Phi(z) (z = 1.645: 95 %), and the interval
 
 Few repeated timings estimate ``sigma`` badly, so the estimate is shrunk towards a prior
 (``PRIOR_SIGMA`` with ``PRIOR_DOF`` pseudo degrees of freedom): before any repeat is timed
-the margin is the one lana used as a constant before (3 %). Pure Python, no torch.
+the margin is the one lana used as a constant before (3 %).
+
+Timings close together agree better than timings minutes apart: on a shared machine the
+speed-up of one student moves between time windows by more than within one (measured:
+window sd 7-12 % for sub-millisecond networks, benchmarks/RESULTS.md "Budget truth"), and a
+user times the student in a later window. So the chosen student is also timed in windows
+``search.window_gap_s`` apart (:meth:`SpreadMargin.set_windows`); the spread of the window
+means beyond what the within-window spread explains is a second variance component,
+shrunk towards the same prior, and
+
+    sigma = sqrt(sigma_within^2 + sigma_between^2)
+
+once windows are measured. Pure Python, no torch.
 """
 
 from __future__ import annotations
@@ -46,11 +58,13 @@ class SpreadMargin:
 
     ``groups`` maps a name (a student, or the best student's windows) to its log speed-ups;
     setting a group again replaces it, so a growing list of timings is never counted twice.
+    ``windows``: the log speed-ups of one student per time window (:meth:`set_windows`).
     """
 
     fixed: float | None = None
     z: float = MARGIN_Z
     groups: dict[str, list[float]] = field(default_factory=dict)
+    windows: list[list[float]] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, margin: float | str) -> SpreadMargin:
@@ -66,16 +80,51 @@ class SpreadMargin:
         if len(logs) >= 2:
             self.groups[name] = logs
 
+    def set_windows(self, windows: Sequence[Sequence[dict[str, float]]],
+                    student: str = "student") -> None:
+        """Record the timings of one student in each of several time windows (each a list
+        of dicts of ms, as :meth:`set_group` takes); replaces earlier windows. Each
+        window's timings also count as a group of repeats within a window."""
+        logs = [[math.log(t["teacher"] / t[student]) for t in w
+                 if t.get(student) and t.get("teacher")] for w in windows]
+        logs = [w for w in logs if w]
+        for n, w in enumerate(logs):
+            if len(w) >= 2:
+                self.groups[f"window {n}"] = w
+        if len(logs) >= 2:
+            self.windows = logs
+
     @property
     def dof(self) -> int:
         """Degrees of freedom measured: timings minus groups."""
         return sum(len(g) - 1 for g in self.groups.values())
 
     @property
-    def sigma(self) -> float:
-        """Pooled standard deviation of the log speed-up, shrunk towards the prior."""
+    def sigma_within(self) -> float:
+        """Pooled standard deviation of the log speed-up between timings of the same
+        network in one window, shrunk towards the prior."""
         ss = sum((x - statistics.fmean(g)) ** 2 for g in self.groups.values() for x in g)
         return math.sqrt((PRIOR_SIGMA ** 2 * PRIOR_DOF + ss) / (PRIOR_DOF + self.dof))
+
+    @property
+    def sigma_between(self) -> float:
+        """Standard deviation of the log speed-up between time windows beyond the
+        within-window spread, shrunk towards the prior; 0 until windows are measured."""
+        if len(self.windows) < 2:
+            return 0.0
+        means = [statistics.fmean(w) for w in self.windows]
+        # A window mean of n timings varies by sigma_within^2 / n from the timings alone;
+        # only the rest is drift between windows.
+        noise = self.sigma_within ** 2 * statistics.fmean(1 / len(w) for w in self.windows)
+        var = max(0.0, statistics.variance(means) - noise)
+        dof = len(means) - 1
+        return math.sqrt((PRIOR_SIGMA ** 2 * PRIOR_DOF + var * dof) / (PRIOR_DOF + dof))
+
+    @property
+    def sigma(self) -> float:
+        """The spread of one fresh timing of the log speed-up: within a window, plus
+        between windows once they are measured."""
+        return math.hypot(self.sigma_within, self.sigma_between)
 
     @property
     def value(self) -> float:
@@ -86,16 +135,17 @@ class SpreadMargin:
 
     def interval(self, speedup: float) -> list[float]:
         """Where one fresh timing of a student measured at ``speedup`` lands ~90 % of the
-        time (two-sided, z each way) if later timings spread as the measured ones did (on a
-        shared VM, windows minutes apart spread more: docs/latency.md)."""
+        time (two-sided, z each way) if later timings spread as the measured ones did
+        (windows included once measured; drift over hours can exceed it: docs/latency.md)."""
         return _span(speedup, self.z * self.sigma)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``search.json`` records of it (``margin_from``)."""
         return {"mode": "fixed" if self.fixed is not None else "auto",
-                "sigma_log_speedup": self.sigma, "z": self.z, "dof": self.dof,
-                "groups": len(self.groups), "prior_sigma": PRIOR_SIGMA,
-                "prior_dof": PRIOR_DOF}
+                "sigma_log_speedup": self.sigma, "sigma_within": self.sigma_within,
+                "sigma_between": self.sigma_between, "windows": len(self.windows),
+                "z": self.z, "dof": self.dof, "groups": len(self.groups),
+                "prior_sigma": PRIOR_SIGMA, "prior_dof": PRIOR_DOF}
 
 
 def interval_of(search: dict, speedup: float | None) -> list[float] | None:

@@ -42,7 +42,8 @@ def budget_from_tag(tag: str) -> BudgetConfig | None:
 # Settings added after runs were already cached, with their defaults. At the default they
 # are left out of a stage's key, so a run made before they existed still resumes instead
 # of retraining; any other value changes the key.
-_LATER_SETTINGS = {"optimizer": "adamw", "skip_dominated": True, "init": None}
+_LATER_SETTINGS = {"optimizer": "adamw", "skip_dominated": True, "init": None,
+                   "windows": 1, "window_gap_s": 20.0}
 
 
 def section_settings(section, exclude: set[str]) -> dict:

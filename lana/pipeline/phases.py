@@ -208,7 +208,7 @@ def search(run: Run, budget: BudgetConfig) -> dict:
         measure=None if run.profile().get("remote") else
         lambda students: _beside_teacher(run, students, lut),
         evaluate=lambda student: evaluate(student, val, batch_stats=True, device=run.device),
-        extra_budgets=extra,
+        extra_budgets=extra, wait=time.sleep,
     )
 
 

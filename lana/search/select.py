@@ -37,6 +37,9 @@ from lana.search.solver import (
 if TYPE_CHECKING:
     from lana.config import BudgetConfig, SearchConfig
 
+#: Solves beyond ``search.max_resolves`` for students that the time windows dropped.
+WINDOW_RESOLVES = 2
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -119,14 +122,16 @@ def median_speedup(timings: Sequence[dict[str, float]], name: str = "student") -
 
 def chosen_speedup(search: dict) -> float | None:
     """The chosen student's speed-up over the teacher as a search result (``search.json``)
-    measured it: the median of its confirmation timings, else its one timing beside the
+    measured it: the median of its timings over the time windows (else of its
+    confirmation timings), else its one timing beside the
     teacher of its attempt; None when nothing was timed (a LUT from another device)."""
     return _measured_speedup(search.get("chosen") or {}, search.get("attempts", []))
 
 
 def _measured_speedup(chosen: dict, attempts: Sequence[dict]) -> float | None:
-    if chosen.get("timings_ms"):
-        return median_speedup(chosen["timings_ms"])
+    timings = [t for w in chosen.get("windows_ms", []) for t in w] or chosen.get("timings_ms")
+    if timings:
+        return median_speedup(timings)
     if chosen.get("latency_ms_measured"):
         for att in attempts:
             if chosen in att["students"]:
@@ -251,7 +256,8 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
            cfg: SearchConfig, build: Callable[[list[str]], Any],
            measure: Callable[[dict[str, Any]], dict[str, float]] | None,
            evaluate: Callable[[Any], dict[str, float]],
-           extra_budgets: Sequence[Budget] = ()) -> dict:
+           extra_budgets: Sequence[Budget] = (),
+           wait: Callable[[float], None] | None = None) -> dict:
     """Search, verify and rank students; return the content of ``search.json``.
 
     ``latency`` holds ``stem_ms``, ``head_ms``, ``teacher_measured_ms``,
@@ -262,10 +268,12 @@ def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: flo
     be timed here, so students are judged by the corrected prediction, marked
     ``verified: false``, and there is no re-solve. ``extra_budgets`` bound further cost
     columns of the library (layer sums, i.e. without the fixed stem/head costs).
-    The search itself is :class:`Selection`.
+    ``wait(seconds)`` (e.g. ``time.sleep``) spaces the chosen student's time windows
+    (``search.windows``); None times them back to back. The search itself is
+    :class:`Selection`.
     """
     return Selection(library, latency, budget, target_ms, cfg, build, measure, evaluate,
-                     extra_budgets).run()
+                     extra_budgets, wait).run()
 
 
 @dataclass
@@ -313,6 +321,7 @@ class Incumbent:
     model: Any
     layer_budget: float
     window: dict[str, float]
+    windows_checked: bool = False  # timed in ``search.windows`` time windows
 
 
 @dataclass
@@ -337,7 +346,9 @@ class Selection:
     :meth:`run` is the template: each round solves the ILP at ``layer_budget`` and builds
     the K students, measures them (with the incumbent beside them), re-times the
     incumbent, evaluates the students, confirms the best one that met the budget, records
-    the attempt and decides the next layer budget, or stops.
+    the attempt and decides the next layer budget, or stops; before it stops, the
+    incumbent is timed in ``search.windows`` time windows apart (:meth:`_across_windows`),
+    which may drop it and solve once more.
 
     State carried from one round to the next: ``points`` (every (LUT sum, measured ms)
     pair so far) and ``cal`` (the calibration the next solve's budget came from);
@@ -346,16 +357,20 @@ class Selection:
     budget over all solves, an :class:`Incumbent`, or None); ``attempts`` (the rows of
     ``search.json``) and ``solve_seconds``. Building raises
     :class:`~lana.errors.InfeasibleBudgetError` when the budget is below every architecture.
+    ``wait(seconds)`` passes the time between the windows of :meth:`_across_windows` (None:
+    windows back to back, for fakes).
     """
 
     def __init__(self, library: Library, latency: dict, budget: BudgetConfig,
                  target_ms: float, cfg: SearchConfig, build: Callable[[list[str]], Any],
                  measure: Callable[[dict[str, Any]], dict[str, float]] | None,
                  evaluate: Callable[[Any], dict[str, float]],
-                 extra_budgets: Sequence[Budget] = ()) -> None:
+                 extra_budgets: Sequence[Budget] = (),
+                 wait: Callable[[float], None] | None = None) -> None:
         self.library, self.latency, self.budget = library, latency, budget
         self.target_ms, self.cfg, self.extra_budgets = target_ms, cfg, extra_budgets
         self.build, self.measure, self.evaluate = build, measure, evaluate
+        self.wait = wait or (lambda seconds: None)
         self.fixed = latency["stem_ms"] + latency["head_ms"]
         # The LUT sums ops timed alone; the whole network runs at a different speed (fusion,
         # caches, per-call overhead). Measured ~ alpha * LUT sum + beta calibrates that:
@@ -396,16 +411,22 @@ class Selection:
 
     def run(self) -> dict:
         """Solve, measure and re-solve until a round decides to stop (at most
-        ``search.max_resolves`` re-solves); return the content of ``search.json``."""
-        for _ in range(self.cfg.max_resolves + 1):
+        ``search.max_resolves`` re-solves, and up to ``WINDOW_RESOLVES`` more for students
+        the time windows drop); return the content of ``search.json``."""
+        rounds = 0
+        while True:
             rnd = self._solve()
             self._measure(rnd)
             self._retime_best(rnd)
             self._evaluate(rnd)
             self._confirm(rnd)
             self._record(rnd)
-            new_budget = self._next_layer_budget(rnd)
+            rounds += 1
+            new_budget = (self._next_layer_budget(rnd) if rounds <= self.cfg.max_resolves
+                          else None)
             if new_budget is None:
+                new_budget = self._across_windows()
+            if new_budget is None or rounds > self.cfg.max_resolves + WINDOW_RESOLVES:
                 break
             self.layer_budget = new_budget
         return self._result()
@@ -452,11 +473,55 @@ class Selection:
         if pooled["fraction"] > (1 - self.spread.value) * (1 + 1e-9):
             self._drop_best(pooled, len(windows))
 
+    def _across_windows(self) -> float | None:
+        """Time the incumbent in ``search.windows`` time windows (its own solve's and later
+        ones ``search.window_gap_s`` apart) and grow the margin by the drift between them;
+        None when it meets the budget over them (or there is nothing to time), else the
+        layer budget of one more solve, tighter by its overshoot."""
+        best, cfg = self.best, self.cfg
+        if best is None or self.measure is None or cfg.windows <= 1 or best.windows_checked:
+            return None
+        row = best.row
+        windows = [row.get("timings_ms") or [best.window]]
+        windows += [[t] for t in row.get("retimed_ms", [])]
+        with progress() as bar:
+            task = bar.add_task("phase 2c windows", total=cfg.windows - 1,
+                                info=f"chosen student, {cfg.window_gap_s:g} s apart")
+            for _ in range(cfg.windows - 1):
+                self.wait(cfg.window_gap_s)
+                windows.append([self._time_best() for _ in range(cfg.confirm)])
+                bar.advance(task)
+        best.windows_checked = True
+        row["windows_ms"] = windows
+        self.spread.set_windows(windows)
+        every = [t for w in windows for t in w]
+        pooled = pool_timings(every, "student", self.budget.speedup, self.target_ms)
+        row["margin"] = self.spread.value
+        threshold = 1 - self.spread.value
+        if pooled["fraction"] <= threshold * (1 + 1e-9):
+            row["latency_ms_measured"] = pooled["latency_ms"]
+            return None
+        self._drop_best(pooled, len(windows))
+        # Measured ms scale with the LUT sum through the calibration: ask for a student
+        # faster by the overshoot, and below this one's LUT cost (or the ILP returns it).
+        lut = row["latency_ms_lut"]
+        goal = self.cal.predict(lut) * threshold / pooled["fraction"]
+        new_budget = min(self.cal.invert(goal) - self.fixed, (lut - self.fixed) * (1 - 1e-3))
+        new_budget = max(self.floor, new_budget)
+        log(f"[yellow]search: re-solving below the dropped student, LUT budget "
+            f"{new_budget + self.fixed:.4g} ms[/yellow]")
+        return new_budget
+
+    def _time_best(self) -> dict[str, float]:
+        """One timing of the incumbent beside the teacher."""
+        ms = self.measure({"best": self.best.model})
+        return {"teacher": ms["teacher"], "student": ms["best"]}
+
     def _drop_best(self, pooled: dict[str, float], windows: int) -> None:
         """The incumbent missed the budget over ``windows`` time windows: no longer met."""
         best = self.best
-        log(f"[yellow]search: the best student so far, timed again beside this "
-            f"solve, measures {pooled['latency_ms']:.4g} ms, "
+        log(f"[yellow]search: the best student so far, timed again, measures "
+            f"{pooled['latency_ms']:.4g} ms, "
             f"{pooled['fraction']:.0%} of its budget over {windows} "
             "time windows: dropped[/yellow]")
         best.row.update(meets_budget=False, latency_ms_measured=pooled["latency_ms"])

@@ -52,6 +52,28 @@ def test_a_group_set_again_is_replaced_not_counted_twice():
     assert m.dof == 2
 
 
+def test_drift_between_windows_adds_to_the_spread_within_them():
+    steady, drifting = SpreadMargin(), SpreadMargin()
+    # the same spread within each window; the drifting machine moves the speed-up by
+    # ~10 % from one window to the next
+    steady.set_windows([timings([2.0, 2.02, 1.98])] * 3)
+    drifting.set_windows([timings([2.0, 2.02, 1.98]), timings([2.2, 2.22, 2.18]),
+                          timings([1.8, 1.82, 1.78])])
+    assert steady.sigma_within == pytest.approx(drifting.sigma_within, rel=0.02)
+    assert drifting.sigma_between > 2 * steady.sigma_between > 0  # the prior, shrunk
+    assert drifting.value > steady.value
+    assert drifting.sigma == pytest.approx(math.hypot(drifting.sigma_within,
+                                                      drifting.sigma_between))
+    rec = drifting.to_dict()
+    assert rec["windows"] == 3 and rec["sigma_between"] == drifting.sigma_between
+    # each window's timings are also repeats within a window
+    assert drifting.dof == 6
+    # one window is no evidence of drift
+    one = SpreadMargin()
+    one.set_windows([timings([2.0, 2.02, 1.98])])
+    assert one.sigma_between == 0.0 and one.dof == 2
+
+
 def test_interval_from_a_search_record_and_its_text():
     rec = {"margin_from": {"sigma_log_speedup": 0.05, "z": 1.645}}
     lo, hi = interval_of(rec, 2.0)

@@ -279,7 +279,8 @@ _KEYED = {
                 "lut", "max_seconds", "normalize", "threads", "warmup"},
     "score": {"batch_size", "metric", "samples"},
     "search": {"budget", "confirm", "eval_samples", "extra_budgets", "k", "margin",
-               "max_resolves", "overlap", "skip_dominated", "slack"},
+               "max_resolves", "overlap", "skip_dominated", "slack", "window_gap_s",
+               "windows"},
     "finetune": {"batch_size", "checkpoint_every", "epochs", "kd_weight", "lr", "optimizer",
                  "temperature"},
 }

@@ -32,14 +32,24 @@ from tests.conftest import tiny_config_dict
 # search.margin's default became "auto" (issue 34): a search under it is another search, so
 # search, finetune and export were re-pinned then; a run made before keeps its keys with
 # `search.margin: 0.03`, the old default (test_the_old_margin_keeps_older_run_directories).
+# search.windows (issue 34: the chosen student timed in time windows apart) re-pinned
+# search, finetune and export again; a run made before keeps its keys with
+# `search.windows: 1` (test_one_window_keeps_older_run_directories).
 _TINY_KEYS = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
-              "search": "ad1612430d4c4e7b", "finetune": "0bb74f7c3d530619",
-              "chosen": "ba6f22f8e5879758", "export": "b8af9c546e6a8b8f"}
+              "search": "f49706cccc5c0883", "finetune": "b738e1a2935ea7e4",
+              "chosen": "2c7895f6cffd34c2", "export": "2120caaf3ccf363d"}
 # Settings at non-default values, and settings a key leaves out (budget, checkpoint_every,
 # speed-only ones): only search and finetune change.
 _VARIANT_KEYS = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
-                 "search": "a7d1f866543c3212", "finetune": "c67e434f84dfb23f",
-                 "chosen": "e4d7f9a26f144f62", "export": "32e19a7a3ceeec2b"}
+                 "search": "2491467dde070058", "finetune": "b63e83d80d618962",
+                 "chosen": "2094676f2b52d0e6", "export": "4387ce3d39cbc2c7"}
+# The keys of run directories made before search.windows (one window).
+_TINY_KEYS_ONE_WINDOW = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
+                         "search": "ad1612430d4c4e7b", "finetune": "0bb74f7c3d530619",
+                         "chosen": "ba6f22f8e5879758", "export": "b8af9c546e6a8b8f"}
+_VARIANT_KEYS_ONE_WINDOW = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
+                            "search": "a7d1f866543c3212", "finetune": "c67e434f84dfb23f",
+                            "chosen": "e4d7f9a26f144f62", "export": "32e19a7a3ceeec2b"}
 # The keys of run directories made before, with the fixed 3 % margin.
 _TINY_KEYS_MARGIN_003 = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
                          "search": "f1e309f56de85771", "finetune": "0e81820d78c571f7",
@@ -78,8 +88,15 @@ def _stage_keys(cfg: dict) -> dict:
     return keys
 
 
+def _one_window(cfg: dict) -> dict:
+    search = {**cfg.get("search", {}), "windows": 1}
+    search.pop("window_gap_s", None)
+    return {**cfg, "search": search}
+
+
 def _old_margin(cfg: dict) -> dict:
-    return {**cfg, "search": {**cfg.get("search", {}), "margin": 0.03}}
+    one = _one_window(cfg)
+    return {**one, "search": {**one["search"], "margin": 0.03}}
 
 
 @pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS),
@@ -90,6 +107,12 @@ def test_stage_keys_are_those_of_existing_run_directories(tmp_path: Path, make,
     assert _stage_keys(make(tiny_config_dict(tmp_path))) == expected
     assert _key(score_inputs(config, [[], []])) == expected["score"]
     assert _key(score_inputs(config, [["a"], []])) == "261de8b694cd2dc1"
+
+
+@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_ONE_WINDOW),
+                                                (_variant, _VARIANT_KEYS_ONE_WINDOW)])
+def test_one_window_keeps_older_run_directories(tmp_path: Path, make, expected: dict) -> None:
+    assert _stage_keys(_one_window(make(tiny_config_dict(tmp_path)))) == expected
 
 
 @pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_MARGIN_003),

@@ -219,10 +219,16 @@ def test_the_chosen_student_is_confirmed_by_more_timings():
     assert chosen["meets_budget"] and len(chosen["timings_ms"]) >= 3
     assert chosen["latency_ms_measured"] <= 3.0
     # with a single timing the flattered student would have been kept
-    once = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=2, confirm=1),
-                  build=list, measure=LuckyFirstTiming(), evaluate=evaluate)
+    once = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0,
+                  cfg(k=2, confirm=1, windows=1), build=list, measure=LuckyFirstTiming(),
+                  evaluate=evaluate)
     assert once["resolves"] == 0 and "timings_ms" not in once["chosen"]
     assert 1.25 * once["chosen"]["latency_ms_measured"] > 3.0
+    # the later time windows alone catch it too
+    windows = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=2, confirm=1),
+                     build=list, measure=LuckyFirstTiming(), evaluate=evaluate)
+    assert windows["resolves"] >= 1 and windows["chosen"]["meets_budget"]
+    assert windows["chosen"]["latency_ms_measured"] <= 3.0
 
 
 def test_a_borderline_noisy_verdict_gets_more_timings():
@@ -280,6 +286,55 @@ def test_a_student_that_met_in_a_lucky_window_is_dropped_when_timed_again(confir
     assert fake_device(0.3)({"s": chosen["choices"]})["s"] <= 3.0
 
 
+class DriftingDevice:
+    """``fake_device(0.3)`` whose students run at ``factors[w]`` of their latency in time
+    window ``w`` (the teacher unchanged); :meth:`wait` moves to the next window."""
+
+    def __init__(self, factors: list[float]) -> None:
+        self.factors, self.window, self.waits = factors, 0, []
+        self.real = fake_device(0.3)
+
+    def wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.window = min(self.window + 1, len(self.factors) - 1)
+
+    def __call__(self, students: dict) -> dict:
+        f = self.factors[self.window]
+        return {name: v * (f if name != "teacher" else 1.0)
+                for name, v in self.real(students).items()}
+
+
+def test_the_chosen_student_is_timed_in_windows_apart_and_dropped_if_it_drifts_over():
+    # the first window flatters students by 30 %; later ones time them as they are
+    device = DriftingDevice([0.7, 1.0, 1.0])
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0,
+                 cfg(k=1, confirm=1, max_resolves=0, margin="auto", window_gap_s=7.0),
+                 build=list, measure=device, evaluate=evaluate, wait=device.wait)
+    first = res["attempts"][0]["students"][0]
+    assert len(first["windows_ms"]) == 3 and not first["meets_budget"]
+    assert device.waits[:2] == [7.0, 7.0]
+    # dropped after max_resolves ran out: the windows still get a re-solve of their own
+    chosen = res["chosen"]
+    assert res["resolves"] >= 1 and chosen is not first and chosen["meets_budget"]
+    assert fake_device(0.3)({"s": chosen["choices"]})["s"] <= 3.0
+    # the drift widened the margin and the interval
+    assert res["margin_from"]["windows"] == 3 and res["margin_from"]["sigma_between"] > 0
+
+
+def test_a_steady_machine_keeps_the_student_its_windows_confirm():
+    device = DriftingDevice([1.0])
+    res = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=1, window_gap_s=1.0),
+                 build=list, measure=device, evaluate=evaluate, wait=device.wait)
+    chosen = res["chosen"]
+    assert chosen["meets_budget"] and len(chosen["windows_ms"]) == 3
+    assert all(len(w) == 3 for w in chosen["windows_ms"][1:])  # confirm timings each
+    assert device.waits == [1.0, 1.0]
+    one = select(LIB, LATENCY, BudgetConfig(latency_ms=3.0), 3.0, cfg(k=1, windows=1),
+                 build=list, measure=DriftingDevice([1.0]), evaluate=evaluate)
+    assert "windows_ms" not in one["chosen"]
+    assert one["chosen"]["choices"] == chosen["choices"]
+
+
 def test_bracket_keeps_the_layer_budgets_tried_on_either_side():
     b = Bracket()
     b.met(2.0)
@@ -315,8 +370,9 @@ def test_the_best_student_is_timed_beside_every_later_solve():
         return overpredicting_device(students)
 
     latency = {**LATENCY, "teacher_measured_ms": 10.0}
-    res = select(LIB, latency, BudgetConfig(speedup=2.0), 5.0, cfg(k=1, confirm=1),
-                 build=list, measure=device, evaluate=evaluate)
+    res = select(LIB, latency, BudgetConfig(speedup=2.0), 5.0,
+                 cfg(k=1, confirm=1, windows=1), build=list, measure=device,
+                 evaluate=evaluate)
     assert res["resolves"] >= 1
     assert calls[0] == ["s0"] and all("best" in c for c in calls[1:])
     first = res["attempts"][0]["students"][0]
