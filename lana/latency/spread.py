@@ -83,14 +83,12 @@ class SpreadMargin:
     def set_windows(self, windows: Sequence[Sequence[dict[str, float]]],
                     student: str = "student") -> None:
         """Record the timings of one student in each of several time windows (each a list
-        of dicts of ms, as :meth:`set_group` takes); replaces earlier windows. Each
-        window's timings also count as a group of repeats within a window."""
+        of dicts of ms, as :meth:`set_group` takes); replaces earlier windows. A window's
+        timings as repeats within a window are the caller's to add (:meth:`set_group`), so
+        that timings already recorded are not counted twice."""
         logs = [[math.log(t["teacher"] / t[student]) for t in w
                  if t.get(student) and t.get("teacher")] for w in windows]
         logs = [w for w in logs if w]
-        for n, w in enumerate(logs):
-            if len(w) >= 2:
-                self.groups[f"window {n}"] = w
         if len(logs) >= 2:
             self.windows = logs
 

@@ -487,9 +487,10 @@ class Selection:
         with progress() as bar:
             task = bar.add_task("phase 2c windows", total=cfg.windows - 1,
                                 info=f"chosen student, {cfg.window_gap_s:g} s apart")
-            for _ in range(cfg.windows - 1):
+            for n in range(cfg.windows - 1):
                 self.wait(cfg.window_gap_s)
                 windows.append([self._time_best() for _ in range(cfg.confirm)])
+                self.spread.set_group(f"{len(self.attempts)}/window {n + 1}", windows[-1])
                 bar.advance(task)
         best.windows_checked = True
         row["windows_ms"] = windows
