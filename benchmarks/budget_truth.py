@@ -55,6 +55,11 @@ BEFORE = (
      "the reference op in a slot of its own, the margin from the spread within one window "
      "(no `search.windows`)"),
 )
+#: Later runs over part of the families (``--families ... --out``): file, what differed.
+PARTS = (
+    (HERE / "results" / "budget_truth-windows-effnet.json",
+     "`search.windows: 3` (the chosen student timed in three windows 20 s apart)"),
+)
 HEADING = "## Budget truth: lana's speed-ups under an independent timer (issue 34)"
 TOLERANCE = 0.97  # the issue's target: a student meets 0.97 x its budget
 
@@ -250,11 +255,42 @@ def render() -> int:
                     f"{b['median_abs_independent_over_search_minus_1']:.1%} (signed "
                     f"{b['median_independent_over_search_minus_1']:+.1%}).")
     body += ["", table(res), ""]
+    for path, what in PARTS:
+        if path.exists():
+            body += part_section(path, what, res)
     if res["infeasible"]:
         body += ["Infeasible budgets: " + ", ".join(f"{r['family']} {r['budget']:g}x"
                                                      for r in res["infeasible"]), ""]
     write_section(HEADING, "\n".join(body), reading=reading)
     return 0
+
+
+def part_section(path: Path, what: str, full: dict) -> list[str]:
+    """A later run over part of the families, beside the same families of ``full``."""
+    part = json.loads(path.read_text())
+    fams = sorted({s["family"] for s in part["students"]})
+    p = summarise(part["students"])
+    f = summarise([s for s in full["students"] if s["family"] in fams])
+    def line(x: dict) -> str:
+        return (f"{x['pairs_meeting_0.97']}/{x['pairs']} pairs at >= 0.97 x budget, median "
+                f"|independent / search - 1| "
+                f"{x['median_abs_independent_over_search_minus_1']:.1%} (signed "
+                f"{x['median_independent_over_search_minus_1']:+.1%})")
+
+    out = [f"### Part run: {', '.join(fams)} with {what}", "",
+           f"`python benchmarks/budget_truth.py --families {' '.join(fams)} --out "
+           f"benchmarks/results/{path.name}` ({part['machine']}, {part['date']}, "
+           f"{part['wall_s'] / 60:.0f} min).", "",
+           "- this run: " + line(p) + (f"; margins {p['margin_range'][0]:.1%}-"
+                                       f"{p['margin_range'][2]:.1%}"
+                                       if p.get("margin_range") else ""),
+           "- the same families in the run above: " + line(f)]
+    between = [s["sigma_between"] for s in part["students"] if s.get("sigma_between")]
+    if between:
+        out.append(f"- drift between the search's windows (sd of the log speed-up beyond "
+                   f"the within-window spread, shrunk): {min(between):.1%}-"
+                   f"{max(between):.1%} (median {statistics.median(between):.1%})")
+    return [*out, "", table(part), ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--gap", type=float, default=180.0, help="seconds between windows")
     ap.add_argument("--render", action="store_true", help="only re-render the section")
+    ap.add_argument("--out", type=Path, default=RESULT,
+                    help="results file (another than the default for a part of the "
+                    "families: the RESULTS section renders the default one)")
     args = ap.parse_args(argv)
     if args.render:
         return render()
@@ -279,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(wait)
     windows = independent(args.work, args.families, args.windows, args.gap)
     res = assemble_result(rows, windows, time.time() - start)
-    RESULT.write_text(json.dumps(res, indent=1) + "\n")
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res["summary"], indent=1))
-    return render()
+    return render() if args.out == RESULT else 0
 
 
 if __name__ == "__main__":

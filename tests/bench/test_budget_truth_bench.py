@@ -70,3 +70,23 @@ def test_timing_gap_reads_the_lana_rows_with_architectures(tmp_path: Path):
         {"method": "random", "budget": "lite0", "choices": ["identity", "identity"]},
         {"method": "torch-pruning", "budget": "2x"}]}))
     assert timing_gap.students_from(f) == {"lite0": ["teacher", "identity"]}
+
+
+def test_a_part_run_renders_beside_the_same_families_of_the_full_run(tmp_path: Path):
+    rows, windows = _rows_and_windows()
+    full = budget_truth.assemble_result(rows, windows, wall_s=60.0)
+    full["students"].append({**full["students"][0], "family": "resnest"})
+    rows[0] |= {"sigma_between": 0.02, "search_windows": 3}
+    rows[1] |= {"sigma_between": 0.04, "search_windows": 4}
+    part = budget_truth.assemble_result(rows, windows, wall_s=120.0)
+    part["students"][1]["independent_speedup"] = [3.1, 3.2, 3.3]
+    path = tmp_path / "part.json"
+    path.write_text(json.dumps(part))
+    text = "\n".join(budget_truth.part_section(path, "windows", full))
+    assert "### Part run: effnet with windows" in text
+    assert "--families effnet --out benchmarks/results/part.json" in text
+    # 1.9x misses 0.97 x 2x in both; the full run's 3x student (2.8x) misses in its three
+    # windows; its resnest row is not compared
+    assert "- this run: 5/6 pairs" in text
+    assert "- the same families in the run above: 2/6 pairs" in text
+    assert "1.5%" not in text and "(median 3.0%)" in text
