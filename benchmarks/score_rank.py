@@ -53,38 +53,6 @@ def _library(bench: Any):
     return Library.from_dict(read_json(bench.run.dir / "library.json"))
 
 
-def ilp_optima(bench: Any, n: int) -> list[list[str]]:
-    """The ILP's optima at ``n // 2`` budgets over the range (deterministic)."""
-    from lana.search.sweep import sweep
-
-    archs: dict[tuple, None] = {}
-    for row in sweep(_library(bench), "latency_ms", points=max(2, n // 2)):
-        if row["specs"] is not None:
-            archs.setdefault(tuple(row["specs"]))
-    return [list(a) for a in archs]
-
-
-def architectures(bench: Any, n: int) -> list[list[str]]:
-    """The benchmark's own choice of architectures (``Table3.kendall_step``): ILP optima
-    over the budget range, then random ones at evenly spread budgets."""
-    from lana.search.baselines import random_search
-    from lana.search.solver import Budget
-    from lana.search.sweep import budget_range
-
-    lib = _library(bench)
-    archs: dict[tuple, None] = {tuple(a): None for a in ilp_optima(bench, n)}
-    low, high = budget_range(lib, "latency_ms")
-    i = 0
-    while len(archs) < n and i < 50 * n:
-        b = low + (high - low) * ((i * 0.618034) % 1.0)
-        sol = random_search(lib, [Budget("latency_ms", "<=", b)], time_limit=60, seed=i,
-                            max_evals=1)
-        if sol is not None:
-            archs.setdefault(tuple(sol.specs))
-        i += 1
-    return [list(a) for a in archs]
-
-
 def scores(bench: Any, metric: str, samples: int) -> dict:
     """Replace-one scores of every candidate with ``metric`` on ``samples`` held-out
     images (the run's own phase-1 weights and held-out split)."""
@@ -124,14 +92,18 @@ def run_all(work: Path, partial: bool = False) -> dict:
     session that ran out of time), said so in the result."""
     from pretrained import Pretrained
     from scipy.stats import kendalltau
+    from table3 import ilp_optima, kendall_architectures
 
     started = time.time()
     bench = Pretrained("full", work)
     bench.prepare()
     bench.phase1()
     steps = bench.steps
-    archs = steps.get("archs", lambda: {"archs": architectures(bench, ARCHS)})["archs"]
-    n_optima = len(ilp_optima(bench, ARCHS))  # they come first
+    # The pretrained benchmark's own choice (Table3.kendall_step): the ILP's optima first.
+    lib = _library(bench)
+    archs = steps.get("archs", lambda: {"archs": [
+        list(a) for a in kendall_architectures(lib, ARCHS)]})["archs"]
+    n_optima = len(ilp_optima(lib, ARCHS))
     tables = {f"{m}_{n}": steps.get(f"score_{m}_{n}", lambda m=m, n=n: scores(bench, m, n))
               for m, n in SCORES}
     rows = []

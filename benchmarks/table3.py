@@ -355,6 +355,39 @@ def kendall(scores: list[float], accuracies: list[float]) -> dict:
     return {"tau": float(res.statistic), "p_value": float(res.pvalue), "n": len(scores)}
 
 
+def ilp_optima(lib, n: int) -> dict[tuple, float]:
+    """The ILP's optima at ``n // 2`` budgets over the whole range (deterministic):
+    architecture -> its additive score, cheapest budget first."""
+    from lana.search.sweep import sweep
+
+    archs: dict[tuple, float] = {}
+    for row in sweep(lib, "latency_ms", points=max(2, n // 2)):
+        if row["specs"] is not None:
+            archs.setdefault(tuple(row["specs"]), row["score"])
+    return archs
+
+
+def kendall_architectures(lib, n: int) -> dict[tuple, float]:
+    """The architectures Kendall tau is measured over: :func:`ilp_optima`, then random
+    architectures at evenly spread budgets until there are ``n`` distinct ones;
+    architecture -> its additive score, the optima first."""
+    from lana.search.baselines import random_search
+    from lana.search.solver import Budget
+    from lana.search.sweep import budget_range
+
+    archs = ilp_optima(lib, n)
+    low, high = budget_range(lib, "latency_ms")
+    i = 0
+    while len(archs) < n and i < 50 * n:
+        b = low + (high - low) * ((i * 0.618034) % 1.0)
+        sol = random_search(lib, [Budget("latency_ms", "<=", b)], time_limit=60, seed=i,
+                            max_evals=1)
+        if sol is not None:
+            archs.setdefault(tuple(sol.specs), sol.score)
+        i += 1
+    return archs
+
+
 def spread(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single value)."""
     mean = statistics.fmean(values)
@@ -674,28 +707,12 @@ class Table3:
     def kendall_step(self) -> dict:
         def go() -> dict:
             from lana.core.io import read_json
-            from lana.search.baselines import random_search
-            from lana.search.solver import Budget, Library
-            from lana.search.sweep import budget_range, sweep
+            from lana.search.solver import Library
 
             n = self.sc["kendall"]["archs"]
             samples = self.sc["kendall"]["eval_samples"]
             lib = Library.from_dict(read_json(self.run.dir / "library.json"))
-            archs: dict[tuple, float] = {}
-            # ILP optima over the whole budget range, then random architectures at evenly
-            # spread budgets until there are n distinct ones.
-            for row in sweep(lib, "latency_ms", points=max(2, n // 2)):
-                if row["specs"] is not None:
-                    archs.setdefault(tuple(row["specs"]), row["score"])
-            low, high = budget_range(lib, "latency_ms")
-            i = 0
-            while len(archs) < n and i < 50 * n:
-                b = low + (high - low) * ((i * 0.618034) % 1.0)
-                sol = random_search(lib, [Budget("latency_ms", "<=", b)], time_limit=60,
-                                    seed=i, max_evals=1)
-                if sol is not None:
-                    archs.setdefault(tuple(sol.specs), sol.score)
-                i += 1
+            archs = kendall_architectures(lib, n)
             rows = []
             for specs, score in archs.items():
                 student = self.run.assemble(list(specs))
