@@ -75,8 +75,7 @@ class SpreadMargin:
                   student: str = "student") -> None:
         """Record the timings (dicts of ms with ``"teacher"`` and ``student``) of one
         network pair; fewer than two say nothing about the spread and are ignored."""
-        logs = [math.log(t["teacher"] / t[student]) for t in timings
-                if t.get(student) and t.get("teacher")]
+        logs = _log_speedups(timings, student)
         if len(logs) >= 2:
             self.groups[name] = logs
 
@@ -86,9 +85,7 @@ class SpreadMargin:
         of dicts of ms, as :meth:`set_group` takes); replaces earlier windows. A window's
         timings as repeats within a window are the caller's to add (:meth:`set_group`), so
         that timings already recorded are not counted twice."""
-        logs = [[math.log(t["teacher"] / t[student]) for t in w
-                 if t.get(student) and t.get("teacher")] for w in windows]
-        logs = [w for w in logs if w]
+        logs = [w for w in (_log_speedups(w, student) for w in windows) if w]
         if len(logs) >= 2:
             self.windows = logs
 
@@ -144,6 +141,12 @@ class SpreadMargin:
                 "sigma_between": self.sigma_between, "windows": len(self.windows),
                 "z": self.z, "dof": self.dof, "groups": len(self.groups),
                 "prior_sigma": PRIOR_SIGMA, "prior_dof": PRIOR_DOF}
+
+
+def _log_speedups(timings: Sequence[dict[str, float]], student: str) -> list[float]:
+    """log(teacher ms / student ms) of each timing that has both."""
+    return [math.log(t["teacher"] / t[student]) for t in timings
+            if t.get(student) and t.get("teacher")]
 
 
 def interval_of(search: dict, speedup: float | None) -> list[float] | None:

@@ -470,7 +470,7 @@ class Selection:
         windows = [best.window, *retimed]
         self.spread.set_group("best", windows)
         pooled = pool_timings(windows, "student", self.budget.speedup, self.target_ms)
-        if pooled["fraction"] > (1 - self.spread.value) * (1 + 1e-9):
+        if not self._within_margin(pooled["fraction"]):
             self._drop_best(pooled, len(windows))
 
     def _across_windows(self) -> float | None:
@@ -498,20 +498,28 @@ class Selection:
         every = [t for w in windows for t in w]
         pooled = pool_timings(every, "student", self.budget.speedup, self.target_ms)
         row["margin"] = self.spread.value
-        threshold = 1 - self.spread.value
-        if pooled["fraction"] <= threshold * (1 + 1e-9):
+        if self._within_margin(pooled["fraction"]):
             row["latency_ms_measured"] = pooled["latency_ms"]
             return None
         self._drop_best(pooled, len(windows))
         # Measured ms scale with the LUT sum through the calibration: ask for a student
-        # faster by the overshoot, and below this one's LUT cost (or the ILP returns it).
+        # faster by the overshoot.
         lut = row["latency_ms_lut"]
-        goal = self.cal.predict(lut) * threshold / pooled["fraction"]
-        new_budget = min(self.cal.invert(goal) - self.fixed, (lut - self.fixed) * (1 - 1e-3))
+        goal = self.cal.predict(lut) * (1 - self.spread.value) / pooled["fraction"]
+        new_budget = min(self.cal.invert(goal) - self.fixed, self._below(lut))
         new_budget = max(self.floor, new_budget)
         log(f"[yellow]search: re-solving below the dropped student, LUT budget "
             f"{new_budget + self.fixed:.4g} ms[/yellow]")
         return new_budget
+
+    def _within_margin(self, fraction: float) -> bool:
+        """Whether a student at ``fraction`` of its budget meets it less the margin."""
+        return fraction <= (1 - self.spread.value) * (1 + 1e-9)
+
+    def _below(self, lut_ms: float) -> float:
+        """The layer budget just under a student's LUT cost ``lut_ms``: the ILP returns
+        that student again at any budget from its cost up."""
+        return (lut_ms - self.fixed) * (1 - 1e-3)
 
     def _time_best(self) -> dict[str, float]:
         """One timing of the incumbent beside the teacher."""
@@ -589,7 +597,7 @@ class Selection:
         r["latency_ms_measured"] = pooled["latency_ms"]
         self.spread.set_group(f"{len(self.attempts)}/{name}", r["timings_ms"])
         r["margin"] = self.spread.value
-        r["meets_budget"] = pooled["fraction"] <= (1 - self.spread.value) * (1 + 1e-9)
+        r["meets_budget"] = self._within_margin(pooled["fraction"])
         if not r["meets_budget"]:
             log(f"[yellow]search: {name} met the budget in the timing of all K "
                 f"but not in the median of {len(timings)} more "
@@ -666,8 +674,7 @@ class Selection:
         new_budget, self.cal, how = _next_budget(self.points, rnd.rows, self.layer_budget,
                                                  self.fixed, self.cal, goal)
         top = min(rnd.rows, key=lambda r: r["val_loss"])
-        # Below the best student's LUT cost, or the ILP returns it again.
-        new_budget = min(new_budget, (top["latency_ms_lut"] - self.fixed) * (1 - 1e-3))
+        new_budget = min(new_budget, self._below(top["latency_ms_lut"]))
         why = (f"best student measured {top['latency_ms_measured']:.4g} ms > "
                f"{rnd.allowed * (1 - self.spread.value):.4g} ms allowed")
         return new_budget, why, how
