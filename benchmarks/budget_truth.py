@@ -51,9 +51,6 @@ BEFORE = (
     (HERE / "results" / "budget_truth-fixed-margin.json", "a fixed 3 % margin"),
     (HERE / "results" / "budget_truth-reference-between.json",
      "`search.margin: auto`, the reference op timed between a network's runs"),
-    (HERE / "results" / "budget_truth-within-margin.json",
-     "the reference op in a slot of its own, the margin from the spread within one window "
-     "(no `search.windows`)"),
 )
 #: Later runs over part of the families (``--families ... --out``): file, what differed.
 PARTS = (
@@ -250,10 +247,7 @@ def render() -> int:
             continue
         b = summarise(json.loads(path.read_text())["students"])
         body.append(f"- before (the same benchmark with {what}, `results/{path.name}`): "
-                    f"{b['pairs_meeting_0.97']}/{b['pairs']} pairs "
-                    f"({b['share_meeting_0.97']:.0%}), median |independent / search - 1| "
-                    f"{b['median_abs_independent_over_search_minus_1']:.1%} (signed "
-                    f"{b['median_independent_over_search_minus_1']:+.1%}).")
+                    f"{pairs_text(b)}.")
     body += ["", table(res), ""]
     for path, what in PARTS:
         if path.exists():
@@ -265,26 +259,28 @@ def render() -> int:
     return 0
 
 
+def pairs_text(s: dict) -> str:
+    """The two targets' figures of a :func:`summarise` result, in words."""
+    return (f"{s['pairs_meeting_0.97']}/{s['pairs']} pairs ({s['share_meeting_0.97']:.0%}) "
+            f"at >= 0.97 x budget, median |independent / search - 1| "
+            f"{s['median_abs_independent_over_search_minus_1']:.1%} (signed "
+            f"{s['median_independent_over_search_minus_1']:+.1%})")
+
+
 def part_section(path: Path, what: str, full: dict) -> list[str]:
     """A later run over part of the families, beside the same families of ``full``."""
     part = json.loads(path.read_text())
     fams = sorted({s["family"] for s in part["students"]})
     p = summarise(part["students"])
     f = summarise([s for s in full["students"] if s["family"] in fams])
-    def line(x: dict) -> str:
-        return (f"{x['pairs_meeting_0.97']}/{x['pairs']} pairs at >= 0.97 x budget, median "
-                f"|independent / search - 1| "
-                f"{x['median_abs_independent_over_search_minus_1']:.1%} (signed "
-                f"{x['median_independent_over_search_minus_1']:+.1%})")
-
     out = [f"### Part run: {', '.join(fams)} with {what}", "",
            f"`python benchmarks/budget_truth.py --families {' '.join(fams)} --out "
            f"benchmarks/results/{path.name}` ({part['machine']}, {part['date']}, "
            f"{part['wall_s'] / 60:.0f} min).", "",
-           "- this run: " + line(p) + (f"; margins {p['margin_range'][0]:.1%}-"
+           "- this run: " + pairs_text(p) + (f"; margins {p['margin_range'][0]:.1%}-"
                                        f"{p['margin_range'][2]:.1%}"
                                        if p.get("margin_range") else ""),
-           "- the same families in the run above: " + line(f)]
+           "- the same families in the run above: " + pairs_text(f)]
     between = [s["sigma_between"] for s in part["students"] if s.get("sigma_between")]
     if between:
         out.append(f"- drift between the search's windows (sd of the log speed-up beyond "
