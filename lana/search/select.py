@@ -627,7 +627,10 @@ class Selection:
         after a student far under the budget, within the bracket and the reachable range."""
         if self.measure is None:
             return None  # nothing measured, nothing to learn from
-        goal = min(rnd.allowed, self.target_ms) * (1 - self.spread.value)
+        # The goal is what the verdict judges by: the budget allowed by the teacher timed
+        # in this round. The target of the profile stage is a timing of hours ago: on a
+        # machine slower since, it asked for students far faster than the budget.
+        goal = rnd.allowed * (1 - self.spread.value)
         if rnd.chosen is not None:
             if self._settled(rnd):
                 return None

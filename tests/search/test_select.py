@@ -110,6 +110,26 @@ def test_a_budget_left_unused_is_filled_by_a_looser_resolve():
     assert sorted(chosen["choices"]) == ["mid", "mid", "mid", "teacher"]
 
 
+def test_a_machine_slower_than_at_profiling_still_fills_a_speedup_budget():
+    """The teacher was profiled (10 ms) when the machine was faster than it is during the
+    search (every network 1.7x slower). A speed-up budget is judged against the teacher
+    timed now, so the search must aim there too, not at the stale 10 ms / 2: measured in
+    the afternoon after a morning profile, students ended 1.2-2.2x faster than their
+    budgets (benchmarks/RESULTS.md, "Budget truth")."""
+    latency = {**LATENCY, "teacher_measured_ms": 10.0}
+
+    def slower(students: dict) -> dict:
+        return {name: 1.7 * ms for name, ms in overpredicting_device(students).items()}
+
+    res = select(LIB, latency, BudgetConfig(speedup=2.0), 5.0, cfg(k=1, max_resolves=2),
+                 build=list, measure=slower, evaluate=evaluate)
+    chosen = res["chosen"]
+    assert chosen["meets_budget"] and chosen["latency_ms_measured"] <= 17.0 / 2
+    # The same student as on a machine as fast as at profiling (the test above), within
+    # two re-solves (aiming at the stale target, the search loosened by 3 % steps).
+    assert sorted(chosen["choices"]) == ["mid", "mid", "mid", "teacher"]
+
+
 def test_slack_1_keeps_the_first_student_that_meets_the_budget():
     latency = {**LATENCY, "teacher_measured_ms": 10.0}
     res = select(LIB, latency, BudgetConfig(speedup=2.0), 5.0, cfg(k=1, slack=1.0),
