@@ -679,7 +679,7 @@ class Selection:
         top = min(rnd.rows, key=lambda r: r["val_loss"])
         new_budget = min(new_budget, self._below(top["latency_ms_lut"]))
         why = (f"best student measured {top['latency_ms_measured']:.4g} ms > "
-               f"{rnd.allowed * (1 - self.spread.value):.4g} ms allowed")
+               f"{goal:.4g} ms allowed")
         return new_budget, why, how
 
     def _result(self) -> dict:
