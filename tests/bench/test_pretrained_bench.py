@@ -52,6 +52,23 @@ def test_merge_follows_the_issue_schema():
     assert all(isinstance(r["accuracy"], list) for r in res["rows"])
 
 
+def test_siblings_timed_beside_the_students_replace_their_own_arms_speedups():
+    """Ratios from two arms' windows are not comparable: when the lana arm timed the
+    siblings beside its students, the table shows those figures and keeps the others."""
+    sib = [{"method": "sibling", "budget": "lite0", "accuracy": [0.9],
+            "speedup": 1.6, "speedup_windows": [1.6, 1.7, 1.6]},
+           {"method": "sibling", "budget": "lite1", "accuracy": [0.91],
+            "speedup": 1.2, "speedup_windows": [1.2, 1.2, 1.2]}]
+    lana = _arm("lana", [], siblings_timed_here={
+        "lite0": {"speedup": 1.5, "speedup_windows": [1.5, 1.4, 1.5]}})
+    rows = {r["budget"]: r for r in pretrained.merge([_arm("siblings", sib), lana])["rows"]}
+    assert rows["lite0"]["speedup"] == 1.5 and rows["lite0"]["timed_with"] == "lana"
+    assert rows["lite0"]["speedup_own_arm"] == {"speedup": 1.6,
+                                                "speedup_windows": [1.6, 1.7, 1.6]}
+    # not timed in the lana arm: its own arm's figure stays, unmarked
+    assert rows["lite1"]["speedup"] == 1.2 and "timed_with" not in rows["lite1"]
+
+
 def test_targets_state_met_and_missed_with_their_numbers():
     lines = pretrained.targets(_result())
     text = "\n".join(lines)
