@@ -214,16 +214,21 @@ class Pretrained(Table3):
         m.load_state_dict(load_tensors(path))
         return m.eval()
 
-    def siblings_done(self) -> dict[str, Any]:
-        """The siblings arm's networks (seed 0), if that arm has trained them beside this
-        one's work directory: the lana arm times them in its own windows, beside its
-        students, because ratios from two arms' windows are not comparable (timing_gap.py:
-        every small network ran 35-48 % faster relative to the teacher in one arm's
-        windows than in the other's)."""
+    def siblings_for_timing(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Lite0 and Lite1 to time beside this arm's students, because ratios from two
+        arms' windows are not comparable (timing_gap.py: every small network ran 35-48 %
+        faster relative to the teacher in one arm's windows than in the other's). The
+        siblings arm's fine-tuned seed 0 where that arm has trained it beside this one's
+        work directory, else the ImageNet-weight network: latency depends on the
+        architecture, not on its weights. Returns the networks and which weights each has."""
         work = self.work.parent / f"pretrained-siblings-{self.scale}"
-        if not all((work / "models" / f"{n}_s0.safetensors").exists() for n in SIBLINGS):
-            return {}
-        return {n: self.load_sibling(n, work) for n in SIBLINGS}
+        nets, weights = {}, {}
+        for n in SIBLINGS:
+            if (work / "models" / f"{n}_s0.safetensors").exists():
+                nets[n], weights[n] = self.load_sibling(n, work), "fine-tuned seed 0"
+            else:
+                nets[n], weights[n] = self.sibling_model(n).eval(), "ImageNet"
+        return nets, weights
 
     def arm_lana(self) -> dict:
         prep = self.prepare()
@@ -255,11 +260,13 @@ class Pretrained(Table3):
             prn = [self.prune(l0, s) for s in seeds]
             rows.append(self._row("torch-pruning", bname, sp, prn))
             finals[f"prune_{bname}"] = self.final_model("prune_" + l0["tag"], prn[0])
-        finals.update(self.siblings_done())
+        siblings, sibling_weights = self.siblings_for_timing()
+        finals.update(siblings)
         kend = self.kendall_step()
         return {"rows": rows, "finals": finals, "search_done_at": search_done,
                 "kendall": {k: kend[k] for k in ("tau", "p_value", "n", "tau_score_vs_loss")},
-                "teacher_prepare": prep, "phase1_seconds": self.steps.all()["phase1"]["seconds"]}
+                "teacher_prepare": prep, "phase1_seconds": self.steps.all()["phase1"]["seconds"],
+                "sibling_weights_timed": sibling_weights}
 
     @staticmethod
     def _row(method: str, bname: str, sp: float, res: list[dict]) -> dict:
@@ -316,8 +323,10 @@ def arm_result(bench: Pretrained, arm: str, wall: float) -> dict:
     for row in res["rows"]:
         row.update(speedup(row["budget"] if row["method"] == "sibling" else
                            f"{FINAL_PREFIX[row['method']]}_{row['budget']}"))
-    if arm == "lana":  # the siblings, when timed beside the students (siblings_done)
-        res["siblings_timed_here"] = {n: sp for n in SIBLINGS if (sp := speedup(n))}
+    if arm == "lana":  # the siblings, timed beside the students (siblings_for_timing)
+        res["siblings_timed_here"] = {
+            n: sp | {"weights": res["sibling_weights_timed"][n]}
+            for n in SIBLINGS if (sp := speedup(n))}
     t = bench.run.teacher_eval
     return {"arm": arm, "scale": bench.scale, "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -345,12 +354,18 @@ def merge(arms: list[dict]) -> dict:
     # Speed-ups compare only within one set of windows: a sibling timed beside the
     # students replaces its own arm's figure (kept as speedup_own_arm).
     beside = {n: sp for a in arms for n, sp in a.get("siblings_timed_here", {}).items()}
+    have = {r["budget"] for r in out["rows"] if r["method"] == "sibling"}
+    # A sibling timed here whose own arm has not run yet: its latency, accuracy pending.
+    out["rows"] += [{"method": "sibling", "budget": n, "accuracy": [], "pending": True}
+                    for n in beside if n not in have]
     for r in out["rows"]:
         if r["method"] == "sibling" and r["budget"] in beside:
             if "speedup" in r:
                 r["speedup_own_arm"] = {"speedup": r["speedup"],
                                         "speedup_windows": r["speedup_windows"]}
-            r.update(beside[r["budget"]], timed_with="lana")
+            sp = dict(beside[r["budget"]])
+            weights = sp.pop("weights", None)
+            r.update(sp, timed_with="lana", timed_weights=weights)
     return out
 
 
@@ -427,7 +442,7 @@ def table(res: dict) -> str:
     for r in sorted(res["rows"], key=lambda r: (budgets.index(r["budget"]),
                                                 order[r["method"]])):
         m, sd = mean_sd(r["accuracy"])
-        acc = "infeasible" if m is None else (
+        acc = "not yet run" if r.get("pending") else "infeasible" if m is None else (
             f"{100 * m:.2f}%" + (f" ± {100 * sd:.2f}" if sd is not None else "") +
             f" ({len(r['accuracy'])})")
         sp = (f"{r['speedup']:.2f}x; " + ", ".join(f"{v:.2f}" for v in r["speedup_windows"])
@@ -488,8 +503,11 @@ def render(scale: str) -> int:
                     + (f"{a['timing']['minutes_after_search']:.0f} min after its last search"
                        if a["timing"].get("minutes_after_search") else "no search in this arm"))
     if any(r.get("timed_with") == "lana" for r in res["rows"]):
+        weights = sorted({r.get("timed_weights") or "?" for r in res["rows"]
+                          if r.get("timed_with") == "lana"})
         body.append("- the siblings' speed-ups: timed in the lana arm's windows, beside the "
-                    "students (their own arm's figures: `speedup_own_arm` in the JSON)")
+                    f"students (weights: {', '.join(weights)}; their own arm's figures: "
+                    "`speedup_own_arm` in the JSON)")
     if missing:
         body.append(f"- not yet run: arm(s) {', '.join(missing)}")
     body += ["", table(res), "", f"![plot]({png.name})", "", "Targets:", ""]

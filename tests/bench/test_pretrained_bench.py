@@ -60,13 +60,25 @@ def test_siblings_timed_beside_the_students_replace_their_own_arms_speedups():
            {"method": "sibling", "budget": "lite1", "accuracy": [0.91],
             "speedup": 1.2, "speedup_windows": [1.2, 1.2, 1.2]}]
     lana = _arm("lana", [], siblings_timed_here={
-        "lite0": {"speedup": 1.5, "speedup_windows": [1.5, 1.4, 1.5]}})
+        "lite0": {"speedup": 1.5, "speedup_windows": [1.5, 1.4, 1.5],
+                  "weights": "fine-tuned seed 0"}})
     rows = {r["budget"]: r for r in pretrained.merge([_arm("siblings", sib), lana])["rows"]}
     assert rows["lite0"]["speedup"] == 1.5 and rows["lite0"]["timed_with"] == "lana"
+    assert rows["lite0"]["timed_weights"] == "fine-tuned seed 0"
     assert rows["lite0"]["speedup_own_arm"] == {"speedup": 1.6,
                                                 "speedup_windows": [1.6, 1.7, 1.6]}
     # not timed in the lana arm: its own arm's figure stays, unmarked
     assert rows["lite1"]["speedup"] == 1.2 and "timed_with" not in rows["lite1"]
+
+
+def test_siblings_timed_before_their_arm_ran_show_their_latency_and_no_accuracy():
+    lana = _arm("lana", [], siblings_timed_here={
+        "lite1": {"speedup": 1.2, "speedup_windows": [1.2], "weights": "ImageNet"}})
+    res = pretrained.merge([lana])
+    (row,) = [r for r in res["rows"] if r["method"] == "sibling"]
+    assert row["budget"] == "lite1" and row["accuracy"] == [] and row["speedup"] == 1.2
+    assert "| lite1 | sibling | not yet run | 1.20x; 1.20 |" in pretrained.table(res)
+    assert "LANA vs lite1 at lite1's latency: not measured" in pretrained.targets(res)
 
 
 def test_targets_state_met_and_missed_with_their_numbers():
