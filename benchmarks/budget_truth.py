@@ -4,7 +4,7 @@ For each of the three families of the seed (EfficientNet, EfficientNetV2, ResNeS
 teachers of ``table3.py``) one lana run at 32 px with a short phase 1 (latency does not
 depend on how well the candidates are trained), then lana's search at eight speed-up
 budgets from 1.5x to 5x: 24 students. Each search's own verdict is its measured speed-up
-(:func:`lana.search.select.chosen_speedup`, the median of its confirmation timings).
+(:func:`lana.search.verdict.chosen_speedup`, the median of its confirmation timings).
 
 Then, at least ``--after`` minutes after the last search, every student and its teacher are
 exported with plain ``torch.onnx.export`` and timed by ``benchmarks/ort_timing.py`` (plain
@@ -96,7 +96,7 @@ def search_family(family: str, work: Path, steps: Steps) -> list[dict]:
     from lana.errors import InfeasibleBudgetError
     from lana.pipeline.keys import budget_tag
     from lana.pipeline.runner import Run
-    from lana.search.select import chosen_speedup
+    from lana.search.verdict import chosen_speedup
 
     run = Run(work / family / "run", config_from_dict(run_config(family, work), "truth"))
     onnx_dir = work / "onnx" / family

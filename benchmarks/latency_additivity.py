@@ -12,7 +12,7 @@ For every model (timm, random weights, ``pretrained=False``, 1000 classes) at
    :func:`lana.latency.profile.profile_candidates` the pipeline runs), cached in
    ``WORK/lut.json`` so an interrupted run resumes where it stopped;
 2. the teacher and ``--calib-students`` random students measured end to end: the
-   points the pipeline's correction (:func:`lana.search.select.fit_calibration`,
+   points the pipeline's correction (:func:`lana.search.calibration.fit_calibration`,
    measured ~ alpha * LUT sum + beta) is fitted on, as in ``lana search`` where the teacher
    and the K students of the first solve calibrate the re-solve;
 3. ``--students`` other random students (one uniformly random op per layer) measured end
@@ -51,7 +51,7 @@ from lana.latency.timing import (
 )
 from lana.model.decompose import decompose
 from lana.pipeline.student import assemble
-from lana.search.select import fit_calibration
+from lana.search.calibration import fit_calibration
 from lana.space.ops import fitting_candidates, resolve_space, space_specs
 
 SECTION = "## Latency additivity (latency issue acceptance)"

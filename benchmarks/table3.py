@@ -862,12 +862,12 @@ def summary_path(family: str, scale: str, root: Path | None = None) -> Path:
 
 def search_speedup(search_json: Path) -> float | None:
     """The chosen student's speed-up over the teacher as the pipeline's search measured it
-    (:func:`lana.search.select.chosen_speedup`; None when the search did not time it or is
+    (:func:`lana.search.verdict.chosen_speedup`; None when the search did not time it or is
     missing)."""
     if not search_json.exists():
         return None
     from lana.core.io import read_json
-    from lana.search.select import chosen_speedup
+    from lana.search.verdict import chosen_speedup
 
     return chosen_speedup(read_json(search_json))
 

@@ -149,6 +149,19 @@ def test_library_search_command_imports_no_torch(tmp_path: Path) -> None:
     """)
 
 
+def test_the_search_folder_imports_no_torch() -> None:
+    # lana/search/__init__.py says so of every module in the folder: the search loop gets
+    # its networks as callables, so it and its helpers read and test without torch.
+    _python("""
+        import pkgutil, importlib, sys
+        import lana.search
+
+        for m in pkgutil.iter_modules(lana.search.__path__):
+            importlib.import_module(f"lana.search.{m.name}")
+        assert "torch" not in sys.modules and "timm" not in sys.modules, "torch was imported"
+    """)
+
+
 def test_builtin_backend_names_match_the_registry() -> None:
     # Config validation checks backend names against BUILTIN_BACKENDS until lana.latency.backends
     # is loaded; a fresh registry must hold exactly those names.

@@ -253,7 +253,7 @@ def export(run: Run, budget: BudgetConfig, ft: dict) -> dict:
     """The fine-tuned student saved (ONNX, safetensors, arch JSON) and its latency
     checked against the budget beside the teacher, as the search checked it."""
     from lana.pipeline.student import arch_dict, save_student
-    from lana.search.select import time_until_decided
+    from lana.search.verdict import time_until_decided
 
     chosen = run.search(budget)["chosen"]
     student = finetuned_student(run, budget, chosen)
@@ -280,7 +280,7 @@ def export(run: Run, budget: BudgetConfig, ft: dict) -> dict:
                 "speedup": None, "meets_budget": None, **result}
     # A speed-up budget is checked against the teacher timed alongside, so a machine
     # that got slower since profiling fails no student unfairly; the median of
-    # separate timings decides, as in the search (lana.search.select.time_until_decided).
+    # separate timings decides, as in the search (lana.search.verdict.time_until_decided).
     lut = run.lut()  # read once: every timing is scaled to its reference baseline
     timings, pooled = time_until_decided(
         lambda: _beside_teacher(run, {"student": student}, lut),
@@ -296,7 +296,7 @@ def verify(run: Run, budget: BudgetConfig, sessions: int, gap_s: float,
     """The exported student timed beside the teacher in ``sessions`` more sessions
     ``gap_s`` seconds apart, judged on the median of every timing so far (see
     :meth:`lana.pipeline.runner.Run.verify`)."""
-    from lana.search.select import pool_timings
+    from lana.search.verdict import pool_timings
 
     exp = run.exported(budget)
     path = run.student_dir(budget) / VERIFY

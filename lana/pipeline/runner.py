@@ -350,7 +350,7 @@ class Run:
         Sessions are stored as they end in ``students/<budget>/verify.json`` (re-running
         adds to them; Ctrl-C loses only the session under way). ``on_session(n, timing)``
         is called after each. Returns the stored record with ``pooled`` (as
-        :func:`lana.search.select.pool_timings`) and ``meets_budget``.
+        :func:`lana.search.verdict.pool_timings`) and ``meets_budget``.
         """
         return phases.verify(self, budget or self.config.search.budget, sessions, gap_s,
                              on_session)

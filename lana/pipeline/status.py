@@ -176,7 +176,7 @@ def _score(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 def _search(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     from lana.pipeline.keys import stage_inputs
-    from lana.search.select import chosen_speedup
+    from lana.search.verdict import chosen_speedup
 
     state, srch = view.keyed(stage, tag, stage_inputs(view.config, stage.name))
     if state not in ("done", "stale"):
@@ -209,7 +209,7 @@ def _finetune(view: _RunView, stage: Stage, tag: str | None) -> _Check:
 
 def _export(view: _RunView, stage: Stage, tag: str | None) -> _Check:
     """The exported student's latency, and what ``lana verify`` measured since."""
-    from lana.search.select import median_speedup
+    from lana.search.verdict import median_speedup
 
     f_state, ft = view.checked["finetune", tag]
     state, ex = view.keyed(stage, tag, {"finetune": ft.get(KEY_FIELD)}

@@ -49,7 +49,8 @@ from lana.core.layout import (
 from lana.core.progress import duration
 from lana.errors import ArtifactError, LanaError
 from lana.latency.spread import interval_of
-from lana.search.select import budget_allowed_ms, explain
+from lana.search.select import explain
+from lana.search.verdict import budget_allowed_ms
 
 __all__ = ["REPORT_DIR", "RunFiles", "Section", "build_sections", "write_report"]
 

@@ -17,7 +17,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     # Imported here, as in print_search: lana.search.select brings in lana.config (pydantic),
     # which `lana search LIBRARY` (print_library_search) does not otherwise need.
     from lana.latency.spread import interval_text
-    from lana.search.select import budget_allowed_ms
+    from lana.search.verdict import budget_allowed_ms
 
     console = console or _out
     lat = summary["latency"]

@@ -5,9 +5,11 @@ parsed without numpy), ``problem`` (the problem model every search sees), ``milp
 integer program, HiGHS through scipy), ``local_search`` (repair, descent and tabu for the
 diverse solves), ``reach`` (what budgets a library can reach), ``solver`` (:func:`solve`,
 the entry point), ``baselines`` (random, evolution, greedy), ``sweep`` (a budget sweep),
-``select`` (in a run: solve, then measure and rank the K students; needs torch).
+``calibration`` (the LUT's correction, fit on timed students), ``verdict`` (timings
+against a budget), ``select`` (in a run: solve, then measure and rank the K students; the
+networks are handed in as callables).
 
-Everything but ``select`` needs neither torch nor timm. The solver's public names are
+None of them imports torch or timm. The solver's public names are
 importable from here, ``from lana.search import Library, solve``, and load on first use, so
 ``import lana.search`` (as config validation does for budgets) imports neither scipy nor
 anything else.

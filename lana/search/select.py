@@ -16,14 +16,14 @@ explicit, and each round of :meth:`Selection.run` is a sequence of small steps.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lana.core.progress import log, progress
 from lana.errors import InfeasibleBudgetError
 from lana.latency.spread import MAX_MARGIN, SpreadMargin
+from lana.search.calibration import Calibration, fit_calibration
 from lana.search.solver import (
     Budget,
     Library,
@@ -33,6 +33,12 @@ from lana.search.solver import (
     score_optimum_cost,
     solve,
 )
+from lana.search.verdict import (
+    budget_allowed_ms,
+    measured_speedup,
+    pool_timings,
+    time_until_decided,
+)
 
 if TYPE_CHECKING:
     from lana.config import BudgetConfig, SearchConfig
@@ -40,216 +46,6 @@ if TYPE_CHECKING:
 #: Solves beyond ``search.max_resolves`` for students that the time windows dropped.
 WINDOW_RESOLVES = 2
 
-
-@dataclass(frozen=True)
-class Calibration:
-    """Measured end-to-end latency ~ ``alpha`` * LUT sum + ``beta`` (ms).
-
-    The LUT times every op alone, so its sum misses what the whole network does
-    differently: a per-network overhead (one session call instead of dozens, the input
-    copy, the head) that is constant, and a per-op speed factor (fused kernels, warm
-    caches between consecutive layers, or the opposite). ``alpha`` captures the factor,
-    ``beta`` the constant; ``points`` is how many (LUT sum, measured) pairs it was fit on.
-    """
-
-    alpha: float = 1.0
-    beta: float = 0.0
-    points: int = 0
-    method: str = "none"
-
-    def predict(self, lut_ms: float) -> float:
-        """The corrected prediction of a network whose LUT sum is ``lut_ms``."""
-        return self.alpha * lut_ms + self.beta
-
-    def invert(self, measured_ms: float) -> float:
-        """The LUT sum whose corrected prediction is ``measured_ms``."""
-        return (measured_ms - self.beta) / self.alpha
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        return asdict(self)
-
-
-def budget_allowed_ms(speedup: float | None, target_ms: float,
-                      teacher_ms: float | None) -> float:
-    """The budget in ms that a student's measured latency is checked against.
-
-    A speed-up budget is checked against the teacher timed in the same session as the
-    student (its ms over the speed-up), so a machine that drifted since profiling fails no
-    student unfairly; ``target_ms`` (the search's target, from the teacher timed at
-    profiling) stands for a millisecond budget, or when no teacher was timed.
-    """
-    if speedup is not None and teacher_ms is not None:
-        return teacher_ms / speedup
-    return target_ms
-
-
-def pool_timings(timings: Sequence[dict[str, float]], name: str, speedup: float | None,
-                 target_ms: float) -> dict[str, float]:
-    """Pool separate timings of the student ``name``, each a dict of ms with the teacher
-    timed alongside (``"teacher"``), into the values of one of them: the timing whose
-    ``fraction`` (the student's ms over the budget allowed in that timing,
-    :func:`budget_allowed_ms`) is the median; of an even number, the higher of the two
-    middle ones, so a tie is judged on the slower side. A student meets the budget when
-    ``fraction <= 1`` (less a margin in the search).
-
-    A median of separate timings, not one timing, decides: a shared machine's speed
-    differs from one session to the next by more than a margin of a few percent (see
-    :data:`lana.latency.timing.E2E_ROUNDS`). The student's ms, the teacher's and the speed-up are
-    taken from the same timing rather than as medians of their own, so that the numbers
-    a user reads agree with each other and with the verdict (independent medians of a
-    teacher and a student that drift together imply a speed-up no timing measured).
-    Returns ``latency_ms``, ``teacher_ms``, ``speedup``, ``fraction`` and ``timing`` (the
-    index of the median timing).
-    """
-    if not timings:
-        raise ValueError("no timings to pool")
-    fractions = _fractions(timings, name, speedup, target_ms)
-    order = sorted(range(len(timings)), key=fractions.__getitem__)
-    k = order[len(order) // 2]
-    t = timings[k]
-    return {"latency_ms": t[name], "teacher_ms": t["teacher"],
-            "speedup": t["teacher"] / t[name], "fraction": fractions[k], "timing": k}
-
-
-def median_speedup(timings: Sequence[dict[str, float]], name: str = "student") -> float:
-    """The median over ``timings`` (each a dict of ms with the teacher timed alongside) of
-    teacher ms / ``name`` ms: a speed-up from pairs timed in the same session."""
-    import statistics
-
-    return statistics.median(t["teacher"] / t[name] for t in timings)
-
-
-def chosen_speedup(search: dict) -> float | None:
-    """The chosen student's speed-up over the teacher as a search result (``search.json``)
-    measured it: the median of its timings over the time windows (else of its
-    confirmation timings), else its one timing beside the
-    teacher of its attempt; None when nothing was timed (a LUT from another device)."""
-    return _measured_speedup(search.get("chosen") or {}, search.get("attempts", []))
-
-
-def _measured_speedup(chosen: dict, attempts: Sequence[dict]) -> float | None:
-    timings = [t for w in chosen.get("windows_ms", []) for t in w] or chosen.get("timings_ms")
-    if timings:
-        return median_speedup(timings)
-    if chosen.get("latency_ms_measured"):
-        for att in attempts:
-            if chosen in att["students"]:
-                return att["teacher_ms"] / chosen["latency_ms_measured"]
-    return None
-
-
-def _fractions(timings: Sequence[dict[str, float]], name: str, speedup: float | None,
-               target_ms: float) -> list[float]:
-    """Per timing: the student's ms over the budget allowed in that timing."""
-    return [t[name] / budget_allowed_ms(speedup, target_ms, t["teacher"]) for t in timings]
-
-
-def time_until_decided(time_once: Callable[[], dict[str, float]], name: str,
-                       speedup: float | None, target_ms: float, threshold: float,
-                       confirm: int, first: dict[str, float] | None = None
-                       ) -> tuple[list[dict[str, float]], dict[str, float]]:
-    """Time the student ``name`` (``time_once()``: one timing with the teacher alongside)
-    ``confirm`` times in all, counting ``first``, and more while the verdict is in doubt:
-    while the median ``fraction`` (:func:`pool_timings`) is within half the spread of the
-    timings' fractions of ``threshold``, up to ``2 * confirm + 1`` timings. A clear case
-    costs ``confirm`` timings; a noisy, borderline one gets the timings it needs.
-    Returns the timings and their pooled values.
-    """
-    timings = [first] if first is not None else []
-    while True:
-        if len(timings) >= confirm:
-            pooled = pool_timings(timings, name, speedup, target_ms)
-            fractions = _fractions(timings, name, speedup, target_ms)
-            spread = max(fractions) - min(fractions)
-            if (len(timings) >= 2 * confirm + 1
-                    or abs(pooled["fraction"] - threshold) > spread / 2):
-                return timings, pooled
-        timings.append(time_once())
-
-
-def fit_calibration(points: Sequence[tuple[float, float]], *, min_span: float = 0.15,
-                    test_line: bool = True, level: float = 0.05) -> Calibration:
-    """Fit measured ~ alpha * lut + beta to ``(lut_ms, measured_ms)`` pairs.
-
-    A line needs LUT sums that differ: when there are fewer than three points, or their
-    LUT sums span less than ``min_span`` of the largest one, the intercept is not
-    identifiable from noise and the fit falls back to a ratio through the origin (the
-    pooled measured/LUT ratio, ``beta = 0``). The line is also rejected in favour of the
-    ratio when it is implausible: a non-positive slope, or a prediction at or below zero
-    for one of the points.
-
-    The ratio is the default and the line's second parameter must earn its place
-    (``test_line=False`` skips both tests and keeps any plausible line):
-
-    - its intercept must differ from zero by more than noise: a two-sided t-test at
-      ``level`` on the least-squares intercept (a handful of noisy timings gives a line
-      whose intercept is mostly noise, and extrapolating it costs more than it gains);
-    - from four points on, it must also predict the points better than the ratio does
-      when each point is left out of the fit in turn (leave-one-out).
-    """
-    pts = [(float(x), float(y)) for x, y in points
-           if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
-    if not pts:
-        return Calibration()
-    ratio = _fit_ratio(pts)
-    line = _fit_line(pts, min_span)
-    if line is None or not test_line:
-        return line or ratio
-    if not _intercept_significant(pts, line, level):
-        return ratio
-    if len(pts) >= 4:
-        def loo_error(fit) -> float:  # mean relative error of the left-out point's prediction
-            errs = []
-            for k, (x, y) in enumerate(pts):
-                cal = fit(pts[:k] + pts[k + 1:]) or _fit_ratio(pts[:k] + pts[k + 1:])
-                errs.append(abs(cal.predict(x) - y) / y)
-            return sum(errs) / len(errs)
-
-        if loo_error(lambda p: _fit_line(p, min_span)) >= loo_error(_fit_ratio):
-            return ratio
-    return line
-
-
-def _intercept_significant(pts: list[tuple[float, float]], line: Calibration,
-                           level: float) -> bool:
-    """Whether the least-squares intercept of ``line`` is non-zero at ``level`` (t-test)."""
-    from scipy.stats import t as student_t
-
-    n = len(pts)
-    xs = [x for x, _ in pts]
-    mx = sum(xs) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    rss = sum((y - line.predict(x)) ** 2 for x, y in pts)
-    # Standard error of the intercept of an ordinary least-squares line.
-    se = math.sqrt(rss / (n - 2) * (1.0 / n + mx * mx / sxx))
-    scale = max(y for _, y in pts)
-    if se <= 1e-12 * scale:  # the points lie on the line: any visible intercept is real
-        return abs(line.beta) > 1e-9 * scale
-    return abs(line.beta) / se > student_t.ppf(1.0 - level / 2.0, n - 2)
-
-
-def _fit_ratio(pts: list[tuple[float, float]]) -> Calibration:
-    return Calibration(alpha=sum(y for _, y in pts) / sum(x for x, _ in pts), beta=0.0,
-                       points=len(pts), method="ratio")
-
-
-def _fit_line(pts: list[tuple[float, float]], min_span: float) -> Calibration | None:
-    """The least-squares line, or None where it is not identifiable or implausible."""
-    xs = [x for x, _ in pts]
-    if len(pts) < 3 or (max(xs) - min(xs)) < min_span * max(xs):
-        return None
-    n = len(pts)
-    mx = sum(xs) / n
-    my = sum(y for _, y in pts) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in pts)
-    alpha = sxy / sxx
-    beta = my - alpha * mx
-    line = Calibration(alpha=alpha, beta=beta, points=n, method="line")
-    if alpha <= 0 or any(line.predict(x) <= 0 for x in xs):
-        return None
-    return line
 
 
 def select(library: Library, latency: dict, budget: BudgetConfig, target_ms: float,
@@ -692,7 +488,7 @@ class Selection:
                 f"{spread.sigma:.0%} (sd) on this machine; the margin stops at "
                 f"{MAX_MARGIN:.0%}, so a later timing may well miss the budget. Time on a "
                 "quieter machine (nothing else running) for a promise that holds[/yellow]")
-        if (sp := _measured_speedup(chosen, self.attempts)) is not None:
+        if (sp := measured_speedup(chosen, self.attempts)) is not None:
             chosen["speedup_interval"] = spread.interval(sp)
         cfg = self.cfg
         return {"budget": self.budget.model_dump(exclude_none=True),

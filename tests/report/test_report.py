@@ -261,7 +261,7 @@ def test_summary_table_shows_the_budget_the_check_used() -> None:
     from rich.console import Console
 
     from lana.report.terminal import print_summary
-    from lana.search.select import budget_allowed_ms
+    from lana.search.verdict import budget_allowed_ms
 
     student = {"budget": {"speedup": 2.0}, "budget_ms": 0.388, "latency_ms_predicted": 0.375,
                "latency_ms_measured": 0.434, "teacher_latency_ms_measured": 0.96,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lana.config import BudgetConfig, SearchConfig
-from lana.search.select import Calibration, fit_calibration, select
+from lana.search.calibration import Calibration, fit_calibration
+from lana.search.select import select
 from tests.search.test_select import LATENCY, LIB, LUT, evaluate
 
 

@@ -10,14 +10,7 @@ import pytest
 
 from lana.config import BudgetConfig, SearchConfig
 from lana.errors import InfeasibleBudgetError
-from lana.search.select import (
-    Bracket,
-    Selection,
-    explain,
-    pool_timings,
-    select,
-    time_until_decided,
-)
+from lana.search.select import Bracket, Selection, explain, select
 from lana.search.solver import Library
 
 # 4 layers; per layer: teacher (slow, score 0), a mid op, identity-like fast op.
@@ -172,37 +165,6 @@ def test_unreachable_in_practice_keeps_fastest_and_reports_it():
     assert res["chosen"]["latency_ms_measured"] == fastest
 
 
-def test_pool_timings_reports_the_median_timing():
-    timings = [{"teacher": 4.0, "s": 2.0}, {"teacher": 6.0, "s": 2.5}, {"teacher": 5.0, "s": 3.0}]
-    # a ms budget: fractions 0.8, 1.0, 1.2; the middle timing gives every number
-    ms = pool_timings(timings, "s", None, 2.5)
-    assert ms["timing"] == 1 and ms["fraction"] == pytest.approx(1.0)
-    assert (ms["latency_ms"], ms["teacher_ms"]) == (2.5, 6.0)
-    assert ms["speedup"] == pytest.approx(2.4)
-    # a speed-up budget: each timing against the teacher timed alongside (2, 3, 2.5 ms
-    # allowed), fractions 1.0, 0.833, 1.2
-    x = pool_timings(timings, "s", 2.0, 99.0)
-    assert x["timing"] == 0 and x["fraction"] == pytest.approx(1.0)
-    assert (x["latency_ms"], x["teacher_ms"], x["speedup"]) == (2.0, 4.0, 2.0)
-    with pytest.raises(ValueError):
-        pool_timings([], "s", None, 1.0)
-
-
-def test_pooled_numbers_agree_with_each_other_and_the_verdict():
-    """Teacher and student drift together from one timing to the next: medians of each
-    taken apart (here 6 and 2.5 ms, 2.4x) imply a speed-up that no timing measured."""
-    timings = [{"teacher": 4.0, "s": 2.5}, {"teacher": 6.0, "s": 3.3},
-               {"teacher": 8.0, "s": 2.0}]
-    p = pool_timings(timings, "s", 2.0, 99.0)
-    assert p["teacher_ms"] / p["latency_ms"] == pytest.approx(p["speedup"])
-    assert p["speedup"] == pytest.approx(6.0 / 3.3)  # the median of 1.6, 1.82, 4.0
-    assert p["fraction"] == pytest.approx(2.0 / p["speedup"])
-    # an even number of timings: the slower of the two middle ones decides
-    even = timings + [{"teacher": 5.0, "s": 2.0}]  # speed-ups 1.6, 1.82, 4.0, 2.5
-    q = pool_timings(even, "s", 2.0, 99.0)
-    assert q["speedup"] == pytest.approx(6.0 / 3.3) and q["timing"] == 1
-
-
 class LuckyFirstTiming:
     """A device on which a network's first timing is its LUT sum and every later one 25 %
     slower: the timing of all K students flatters them, as picking the best of K noisy
@@ -249,27 +211,6 @@ def test_the_chosen_student_is_confirmed_by_more_timings():
                      build=list, measure=LuckyFirstTiming(), evaluate=evaluate)
     assert windows["resolves"] >= 1 and windows["chosen"]["meets_budget"]
     assert windows["chosen"]["latency_ms_measured"] <= 3.0
-
-
-def test_a_borderline_noisy_verdict_gets_more_timings():
-    """A clear case costs ``confirm`` timings; one whose median sits within the timings'
-    spread of the budget is timed again, up to 2 x confirm + 1 timings."""
-    def timer(values):
-        it = iter(values)
-        return lambda: {"teacher": 10.0, "s": next(it)}
-
-    # clear: 4.0-4.2 ms against 5 ms (speed-up 2): three timings
-    timings, pooled = time_until_decided(timer([4.0, 4.2, 4.1]), "s", 2.0, 5.0, 1.0, 3)
-    assert len(timings) == 3 and pooled["fraction"] == pytest.approx(0.82)
-    # borderline: 4.6-5.4 ms around 5 ms; the median settles within the spread, so the
-    # timing goes on to the cap
-    noisy = [4.6, 5.4, 4.9, 5.3, 4.7, 5.2, 4.8, 99.0]
-    timings, pooled = time_until_decided(timer(noisy), "s", 2.0, 5.0, 1.0, 3)
-    assert len(timings) == 7 and pooled["latency_ms"] == pytest.approx(4.9)
-    # a first timing that is given counts: 2 more make 3
-    timings, _ = time_until_decided(timer([4.0, 4.1]), "s", None, 5.0, 0.97, 3,
-                                    first={"teacher": 10.0, "s": 4.2})
-    assert [t["s"] for t in timings] == [4.2, 4.0, 4.1]
 
 
 class LuckyWindow:
