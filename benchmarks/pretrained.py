@@ -209,9 +209,7 @@ class Pretrained(Table3):
         from lana.core.io import load_tensors
 
         m = self.sibling_model(name, False)
-        path = (work / "models" / f"{name}_s0.safetensors") if work else \
-            self.model_path(f"{name}_s0")
-        m.load_state_dict(load_tensors(path))
+        m.load_state_dict(load_tensors(self.model_path(f"{name}_s0", work)))
         return m.eval()
 
     def siblings_for_timing(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -224,7 +222,7 @@ class Pretrained(Table3):
         work = self.work.parent / f"pretrained-siblings-{self.scale}"
         nets, weights = {}, {}
         for n in SIBLINGS:
-            if (work / "models" / f"{n}_s0.safetensors").exists():
+            if self.model_path(f"{n}_s0", work).exists():
                 nets[n], weights[n] = self.load_sibling(n, work), "fine-tuned seed 0"
             else:
                 nets[n], weights[n] = self.sibling_model(n).eval(), "ImageNet"

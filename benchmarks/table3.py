@@ -425,8 +425,9 @@ class Table3:
                                         if k != "seeds"}})
 
     # ---------------------------------------------------------- small utilities
-    def model_path(self, name: str) -> Path:
-        return self.work / "models" / f"{name}.safetensors"
+    def model_path(self, name: str, work: Path | None = None) -> Path:
+        """Where ``name``'s weights lie in this benchmark's work directory (or ``work``)."""
+        return (work or self.work) / "models" / f"{name}.safetensors"
 
     def member_model(self):
         import torch

@@ -5,6 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from lana.latency.spread import interval_text
+from lana.search.verdict import budget_allowed_ms
+
 _out = Console()
 
 
@@ -14,11 +17,6 @@ def _pct(x: float | None) -> str:
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
     """Teacher vs students: accuracy, measured latency, speed-up, budget check."""
-    # Imported here, as in print_search: lana.search.select brings in lana.config (pydantic),
-    # which `lana search LIBRARY` (print_library_search) does not otherwise need.
-    from lana.latency.spread import interval_text
-    from lana.search.verdict import budget_allowed_ms
-
     console = console or _out
     lat = summary["latency"]
     t = Table(title=f"lana: {summary['teacher']['name']} vs students ({lat['backend']}, "
