@@ -369,6 +369,10 @@ def _latency_bench(tmp_path, monkeypatch):
     every network takes ``1 / speed`` ms, the teacher 4 ms, times the session's slowness."""
     from types import SimpleNamespace
 
+    # profile binds measure_interleaved by name when first imported: imported under the
+    # patch below (table3's latency step imports it lazily), it would keep the fake for
+    # every later test of this worker (tests/cli timed `1 / Chain`).
+    import lana.latency.profile  # noqa: F401
     import lana.latency.timing
     from lana.config import LatencyConfig
 
