@@ -41,14 +41,9 @@ from _results import machine, write_section
 from lana.config import LatencyConfig
 from lana.core.io import read_json, write_json
 from lana.distill.phase1 import build_candidate
+from lana.latency.lut import LatencyTable, reference_baseline
 from lana.latency.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
-from lana.latency.timing import (
-    LatencyTable,
-    Settings,
-    e2e_kwargs,
-    measure_interleaved,
-    reference_baseline,
-)
+from lana.latency.timing import Settings, e2e_kwargs, measure_interleaved
 from lana.model.decompose import decompose
 from lana.pipeline.student import assemble
 from lana.search.calibration import fit_calibration

@@ -21,10 +21,9 @@ from lana.core.dist import maybe_kill
 from lana.core.io import atomic_write_bytes, read_json, write_json
 from lana.core.progress import log, progress
 from lana.errors import ArtifactError, ConfigError
+from lana.latency.lut import DriftMonitor, LatencyTable, reference_baseline
 from lana.latency.timing import (
     E2E_ROUNDS,
-    DriftMonitor,
-    LatencyTable,
     Settings,
     device_fingerprint,
     e2e_kwargs,
@@ -33,7 +32,6 @@ from lana.latency.timing import (
     measure,
     measure_interleaved,
     measure_onnx,
-    reference_baseline,
 )
 from lana.model.decompose import Chain
 

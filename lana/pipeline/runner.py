@@ -112,7 +112,7 @@ class Run:
     def lut(self):
         """The latency LUT this run reads and extends (``latency.lut`` or ``DIR/lut.json``);
         its reference baseline is the unit of every normalised timing of the run."""
-        from lana.latency.timing import LatencyTable
+        from lana.latency.lut import LatencyTable
 
         return LatencyTable(self.config.latency.lut or self.dir / LUT)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import lana.latency.lut
 import lana.latency.profile
 import lana.latency.timing
 from lana.cli.commands import main
@@ -51,7 +52,7 @@ def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypat
                                              "normalize": run_latency.normalize}
     assert main(["profile", str(bundle), "--out", str(lut), "--max-seconds", "0.02"]) == 0
     assert "device: lut" in capsys.readouterr().out
-    table = lana.latency.timing.LatencyTable(lut)
+    table = lana.latency.lut.LatencyTable(lut)
     assert len(table) == len(keys)
     for entry in table.entries().values():  # statistics stored with every entry
         assert entry["count"] >= 1 and entry["p25_ms"] <= entry["p75_ms"]
@@ -67,7 +68,7 @@ def test_bundle_round_trip_into_the_pipeline(run_copy, tmp_path: Path, monkeypat
     run = Run(run_dir, config_from_dict(cfg))
     lat = run.profile()
     assert lat["remote"] and lat["settings"]["device"].startswith("cpu:target-box")
-    got = lana.latency.timing.LatencyTable(lut).entries()
+    got = lana.latency.lut.LatencyTable(lut).entries()
     network = next(e for e in manifest["entries"] if e["kind"] == "network")
     assert lat["teacher_measured_ms"] == pytest.approx(next(
         v["median_ms"] for v in got.values() if v["op"] == network["op"]))
@@ -128,7 +129,7 @@ def test_profile_flags_override_the_runs_settings(run_copy, tmp_path: Path) -> N
     lut = tmp_path / "lut.json"
     assert main(["profile", str(bundle), "--out", str(lut), "--max-seconds", "0.01",
                  flag]) == 0
-    entries = lana.latency.timing.LatencyTable(lut).entries().values()
+    entries = lana.latency.lut.LatencyTable(lut).entries().values()
     assert entries and all(e["settings"]["normalize"] is (not normalize) for e in entries)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 import lana.latency.timing as L
 from lana.errors import ArtifactError, BackendUnavailableError, ConfigError, LanaError
+from lana.latency.lut import LatencyTable
 
 # Short budgets keep the real-timing tests fast on a 2-core machine.
 FAST = {"warmup": 3, "min_repeats": 20, "max_repeats": 200, "max_seconds": 0.3}
@@ -183,7 +184,7 @@ def fake_measurement(median: float = 1.5) -> L.Measurement:
 def test_lut_round_trip(tmp_path) -> None:
     path = tmp_path / "sub" / "lut.json"
     s = L.Settings(backend="onnxruntime", threads=1)
-    lut = L.LatencyTable(path)
+    lut = LatencyTable(path)
     assert len(lut) == 0 and lut.get("conv3x3", (1, 8, 8, 8), s) is None
     lut.put("conv3x3", (1, 8, 8, 8), s, fake_measurement())
     lut.put("dw5x5", (1, 8, 8, 8), s, fake_measurement(0.5))
@@ -191,12 +192,12 @@ def test_lut_round_trip(tmp_path) -> None:
 
     data = json.loads(path.read_text())
     assert data["format"] == "lana-lut/1"
-    entry = data["entries"][L.LatencyTable.key("conv3x3", (1, 8, 8, 8), s)]
+    entry = data["entries"][LatencyTable.key("conv3x3", (1, 8, 8, 8), s)]
     assert entry["op"] == "conv3x3" and entry["input_shape"] == [1, 8, 8, 8]
     assert entry["settings"] == s.to_dict() and entry["settings"]["device"] == s.device
     assert entry["median_ms"] == 1.5 and entry["count"] == 42
 
-    again = L.LatencyTable(path)
+    again = LatencyTable(path)
     assert len(again) == 2
     assert again.get("conv3x3", (1, 8, 8, 8), s) == fake_measurement()
     assert again.get("dw5x5", (1, 8, 8, 8), s).median_ms == 0.5
@@ -213,9 +214,9 @@ def test_key_includes_every_setting() -> None:
     changed = {"backend": "torch", "batch_size": 2, "threads": 2, "dtype": "float16",
                "device": "cpu:B", "normalize": True}
     assert set(changed) == {f.name for f in dataclasses.fields(L.Settings)}
-    keys = {L.LatencyTable.key("op", (1, 3, 8, 8), base)}
+    keys = {LatencyTable.key("op", (1, 3, 8, 8), base)}
     for name, value in changed.items():
-        keys.add(L.LatencyTable.key("op", (1, 3, 8, 8), dataclasses.replace(base,
+        keys.add(LatencyTable.key("op", (1, 3, 8, 8), dataclasses.replace(base,
                                                                             **{name: value})))
     assert len(keys) == 1 + len(changed)
     assert L.Settings.from_dict(base.to_dict()) == base
@@ -238,7 +239,7 @@ def test_measure_or_get_measures_once(clock: FakeClock, monkeypatch: pytest.Monk
 
     monkeypatch.setitem(L.BACKENDS, "counting", CountingBackend)
     s = L.Settings(backend="counting")
-    lut = L.LatencyTable(tmp_path / "lut.json")
+    lut = LatencyTable(tmp_path / "lut.json")
     first = lut.measure_or_get("relu", nn.ReLU(), (1, 4, 4, 4), s, min_repeats=10)
     second = lut.measure_or_get("relu", nn.ReLU(), (1, 4, 4, 4), s, min_repeats=10)
     assert len(prepared) == 1 and first == second and first.median_ms == pytest.approx(3.0)
@@ -249,15 +250,15 @@ def test_lut_rejects_bad_files(tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ArtifactError):
-        L.LatencyTable(bad)
+        LatencyTable(bad)
     bad.write_text(json.dumps({"format": "something-else", "entries": {}}))
     with pytest.raises(ArtifactError, match="lana-lut/1"):
-        L.LatencyTable(bad)
+        LatencyTable(bad)
     bad.write_text(json.dumps({"format": "lana-lut/1", "entries": {"k": {"op": "x"}}}))
     with pytest.raises(ArtifactError, match="corrupt"):
-        L.LatencyTable(bad)
+        LatencyTable(bad)
     with pytest.raises(LanaError):
-        L.LatencyTable().save()
+        LatencyTable().save()
 
 
 def test_measurement_dict_round_trip_with_single_sample() -> None:

@@ -13,6 +13,7 @@ from torch import nn
 import lana.latency.timing as L
 from lana.config import LatencyConfig
 from lana.latency.backends import BACKENDS
+from lana.latency.lut import LatencyTable
 from lana.latency.profile import measure_models, profile_candidates, settings_from
 from tests.conftest import fake_backend
 
@@ -116,11 +117,11 @@ def test_lut_and_network_share_the_baseline(phased, seq_chain, tmp_path: Path) -
     # the pipeline's default; the low-level Settings default to a raw stopwatch
     assert settings_from(cfg).normalize and LatencyConfig().normalize
     assert not L.Settings().normalize
-    lut = L.LatencyTable(tmp_path / "lut.json")
+    lut = LatencyTable(tmp_path / "lut.json")
     got = profile_candidates(seq_chain, [["teacher"]] * len(seq_chain.layers), None, cfg,
                              lut, (1, 16, 16))
     assert got["drift"]["enabled"] is False  # moot with normalisation
-    saved = L.LatencyTable(tmp_path / "lut.json")
+    saved = LatencyTable(tmp_path / "lut.json")
     record = saved.reference(settings_from(cfg))
     assert record["baseline_ms"] == pytest.approx(REF_MS)
     entries = list(saved.entries().values())

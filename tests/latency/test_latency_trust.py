@@ -15,6 +15,7 @@ from torch import nn
 import lana.latency.timing as L
 from lana.errors import BackendUnavailableError
 from lana.latency.backends import BACKENDS, get_backend
+from lana.latency.lut import DriftMonitor, LatencyTable
 from tests.conftest import fake_backend
 
 FAST = {"warmup": 1, "min_repeats": 6, "max_repeats": 6, "max_seconds": 10.0}
@@ -55,7 +56,7 @@ def machine(monkeypatch: pytest.MonkeyPatch):
     return make
 
 
-def build_lut(lut: L.LatencyTable, monitor: L.DriftMonitor, n: int) -> list[str]:
+def build_lut(lut: LatencyTable, monitor: DriftMonitor, n: int) -> list[str]:
     settings = monitor.settings
     monitor.start()
     keys = []
@@ -63,7 +64,7 @@ def build_lut(lut: L.LatencyTable, monitor: L.DriftMonitor, n: int) -> list[str]
         shape = (1, 4, 4, 4)
         lut.put(f"op{i}", shape, settings, L.measure(nn.ReLU(), shape, settings, **FAST))
         monitor.measured(f"op{i}", nn.ReLU(), shape)
-        keys.append(L.LatencyTable.key(f"op{i}", shape, settings))
+        keys.append(LatencyTable.key(f"op{i}", shape, settings))
     return keys
 
 
@@ -78,8 +79,8 @@ def test_outliers_are_counted() -> None:
 def test_steady_machine_no_remeasure_and_reference_stored(machine, tmp_path) -> None:
     machine([1.0])
     settings = L.Settings(backend="fake")
-    lut = L.LatencyTable(tmp_path / "lut.json")
-    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, **FAST)
+    lut = LatencyTable(tmp_path / "lut.json")
+    mon = DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, **FAST)
     build_lut(lut, mon, 4)
     info = mon.finish()
     lut.save()
@@ -87,7 +88,7 @@ def test_steady_machine_no_remeasure_and_reference_stored(machine, tmp_path) -> 
     assert [c["reason"] for c in info["checks"]] == ["start", "periodic", "periodic"]
     assert info["baseline_ms"] == pytest.approx(1.0)
     # The baseline is kept in the file; a new session compares against it.
-    again = L.LatencyTable(tmp_path / "lut.json")
+    again = LatencyTable(tmp_path / "lut.json")
     assert again.reference(settings)["baseline_ms"] == pytest.approx(1.0)
     assert len(again.reference(settings)["checks"]) == 3
 
@@ -96,9 +97,9 @@ def test_transient_slowdown_is_remeasured(machine) -> None:
     # prepares: 0 reference(start), 1-2 ops, 3 reference, 4-5 ops (slow), 6 reference (slow)
     # -> drift: 7-8 re-measure (fast again), 9 reference (fast) -> fine.
     machine([1.0, 1.0, 1.0, 1.0, 1.5, 1.5, 1.5, 1.0])
-    lut = L.LatencyTable()
+    lut = LatencyTable()
     settings = L.Settings(backend="fake")
-    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, **FAST)
+    mon = DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, **FAST)
     keys = build_lut(lut, mon, 4)
     info = mon.finish()
     assert info["remeasured"] == 2
@@ -111,10 +112,10 @@ def test_transient_slowdown_is_remeasured(machine) -> None:
 
 def test_persistent_drift_flags_entries(machine) -> None:
     machine([1.0, 1.0, 1.0, 1.0, 1.5])  # slow from the 5th prepare on, for good
-    lut = L.LatencyTable()
+    lut = LatencyTable()
     settings = L.Settings(backend="fake")
     logs: list[str] = []
-    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, log=logs.append,
+    mon = DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, log=logs.append,
                         **FAST)
     keys = build_lut(lut, mon, 4)
     info = mon.finish()
@@ -130,9 +131,9 @@ def test_one_odd_reference_session_is_not_drift(machine) -> None:
     # prepares: 0-2 reference(start) -> median 1.0; 3-4 ops; 5-7 reference with one slow
     # session (1.0, 1.3, 1.0): the median of the three is 1.0, so nothing is re-measured.
     machine([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0])
-    lut = L.LatencyTable()
+    lut = LatencyTable()
     settings = L.Settings(backend="fake")
-    mon = L.DriftMonitor(lut, settings, every=2, threshold=0.1, **FAST)
+    mon = DriftMonitor(lut, settings, every=2, threshold=0.1, **FAST)
     build_lut(lut, mon, 2)
     info = mon.finish()
     assert mon.repeats == 3
@@ -140,14 +141,14 @@ def test_one_odd_reference_session_is_not_drift(machine) -> None:
     assert [round(c["ratio"], 2) for c in info["checks"]] == [1.0, 1.0]
     # With a single session per check the same machine is reported as drifting.
     machine([1.0, 1.0, 1.0, 1.3, 1.3, 1.3, 1.3])
-    mon1 = L.DriftMonitor(L.LatencyTable(), settings, every=2, threshold=0.1, repeats=1,
+    mon1 = DriftMonitor(LatencyTable(), settings, every=2, threshold=0.1, repeats=1,
                           **FAST)
     build_lut(mon1.lut, mon1, 2)
     assert mon1.finish()["remeasured"] == 2
 
 
 def test_drift_detection_off() -> None:
-    mon = L.DriftMonitor(L.LatencyTable(), L.Settings(backend="torch"), every=0)
+    mon = DriftMonitor(LatencyTable(), L.Settings(backend="torch"), every=0)
     mon.start()
     mon.measured("x", nn.ReLU(), (1, 1))
     assert mon.finish()["checks"] == []

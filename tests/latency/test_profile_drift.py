@@ -15,6 +15,7 @@ import pytest
 import lana.latency.timing as L
 from lana.config import LatencyConfig
 from lana.latency.backends import BACKENDS
+from lana.latency.lut import LatencyTable
 from lana.latency.profile import profile_candidates, settings_from
 from tests.latency.test_latency_trust import Machine
 
@@ -32,7 +33,7 @@ def test_profile_stage_remeasures_a_slow_window(seq_chain, monkeypatch: pytest.M
     cfg = LatencyConfig(backend="fake", warmup=1, max_seconds=10.0, drift_every=drift_every,
                         normalize=False)
     candidates = [["teacher"], ["teacher", "identity"], ["teacher"], ["teacher"]]
-    lut = L.LatencyTable(tmp_path / "lut.json")
+    lut = LatencyTable(tmp_path / "lut.json")
     got = profile_candidates(seq_chain, candidates, None, cfg, lut, (1, 16, 16))
     drift = got["drift"]
     if drift_every == 0:  # off: no reference timed, the slow window stays in the LUT
@@ -51,7 +52,7 @@ def test_profile_stage_remeasures_a_slow_window(seq_chain, monkeypatch: pytest.M
     assert got["layers"] == [[pytest.approx(1.0)], [pytest.approx(1.0), 0.0],
                              [pytest.approx(1.0)], [pytest.approx(1.0)]]
     assert not any(e.get("flagged") for e in lut.entries().values())
-    saved = L.LatencyTable(tmp_path / "lut.json")  # what the file holds, too
+    saved = LatencyTable(tmp_path / "lut.json")  # what the file holds, too
     assert saved.reference(settings_from(cfg, saved))["baseline_ms"] == pytest.approx(1.0)
     assert sorted(e["median_ms"] for e in saved.entries().values()) == [pytest.approx(1.0)] * 6
 
