@@ -291,11 +291,15 @@ def test_readme_accelerate_block_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(lana.api, "Config", lambda: config_from_dict(tiny))
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
+    # 32 channels, not 16: at 16 the stem and head took a quarter of the teacher's ~0.04 ms
+    # and on a busy machine the block's 2x budget came out below the fastest student
+    # (InfeasibleBudgetError, seen beside a training run).
+    c = 32
     model = nn.Sequential(
-        nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU()),
-        *[nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU())
+        nn.Sequential(nn.Conv2d(1, c, 3, 1, 1), nn.BatchNorm2d(c), nn.ReLU()),
+        *[nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c), nn.ReLU())
           for _ in range(3)],
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))).eval()
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 4))).eval()
     x, y = synthetic_dataset(192, 16, seed=0).tensors
     pairs = [(x[i], int(y[i])) for i in range(len(y))]
     ns = {"model": model, "train_ds": pairs[:128], "val_ds": pairs[128:]}
