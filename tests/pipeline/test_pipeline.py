@@ -18,6 +18,7 @@ import lana.latency.profile
 import lana.space.ops
 from lana.config import BudgetConfig, config_from_dict
 from lana.core.io import load_tensors, read_json
+from lana.core.layout import SEARCH
 from lana.distill.train import evaluate
 from lana.errors import ConfigError, InfeasibleBudgetError
 from lana.pipeline.keys import budget_tag
@@ -51,6 +52,20 @@ STAGE_FILES = ["teacher.safetensors", "teacher.json", "candidates.json", "distil
                "students/*/finetuned.safetensors", "students/*/model/*"]
 
 
+
+def _assert_ilp_kept_its_budget(search_json: Path) -> None:
+    """The chosen student's LUT latency is within the layer budget of the solve that
+    found it: what the ILP guarantees. (Not its calibrated prediction within
+    ``budget_ms``: the search aims at the teacher timed beside each solve, so on a
+    machine that slowed down since profiling the prediction may exceed ``budget_ms``.)"""
+    srch = read_json(search_json)
+    chosen = srch["chosen"]
+    found = [(a, r) for a in srch["attempts"] for r in a["students"]
+             if r["choices"] == chosen["choices"]]
+    assert found, "the chosen student is one of the solves' students"
+    assert any(r["latency_ms_lut"] <= (a["layer_budget_ms"] + srch["fixed_ms"]) * 1.0001
+               for a, r in found)
+
 def test_summary_has_documented_fields(pipeline_run) -> None:
     run_dir, cfg = pipeline_run
     summary = read_json(run_dir / "summary.json")
@@ -65,8 +80,8 @@ def test_summary_has_documented_fields(pipeline_run) -> None:
     (student,) = summary["students"]
     assert student["budget"] == {"speedup": 1.5}
     assert student["budget_ms"] == pytest.approx(teacher["latency_ms"] / 1.5)
-    # the ILP keeps the calibrated LUT prediction within the budget
-    assert 0 < student["latency_ms_predicted"] <= student["budget_ms"] * 1.0001
+    assert student["latency_ms_predicted"] > 0
+    _assert_ilp_kept_its_budget(run_dir / "students" / "speedup1.5" / SEARCH)
     assert student["latency_ms_measured"] > 0
     # the check is the median of search.confirm (or up to 2 x confirm + 1 where the
     # verdict is in doubt) separate timings, each with the teacher; every number comes
@@ -207,7 +222,8 @@ def test_second_budget_reruns_only_search_finetune_export(
     assert sorted(s["budget"]["speedup"] for s in summary["students"]) == [1.2, 1.5]
     for s in summary["students"]:
         assert 0 <= s["accuracy"] <= 1
-        assert s["latency_ms_predicted"] <= s["budget_ms"] * 1.0001
+    for tag in ("speedup1.2", "speedup1.5"):
+        _assert_ilp_kept_its_budget(run_dir / "students" / tag / SEARCH)
     tag = budget_tag(budget)
     assert tag == "speedup1.2"
     for name in ("search.json", "finetune.json", "export.json", "model/arch.json"):
