@@ -35,9 +35,9 @@ of additivity can fix. With ``Settings.normalize`` (``latency.normalize``, the
 pipeline's default) a fixed reference op (:func:`reference_module`) is timed *alongside*
 every measurement, between its runs, and the result is scaled by ``baseline /
 reference``: the latency the op would have at the machine speed of the LUT's baseline
-(:func:`lana.latency.lut.reference_baseline`, stored in the LUT). A slow phase slows both and cancels; on
-that VM the spread of repeated timings fell from 7-18 % to 3-5 % (coefficient of
-variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
+(:func:`lana.latency.lut.reference_baseline`, stored in the LUT). A slow phase slows both
+and cancels; on that VM the spread of repeated timings fell from 7-18 % to 3-5 %
+(coefficient of variation). Entries keep the raw median (``raw_median_ms``) and the reference's median
 (``ref_ms``). Whole networks timed together in interleaved rounds
 (:func:`measure_interleaved` with :func:`e2e_kwargs`) share one factor, the reference's
 median over the whole call, so that the reference's own noise does not enter their ratios

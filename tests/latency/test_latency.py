@@ -216,8 +216,8 @@ def test_key_includes_every_setting() -> None:
     assert set(changed) == {f.name for f in dataclasses.fields(L.Settings)}
     keys = {LatencyTable.key("op", (1, 3, 8, 8), base)}
     for name, value in changed.items():
-        keys.add(LatencyTable.key("op", (1, 3, 8, 8), dataclasses.replace(base,
-                                                                            **{name: value})))
+        keys.add(LatencyTable.key("op", (1, 3, 8, 8),
+                                  dataclasses.replace(base, **{name: value})))
     assert len(keys) == 1 + len(changed)
     assert L.Settings.from_dict(base.to_dict()) == base
 

@@ -116,7 +116,7 @@ def test_persistent_drift_flags_entries(machine) -> None:
     settings = L.Settings(backend="fake")
     logs: list[str] = []
     mon = DriftMonitor(lut, settings, every=2, threshold=0.1, repeats=1, log=logs.append,
-                        **FAST)
+                       **FAST)
     keys = build_lut(lut, mon, 4)
     info = mon.finish()
     assert info["remeasured"] == 2
@@ -142,7 +142,7 @@ def test_one_odd_reference_session_is_not_drift(machine) -> None:
     # With a single session per check the same machine is reported as drifting.
     machine([1.0, 1.0, 1.0, 1.3, 1.3, 1.3, 1.3])
     mon1 = DriftMonitor(LatencyTable(), settings, every=2, threshold=0.1, repeats=1,
-                          **FAST)
+                        **FAST)
     build_lut(mon1.lut, mon1, 2)
     assert mon1.finish()["remeasured"] == 2
 
