@@ -2,10 +2,11 @@
 
 Usage: python benchmarks/latency_additivity.py [--models efficientnet_b0 resnest26d]
            [--students 50] [--backends onnxruntime torch] [--calib-students 8]
-           [--image-size 224] [--threads 1] [--work benchmarks/work/latency_additivity]
+           [--image-size 224] [--num-classes 1000] [--threads 1]
+           [--work benchmarks/work/latency_additivity]
            [--no-write]
 
-For every model (timm, random weights, ``pretrained=False``, 1000 classes) at
+For every model (timm, random weights, ``pretrained=False``, ``--num-classes`` classes) at
 ``--image-size`` px and every backend at batch 1:
 
 1. the LUT of every candidate of lana's default space at its layer (phase 2b, the same
@@ -44,6 +45,7 @@ from lana.distill.phase1 import build_candidate
 from lana.latency.lut import LatencyTable, reference_baseline
 from lana.latency.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
 from lana.latency.timing import Settings, e2e_kwargs, measure_interleaved
+from lana.latency.traffic import fit_weight_traffic
 from lana.model.decompose import decompose
 from lana.pipeline.student import assemble
 from lana.search.calibration import fit_calibration
@@ -76,13 +78,15 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     import timm
 
     norm = "_norm" if args.normalize else ""
-    cache_path = work / f"{model_name}_{backend}_{args.image_size}px{norm}.json"
+    classes = "" if args.num_classes == 1000 else f"_{args.num_classes}cls"
+    cache_path = work / f"{model_name}_{backend}_{args.image_size}px{classes}{norm}.json"
     cache = read_json(cache_path) if cache_path.exists() else {"measured": {}}
     if args.report_only and len(cache.get("measured_min", {})) < (
             1 + args.calib_students + args.students):
         return None  # not measured yet (or still running elsewhere)
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False, num_classes=1000).eval()
+    model = timm.create_model(model_name, pretrained=False,
+                              num_classes=args.num_classes).eval()
     shape = (3, args.image_size, args.image_size)
     chain = decompose(model, torch.zeros(2, *shape))
     cands = candidates_of(chain)
@@ -147,6 +151,26 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     calib_names = ["teacher"] + [f"s{n}" for n in range(args.calib_students)]
     eval_names = [f"s{n}" for n in range(args.calib_students, n_total)]
     cal = fit_calibration([(lut_sum(choices[k]), meas[k]) for k in calib_names])
+    # As the profile stage (lana.pipeline.phases._weight_traffic): every op also costs its
+    # parameters at the rate fitted on the calibration networks, then the calibration.
+    op_params: dict[tuple[int, str], float] = {}
+
+    def n_params(choice: list[str]) -> float:
+        for i, s in enumerate(choice):
+            if (i, s) not in op_params:
+                op = None if s == "identity" else (
+                    chain.layers[i] if s == "teacher" else build_candidate(chain, i, s))
+                op_params[i, s] = float(sum(p.numel() for p in op.parameters())) if op else 0.0
+        return sum(op_params[i, s] for i, s in enumerate(choice)) + sum(
+            p.numel() for p in [*chain.stem.parameters(), *chain.head.parameters()])
+
+    traffic = fit_weight_traffic([(lut_sum(choices[k]), n_params(choices[k]), meas[k])
+                                  for k in calib_names])
+
+    def eff_sum(name: str) -> float:
+        return traffic.cost(lut_sum(choices[name]), n_params(choices[name]))
+
+    cal_t = fit_calibration([(eff_sum(k), meas[k]) for k in calib_names])
     ratio = meas["teacher"] / lut_sum(choices["teacher"])
     truth = [meas[k] for k in eval_names]
     sums = [lut_sum(choices[k]) for k in eval_names]
@@ -159,6 +183,9 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
         "uncorrected": errors(sums, truth),
         "teacher_ratio": errors([ratio * s for s in sums], truth),
         "corrected": errors([cal.predict(s) for s in sums], truth),
+        "traffic": {**traffic.to_dict(), "calibration": cal_t.to_dict(),
+                    "corrected": errors([cal_t.predict(eff_sum(k)) for k in eval_names],
+                                        truth)},
         # Any plausible line, without the tests that make the pipeline prefer the ratio.
         "corrected_line": errors([fit_calibration(
             [(lut_sum(choices[k]), meas[k]) for k in calib_names], test_line=False).predict(s)
@@ -188,6 +215,8 @@ def main() -> int:
                    help="students (besides the teacher) the correction is fitted on")
     p.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000,
+                   help="classifier width (the head's weights are part of every network)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-seconds", type=float, default=0.3, help="time cap per LUT op")
     p.add_argument("--group", type=int, default=4,
@@ -239,8 +268,9 @@ def main() -> int:
              "uncorrected median / p90 | teacher ratio median / p90 | "
              "corrected median / p90 (alpha, beta) | targets (corrected / uncorrected) | "
              "always-line corrected median / p90 | "
-             "min-based uncorrected / corrected median (p90) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "min-based uncorrected / corrected median (p90) | "
+             "with weight traffic: corrected median / p90 (ms per Mparam) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         u, t, c, cal = r["uncorrected"], r["teacher_ratio"], r["corrected"], r["calibration"]
         lines.append(
@@ -251,7 +281,11 @@ def main() -> int:
             f"{cal['method']}) | {verdict(c)} / {verdict(u)} | "
             f"{r['corrected_line']['median']:.1%} / {r['corrected_line']['p90']:.1%} | "
             f"{r['min_uncorrected']['median']:.1%} ({r['min_uncorrected']['p90']:.1%}) / "
-            f"{r['min_corrected']['median']:.1%} ({r['min_corrected']['p90']:.1%}) |")
+            f"{r['min_corrected']['median']:.1%} ({r['min_corrected']['p90']:.1%}) | "
+            + (f"{r['traffic']['corrected']['median']:.1%} / "
+               f"{r['traffic']['corrected']['p90']:.1%} "
+               f"({r['traffic']['ms_per_mparam']:.3g}"
+               f"{'' if r['traffic']['used'] else ', unused'}) |"))
     table = "\n".join(lines)
     print(table)
     met_c = sum(verdict(r["corrected"]) == "met" for r in rows)

@@ -160,6 +160,14 @@ class LatencyConfig(_Section):
                             "between the LUT and end-to-end timings; the raw median is "
                             "kept in the LUT. false: a raw stopwatch, with periodic drift "
                             "checks instead (drift_every)")
+    calibration_students: int = Field(8, ge=0, description="random students timed "
+                                      "end to end beside the teacher when the LUT is built: "
+                                      "where their weights explain how far whole networks "
+                                      "run from their LUT sums (an op timed alone keeps its "
+                                      "weights in cache, inside a network it streams them: "
+                                      "small inputs on a CPU), every op also costs its "
+                                      "parameters times the rate fitted on them "
+                                      "(lana.latency.traffic). 0: the LUT alone")
     drift_every: int = Field(25, ge=0, description="with normalize false: re-time a "
                              "reference op after this many new LUT entries to detect a "
                              "machine that speeds up or slows down (0 = off; normalised "

@@ -62,7 +62,7 @@ def profile(run: Run) -> dict:
     if res.get("remote"):  # measured on the target from the bundle's teacher network
         res["teacher_measured_ms"] = res["teacher_network_ms"]
     else:
-        res["teacher_measured_ms"] = _beside_teacher(run, {}, lut)["teacher"]
+        _weight_traffic(run, res, lut)
     res["teacher_predicted_ms"] = res["stem_ms"] + res["head_ms"] + sum(
         row[ops.index("teacher")] for row, ops in zip(res["layers"], run.candidates,
                                                       strict=True))
@@ -74,6 +74,54 @@ def profile(run: Run) -> dict:
         res["extra"][column] = {k: x[k] for k in ("settings", "stem_ms", "head_ms",
                                                   "layers")}
     return res
+
+
+def _weight_traffic(run: Run, res: dict, lut) -> None:
+    """Time the teacher (``teacher_measured_ms``) beside ``latency.calibration_students``
+    random students and fit the weights' memory traffic on them
+    (:mod:`lana.latency.traffic`); where it earns its place, every op's cost in ``res``
+    grows by its parameters times the fitted rate (the LUT's own figures are kept under
+    ``res["lut"]``, the fit under ``res["weight_traffic"]``)."""
+    import numpy as np
+
+    from lana.latency.traffic import fit_weight_traffic
+    from lana.pipeline.student import assemble
+
+    n = run.config.latency.calibration_students
+    rng = np.random.default_rng(run.config.seed)
+    choices = {f"c{k}": [str(rng.choice(specs)) for specs in run.candidates] for k in range(n)}
+
+    def load(i: int, spec: str) -> nn.Module:
+        return run.chain.layers[i] if spec == "teacher" else run.build_candidate(i, spec)
+
+    students = {name: assemble(run.chain, ch, load) for name, ch in choices.items()}
+    measured = _beside_teacher(run, students, lut)
+    res["teacher_measured_ms"] = measured["teacher"]
+    if not n:
+        return
+    costs = run.costs()
+    fixed_ms = res["stem_ms"] + res["head_ms"]
+    fixed_params = costs["stem"]["params"] + costs["head"]["params"]
+
+    def sums(ch: list[str]) -> tuple[float, float]:
+        idx = [ops.index(s) for ops, s in zip(run.candidates, ch, strict=True)]
+        return (fixed_ms + sum(res["layers"][i][j] for i, j in enumerate(idx)),
+                fixed_params + sum(costs["layers"][i][j]["params"] for i, j in enumerate(idx)))
+
+    points = [(*sums(ch), measured[name]) for name, ch in
+              [("teacher", ["teacher"] * len(run.candidates)), *choices.items()]]
+    traffic = fit_weight_traffic(points)
+    res["weight_traffic"] = {"choices": list(choices.values()), **traffic.to_dict()}
+    if not traffic.used:
+        return
+    res["lut"] = {k: res[k] for k in ("stem_ms", "head_ms", "layers")}
+    res["stem_ms"] = traffic.cost(res["stem_ms"], costs["stem"]["params"])
+    res["head_ms"] = traffic.cost(res["head_ms"], costs["head"]["params"])
+    res["layers"] = [[traffic.cost(ms, c["params"]) for ms, c in zip(row, crow, strict=True)]
+                     for row, crow in zip(res["layers"], costs["layers"], strict=True)]
+    log(f"latency: whole networks run slower than their LUT sums by their weights' memory "
+        f"traffic ({traffic.reason}): every op costs "
+        f"{traffic.ms_per_mparam:.3g} ms more per million parameters")
 
 
 def _beside_teacher(run: Run, students: dict[str, nn.Module], lut) -> dict[str, float]:

@@ -113,11 +113,12 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", (TEACHER_WEIGHTS, TEACHER, CANDIDATES),
           transient=(TEACHER_CHECKPOINT,), timing="teacher_train"),
-    # Before phase 1, which leaves out the candidates the latency shows cannot help.
-    Stage("profile", (LATENCY, LUT), after=("prepare",), sections=("latency",),
-          keyed_file=LATENCY),
     Stage("costs", (COSTS,), after=("prepare",), key_data=("specs",), keyed_file=COSTS,
           role="part"),
+    # Before phase 1, which leaves out the candidates the latency shows cannot help; reads
+    # the parameter counts for the weights' memory traffic (lana.latency.traffic).
+    Stage("profile", (LATENCY, LUT), after=("prepare", "costs"), sections=("latency",),
+          keyed_file=LATENCY),
     Stage("distill", (DISTILL_INDEX, f"{DISTILL_DIR}/L*/*.safetensors", DISTILL_INDEX_LOCK),
           after=("prepare", "profile", "costs"), transient=(DISTILL_CHECKPOINTS,)),
     Stage("score", (SCORES,), after=("prepare", "profile", "costs", "distill"),

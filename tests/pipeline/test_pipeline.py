@@ -139,6 +139,12 @@ def test_run_directory_contents(pipeline_run) -> None:
                    if s != "identity")
     assert scores["samples"] == 32
     assert not list((run_dir / "distill").glob("checkpoint-*"))
+    # The weights' traffic is fitted on the teacher and latency.calibration_students random
+    # students; the op costs grow by it only where it was used, the LUT's kept beside them.
+    traffic = lat["weight_traffic"]
+    assert len(traffic["points"]) == 1 + len(traffic["choices"]) == 1 + 8
+    assert all(len(ch) == len(layers) for ch in traffic["choices"])
+    assert ("lut" in lat) == traffic["used"] == (traffic["ms_per_mparam"] > 0)
 
 
 def test_exported_student_loads_and_matches(run_copy) -> None:
@@ -291,8 +297,11 @@ _KEYED = {
              "val_samples", "workers"},
     "teacher_training": {"batch_size", "cache_dir", "checkpoint_every", "epochs", "init",
                          "lr", "optimizer"},
-    "latency": {"backend", "batch_size", "device", "drift_every", "drift_threshold", "extra",
-                "lut", "max_seconds", "normalize", "threads", "warmup"},
+    # calibration_students is keyed at its default too: it changes every op's cost, so a
+    # run profiled before it existed profiles (and searches) again; nothing retrains.
+    "latency": {"backend", "batch_size", "calibration_students", "device", "drift_every",
+                "drift_threshold", "extra", "lut", "max_seconds", "normalize", "threads",
+                "warmup"},
     "score": {"batch_size", "metric", "samples"},
     "search": {"budget", "confirm", "eval_samples", "extra_budgets", "k", "margin",
                "max_resolves", "overlap", "skip_dominated", "slack", "window_gap_s",
