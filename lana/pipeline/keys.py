@@ -43,7 +43,7 @@ def budget_from_tag(tag: str) -> BudgetConfig | None:
 # are left out of a stage's key, so a run made before they existed still resumes instead
 # of retraining; any other value changes the key.
 _LATER_SETTINGS = {"optimizer": "adamw", "skip_dominated": True, "init": None,
-                   "windows": 1, "window_gap_s": 20.0}
+                   "windows": 1, "window_gap_s": 20.0, "calibration_students": 0}
 
 
 def section_settings(section, exclude: set[str]) -> dict:

@@ -297,8 +297,6 @@ _KEYED = {
              "val_samples", "workers"},
     "teacher_training": {"batch_size", "cache_dir", "checkpoint_every", "epochs", "init",
                          "lr", "optimizer"},
-    # calibration_students is keyed at its default too: it changes every op's cost, so a
-    # run profiled before it existed profiles (and searches) again; nothing retrains.
     "latency": {"backend", "batch_size", "calibration_students", "device", "drift_every",
                 "drift_threshold", "extra", "lut", "max_seconds", "normalize", "threads",
                 "warmup"},

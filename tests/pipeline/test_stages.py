@@ -35,14 +35,24 @@ from tests.conftest import tiny_config_dict
 # search.windows (issue 34: the chosen student timed in time windows apart) re-pinned
 # search, finetune and export again; a run made before keeps its keys with
 # `search.windows: 1` (test_one_window_keeps_older_run_directories).
-_TINY_KEYS = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
-              "search": "f49706cccc5c0883", "finetune": "b738e1a2935ea7e4",
-              "chosen": "2c7895f6cffd34c2", "export": "2120caaf3ccf363d"}
+# latency.calibration_students (the weights' memory traffic in every op's cost) re-pinned
+# profile, search, finetune and export; a run made before keeps its keys with
+# `latency.calibration_students: 0` (test_no_weight_traffic_keeps_older_run_directories).
+_TINY_KEYS = {"profile": "0a645ce8743165ff", "score": "55605a87cee57734",
+              "search": "3aa5d8637234762e", "finetune": "c5453bbe8b70b0a5",
+              "chosen": "027258fedcdf91ff", "export": "70229ce99484c320"}
 # Settings at non-default values, and settings a key leaves out (budget, checkpoint_every,
 # speed-only ones): only search and finetune change.
-_VARIANT_KEYS = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
-                 "search": "2491467dde070058", "finetune": "b63e83d80d618962",
-                 "chosen": "2094676f2b52d0e6", "export": "4387ce3d39cbc2c7"}
+_VARIANT_KEYS = {"profile": "0a645ce8743165ff", "score": "55605a87cee57734",
+                 "search": "20175bdbb5485e74", "finetune": "f029e74a6b1152a4",
+                 "chosen": "33beccb7f2c42723", "export": "3f4eb49d73d62999"}
+# The keys of run directories made before latency.calibration_students (the LUT alone).
+_TINY_KEYS_NO_TRAFFIC = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
+                         "search": "f49706cccc5c0883", "finetune": "b738e1a2935ea7e4",
+                         "chosen": "2c7895f6cffd34c2", "export": "2120caaf3ccf363d"}
+_VARIANT_KEYS_NO_TRAFFIC = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
+                            "search": "2491467dde070058", "finetune": "b63e83d80d618962",
+                            "chosen": "2094676f2b52d0e6", "export": "4387ce3d39cbc2c7"}
 # The keys of run directories made before search.windows (one window).
 _TINY_KEYS_ONE_WINDOW = {"profile": "0eba15374ddd0b81", "score": "55605a87cee57734",
                          "search": "ad1612430d4c4e7b", "finetune": "0bb74f7c3d530619",
@@ -88,10 +98,15 @@ def _stage_keys(cfg: dict) -> dict:
     return keys
 
 
+def _no_traffic(cfg: dict) -> dict:
+    return {**cfg, "latency": {**cfg.get("latency", {}), "calibration_students": 0}}
+
+
 def _one_window(cfg: dict) -> dict:
+    # Runs made before search.windows were also made before latency.calibration_students.
     search = {**cfg.get("search", {}), "windows": 1}
     search.pop("window_gap_s", None)
-    return {**cfg, "search": search}
+    return {**_no_traffic(cfg), "search": search}
 
 
 def _old_margin(cfg: dict) -> dict:
@@ -107,6 +122,13 @@ def test_stage_keys_are_those_of_existing_run_directories(tmp_path: Path, make,
     assert _stage_keys(make(tiny_config_dict(tmp_path))) == expected
     assert _key(score_inputs(config, [[], []])) == expected["score"]
     assert _key(score_inputs(config, [["a"], []])) == "261de8b694cd2dc1"
+
+
+@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_NO_TRAFFIC),
+                                                (_variant, _VARIANT_KEYS_NO_TRAFFIC)])
+def test_no_weight_traffic_keeps_older_run_directories(tmp_path: Path, make,
+                                                       expected: dict) -> None:
+    assert _stage_keys(_no_traffic(make(tiny_config_dict(tmp_path)))) == expected
 
 
 @pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_ONE_WINDOW),
