@@ -43,7 +43,14 @@ from lana.config import LatencyConfig
 from lana.core.io import read_json, write_json
 from lana.distill.phase1 import build_candidate
 from lana.latency.lut import LatencyTable, reference_baseline
-from lana.latency.profile import lut_profile, module_key, op_key, profile_candidates, settings_from
+from lana.latency.profile import (
+    lut_profile,
+    module_key,
+    op_key,
+    profile_candidates,
+    settings_from,
+    static_costs,
+)
 from lana.latency.timing import Settings, e2e_kwargs, measure_interleaved
 from lana.latency.traffic import fit_weight_traffic
 from lana.model.decompose import decompose
@@ -153,16 +160,11 @@ def run_one(model_name: str, backend: str, args: argparse.Namespace, lut: Latenc
     cal = fit_calibration([(lut_sum(choices[k]), meas[k]) for k in calib_names])
     # As the profile stage (lana.pipeline.phases._weight_traffic): every op also costs its
     # parameters at the rate fitted on the calibration networks, then the calibration.
-    op_params: dict[tuple[int, str], float] = {}
+    costs = static_costs(chain, cands, lambda i, s: build_candidate(chain, i, s), shape)
 
     def n_params(choice: list[str]) -> float:
-        for i, s in enumerate(choice):
-            if (i, s) not in op_params:
-                op = None if s == "identity" else (
-                    chain.layers[i] if s == "teacher" else build_candidate(chain, i, s))
-                op_params[i, s] = float(sum(p.numel() for p in op.parameters())) if op else 0.0
-        return sum(op_params[i, s] for i, s in enumerate(choice)) + sum(
-            p.numel() for p in [*chain.stem.parameters(), *chain.head.parameters()])
+        return costs["stem"]["params"] + costs["head"]["params"] + sum(
+            costs["layers"][i][cands[i].index(s)]["params"] for i, s in enumerate(choice))
 
     traffic = fit_weight_traffic([(lut_sum(choices[k]), n_params(choices[k]), meas[k])
                                   for k in calib_names])

@@ -31,13 +31,13 @@ from tests.conftest import tiny_config_dict
 # "chosen": fine-tuning's key with a chosen student; "export": export's key after it.
 # search.margin's default became "auto" (issue 34): a search under it is another search, so
 # search, finetune and export were re-pinned then; a run made before keeps its keys with
-# `search.margin: 0.03`, the old default (test_the_old_margin_keeps_older_run_directories).
+# `search.margin: 0.03`, the old default (test_older_defaults_keep_older_run_directories).
 # search.windows (issue 34: the chosen student timed in time windows apart) re-pinned
 # search, finetune and export again; a run made before keeps its keys with
-# `search.windows: 1` (test_one_window_keeps_older_run_directories).
+# `search.windows: 1` (the same test).
 # latency.calibration_students (the weights' memory traffic in every op's cost) re-pinned
 # profile, search, finetune and export; a run made before keeps its keys with
-# `latency.calibration_students: 0` (test_no_weight_traffic_keeps_older_run_directories).
+# `latency.calibration_students: 0` (the same test).
 _TINY_KEYS = {"profile": "0a645ce8743165ff", "score": "55605a87cee57734",
               "search": "3aa5d8637234762e", "finetune": "c5453bbe8b70b0a5",
               "chosen": "027258fedcdf91ff", "export": "70229ce99484c320"}
@@ -124,24 +124,19 @@ def test_stage_keys_are_those_of_existing_run_directories(tmp_path: Path, make,
     assert _key(score_inputs(config, [["a"], []])) == "261de8b694cd2dc1"
 
 
-@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_NO_TRAFFIC),
-                                                (_variant, _VARIANT_KEYS_NO_TRAFFIC)])
-def test_no_weight_traffic_keeps_older_run_directories(tmp_path: Path, make,
-                                                       expected: dict) -> None:
-    assert _stage_keys(_no_traffic(make(tiny_config_dict(tmp_path)))) == expected
+# Each older default, with the keys of run directories made under it.
+_OLDER = {"no_weight_traffic": (_no_traffic, _TINY_KEYS_NO_TRAFFIC, _VARIANT_KEYS_NO_TRAFFIC),
+          "one_window": (_one_window, _TINY_KEYS_ONE_WINDOW, _VARIANT_KEYS_ONE_WINDOW),
+          "old_margin": (_old_margin, _TINY_KEYS_MARGIN_003, _VARIANT_KEYS_MARGIN_003)}
 
 
-@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_ONE_WINDOW),
-                                                (_variant, _VARIANT_KEYS_ONE_WINDOW)])
-def test_one_window_keeps_older_run_directories(tmp_path: Path, make, expected: dict) -> None:
-    assert _stage_keys(_one_window(make(tiny_config_dict(tmp_path)))) == expected
-
-
-@pytest.mark.parametrize(("make", "expected"), [(lambda c: c, _TINY_KEYS_MARGIN_003),
-                                                (_variant, _VARIANT_KEYS_MARGIN_003)])
-def test_the_old_margin_keeps_older_run_directories(tmp_path: Path, make,
-                                                    expected: dict) -> None:
-    assert _stage_keys(_old_margin(make(tiny_config_dict(tmp_path)))) == expected
+@pytest.mark.parametrize(("older", "make", "expected"), [
+    pytest.param(older, make, keys[n], id=f"{name}-{'variant' if n else 'tiny'}")
+    for name, (older, *keys) in _OLDER.items()
+    for n, make in enumerate((lambda c: c, _variant))])
+def test_older_defaults_keep_older_run_directories(tmp_path: Path, older, make,
+                                                   expected: dict) -> None:
+    assert _stage_keys(older(make(tiny_config_dict(tmp_path)))) == expected
 
 
 def test_a_finished_runs_files_carry_those_keys(pipeline_run) -> None:
